@@ -1,0 +1,255 @@
+"""The public entry points: thin, documented, validating everything before any work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .backends import get_backend
+from .backends.base import Backend, ScoreKind
+from .marginals import ColumnConstraint, Marginal, Uniform, as_marginal
+from .result import Assignment, SolverState
+from .rounding import ROUNDERS
+from .solver import RowSource, column_stats, normalise_dual, run_sinkhorn
+from .sources import InMemory
+from .validation import (
+    check_kind,
+    check_lam,
+    check_positive_int,
+    check_rounding,
+    check_shape,
+    check_tol,
+    check_values,
+    initial_dual,
+)
+
+__all__ = ["assign_labels", "sinkhorn_codes"]
+
+
+def _source(backend: Backend, scores: Any) -> InMemory:
+    n_heads, n_rows, n_labels, stacked = check_shape(backend, scores)
+    return InMemory(backend, scores, n_heads, n_rows, n_labels, stacked)
+
+
+def _check_all_values(source: RowSource, backend: Backend, kind: ScoreKind) -> None:
+    check_values(backend, (b for h in range(source.n_heads) for b in source.blocks(h)), kind)
+
+
+def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
+    total, start = 0.0, 0
+    for block in source.blocks(head):
+        stop = start + block.shape[0]
+        total += backend.logprob_sum(block, kind, labels[start:stop])
+        start = stop
+    return total
+
+
+def _per_head(backend: Backend, parts: list[Any], stacked: bool) -> Any:
+    return backend.stack(parts) if stacked else parts[0]
+
+
+def finish_assignment(
+    source: InMemory,
+    backend: Backend,
+    *,
+    kind: ScoreKind,
+    lam: float,
+    g: np.ndarray,
+    constraint: ColumnConstraint,
+    rounding: str,
+    return_codes: bool,
+    n_iter: int,
+    converged: bool,
+    error: float,
+    history: tuple[float, ...],
+) -> Assignment:
+    """Round every head, compute the objective (and codes), and package the result."""
+    rounder = ROUNDERS[rounding]
+    labels, codes, total = [], [], 0.0
+    for head in range(source.n_heads):
+        head_labels = rounder(source, backend, head, kind, lam, g[head], constraint)
+        labels.append(head_labels)
+        total += _logprob_sum(source, backend, head, kind, head_labels)
+        if return_codes:
+            parts = [backend.codes(b, kind, lam, g[head]) for b in source.blocks(head)]
+            codes.append(backend.concat(parts))
+    shape = (
+        (source.n_heads, source.n_rows, source.n_labels)
+        if source.stacked
+        else (
+            source.n_rows,
+            source.n_labels,
+        )
+    )
+    state = SolverState(g=g if source.stacked else g[0], lam=lam, shape=shape)
+    return Assignment(
+        labels=_per_head(backend, labels, source.stacked),
+        state=state,
+        n_iter=n_iter,
+        converged=converged,
+        error=error,
+        history=history,
+        objective=total / (source.n_rows * source.n_heads),
+        rounding=rounding,
+        codes=_per_head(backend, codes, source.stacked) if return_codes else None,
+    )
+
+
+def assign_labels(
+    scores: Any,
+    lam: float = 25.0,
+    *,
+    marginals: Marginal | None = None,
+    rounding: str = "argmax",
+    tol: float = 1e-3,
+    max_iter: int = 1000,
+    check_every: int = 1,
+    warm_start: SolverState | np.ndarray | None = None,
+    input: str = "logits",
+    backend: str = "auto",
+    return_codes: bool = False,
+    callback: Callable[[int, float], Any] | None = None,
+) -> Assignment:
+    r"""Assign labels to N points so that every label gets its share (SeLa's step).
+
+    Solves the entropy-regularised transport problem of self-labelling (Asano et al.,
+    ICLR 2020)
+
+    .. math:: \max_Q \langle Q, L\rangle + \tfrac{1}{\lambda} H(Q)
+              \quad\text{s.t. } Q\mathbf 1 = \mathbf 1,\; Q^\top \mathbf 1 = b
+
+    with L the log-probabilities of the scores and b the label masses in counts (N/K
+    each by default). The solution is ``Q_ij = exp(lam * L_ij + f_i + g_j)``; hard labels
+    are ``argmax_j (lam * L_ij + g_j)`` (``rounding="argmax"``).
+
+    Parameters
+    ----------
+    scores : array, shape (N, K) or (H, N, K)
+        Scores of N points over K labels (H independent heads are solved in one call):
+        a NumPy array or memmap, a torch tensor (CPU or CUDA) or a CuPy array. Never
+        modified.
+    lam : float, default 25.0
+        Inverse temperature (SeLa's lambda): larger is closer to the hard LP.
+    marginals : Marginal, optional
+        Label masses: ``Uniform()`` (default), ``Counts(sizes)`` or ``Prior(p)``.
+    rounding : {"argmax", "balanced", "exact"}
+        How hard labels are made. ``"argmax"`` is SeLa's rule.
+    tol : float, default 1e-3
+        Stop when max_j |m_j / b_j - 1| <= tol, m_j being label j's mass in Q.
+    max_iter : int, default 1000
+        Largest number of sweeps; hitting it warns (ConvergenceWarning) and returns the
+        best state seen with ``converged=False``.
+    check_every : int, default 1
+        Test convergence (and record history, call the callback) every this many sweeps.
+    warm_start : SolverState or array, optional
+        A previous result's ``state`` (same K and lam), or a dual g of shape (K,)/(H, K).
+    input : {"logits", "logprobs", "probs"}
+        What ``scores`` hold. Logits and log-probabilities give the same solution.
+    backend : str, default "auto"
+        ``"auto"`` picks by the array's library; or ``"numpy"``, ``"numba"``,
+        ``"torch"``, ``"cupy"`` (see ``equipart.backends.available()``).
+    return_codes : bool, default False
+        Also return Q (rows sum to 1) as ``codes``; this allocates an N x K array.
+    callback : callable, optional
+        ``callback(iteration, error)`` at each check; returning True stops the solve.
+
+    Returns
+    -------
+    Assignment
+        ``labels`` (int64, in the input's library and device), ``state``, ``n_iter``,
+        ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
+    """
+    engine = get_backend(backend, scores)
+    source = _source(engine, scores)
+    kind = check_kind(input)
+    lam = check_lam(lam)
+    tol = check_tol(tol)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    check_every = check_positive_int(check_every, "check_every")
+    rounding = check_rounding(rounding)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    constraint = as_marginal(marginals).bind(source.n_rows, source.n_labels)
+    g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
+    if rounding not in ROUNDERS:
+        raise NotImplementedError(f"rounding: {rounding!r} is not available in this build")
+    _check_all_values(source, engine, kind)
+
+    outcome = run_sinkhorn(
+        source,
+        engine,
+        kind=kind,
+        lam=lam,
+        constraint=constraint,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        g0=g0,
+        callback=callback,
+    )
+    return finish_assignment(
+        source,
+        engine,
+        kind=kind,
+        lam=lam,
+        g=outcome.g,
+        constraint=constraint,
+        rounding=rounding,
+        return_codes=return_codes,
+        n_iter=outcome.n_iter,
+        converged=outcome.converged,
+        error=outcome.error,
+        history=outcome.history,
+    )
+
+
+def sinkhorn_codes(
+    scores: Any,
+    eps: float = 0.05,
+    n_iter: int = 3,
+    *,
+    input: str = "logits",
+    backend: str = "auto",
+) -> Any:
+    """Soft batch codes of SwAV / DINOv2: a fixed number of Sinkhorn steps, no tolerance.
+
+    With lam = 1/eps (SwAV's epsilon is a temperature), runs ``n_iter`` column updates
+    toward equal label masses B/K, each after a row normalisation, then returns the
+    row-normalised Q: every row sums to 1 (one unit per sample) and every column is close
+    to B/K. Unlike SwAV's loop, which starts with a column step on the raw kernel, every
+    column step here follows a row normalisation (the fused sweep's order).
+
+    Parameters
+    ----------
+    scores : array, shape (B, K) or (H, B, K)
+        Prototype scores of a batch (for example cosine similarities), any backend.
+    eps : float, default 0.05
+        Entropic temperature (SwAV: 0.05; DINOv2 teacher: the teacher temperature).
+    n_iter : int, default 3
+        Column updates (SwAV and DINOv2 use 3).
+
+    Returns
+    -------
+    array, shape like ``scores``
+        Q in the input's array library, on its device, not tracking gradients.
+    """
+    engine = get_backend(backend, scores)
+    source = _source(engine, scores)
+    kind = check_kind(input)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps: expected a temperature > 0 (SwAV uses 0.05), got {eps!r}")
+    lam = check_lam(1.0 / eps)
+    n_iter = check_positive_int(n_iter, "n_iter")
+    _check_all_values(source, engine, kind)
+    constraint = Uniform().bind(source.n_rows, source.n_labels)
+    codes = []
+    for head in range(source.n_heads):
+        g = np.zeros(source.n_labels)
+        for _ in range(n_iter):
+            stats = column_stats(source, engine, head, kind, lam, g, None)
+            g = normalise_dual(constraint.update(g, stats.log_mass()))
+        parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
+        codes.append(engine.concat(parts))
+    return _per_head(engine, codes, source.stacked)

@@ -1,0 +1,127 @@
+"""Backend registry: names to implementations, loaded lazily.
+
+Importing equipart imports no optional library (numba, torch, cupy): a backend's module is
+imported the first time it is asked for. ``backend="auto"`` picks by the array's library:
+NumPy arrays and memmaps go to ``"numba"`` when Numba is installed and ``"numpy"``
+otherwise, torch tensors to ``"torch"``, CuPy arrays to ``"cupy"``.
+
+Third-party backends register a ``Backend`` subclass under the entry-point group
+``equipart.backends`` (``name = "package.module:ClassName"``) or call :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from .base import Backend, BlockCheck, ColumnStats
+
+__all__ = ["Backend", "BlockCheck", "ColumnStats", "available", "get_backend", "register"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    target: str  # "module:Class"
+    extra: str | None  # the pip extra that installs what it needs
+
+
+_ENTRIES: dict[str, _Entry] = {
+    "numpy": _Entry("equipart.backends.numpy:NumpyBackend", None),
+    "numba": _Entry("equipart.backends.numba:NumbaBackend", "numba"),
+    "torch": _Entry("equipart.backends.torch:TorchBackend", "torch"),
+    "cupy": _Entry("equipart.backends.cupy:CupyBackend", "cupy"),
+}
+_CUSTOM: dict[str, type[Backend]] = {}
+# Which backend "auto" picks for an array, by the top-level module of its type, in order.
+_AUTO: dict[str, tuple[str, ...]] = {
+    "numpy": ("numba", "numpy"),
+    "torch": ("torch",),
+    "cupy": ("cupy",),
+}
+
+
+def register(name: str, backend: type[Backend]) -> None:
+    """Register a backend class under ``name`` (overrides an entry point of that name)."""
+    if not (isinstance(backend, type) and issubclass(backend, Backend)):
+        raise TypeError(f"backend: {backend!r} is not a subclass of equipart.backends.Backend")
+    _CUSTOM[name] = backend
+    _load.cache_clear()
+
+
+@cache
+def _entry_points() -> dict[str, _Entry]:
+    found = {}
+    for ep in metadata.entry_points(group="equipart.backends"):
+        found[ep.name] = _Entry(ep.value, None)
+    return found
+
+
+def _all_entries() -> dict[str, _Entry]:
+    return {**_ENTRIES, **_entry_points()}
+
+
+@cache
+def _load(name: str) -> Backend:
+    if name in _CUSTOM:
+        return _CUSTOM[name]()
+    entries = _all_entries()
+    if name not in entries:
+        known = sorted(set(entries) | set(_CUSTOM))
+        raise ValueError(f"backend: unknown backend {name!r}; choose 'auto' or one of {known}")
+    entry = entries[name]
+    module_name, _, class_name = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"pip install 'equipart[{entry.extra}]'" if entry.extra else "install it"
+        raise ValueError(
+            f"backend: {name!r} is not available here ({exc}); {hint}, or pick another "
+            "(equipart.backends.available() lists those that run here)"
+        ) from exc
+    return getattr(module, class_name)()
+
+
+def _library(array: Any) -> str:
+    return type(array).__module__.split(".", 1)[0]
+
+
+def get_backend(name: str, scores: Any) -> Backend:
+    """The backend called ``name`` (or picked for ``scores`` when ``name == "auto"``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a backend name (str), got {type(name).__name__}")
+    if name == "auto":
+        for candidate in _AUTO.get(_library(scores), ()):
+            try:
+                return _load(candidate)
+            except ValueError:
+                continue
+        for custom in _CUSTOM.values():
+            if custom.accepts(scores):
+                return _load(custom.name)
+        raise TypeError(
+            f"scores: no backend reads arrays of type {type(scores).__module__}."
+            f"{type(scores).__name__}; pass a NumPy array, a memmap, a torch tensor or a "
+            "CuPy array (or convert with np.asarray)"
+        )
+    backend = _load(name)
+    if not backend.accepts(scores):
+        raise TypeError(
+            f"backend: {name!r} does not read {type(scores).__module__}."
+            f"{type(scores).__name__} arrays; use backend='auto' or convert the scores"
+        )
+    return backend
+
+
+def available() -> list[str]:
+    """Names of the backends that can run here (their libraries import)."""
+    names = []
+    for name in sorted(set(_all_entries()) | set(_CUSTOM)):
+        try:
+            _load(name)
+        except (ValueError, ImportError, AttributeError):
+            continue
+        names.append(name)
+    return names

@@ -1,0 +1,125 @@
+"""The contract every backend implements: one class per array library.
+
+A backend owns every touch of the N x K scores; the driver (``equipart.solver``) owns
+every decision (when to stop, how to update g, how to merge statistics across blocks and
+ranks). Everything K-dimensional crosses the boundary as float64 NumPy arrays on the host,
+so the driver is the same for every backend.
+
+Notation (see ``equipart.result``): L is the log-probability form of a block of scores
+(``kind`` says how to get it: ``"logits"`` and ``"logprobs"`` are used as they are, since a
+softmax's row normaliser is absorbed into f; ``"probs"`` is log-transformed), lam the
+inverse temperature and g the column dual. For a block of n rows the *sweep* computes
+
+    z_ij = lam * L_ij + g_j,   v_ij = z_ij - max_k z_ik,
+    f_i  = -(max_k z_ik + log sum_k exp v_ik)         (rows of Q sum to 1)
+    Q_ij = exp(z_ij + f_i) = exp(v_ij) / sum_k exp(v_ik)
+
+and returns, from that single read of the block,
+
+    colsum_j = sum_i Q_ij                             (column masses, each Q_ij <= 1)
+    colmax_j = max_i v_ij                             (guards against underflow)
+
+with log m_j >= colmax_j - log K, which the driver uses where colsum_j underflowed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+ScoreKind = Literal["logits", "logprobs", "probs"]
+
+__all__ = ["Backend", "BlockCheck", "ColumnStats", "ScoreKind"]
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    """Per-column statistics of one sweep over some rows (float64, shape (K,)).
+
+    Statistics of disjoint row sets merge by adding ``colsum`` and taking the maximum of
+    ``colmax`` (across blocks, chunks and distributed ranks alike).
+    """
+
+    colsum: np.ndarray
+    colmax: np.ndarray
+
+    def merge(self, other: ColumnStats) -> ColumnStats:
+        return ColumnStats(self.colsum + other.colsum, np.maximum(self.colmax, other.colmax))
+
+    @classmethod
+    def empty(cls, n_labels: int) -> ColumnStats:
+        return cls(np.zeros(n_labels), np.full(n_labels, -np.inf))
+
+    def log_mass(self) -> np.ndarray:
+        """log m_j, exact where colsum_j is normal, a lower bound where it underflowed."""
+        n_labels = self.colsum.shape[0]
+        with np.errstate(divide="ignore"):
+            log_sum = np.log(self.colsum)
+        return np.maximum(log_sum, self.colmax - np.log(n_labels))
+
+
+@dataclass(frozen=True)
+class BlockCheck:
+    """What input validation learns from one block of scores."""
+
+    all_finite: bool
+    min_value: float
+    max_row_sum_deviation: float  # max_i |sum_j x_ij - 1|, only computed for probs
+
+
+class Backend(ABC):
+    """One array library's implementation of the sweep and its companion passes."""
+
+    name: ClassVar[str]
+
+    @staticmethod
+    @abstractmethod
+    def accepts(scores: Any) -> bool:
+        """Whether ``scores`` is an array this backend can read without a copy."""
+
+    @abstractmethod
+    def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype | str]:
+        """The shape and a NumPy-style dtype (or its name) of ``scores``, reading no data."""
+
+    @abstractmethod
+    def head(self, scores: Any, index: int) -> Any:
+        """The 2-D (N, K) view of head ``index`` of an (H, N, K) stack."""
+
+    @abstractmethod
+    def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
+        """Validate one block: finiteness, minimum, and row sums for probabilities."""
+
+    @abstractmethod
+    def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        """One fused pass over a block: row duals from g, column statistics for the next g."""
+
+    @abstractmethod
+    def labels(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        """argmax_j (lam * L_ij + g_j) for every row, int64, in the backend's library."""
+
+    @abstractmethod
+    def codes(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        """The soft assignment Q of the block (rows sum to 1), floating point."""
+
+    @abstractmethod
+    def logprob_sum(self, block: Any, kind: ScoreKind, labels: Any) -> float:
+        """sum_i log P_i,labels_i, with log P the row-normalised log-probabilities."""
+
+    @abstractmethod
+    def concat(self, parts: list[Any]) -> Any:
+        """Concatenate row blocks (along the first axis)."""
+
+    @abstractmethod
+    def stack(self, parts: list[Any]) -> Any:
+        """Stack per-head results along a new first axis."""
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """A host NumPy copy of a small array (labels for rounding, never the scores)."""
+        return np.asarray(array)
+
+    def from_numpy(self, array: np.ndarray, like: Any) -> Any:
+        """Move a small host array to the library and device of ``like``."""
+        return array

@@ -1,0 +1,112 @@
+"""What a solve returns: the immutable ``Assignment`` and the resumable ``SolverState``.
+
+Conventions (L is the log-probability form of the scores, lam the inverse temperature):
+
+    Q_ij = exp(lam * L_ij + f_i + g_j)        the soft assignment (rows sum to 1)
+    labels_i = argmax_j (lam * L_ij + g_j)    the argmax hard labels
+
+f (N) is a function of g (K), so g is the solver's whole state. It is kept in float64 on
+the host, normalised so that its largest finite entry is 0 (labels with a zero target
+hold -inf).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Assignment", "SolverState"]
+
+
+@dataclass(frozen=True, eq=False)
+class SolverState:
+    """The column dual ``g`` of a solve, enough to resume it (``warm_start=state``).
+
+    Attributes
+    ----------
+    g : ndarray of float64, shape (K,) or (H, K)
+        Log-domain column dual, one row per head for multi-head problems.
+    lam : float
+        The inverse temperature the dual belongs to.
+    shape : tuple of int
+        Shape of the scores solved, (N, K) or (H, N, K).
+    """
+
+    g: np.ndarray
+    lam: float
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        g = np.array(self.g, dtype=np.float64)
+        g.setflags(write=False)
+        object.__setattr__(self, "g", g)
+        object.__setattr__(self, "lam", float(self.lam))
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.g.shape[-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``-inf`` entries are written as None)."""
+        g = [
+            [None if not np.isfinite(v) else float(v) for v in row] for row in np.atleast_2d(self.g)
+        ]
+        return {"g": g if self.g.ndim == 2 else g[0], "lam": self.lam, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SolverState:
+        """Inverse of :meth:`to_dict`."""
+        g = np.array(data["g"], dtype=object)
+        g = np.where(g == None, -np.inf, g).astype(np.float64)  # noqa: E711
+        return cls(g=g, lam=data["lam"], shape=tuple(data["shape"]))
+
+    def __repr__(self) -> str:
+        return f"SolverState(lam={self.lam}, shape={self.shape}, g=<{self.g.shape} float64>)"
+
+
+@dataclass(frozen=True, eq=False)
+class Assignment:
+    """The result of :func:`equipart.assign_labels` (and :func:`equipart.exact_assign`).
+
+    Attributes
+    ----------
+    labels : array of int64, shape (N,) or (H, N)
+        Hard labels, in the input's array library and on its device.
+    state : SolverState
+        The column dual; pass it back as ``warm_start=`` to resume.
+    n_iter : int
+        Sweeps performed (the largest over heads).
+    converged : bool
+        Whether every head reached ``error <= tol``.
+    error : float
+        Final convergence error, max_j |m_j / b_j - 1| (the largest over heads).
+    history : tuple of float
+        The error at each convergence check (the largest over the heads still running).
+    objective : float
+        Mean log-probability of the assigned labels, (1/N) sum_i log P_i,labels_i
+        (averaged over heads): comparable across roundings.
+    rounding : str
+        How hard labels were made from the soft solution.
+    codes : array or None
+        The soft assignment Q (rows sum to 1), when ``return_codes=True``.
+    """
+
+    labels: Any
+    state: SolverState
+    n_iter: int
+    converged: bool
+    error: float
+    history: tuple[float, ...]
+    objective: float
+    rounding: str
+    codes: Any = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Assignment(shape={self.state.shape}, rounding={self.rounding!r}, "
+            f"n_iter={self.n_iter}, converged={self.converged}, error={self.error:.3g}, "
+            f"objective={self.objective:.6g})"
+        )

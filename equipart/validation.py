@@ -1,0 +1,154 @@
+"""Input checks at the public boundary: every one runs before any solver work.
+
+Each failure raises ValueError or TypeError whose message starts with the argument's name
+and says what would be valid.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend, ScoreKind
+from .result import SolverState
+
+SCORE_KINDS: tuple[ScoreKind, ...] = ("logits", "logprobs", "probs")
+ROUNDINGS = ("argmax", "balanced", "exact")
+
+
+def dtype_kind(dtype: Any) -> str:
+    """NumPy's one-letter kind for a dtype, also for names NumPy lacks ('bfloat16')."""
+    if isinstance(dtype, str):
+        name = dtype.rsplit(".", 1)[-1]
+        if name.startswith(("bfloat", "float")):
+            return "f"
+        try:
+            return np.dtype(name).kind
+        except TypeError:
+            return "O"
+    return np.dtype(dtype).kind
+
+
+def check_shape(backend: Backend, scores: Any, name: str = "scores") -> tuple[int, int, int, bool]:
+    """(H, N, K, stacked) of a (N, K) or (H, N, K) array with a real floating/int dtype."""
+    shape, dtype = backend.shape_dtype(scores)
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"{name}: expected an (N, K) array of scores, or (H, N, K) for H heads; "
+            f"got {len(shape)} dimension(s), shape {tuple(shape)}"
+        )
+    if min(shape) == 0:
+        raise ValueError(f"{name}: every dimension must be non-empty, got shape {tuple(shape)}")
+    kind = dtype_kind(dtype)
+    if kind == "c":
+        raise TypeError(f"{name}: complex dtype {dtype} is not supported; pass real scores")
+    if kind not in "fiu":
+        raise TypeError(
+            f"{name}: expected a real floating-point (or integer) dtype, got {dtype}; "
+            "convert with .astype(np.float32)"
+        )
+    stacked = len(shape) == 3
+    n_heads = shape[0] if stacked else 1
+    return n_heads, shape[-2], shape[-1], stacked
+
+
+def check_kind(kind: Any) -> ScoreKind:
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"input: expected one of {SCORE_KINDS}, got {kind!r}")
+    return kind
+
+
+def check_lam(lam: Any) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise TypeError(f"lam: expected a positive real number, got {type(lam).__name__}")
+    if not np.isfinite(lam) or lam <= 0:
+        raise ValueError(f"lam: expected a finite number > 0 (for example 25.0), got {lam!r}")
+    return float(lam)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+    return int(value)
+
+
+def check_tol(tol: Any) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a non-negative real number, got {type(tol).__name__}")
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol: expected a finite number >= 0 (for example 1e-3), got {tol!r}")
+    return float(tol)
+
+
+def check_rounding(rounding: Any) -> str:
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
+    return rounding
+
+
+def initial_dual(warm_start: Any, n_heads: int, n_labels: int, lam: float) -> np.ndarray:
+    """The (H, K) starting dual: zeros, or a checked copy of the warm start."""
+    if warm_start is None:
+        return np.zeros((n_heads, n_labels))
+    if isinstance(warm_start, SolverState):
+        if warm_start.n_labels != n_labels:
+            raise ValueError(
+                f"warm_start: the state has K={warm_start.n_labels} labels but scores have "
+                f"K={n_labels}; warm-start only from a solve of the same labels"
+            )
+        if not np.isclose(warm_start.lam, lam, rtol=1e-12, atol=0.0):
+            raise ValueError(
+                f"warm_start: the state was solved at lam={warm_start.lam:g} but lam={lam:g} "
+                "was passed; its dual is only meaningful at the same lam"
+            )
+        g = warm_start.g
+    else:
+        try:
+            g = np.asarray(warm_start, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                "warm_start: expected None, a SolverState, or a dual vector g of shape (K,) "
+                f"or (H, K); got {type(warm_start).__name__}"
+            ) from exc
+        if g.shape[-1:] != (n_labels,) or g.ndim not in (1, 2):
+            raise ValueError(
+                f"warm_start: expected a dual of shape ({n_labels},) or ({n_heads}, "
+                f"{n_labels}), got shape {g.shape}"
+            )
+    if np.isnan(g).any() or np.isposinf(g).any():
+        raise ValueError("warm_start: the dual holds NaN or +inf; start cold (None) instead")
+    if g.ndim == 2 and g.shape[0] != n_heads:
+        raise ValueError(
+            f"warm_start: the dual has {g.shape[0]} heads but scores have H={n_heads}; "
+            "pass one row per head, or a single (K,) dual for all heads"
+        )
+    return np.broadcast_to(g, (n_heads, n_labels)).astype(np.float64, copy=True)
+
+
+def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "scores") -> None:
+    """Read every block once: finite values, and valid probabilities for ``input="probs"``."""
+    for block in blocks:
+        if block.shape[0] == 0:
+            continue
+        report = backend.check(block, kind)
+        if not report.all_finite:
+            raise ValueError(
+                f"{name}: contains NaN or infinite values; clean them (for example "
+                "np.nan_to_num) or mask those labels with a large negative finite logit"
+            )
+        if kind == "probs":
+            if report.min_value < 0:
+                raise ValueError(
+                    f"{name}: input='probs' needs non-negative probabilities, found "
+                    f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
+                )
+            if report.max_row_sum_deviation > 1e-3:
+                raise ValueError(
+                    f"{name}: input='probs' needs rows summing to 1, found a row off by "
+                    f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
+                    "input='logits'"
+                )
