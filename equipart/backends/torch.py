@@ -1,0 +1,241 @@
+"""The torch backend: torch tensors on CPU and CUDA, results on the input's device.
+
+Precision: float16, bfloat16 and float32 scores are read as stored and computed in
+float32; float64 and integer scores in float64. Column statistics are accumulated in
+float64 and cross to the host as one (2, K) copy per sweep (the driver's only view of the
+data); everything N-sized (labels, codes, top-k candidates) stays on the input's device.
+
+Two sweep strategies (``TorchBackend(kernel=...)``):
+
+* ``"triton"``: the fused one-read kernel of ``equipart.backends._triton_kernels`` (CUDA
+  tensors with float32/bfloat16/float16 scores and K <= 16384).
+* ``"torch"``: pure torch, blockwise over rows (blocks of ``BLOCK_ELEMENTS`` on CPU,
+  ``CUDA_BLOCK_ELEMENTS`` on CUDA), so the largest temporary is one block, never N x K.
+  It reads each block a few times (max, exp, sums), which costs bandwidth on a GPU.
+
+``"auto"`` (the registry's default) uses Triton where it applies and torch otherwise.
+Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
+passed. Nothing here uses matrix units, so TF32 never enters a reduction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+
+try:
+    from . import _triton_kernels
+except ImportError:  # no Triton (CPU-only torch builds): the blockwise torch path only
+    _triton_kernels = None
+
+__all__ = ["TorchBackend", "compute_dtype", "triton_available"]
+
+BLOCK_ELEMENTS = 1 << 19
+CUDA_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 per temporary: well under 1 GiB in all
+KERNELS = ("auto", "triton", "torch")
+
+
+def triton_available() -> bool:
+    """Whether the fused Triton sweep can be used (Triton imports)."""
+    return _triton_kernels is not None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half, bfloat16 and single precision, float64 for everything else."""
+    if dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return torch.float32
+    return torch.float64
+
+
+def _row_blocks(x: torch.Tensor) -> Iterator[slice]:
+    n_rows, n_labels = x.shape
+    budget = CUDA_BLOCK_ELEMENTS if x.is_cuda else BLOCK_ELEMENTS
+    step = max(1, budget // max(n_labels, 1))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def _dual(g: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(g, dtype=np.float64), device=device).to(dtype)
+
+
+def _scaled(x: torch.Tensor, kind: ScoreKind, lam: float, g: torch.Tensor) -> torch.Tensor:
+    """A new block z = lam * L + g in the compute precision (``x`` is not modified)."""
+    dtype = compute_dtype(x.dtype)
+    z = torch.log(x.to(dtype)) if kind == "probs" else x.to(dtype) * lam
+    if kind == "probs":
+        z *= lam
+    z += g
+    return z
+
+
+def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
+    """In place: v = z - rowmax(z), then Q = exp(v) / rowsum(exp(v)). Returns v's colmax."""
+    z -= z.amax(dim=1, keepdim=True)
+    colmax = z.amax(dim=0)
+    z.exp_()
+    z /= z.sum(dim=1, keepdim=True)
+    return colmax
+
+
+class TorchBackend(Backend):
+    """torch tensors on any device; the fused Triton sweep on CUDA where available."""
+
+    name = "torch"
+
+    def __init__(self, kernel: str = "auto") -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+        if kernel == "triton" and not triton_available():
+            raise ValueError("kernel: 'triton' needs Triton installed; use 'auto' or 'torch'")
+        self.kernel = kernel
+
+    @staticmethod
+    def accepts(scores: Any) -> bool:
+        return isinstance(scores, torch.Tensor)
+
+    def shape_dtype(self, scores: torch.Tensor) -> tuple[tuple[int, ...], str]:
+        return tuple(scores.shape), str(scores.dtype).removeprefix("torch.")
+
+    def head(self, scores: torch.Tensor, index: int) -> torch.Tensor:
+        return scores[index]
+
+    def uses_triton(self, block: torch.Tensor) -> bool:
+        """Whether ``sweep`` runs the fused Triton kernel on this block."""
+        if self.kernel == "torch" or _triton_kernels is None:
+            return False
+        fits = (
+            block.dtype in _triton_kernels.SUPPORTED_DTYPES
+            and _triton_kernels.sweep_config(block.shape[1]) is not None
+        )
+        if self.kernel == "triton":  # forced (tests run it on CPU under TRITON_INTERPRET=1)
+            return fits
+        return fits and block.is_cuda
+
+    def check(self, block: torch.Tensor, kind: ScoreKind) -> BlockCheck:
+        x_all = block.detach()
+        finite = torch.ones((), dtype=torch.bool, device=x_all.device)
+        lows, deviations = [], []
+        for rows in _row_blocks(x_all):
+            x = x_all[rows]
+            if x.is_floating_point():
+                finite &= torch.isfinite(x).all()
+            lows.append(x.amin().to(torch.float64))
+            if kind == "probs":
+                sums = x.sum(dim=1, dtype=torch.float64)
+                deviations.append((sums - 1.0).abs().amax())
+        low = torch.stack(lows).amin()
+        deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
+        host = torch.stack([finite.to(torch.float64), low, deviation]).cpu().tolist()
+        return BlockCheck(bool(host[0]), host[1], host[2])
+
+    def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        x_all = block.detach()
+        dtype = compute_dtype(x_all.dtype)
+        g_t = _dual(g, dtype, x_all.device)
+        if self.uses_triton(x_all):
+            with torch.cuda.device(x_all.device) if x_all.is_cuda else nullcontext():
+                colsum, colmax = _triton_kernels.sweep_partials(
+                    x_all, g_t, lam, is_probs=kind == "probs"
+                )
+        else:
+            colsum = torch.zeros(x_all.shape[1], dtype=torch.float64, device=x_all.device)
+            colmax = torch.full((x_all.shape[1],), -torch.inf, dtype=dtype, device=x_all.device)
+            for rows in _row_blocks(x_all):
+                z = _scaled(x_all[rows], kind, lam, g_t)
+                torch.maximum(colmax, _normalise_rows(z), out=colmax)
+                colsum += z.sum(dim=0, dtype=torch.float64)
+        host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
+        return ColumnStats(host[0].copy(), host[1].copy())
+
+    def labels(
+        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
+    ) -> torch.Tensor:
+        x_all = block.detach()
+        g_t = _dual(g, compute_dtype(x_all.dtype), x_all.device)
+        out = torch.empty(x_all.shape[0], dtype=torch.int64, device=x_all.device)
+        for rows in _row_blocks(x_all):
+            out[rows] = _scaled(x_all[rows], kind, lam, g_t).argmax(dim=1)
+        return out
+
+    def codes(
+        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
+    ) -> torch.Tensor:
+        x_all = block.detach()
+        dtype = compute_dtype(x_all.dtype)
+        g_t = _dual(g, dtype, x_all.device)
+        out = torch.empty(x_all.shape, dtype=dtype, device=x_all.device)
+        for rows in _row_blocks(x_all):
+            z = _scaled(x_all[rows], kind, lam, g_t)
+            _normalise_rows(z)
+            out[rows] = z
+        return out
+
+    def top_labels(
+        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best labels per row, ties to the lower index (see ``Backend.top_labels``).
+
+        In float32 the order is exact and O(K) per row: each value maps to an
+        order-preserving int32 key, packed with the reversed column index into one int64,
+        so ``topk`` sees no ties. In float64 a stable descending sort is used.
+        """
+        x_all = block.detach()
+        n_rows, n_labels = x_all.shape
+        k = min(int(k), n_labels)
+        dtype = compute_dtype(x_all.dtype)
+        g_t = _dual(g, dtype, x_all.device)
+        indices = torch.empty((n_rows, k), dtype=torch.int64, device=x_all.device)
+        values = torch.empty((n_rows, k), dtype=dtype, device=x_all.device)
+        if dtype == torch.float32:
+            reversed_cols = (2**32 - 1) - torch.arange(n_labels, device=x_all.device)
+        for rows in _row_blocks(x_all):
+            z = _scaled(x_all[rows], kind, lam, g_t)
+            if dtype == torch.float32:
+                z += 0.0  # -0.0 -> +0.0, so equal values get equal keys
+                bits = z.view(torch.int32).to(torch.int64)
+                keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+                keys = keys * 2**32 + reversed_cols
+                order = torch.topk(keys, k, dim=1, largest=True, sorted=True).indices
+            else:
+                order = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]
+            indices[rows] = order
+            values[rows] = torch.gather(z, 1, order)
+        return indices, values
+
+    def logprob_sum(self, block: torch.Tensor, kind: ScoreKind, labels: Any) -> float:
+        x_all = block.detach()
+        labels = torch.as_tensor(labels, device=x_all.device).to(torch.int64)
+        total = torch.zeros((), dtype=torch.float64, device=x_all.device)
+        for rows in _row_blocks(x_all):
+            x = x_all[rows]
+            picked = torch.gather(x, 1, labels[rows, None])[:, 0].to(torch.float64)
+            if kind == "probs":
+                picked = torch.log(picked)
+            elif kind == "logits":
+                z = x.to(torch.float64)
+                top = z.amax(dim=1)
+                picked = picked - (top + torch.log(torch.exp(z - top[:, None]).sum(dim=1)))
+            total += picked.sum()
+        return float(total.item())
+
+    def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def stack(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(parts, dim=0)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        if isinstance(array, torch.Tensor):
+            return array.detach().cpu().numpy()
+        return np.asarray(array)
+
+    def from_numpy(self, array: np.ndarray, like: Any) -> torch.Tensor:
+        device = like.device if isinstance(like, torch.Tensor) else None
+        return torch.as_tensor(np.ascontiguousarray(array), device=device)
