@@ -1,0 +1,275 @@
+"""The torch backend on CPU: agreement with the NumPy reference, and the Triton kernel.
+
+The fused Triton sweep is checked here on CPU tensors through Triton's interpreter
+(``TRITON_INTERPRET=1``, in a subprocess so this process's Triton stays compiled-mode);
+those tests skip where Triton is not installed (CI). CUDA runs are in tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+import equipart  # noqa: E402
+from equipart.backends.numpy import NumpyBackend  # noqa: E402
+from equipart.backends.torch import TorchBackend, compute_dtype  # noqa: E402
+
+NUMPY = NumpyBackend()
+TORCH = TorchBackend(kernel="torch")
+LAM = 25.0
+
+
+def _problem(seed: int, n: int, k: int, kind: str = "logits") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    if kind == "probs":
+        x = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    g = rng.standard_normal(k)
+    g -= g.max()
+    return x.astype(np.float32), g
+
+
+def _assert_stats_close(ref, got, rtol: float) -> None:
+    np.testing.assert_allclose(got.colsum, ref.colsum, rtol=rtol, atol=rtol * ref.colsum.max())
+    finite = np.isfinite(ref.colmax)
+    np.testing.assert_array_equal(np.isfinite(got.colmax), finite)
+    np.testing.assert_allclose(got.colmax[finite], ref.colmax[finite], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["logits", "logprobs", "probs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_sweep_matches_numpy(kind: str, dtype) -> None:
+    x, g = _problem(1, 301, 23, kind)
+    g[5] = -np.inf  # a label with a zero target
+    tensor = torch.from_numpy(x).to(dtype)
+    reference = tensor.numpy()  # float16 / float64: NumPy reads the same stored values
+    ref = NUMPY.sweep(reference, kind, LAM, g)
+    got = TORCH.sweep(tensor, kind, LAM, g)
+    assert got.colsum.dtype == np.float64 and got.colsum.shape == (23,)
+    assert got.colmax[5] == -np.inf and got.colsum[5] == 0.0
+    _assert_stats_close(ref, got, rtol=1e-5)
+
+
+def test_bfloat16_matches_its_float32_upcast() -> None:
+    x, g = _problem(2, 257, 31)
+    tensor = torch.from_numpy(x).to(torch.bfloat16)
+    upcast = tensor.to(torch.float32).numpy()
+    _assert_stats_close(
+        NUMPY.sweep(upcast, "logits", LAM, g), TORCH.sweep(tensor, "logits", LAM, g), 1e-5
+    )
+    np.testing.assert_array_equal(
+        TORCH.labels(tensor, "logits", LAM, g).numpy(), NUMPY.labels(upcast, "logits", LAM, g)
+    )
+
+
+def test_compute_dtype() -> None:
+    assert compute_dtype(torch.bfloat16) == torch.float32
+    assert compute_dtype(torch.float16) == torch.float32
+    assert compute_dtype(torch.float32) == torch.float32
+    assert compute_dtype(torch.float64) == torch.float64
+    assert compute_dtype(torch.int32) == torch.float64
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_labels_codes_logprob_match_numpy(kind: str) -> None:
+    x, g = _problem(3, 200, 17, kind)
+    tensor = torch.from_numpy(x)
+    labels = TORCH.labels(tensor, kind, LAM, g)
+    assert labels.dtype == torch.int64 and labels.device == tensor.device
+    np.testing.assert_array_equal(labels.numpy(), NUMPY.labels(x, kind, LAM, g))
+    codes = TORCH.codes(tensor, kind, LAM, g)
+    assert codes.dtype == torch.float32
+    np.testing.assert_allclose(codes.numpy(), NUMPY.codes(x, kind, LAM, g), atol=1e-6)
+    np.testing.assert_allclose(codes.sum(dim=1).numpy(), 1.0, atol=1e-5)
+    ref = NUMPY.logprob_sum(x, kind, labels.numpy())
+    assert TORCH.logprob_sum(tensor, kind, labels) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_labels_order_and_ties(dtype) -> None:
+    rng = np.random.default_rng(4)
+    # integer-valued scores: many exact ties, which must keep the lower index first
+    x = rng.integers(-3, 3, size=(150, 40)).astype(np.float64)
+    x[0] = 0.0
+    g = np.zeros(40)
+    tensor = torch.from_numpy(x).to(dtype)
+    indices, values = TORCH.top_labels(tensor, "logits", 1.0, g, 7)
+    ref_indices, ref_values = NUMPY.top_labels(tensor.numpy(), "logits", 1.0, g, 7)
+    assert indices.dtype == torch.int64 and indices.shape == (150, 7)
+    np.testing.assert_array_equal(indices.numpy(), ref_indices)
+    np.testing.assert_array_equal(values.numpy(), ref_values)
+    np.testing.assert_array_equal(indices[0].numpy(), np.arange(7))
+
+
+def test_top_labels_negative_zero_and_infinite_dual() -> None:
+    x = torch.tensor([[0.0, -0.0, 1.0, -1.0, 0.0]], dtype=torch.float32)
+    g = np.array([0.0, 0.0, -np.inf, 0.0, 0.0])
+    indices, values = TORCH.top_labels(x, "logits", 1.0, g, 5)
+    np.testing.assert_array_equal(indices.numpy()[0], [0, 1, 4, 3, 2])
+    assert values[0, -1] == -torch.inf
+
+
+def test_check_reports_what_numpy_does() -> None:
+    x, _ = _problem(5, 90, 11, "probs")
+    x[3, 2] = 0.5
+    tensor = torch.from_numpy(x)
+    assert TORCH.check(tensor, "probs") == NUMPY.check(x, "probs")
+    bad = tensor.clone()
+    bad[7, 1] = float("nan")
+    assert not TORCH.check(bad, "logits").all_finite
+    ints = torch.arange(12).reshape(3, 4)
+    assert TORCH.check(ints, "logits").min_value == 0.0
+
+
+def test_input_untouched_and_detached() -> None:
+    x, g = _problem(6, 120, 9)
+    tensor = torch.from_numpy(x.copy()).requires_grad_(True)
+    before = tensor.detach().clone()
+    result = equipart.assign_labels(tensor, backend="torch", return_codes=True)
+    assert torch.equal(tensor.detach(), before)
+    assert not result.labels.requires_grad and not result.codes.requires_grad
+    assert result.labels.device == tensor.device
+    assert TORCH.sweep(tensor, "logits", LAM, g).colsum.shape == (9,)
+
+
+def test_non_contiguous_view_matches_copy() -> None:
+    x, g = _problem(7, 64, 30)
+    wide = torch.from_numpy(x)
+    view = wide.t()[:20].t()  # (64, 20) with column stride 30... transposed layout
+    assert not view.is_contiguous()
+    ref = NUMPY.sweep(view.contiguous().numpy(), "logits", LAM, g[:20])
+    _assert_stats_close(ref, TORCH.sweep(view, "logits", LAM, g[:20]), 1e-5)
+
+
+def test_solve_agrees_with_numpy_backend() -> None:
+    x, _ = _problem(8, 600, 12)
+    ref = equipart.assign_labels(x, backend="numpy")
+    got = equipart.assign_labels(torch.from_numpy(x), backend="torch")
+    assert got.converged and got.n_iter == ref.n_iter
+    np.testing.assert_allclose(got.state.g, ref.state.g, atol=1e-5)
+    np.testing.assert_array_equal(got.labels.numpy(), ref.labels)
+    assert got.objective == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_multi_head_stack() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 200, 8)).astype(np.float32)
+    got = equipart.assign_labels(torch.from_numpy(x), backend="auto")
+    assert got.labels.shape == (3, 200) and isinstance(got.labels, torch.Tensor)
+    for h in range(3):
+        single = equipart.assign_labels(x[h], backend="numpy")
+        np.testing.assert_allclose(got.state.g[h], single.state.g, atol=1e-5)
+
+
+def test_unknown_kernel_is_named() -> None:
+    with pytest.raises(ValueError, match="kernel"):
+        TorchBackend(kernel="cuda")
+
+
+def test_importing_equipart_does_not_import_torch() -> None:
+    code = "import sys, equipart; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    k=st.integers(1, 40),
+    lam=st.floats(0.1, 200.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sweep_property(n: int, k: int, lam: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, k)) * 3).astype(np.float32)
+    g = rng.standard_normal(k) * 5
+    g -= g.max()
+    ref = NUMPY.sweep(x, "logits", lam, g)
+    got = TORCH.sweep(torch.from_numpy(x), "logits", lam, g)
+    _assert_stats_close(ref, got, 1e-5)
+    assert got.colsum.sum() == pytest.approx(n, rel=1e-5)  # every row carries one unit
+
+
+# ---- the Triton kernel under the interpreter -------------------------------------------
+
+_INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, torch
+    import triton.runtime.interpreter as interp
+
+    # numpy >= 2.4 refuses int() of a size-1 array, which Triton 3.6's interpreter does for
+    # scalar loop bounds; read the scalar with .item() instead (interpreter only).
+    _patch = interp._patch_lang_tensor
+    def _patched(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+    interp._patch_lang_tensor = _patched
+
+    from equipart.backends.numpy import NumpyBackend
+    from equipart.backends.torch import TorchBackend
+    from equipart.backends import _triton_kernels as tk
+
+    numpy_backend, triton_backend = NumpyBackend(), TorchBackend(kernel="triton")
+    rng = np.random.default_rng(0)
+    cases = [
+        (1, 1, torch.float32, "logits", None),
+        (37, 5, torch.float32, "logits", None),
+        (101, 33, torch.bfloat16, "logits", None),
+        (64, 16, torch.float16, "logprobs", None),
+        (90, 70, torch.float32, "probs", None),
+        (45, 9, torch.float32, "logits", tk.SweepConfig(4, 16, 4, 3)),
+        (300, 12, torch.float32, "logits", tk.SweepConfig(8, 16, 4, 2)),
+    ]
+    for n, k, dtype, kind, config in cases:
+        x = rng.standard_normal((n, k)).astype(np.float32) * 2
+        if kind == "probs":
+            x = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+            x[0, 0] = 0.0  # log 0 = -inf inside the kernel
+        g = rng.standard_normal(k) * 3
+        g -= g.max()
+        if k > 3:
+            g[2] = -np.inf
+        tensor = torch.from_numpy(x).to(dtype)
+        ref = numpy_backend.sweep(tensor.to(torch.float32).numpy(), kind, 25.0, g)
+        if config is None:
+            got = triton_backend.sweep(tensor, kind, 25.0, g)
+            colsum, colmax = got.colsum, got.colmax
+        else:
+            g_t = torch.as_tensor(g).to(torch.float32)
+            s, m = tk.sweep_partials(tensor, g_t, 25.0, kind == "probs", config)
+            colsum, colmax = s.numpy(), m.double().numpy()
+        np.testing.assert_allclose(colsum, ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max())
+        fin = np.isfinite(ref.colmax)
+        assert (np.isfinite(colmax) == fin).all(), (n, k, dtype, kind)
+        np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3)
+    # a strided (non-contiguous) view is read through its strides
+    x = torch.from_numpy(rng.standard_normal((50, 40)).astype(np.float32))
+    view, g = x[:, ::2], np.zeros(20)
+    ref = numpy_backend.sweep(view.contiguous().numpy(), "logits", 3.0, g)
+    got = triton_backend.sweep(view, "logits", 3.0, g)
+    np.testing.assert_allclose(got.colsum, ref.colsum, rtol=1e-5)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif(find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_sweep_kernel_under_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
