@@ -188,6 +188,7 @@ def assign_labels(
         check_every=check_every,
         g0=g0,
         callback=callback,
+        anneal=warm_start is None,
     )
     return finish_assignment(
         source,

@@ -92,7 +92,37 @@ def _check_feasible(constraint: ColumnConstraint, log_mass: np.ndarray) -> None:
         )
 
 
-def run_sinkhorn(
+# Cold solves at large lam start with a short continuation ("epsilon scaling"): solve
+# at ANNEAL_START, double lam (scaling g with it, since g / lam is a price in score units)
+# until the target lam, each stage only to STAGE_TOL. Plain Sinkhorn needs O(lam) sweeps
+# from a cold start; the stages cost a few sweeps each.
+ANNEAL_ABOVE = 64.0
+ANNEAL_START = 32.0
+STAGE_TOL = 0.05
+
+
+def lam_schedule(lam: float, anneal: bool) -> list[float]:
+    """The inverse temperatures a solve runs through, ending at ``lam``."""
+    if not anneal or lam <= ANNEAL_ABOVE:
+        return [lam]
+    stages = [ANNEAL_START]
+    while stages[-1] * 2 < lam:
+        stages.append(stages[-1] * 2)
+    return [*stages, lam]
+
+
+@dataclass
+class _Stage:
+    """The loop's progress at one lam (before any warning is decided)."""
+
+    g: np.ndarray
+    n_iter: int
+    converged: bool
+    error: float
+    stopped_by_callback: bool
+
+
+def _iterate(
     source: RowSource,
     backend: Backend,
     *,
@@ -103,22 +133,17 @@ def run_sinkhorn(
     max_iter: int,
     check_every: int,
     g0: np.ndarray,
-    callback: Callable[[int, float], Any] | None = None,
-    reduce: StatsReducer | None = None,
-) -> SolveOutcome:
-    """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
-
-    Returns the best dual seen per head (the last one when converged). A callback
-    ``callback(iteration, error)`` runs at each check; returning True stops the solve.
-    Hitting ``max_iter`` (or a callback stop) before ``tol`` warns with ConvergenceWarning.
-    """
+    callback: Callable[[int, float], Any] | None,
+    reduce: StatsReducer | None,
+    history: list[float],
+    offset: int,
+) -> _Stage:
     n_heads = source.n_heads
     g = np.array(g0, dtype=np.float64, copy=True)
     best_g = g.copy()
     best_error = np.full(n_heads, np.inf)
     error = np.full(n_heads, np.inf)
     running = np.ones(n_heads, dtype=bool)
-    history: list[float] = []
     n_iter = 0
     stopped_by_callback = False
 
@@ -141,22 +166,81 @@ def run_sinkhorn(
         if is_check:
             current = float(error.max())
             history.append(current)
-            if callback is not None and callback(iteration, current) is True:
+            if callback is not None and callback(offset + iteration, current) is True:
                 stopped_by_callback = True
                 break
             if not running.any():
                 break
 
-    converged = not running.any()
     final = np.where(running[:, None], best_g, g)
     final_error = float(np.where(running, best_error, error).max())
+    return _Stage(final, n_iter, not running.any(), final_error, stopped_by_callback)
+
+
+def run_sinkhorn(
+    source: RowSource,
+    backend: Backend,
+    *,
+    kind: ScoreKind,
+    lam: float,
+    constraint: ColumnConstraint,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+    g0: np.ndarray,
+    callback: Callable[[int, float], Any] | None = None,
+    reduce: StatsReducer | None = None,
+    anneal: bool = False,
+) -> SolveOutcome:
+    """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
+
+    Returns the best dual seen per head (the last one when converged). A callback
+    ``callback(iteration, error)`` runs at each check; returning True stops the solve.
+    Hitting ``max_iter`` (or a callback stop) before ``tol`` warns with ConvergenceWarning.
+    With ``anneal`` (for cold starts), lam > ANNEAL_ABOVE is reached through the
+    continuation of ``lam_schedule``; ``max_iter`` bounds the sweeps of all stages together.
+    """
+    history: list[float] = []
+    stages = lam_schedule(lam, anneal)
+    g, used = np.array(g0, dtype=np.float64, copy=True), 0
+    for position, stage_lam in enumerate(stages):
+        is_final = position == len(stages) - 1
+        remaining = max_iter - used
+        budget = remaining if is_final else max(1, min(remaining // 2, remaining - 1))
+        stage = _iterate(
+            source,
+            backend,
+            kind=kind,
+            lam=stage_lam,
+            constraint=constraint,
+            tol=tol if is_final else max(tol, STAGE_TOL),
+            max_iter=budget,
+            check_every=check_every,
+            g0=g,
+            callback=callback,
+            reduce=reduce,
+            history=history,
+            offset=used,
+        )
+        used += stage.n_iter
+        if is_final:
+            g = stage.g
+            break
+        if stage.stopped_by_callback or used >= max_iter:
+            g = stage.g * (lam / stage_lam)  # report a dual at the lam that was asked for
+            break
+        g = stage.g * (stages[position + 1] / stage_lam)
+
+    converged = stage.converged and is_final
     if not converged:
-        reason = "its callback asked to stop" if stopped_by_callback else f"max_iter={max_iter}"
+        reason = (
+            "its callback asked to stop" if stage.stopped_by_callback else f"max_iter={max_iter}"
+        )
         warnings.warn(
-            f"Sinkhorn did not converge: stopped after {n_iter} iterations ({reason}) with "
-            f"error {final_error:.3g} > tol={tol:g}; returning the best state seen. Raise "
+            f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "
+            f"error {stage.error:.3g} > tol={tol:g}; returning the best state seen. Raise "
             "max_iter, loosen tol, or warm-start from this result's state.",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return SolveOutcome(final, n_iter, converged, final_error, tuple(history))
+    return SolveOutcome(g, used, converged, stage.error, tuple(history))

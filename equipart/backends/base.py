@@ -105,6 +105,17 @@ class Backend(ABC):
         """The soft assignment Q of the block (rows sum to 1), floating point."""
 
     @abstractmethod
+    def top_labels(
+        self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[Any, Any]:
+        """The k best labels of every row by lam * L_ij + g_j, best first.
+
+        Returns (indices int64 (n, k), values (n, k)) in the backend's library, where
+        values are lam * L_ij + g_j in the compute precision. Ties keep the lower index
+        first. Hard roundings (balanced counts) use these candidates.
+        """
+
+    @abstractmethod
     def logprob_sum(self, block: Any, kind: ScoreKind, labels: Any) -> float:
         """sum_i log P_i,labels_i, with log P the row-normalised log-probabilities."""
 

@@ -100,6 +100,21 @@ class NumpyBackend(Backend):
             out[rows] = z
         return out
 
+    def top_labels(
+        self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_rows, n_labels = block.shape
+        k = min(k, n_labels)
+        indices = np.empty((n_rows, k), dtype=np.int64)
+        values = np.empty((n_rows, k), dtype=compute_dtype(block.dtype))
+        for rows in row_blocks(n_rows, n_labels):
+            z = _scaled(block[rows], kind, lam, g)
+            # stable descending order: sort by (-value, index)
+            order = np.argsort(-z, axis=1, kind="stable")[:, :k]
+            indices[rows] = order
+            values[rows] = np.take_along_axis(z, order, axis=1)
+        return indices, values
+
     def logprob_sum(self, block: np.ndarray, kind: ScoreKind, labels: np.ndarray) -> float:
         total = 0.0
         for rows in row_blocks(block.shape[0], block.shape[1]):

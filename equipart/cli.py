@@ -1,0 +1,206 @@
+"""The ``equipart`` command: ``demo``, ``solve``, ``bench`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .api import assign_labels
+from .marginals import Counts, Marginal, Prior
+from .result import Assignment
+from .solver import ConvergenceWarning
+
+
+class CliError(Exception):
+    """A user error reported as one line on stderr (exit status 2)."""
+
+
+def _load_scores(path: str) -> np.ndarray:
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"scores file not found: {path}")
+    return _load_npy(file, "scores", mmap=True)
+
+
+def _load_npy(path: Path | str, what: str, mmap: bool = False) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CliError(
+            f"{what} file {path} is not a readable .npy array (corrupt, truncated, or holding "
+            f"pickled objects, which equipart does not load): {exc}"
+        ) from exc
+    if not isinstance(array, np.ndarray):
+        raise CliError(f"{what} file {path} is an .npz archive; save one array with np.save")
+    return array
+
+
+def _load_marginals(path: str | None) -> Marginal | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise CliError(f"marginals file not found: {path}")
+    values = _load_npy(path, "marginals")
+    if values.dtype.kind in "iu":
+        return Counts(values)
+    return Prior(values)
+
+
+def _summary(result: Assignment, seconds: float, n_labels: int) -> str:
+    labels = np.asarray(result.labels).reshape(-1, np.asarray(result.labels).shape[-1])
+    sizes = np.stack([np.bincount(row, minlength=n_labels) for row in labels])
+    target = labels.shape[1] / n_labels
+    return "\n".join(
+        [
+            f"solved {result.state.shape} in {seconds:.2f} s: {result.n_iter} iterations, "
+            f"converged={result.converged}, error={result.error:.3g}",
+            f"objective (mean log-probability of the labels): {result.objective:.6g}",
+            f"label sizes: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()} "
+            f"(target {target:.6g}; max/target {sizes.max() / target:.4f})",
+        ]
+    )
+
+
+def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        result = assign_labels(
+            scores,
+            lam=args.lam,
+            marginals=marginals,
+            rounding=args.rounding,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            input=args.input,
+            backend=args.backend,
+        )
+    print(_summary(result, time.perf_counter() - start, scores.shape[-1]))
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return result
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    scores = _load_scores(args.scores)
+    result = _solve_and_report(scores, args, _load_marginals(args.marginals))
+    if args.out:
+        np.save(args.out, np.asarray(result.labels))
+        print(f"labels written to {args.out}")
+    return 0
+
+
+def demo_scores(n_rows: int, n_labels: int, seed: int = 0) -> np.ndarray:
+    """A SeLa-shaped problem: logits of a half-trained network with planted clusters.
+
+    Each point belongs to a planted cluster; the network puts a margin of 2 (in logit
+    units) on it, on top of unit Gaussian noise, in float32.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n_rows, n_labels), dtype=np.float32)
+    planted = rng.integers(0, n_labels, size=n_rows)
+    logits[np.arange(n_rows), planted] += np.float32(2.0)
+    return logits
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(f"equipart {__version__}: SeLa-shaped demo, N={args.n} points, K={args.k} labels")
+    scores = demo_scores(args.n, args.k, args.seed)
+    print(f"scores: {scores.nbytes / 2**20:.0f} MiB float32, lam={args.lam}")
+    _solve_and_report(scores, args, None)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+
+    from .backends import available
+
+    print(f"equipart {__version__} (Python {sys.version.split()[0]})")
+    for name in ("numpy", "scipy", "POT", "numba", "torch", "cupy"):
+        try:
+            version = md.version(name if name != "cupy" else "cupy")
+        except md.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {name:<6} {version}")
+    print(f"backends available: {', '.join(available())}")
+    devices = ["cpu"]
+    if "torch" in available():
+        import torch
+
+        if torch.cuda.is_available():
+            devices += [
+                f"cuda:{i} {torch.cuda.get_device_name(i)}"
+                for i in range(torch.cuda.device_count())
+            ]
+    print(f"devices: {', '.join(devices)}")
+    return 0
+
+
+def _add_solver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lam", type=float, default=25.0, help="inverse temperature (25)")
+    parser.add_argument("--tol", type=float, default=1e-3, help="max relative mass error")
+    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--rounding", default="argmax", help="argmax, balanced or exact")
+    parser.add_argument("--input", default="logits", help="logits, logprobs or probs")
+    parser.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="equipart", description="Optimal-transport label assignment (SeLa's step)."
+    )
+    parser.add_argument("--version", action="version", version=f"equipart {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    solve = commands.add_parser("solve", help="assign labels to the scores in a .npy file")
+    solve.add_argument("scores", help="(N, K) or (H, N, K) .npy array of scores")
+    solve.add_argument("--out", help="write the int64 labels to this .npy file")
+    solve.add_argument(
+        "--marginals", help=".npy of integer label sizes (Counts) or proportions (Prior)"
+    )
+    _add_solver_options(solve)
+    solve.set_defaults(run=_cmd_solve)
+
+    demo = commands.add_parser("demo", help="solve a generated SeLa-shaped problem")
+    demo.add_argument("--n", type=int, default=200_000, help="points (200000)")
+    demo.add_argument("--k", type=int, default=1000, help="labels (1000)")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_solver_options(demo)
+    demo.set_defaults(run=_cmd_demo)
+
+    info = commands.add_parser("info", help="versions, backends and devices")
+    info.set_defaults(run=_cmd_info)
+
+    bench = commands.add_parser(
+        "bench", help="benchmark solvers (see 'equipart bench --help')", add_help=False
+    )
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CliError, ValueError, TypeError) as exc:
+        print(f"equipart {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared fixtures: every core test runs on every backend installed here.
+
+``backend_name`` is parametrised over ``equipart.backends.available()`` (plus the torch
+backend's CUDA device and CuPy when a GPU is present). ``to_backend(array, name)`` moves a
+NumPy array into that backend's array library; ``to_numpy`` brings any result back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import equipart.backends
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _backend_params() -> list:
+    names = equipart.backends.available()
+    params = [pytest.param(name, id=name) for name in names]
+    if "torch" in names and _cuda_available():
+        params.append(pytest.param("torch-cuda", id="torch-cuda", marks=pytest.mark.gpu))
+    return params
+
+
+BACKENDS = _backend_params()
+
+
+def backend_of(name: str) -> str:
+    """The registry name behind a fixture name ("torch-cuda" runs the torch backend)."""
+    return name.split("-", 1)[0]
+
+
+def to_backend(array: np.ndarray, name: str):
+    """``array`` in the library (and on the device) that backend ``name`` reads."""
+    if name in ("numpy", "numba"):
+        return array
+    if name.startswith("torch"):
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor.cuda() if name == "torch-cuda" else tensor
+    if name == "cupy":
+        import cupy
+
+        return cupy.asarray(array)
+    raise ValueError(f"unknown test backend {name!r}")
+
+
+def to_numpy(array) -> np.ndarray:
+    """Any backend's array as a host NumPy array."""
+    if isinstance(array, np.ndarray):
+        return array
+    module = type(array).__module__.split(".", 1)[0]
+    if module == "torch":
+        return array.detach().cpu().numpy()
+    if module == "cupy":
+        return array.get()
+    return np.asarray(array)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request) -> str:
+    """Each installed backend in turn (the value to pass to to_backend)."""
+    return request.param

@@ -1,0 +1,144 @@
+"""Every bad input is refused before any work, with a message naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from equipart import Counts, Prior, SolverState, assign_labels, sinkhorn_codes
+
+GOOD = np.random.default_rng(0).standard_normal((20, 4))
+
+
+@pytest.mark.parametrize(
+    "scores,error,name",
+    [
+        (np.zeros(5), ValueError, "scores"),
+        (np.zeros((2, 3, 4, 5)), ValueError, "scores"),
+        (np.zeros((0, 4)), ValueError, "scores"),
+        (np.zeros((4, 0)), ValueError, "scores"),
+        (np.zeros((4, 3), dtype=complex), TypeError, "scores"),
+        (np.array([["a", "b"]]), TypeError, "scores"),
+        (np.zeros((4, 3), dtype=bool), TypeError, "scores"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), ValueError, "scores"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), ValueError, "scores"),
+        ([[0.0, 1.0]], TypeError, "scores"),
+    ],
+)
+def test_bad_scores(scores, error, name):
+    with pytest.raises(error, match=name):
+        assign_labels(scores)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,name",
+    [
+        ({"lam": 0.0}, ValueError, "lam"),
+        ({"lam": -1.0}, ValueError, "lam"),
+        ({"lam": float("nan")}, ValueError, "lam"),
+        ({"lam": "25"}, TypeError, "lam"),
+        ({"tol": -1e-3}, ValueError, "tol"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"max_iter": 2.5}, TypeError, "max_iter"),
+        ({"check_every": 0}, ValueError, "check_every"),
+        ({"input": "logit"}, ValueError, "input"),
+        ({"rounding": "round"}, ValueError, "rounding"),
+        ({"backend": "fortran"}, ValueError, "backend"),
+        ({"backend": 3}, TypeError, "backend"),
+        ({"callback": 3}, TypeError, "callback"),
+        ({"marginals": np.array([5, 5, 5, 5])}, TypeError, "marginals"),
+        ({"marginals": Counts([5, 5, 5, 4])}, ValueError, "marginals"),
+        ({"marginals": Counts([5, 5, 10])}, ValueError, "marginals"),
+        ({"marginals": Prior([0.5, 0.5])}, ValueError, "marginals"),
+        ({"warm_start": np.zeros(3)}, ValueError, "warm_start"),
+        ({"warm_start": np.array([0.0, np.nan, 0.0, 0.0])}, ValueError, "warm_start"),
+        ({"warm_start": "cold"}, TypeError, "warm_start"),
+        ({"warm_start": np.zeros((2, 4))}, ValueError, "warm_start"),
+    ],
+)
+def test_bad_arguments(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        assign_labels(GOOD, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make,error",
+    [
+        (lambda: Counts([3, -1, 2]), ValueError),
+        (lambda: Counts([1.5, 2.5]), TypeError),
+        (lambda: Counts([[1, 2]]), ValueError),
+        (lambda: Counts([0, 0]), ValueError),
+        (lambda: Prior([0.5, 0.6]), ValueError),
+        (lambda: Prior([1.2, -0.2]), ValueError),
+        (lambda: Prior(["a"]), TypeError),
+    ],
+)
+def test_bad_marginal_specs(make, error):
+    with pytest.raises(error, match="marginals"):
+        make()
+
+
+def test_warm_start_of_another_k_or_lam():
+    state = assign_labels(GOOD, lam=10.0).state
+    with pytest.raises(ValueError, match="warm_start.*lam"):
+        assign_labels(GOOD, lam=25.0, warm_start=state)
+    other = SolverState(g=np.zeros(5), lam=10.0, shape=(20, 5))
+    with pytest.raises(ValueError, match="warm_start.*K=5"):
+        assign_labels(GOOD, lam=10.0, warm_start=other)
+
+
+def test_probabilities_are_checked():
+    probs = np.full((10, 4), 0.25)
+    assign_labels(probs, input="probs")
+    with pytest.raises(ValueError, match="scores.*non-negative"):
+        assign_labels(probs - 0.3, input="probs")
+    with pytest.raises(ValueError, match="scores.*sum"):
+        assign_labels(probs * 1.5, input="probs")
+
+
+def test_label_impossible_everywhere_is_infeasible():
+    probs = np.full((10, 4), 1 / 3)
+    probs[:, 3] = 0.0
+    with pytest.raises(ValueError, match="scores.*label.*3"):
+        assign_labels(probs, input="probs")
+    # giving that label a zero target makes it feasible
+    assign_labels(probs, input="probs", marginals=Counts([4, 3, 3, 0]))
+
+
+def test_uninstalled_backend_names_the_extra(monkeypatch):
+    import equipart.backends as registry
+
+    monkeypatch.setitem(
+        registry._ENTRIES, "cupy", registry._Entry("equipart_missing_module:Nope", "cupy")
+    )
+    registry._load.cache_clear()
+    with pytest.raises(ValueError, match=r"backend.*equipart\[cupy\]"):
+        assign_labels(GOOD, backend="cupy")
+    registry._load.cache_clear()
+
+
+def test_backend_that_cannot_read_the_array():
+    pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="backend.*torch"):
+        assign_labels(GOOD, backend="torch")
+
+
+def test_sinkhorn_codes_arguments():
+    with pytest.raises(ValueError, match="eps"):
+        sinkhorn_codes(GOOD, eps=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        sinkhorn_codes(GOOD, n_iter=0)
+    with pytest.raises(ValueError, match="scores"):
+        sinkhorn_codes(np.zeros(3))
+
+
+def test_validation_happens_before_work(monkeypatch):
+    """A bad argument late in the list is found without any sweep being run."""
+    from equipart.backends.numpy import NumpyBackend
+
+    def fail(*args, **kwargs):
+        raise AssertionError("sweep ran before validation finished")
+
+    monkeypatch.setattr(NumpyBackend, "sweep", fail)
+    with pytest.raises(ValueError, match="warm_start"):
+        assign_labels(GOOD, backend="numpy", warm_start=np.zeros(7))
