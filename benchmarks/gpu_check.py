@@ -1,0 +1,408 @@
+"""The one prepared device check of the GPU backends (issue 5): tests, then ImageNet scale.
+
+Run on one H100/H200 from the repository root (see docs/gpu.md for the exact command):
+
+    PYTHONPATH=.:$PYTHONPATH python3 benchmarks/gpu_check.py
+
+Stages, each bounded in wall time (SIGALRM) and recorded, never fatal to the next:
+
+1. ``pytest tests/test_gpu.py tests/test_torch.py`` (CUDA, CuPy, the torch CPU path).
+2. ImageNet-scale problem, N = 1,281,167 x K = 3,000 random logits, lam = 25, fp32 and
+   bf16: a plain read pass (the floor: ``x.sum()``), the equipart sweep (Triton kernel; also
+   the kernel alone and a few tile shapes), a full solve to the default tol with its peak
+   GPU memory above the input, the pure-torch fallback sweep, and the CuPy sweep on the
+   same memory (DLPack, no copy).
+3. Baselines on the same fp32 logits: a SeLa-style torch loop (two mat-vecs per
+   iteration on P = exp(lam * (L - rowmax)), fp32 and bf16 P, TF32 off) and POT's torch
+   backend (``ot.sinkhorn``, ``sinkhorn_log``, ``sinkhorn_stabilized``; ms/iteration from
+   the difference of 11 and 1 iterations). A baseline that runs out of memory is retried
+   on N/4 rows and marked so.
+4. Agreement with the NumPy backend on N = 10,000 x K = 300 (labels, duals, iterations),
+   bf16 scores against their float32 upcast, and the CuPy backend.
+
+Prints a table and writes ``gpu_<gpu name>.json`` into $OUT (or benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("POT_BACKEND_DISABLE_JAX", "1")  # POT's JAX backend grabs GPU memory
+os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import equipart  # noqa: E402
+from equipart.backends.numpy import NumpyBackend  # noqa: E402
+from equipart.backends.torch import TorchBackend, triton_available  # noqa: E402
+
+N_ROWS, N_LABELS, LAM = 1_281_167, 3_000, 25.0
+SMALL = (10_000, 300)
+GIB = 2**30
+RESULTS: dict[str, Any] = {"stages": {}, "errors": {}}
+
+
+class StageTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise StageTimeout("stage time budget exceeded")
+
+
+@contextmanager
+def stage(name: str, budget_s: int) -> Iterator[dict[str, Any]]:
+    """Run a block under a wall-time budget; record its results, time and any error."""
+    record: dict[str, Any] = {}
+    RESULTS["stages"][name] = record
+    start = time.perf_counter()
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(budget_s)
+    try:
+        yield record
+    except Exception as exc:  # recorded, never fatal to later stages
+        RESULTS["errors"][name] = f"{type(exc).__name__}: {exc}"
+        record["error"] = traceback.format_exc(limit=3)[-1500:]
+        print(f"[{name}] FAILED: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        signal.alarm(0)
+        record["wall_s"] = round(time.perf_counter() - start, 2)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        print(f"[{name}] done in {record['wall_s']} s", flush=True)
+
+
+def timed_ms(fn: Callable[[], Any], reps: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` calls, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return float(np.median(times))
+
+
+def peak_above(baseline_bytes: int) -> float:
+    return (torch.cuda.max_memory_allocated() - baseline_bytes) / GIB
+
+
+def run_tests(record: dict[str, Any]) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+    cmd += ["tests/test_gpu.py", "tests/test_torch.py"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=70)
+    tail = done.stdout[-2500:] + done.stderr[-1000:]
+    print(tail, flush=True)
+    record["returncode"] = done.returncode
+    record["summary"] = tail.strip().splitlines()[-1] if tail.strip() else ""
+    record["tail"] = tail
+
+
+def sweep_benchmarks(record: dict[str, Any], x: torch.Tensor, label: str) -> None:
+    from equipart.backends import _triton_kernels as tk
+
+    base = torch.cuda.memory_allocated()
+    g = np.zeros(x.shape[1])
+    g_t = torch.zeros(x.shape[1], device=x.device)
+    record["input_gib"] = x.numel() * x.element_size() / GIB
+    record["read_ms"] = timed_ms(lambda: x.sum())
+    record["read_tb_s"] = x.numel() * x.element_size() / record["read_ms"] / 1e9
+    triton_backend = TorchBackend(kernel="triton")
+    torch.cuda.reset_peak_memory_stats()
+    record["sweep_ms"] = timed_ms(lambda: triton_backend.sweep(x, "logits", LAM, g))
+    record["sweep_peak_extra_gib"] = peak_above(base)
+    record["kernel_ms"] = timed_ms(lambda: tk.sweep_partials(x, g_t, LAM, False))
+    record["sweep_over_read"] = record["sweep_ms"] / record["read_ms"]
+    record["default_config"] = repr(tk.sweep_config(x.shape[1]))
+    tiles = {}
+    for block_m, warps, per_sm in [(1, 4, 4), (1, 8, 2), (2, 8, 2), (2, 16, 1), (4, 16, 1)]:
+        config = tk.SweepConfig(block_m, 4096, warps, per_sm)
+        try:
+            tiles[repr(config)] = timed_ms(
+                lambda c=config: tk.sweep_partials(x, g_t, LAM, False, c), reps=5
+            )
+        except Exception as exc:  # a tile that fails to compile or launch is recorded
+            tiles[repr(config)] = f"{type(exc).__name__}: {exc}"[:300]
+    record["kernel_ms_by_tile"] = tiles
+    print(
+        f"[{label}] read {record['read_ms']:.2f} ms, sweep {record['sweep_ms']:.2f} ms", flush=True
+    )
+
+
+def solve_benchmark(record: dict[str, Any], x: torch.Tensor) -> None:
+    base = torch.cuda.memory_allocated()
+    equipart.assign_labels(x[:1000], lam=LAM)  # compile and warm up outside the timing
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = equipart.assign_labels(x, lam=LAM)
+    torch.cuda.synchronize()
+    record["solve_s"] = time.perf_counter() - start
+    record["solve_n_iter"] = result.n_iter
+    record["solve_converged"] = result.converged
+    record["solve_error"] = result.error
+    record["solve_peak_extra_gib"] = peak_above(base)
+    counts = torch.bincount(result.labels, minlength=x.shape[1]).cpu().numpy()
+    record["label_count_min_max"] = [int(counts.min()), int(counts.max())]
+    record["labels_device"] = str(result.labels.device)
+    print(f"solve {record['solve_s']:.3f} s, {result.n_iter} iterations", flush=True)
+
+
+def fallback_and_cupy(record: dict[str, Any], x: torch.Tensor) -> None:
+    g = np.zeros(x.shape[1])
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    record["torch_fallback_sweep_ms"] = timed_ms(
+        lambda: TorchBackend(kernel="torch").sweep(x, "logits", LAM, g), reps=3, warmup=1
+    )
+    record["torch_fallback_peak_extra_gib"] = peak_above(base)
+    try:
+        import cupy
+        from equipart.backends.cupy import CupyBackend
+    except ImportError as exc:
+        record["cupy"] = f"unavailable: {exc}"
+        return
+    xc = cupy.from_dlpack(x)  # the same memory, no copy
+    backend = CupyBackend()
+    record["cupy_sweep_ms"] = timed_ms(lambda: backend.sweep(xc, "logits", LAM, g))
+
+
+def bench(record: dict[str, Any], x: torch.Tensor, dtype: torch.dtype, key: str) -> None:
+    """Every equipart measurement on ``x`` stored as ``dtype`` (freed on return)."""
+    data = x if dtype == torch.float32 else x.to(dtype)
+    sweep_benchmarks(record, data, key)
+    solve_benchmark(record, data)
+    fallback_and_cupy(record, data)
+
+
+def sela_loop(x: torch.Tensor, dtype: torch.dtype, n_iter: int) -> float:
+    """SeLa's GPU Sinkhorn: P = exp(lam * (L - rowmax)), then r, c by two mat-vecs."""
+    n_rows, n_labels = x.shape
+    p = (x - x.amax(dim=1, keepdim=True)).mul_(LAM).exp_().to(dtype)
+    r = torch.ones(n_rows, device=x.device, dtype=dtype)
+    c = torch.ones(n_labels, device=x.device, dtype=dtype)
+
+    def step() -> None:
+        nonlocal r, c
+        r = (1.0 / n_rows) / (p @ c)
+        c = (1.0 / n_labels) / (r @ p)
+
+    return timed_ms(step, reps=n_iter)
+
+
+def baselines(record: dict[str, Any], x: torch.Tensor) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for dtype in (torch.float32, torch.bfloat16):
+        name = f"sela_{str(dtype).removeprefix('torch.')}"
+        for rows in (x.shape[0], x.shape[0] // 4):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            try:
+                record[f"{name}_ms"] = sela_loop(x[:rows], dtype, n_iter=10)
+                record[f"{name}_peak_extra_gib"] = peak_above(base)
+                record[f"{name}_rows"] = rows
+                break
+            except torch.cuda.OutOfMemoryError as exc:
+                record[f"{name}_oom_at_rows_{rows}"] = str(exc)[:200]
+
+
+def pot_baselines(record: dict[str, Any], x: torch.Tensor) -> None:
+    import ot
+
+    record["pot_version"] = ot.__version__
+    for method in ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized"):
+        for rows in (x.shape[0], x.shape[0] // 4):
+            torch.cuda.empty_cache()
+            try:
+                # POT minimises <Q, M>: cost = rowmax - logits (>= 0, same solution), so
+                # exp(-lam * M) neither overflows nor stops POT's NaN guard early
+                cost = x[:rows].amax(dim=1, keepdim=True) - x[:rows]
+                a = torch.full((rows,), 1.0 / rows, device=x.device, dtype=x.dtype)
+                b = torch.full((x.shape[1],), 1.0 / x.shape[1], device=x.device, dtype=x.dtype)
+                times = {}
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                for n_iter in (1, 11):
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    ot.sinkhorn(
+                        a, b, cost, 1.0 / LAM, method=method, numItermax=n_iter, stopThr=0.0
+                    )
+                    torch.cuda.synchronize()
+                    times[n_iter] = time.perf_counter() - start
+                record[f"pot_{method}_ms"] = (times[11] - times[1]) / 10 * 1e3
+                record[f"pot_{method}_peak_gib"] = peak_above(base)
+                record[f"pot_{method}_peak_total_gib"] = torch.cuda.max_memory_allocated() / GIB
+                record[f"pot_{method}_rows"] = rows
+                del cost
+                break
+            except torch.cuda.OutOfMemoryError as exc:
+                record[f"pot_{method}_oom_at_rows_{rows}"] = str(exc)[:200]
+
+
+def agreement(record: dict[str, Any]) -> None:
+    n_rows, n_labels = SMALL
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(n_rows, n_labels, device="cuda", generator=gen)
+    reference = equipart.assign_labels(x.cpu().numpy(), lam=LAM, backend="numpy")
+    got = equipart.assign_labels(x, lam=LAM, backend="torch")
+    record["numpy_n_iter"] = reference.n_iter
+    record["torch_cuda_n_iter"] = got.n_iter
+    record["dual_max_abs_diff"] = float(np.abs(got.state.g - reference.state.g).max())
+    record["label_mismatches"] = int((got.labels.cpu().numpy() != reference.labels).sum())
+    record["objective_rel_diff"] = abs(got.objective / reference.objective - 1)
+    # bf16 scores against their float32 upcast, both solved on the GPU and on NumPy
+    x16 = x.to(torch.bfloat16)
+    up = x16.float().cpu().numpy()
+    ref16 = equipart.assign_labels(up, lam=LAM, backend="numpy")
+    got16 = equipart.assign_labels(x16, lam=LAM, backend="torch")
+    record["bf16_dual_max_abs_diff"] = float(np.abs(got16.state.g - ref16.state.g).max())
+    record["bf16_label_mismatches"] = int((got16.labels.cpu().numpy() != ref16.labels).sum())
+    record["bf16_n_iter"] = [got16.n_iter, ref16.n_iter]
+    # the sweep on identical inputs (one iteration, no solver drift)
+    g = reference.state.g
+    a = NumpyBackend().sweep(x.cpu().numpy(), "logits", LAM, g)
+    b = TorchBackend().sweep(x, "logits", LAM, g)
+    record["sweep_colsum_max_rel_diff"] = float(np.abs(b.colsum / a.colsum - 1).max())
+    try:
+        import cupy
+    except ImportError:
+        return
+    got_cp = equipart.assign_labels(cupy.asarray(x.cpu().numpy()), lam=LAM, backend="cupy")
+    record["cupy_dual_max_abs_diff"] = float(np.abs(got_cp.state.g - reference.state.g).max())
+    record["cupy_label_mismatches"] = int((got_cp.labels.get() != reference.labels).sum())
+
+
+def environment(record: dict[str, Any]) -> None:
+    props = torch.cuda.get_device_properties(0)
+    record.update(
+        gpu=torch.cuda.get_device_name(0),
+        gpu_memory_gib=props.total_memory / GIB,
+        sms=props.multi_processor_count,
+        torch=torch.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        triton_available=triton_available(),
+    )
+    for module in ("triton", "cupy", "ot"):
+        try:
+            record[module] = __import__(module).__version__
+        except ImportError as exc:
+            record[module] = f"missing: {exc}"
+
+
+def print_table() -> None:
+    s = RESULTS["stages"]
+    rows = [("implementation", "fp32 ms/iter", "bf16 ms/iter", "peak extra GiB")]
+    f32, b16, base = s.get("bench_fp32", {}), s.get("bench_bf16", {}), s.get("baselines", {})
+
+    def fmt(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+    rows.append(("plain read pass (floor)", fmt(f32.get("read_ms")), fmt(b16.get("read_ms")), "-"))
+    rows.append(
+        (
+            "equipart sweep (Triton)",
+            fmt(f32.get("sweep_ms")),
+            fmt(b16.get("sweep_ms")),
+            fmt(f32.get("solve_peak_extra_gib")),
+        )
+    )
+    rows.append(
+        (
+            "equipart pure-torch sweep",
+            fmt(f32.get("torch_fallback_sweep_ms")),
+            "-",
+            fmt(f32.get("torch_fallback_peak_extra_gib")),
+        )
+    )
+    rows.append(
+        ("equipart CuPy sweep", fmt(f32.get("cupy_sweep_ms")), fmt(b16.get("cupy_sweep_ms")), "-")
+    )
+    rows.append(
+        (
+            f"SeLa torch 2 mat-vecs (rows {base.get('sela_float32_rows', '-')})",
+            fmt(base.get("sela_float32_ms")),
+            fmt(base.get("sela_bfloat16_ms")),
+            fmt(base.get("sela_float32_peak_extra_gib")),
+        )
+    )
+    for method in ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized"):
+        rows.append(
+            (
+                f"POT {method} (rows {base.get(f'pot_{method}_rows', '-')})",
+                fmt(base.get(f"pot_{method}_ms")),
+                "-",
+                fmt(base.get(f"pot_{method}_peak_gib")),
+            )
+        )
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
+    for key in ("bench_fp32", "bench_bf16"):
+        st = s.get(key, {})
+        print(
+            f"{key}: solve {fmt(st.get('solve_s'))} s in {st.get('solve_n_iter')} iterations "
+            f"(converged {st.get('solve_converged')}), sweep/read {fmt(st.get('sweep_over_read'))}"
+        )
+    print("agreement:", json.dumps(s.get("agreement", {}), default=str))
+    print("tests:", s.get("tests", {}).get("summary"))
+    print("errors:", json.dumps(RESULTS["errors"], default=str))
+
+
+def main() -> int:
+    start = time.perf_counter()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 1
+    with stage("environment", 20) as record:
+        environment(record)
+    with stage("tests", 75) as record:
+        run_tests(record)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(N_ROWS, N_LABELS, device="cuda", generator=gen)
+    for dtype, key, budget in (
+        (torch.float32, "bench_fp32", 40),
+        (torch.bfloat16, "bench_bf16", 30),
+    ):
+        with stage(key, budget) as record:
+            bench(record, x, dtype, key)
+    with stage("baselines", 40) as record:
+        baselines(record, x)
+        pot_baselines(record, x)
+    del x
+    with stage("agreement", 30) as record:
+        agreement(record)
+    RESULTS["total_wall_s"] = round(time.perf_counter() - start, 1)
+    gpu = RESULTS["stages"]["environment"].get("gpu", "unknown")
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
+    out_dir = Path(os.environ.get("OUT") or "benchmarks/results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"gpu_{slug}.json"
+    path.write_text(json.dumps(RESULTS, indent=2, default=str))
+    print_table()
+    print(f"wrote {path} (total {RESULTS['total_wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
