@@ -1,0 +1,160 @@
+"""The torch backend on CUDA (Triton kernel and torch fallback) and the CuPy backend.
+
+Every test here needs a CUDA device and skips without one (or without torch / CuPy);
+collection never imports a GPU library that is missing.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+
+import equipart
+from equipart.backends.numpy import NumpyBackend
+
+pytestmark = pytest.mark.gpu
+NUMPY = NumpyBackend()
+LAM = 25.0
+
+
+def _torch_cuda():
+    if find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch
+
+
+def _cupy():
+    if find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed")
+    import cupy
+
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+def _problem(seed: int, n: int, k: int, kind: str = "logits") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, k)) * 2).astype(np.float32)
+    if kind == "probs":
+        x = (np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)).astype(np.float32)
+    g = rng.standard_normal(k) * 3
+    g -= g.max()
+    g[1] = -np.inf
+    return x, g
+
+
+def _assert_stats_close(ref, got) -> None:
+    np.testing.assert_allclose(got.colsum, ref.colsum, rtol=1e-4, atol=1e-5 * ref.colsum.max())
+    finite = np.isfinite(ref.colmax)
+    np.testing.assert_array_equal(np.isfinite(got.colmax), finite)
+    np.testing.assert_allclose(got.colmax[finite], ref.colmax[finite], atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", ["triton", "torch"])
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16", "float64"])
+@pytest.mark.parametrize("shape", [(1, 3), (1031, 3000), (70, 9000), (50, 17000)])
+def test_torch_cuda_sweep_matches_numpy(kernel, kind, dtype_name, shape) -> None:
+    torch = _torch_cuda()
+    from equipart.backends.torch import TorchBackend, triton_available
+
+    if kernel == "triton" and not triton_available():
+        pytest.skip("Triton is not installed")
+    x, g = _problem(sum(shape), *shape, kind)
+    tensor = torch.from_numpy(x).to(getattr(torch, dtype_name)).cuda()
+    backend = TorchBackend(kernel=kernel)
+    ref = NUMPY.sweep(
+        tensor.cpu().to(torch.float64 if dtype_name == "float64" else torch.float32).numpy(),
+        kind,
+        LAM,
+        g,
+    )
+    got = backend.sweep(tensor, kind, LAM, g)
+    _assert_stats_close(ref, got)
+    # determinism: the same grid merges partials in the same order
+    again = backend.sweep(tensor, kind, LAM, g)
+    np.testing.assert_array_equal(got.colsum, again.colsum)
+
+
+def test_torch_cuda_solve_outputs_on_device_and_agrees() -> None:
+    torch = _torch_cuda()
+    x, _ = _problem(3, 5000, 64)
+    ref = equipart.assign_labels(x, backend="numpy", return_codes=True)
+    tensor = torch.from_numpy(x).cuda()
+    before = tensor.clone()
+    got = equipart.assign_labels(tensor, return_codes=True)
+    assert torch.equal(tensor, before)
+    assert got.labels.is_cuda and got.labels.dtype == torch.int64 and got.codes.is_cuda
+    np.testing.assert_allclose(got.state.g, ref.state.g, atol=1e-4)
+    assert (got.labels.cpu().numpy() != ref.labels).mean() < 1e-3
+    np.testing.assert_allclose(got.codes.cpu().numpy(), ref.codes, atol=1e-4)
+
+
+def test_torch_cuda_multi_head_and_top_labels() -> None:
+    torch = _torch_cuda()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2000, 40)).astype(np.float32)
+    got = equipart.assign_labels(torch.from_numpy(x).cuda())
+    assert got.labels.shape == (3, 2000) and got.labels.is_cuda
+    from equipart.backends.torch import TorchBackend
+
+    ties = torch.from_numpy(rng.integers(-2, 2, size=(500, 40)).astype(np.float32)).cuda()
+    indices, values = TorchBackend().top_labels(ties, "logits", 1.0, np.zeros(40), 6)
+    ref_i, ref_v = NUMPY.top_labels(ties.cpu().numpy(), "logits", 1.0, np.zeros(40), 6)
+    np.testing.assert_array_equal(indices.cpu().numpy(), ref_i)
+    np.testing.assert_array_equal(values.cpu().numpy(), ref_v)
+
+
+def test_torch_cuda_sweep_allocates_no_n_by_k() -> None:
+    torch = _torch_cuda()
+    from equipart.backends.torch import TorchBackend
+
+    tensor = torch.randn(200_000, 1000, device="cuda")
+    g = np.zeros(1000)
+    backend = TorchBackend()
+    backend.sweep(tensor, "logits", LAM, g)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    backend.sweep(tensor, "logits", LAM, g)
+    assert torch.cuda.max_memory_allocated() - base < 64 * 2**20  # partials only
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("shape", [(1, 3), (1031, 3000), (700, 9000)])
+def test_cupy_sweep_matches_numpy(kind, dtype, shape) -> None:
+    cp = _cupy()
+    from equipart.backends.cupy import CupyBackend
+
+    x, g = _problem(sum(shape), *shape, kind)
+    stored = x.astype(dtype)
+    got = CupyBackend().sweep(cp.asarray(stored), kind, LAM, g)
+    _assert_stats_close(NUMPY.sweep(stored, kind, LAM, g), got)
+
+
+def test_cupy_solve_agrees_with_numpy() -> None:
+    cp = _cupy()
+    x, _ = _problem(6, 4000, 50)
+    ref = equipart.assign_labels(x, backend="numpy")
+    array = cp.asarray(x)
+    got = equipart.assign_labels(array, backend="cupy", return_codes=True)
+    assert isinstance(got.labels, cp.ndarray) and got.labels.dtype == np.int64
+    np.testing.assert_allclose(got.state.g, ref.state.g, atol=1e-4)
+    assert (got.labels.get() != ref.labels).mean() < 1e-3
+    from equipart.backends.cupy import CupyBackend
+
+    ties = np.random.default_rng(7).integers(-2, 2, size=(300, 30)).astype(np.float32)
+    indices, _ = CupyBackend().top_labels(cp.asarray(ties), "logits", 1.0, np.zeros(30), 5)
+    ref_i, _ = NUMPY.top_labels(ties, "logits", 1.0, np.zeros(30), 5)
+    np.testing.assert_array_equal(indices.get(), ref_i)
