@@ -12,18 +12,24 @@ transport problem with a fused, log-stable Sinkhorn sweep on any array library.
 """
 
 from .api import assign_labels, sinkhorn_codes
-from .marginals import Counts, Marginal, Prior, Uniform
+from .distributed import DistributedSolveError
+from .marginals import Bounds, Counts, Marginal, Prior, Relaxed, Uniform
 from .result import Assignment, SolverState
 from .solver import ConvergenceWarning
+from .sources import RowBlocks
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Assignment",
+    "Bounds",
     "ConvergenceWarning",
     "Counts",
+    "DistributedSolveError",
     "Marginal",
     "Prior",
+    "Relaxed",
+    "RowBlocks",
     "SolverState",
     "Uniform",
     "assign_labels",

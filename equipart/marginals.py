@@ -26,13 +26,18 @@ from typing import Protocol
 import numpy as np
 
 __all__ = [
+    "BandConstraint",
+    "Bounds",
     "ColumnConstraint",
     "Counts",
     "EqualityConstraint",
     "Marginal",
     "Prior",
+    "Relaxed",
+    "RelaxedConstraint",
     "Uniform",
     "as_marginal",
+    "normalise_dual",
 ]
 
 
@@ -45,8 +50,12 @@ class ColumnConstraint(Protocol):
         """Return the next column dual (K,) given the current dual and log column masses."""
         ...
 
-    def error(self, log_mass: np.ndarray) -> float:
-        """Return the convergence error of the current column masses (0 at the target)."""
+    def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
+        """Return the convergence error at dual g with these column masses (0 at the end)."""
+        ...
+
+    def min_mass(self) -> np.ndarray:
+        """The least mass each label must receive (float64, (K,)); > 0 means required."""
         ...
 
     def count_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -75,15 +84,34 @@ class EqualityConstraint:
         positive = self.target > 0
         new = np.full_like(g, -np.inf)
         new[positive] = g[positive] + np.log(self.target[positive]) - log_mass[positive]
-        return new
+        return normalise_dual(new)
 
-    def error(self, log_mass: np.ndarray) -> float:
+    def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         positive = self.target > 0
         ratio = np.exp(log_mass[positive] - np.log(self.target[positive]))
         return float(np.max(np.abs(ratio - 1.0))) if ratio.size else 0.0
 
     def count_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.lo, self.hi
+
+    def min_mass(self) -> np.ndarray:
+        return self.target
+
+
+def normalise_dual(g: np.ndarray) -> np.ndarray:
+    """Shift g so its largest finite entry is 0 (Q is unchanged: f absorbs the shift).
+
+    Valid for equality targets only, where a common shift of g is absorbed by f.
+    """
+    finite = np.isfinite(g)
+    return g - g[finite].max() if finite.any() else g
+
+
+def _step_residual(g: np.ndarray, new: np.ndarray) -> float:
+    """max_j |exp(new_j - g_j) - 1|: the relative change of each label's mass that the
+    next column step would make (a KKT residual, 0 exactly at the solution)."""
+    moving = np.isfinite(g) & np.isfinite(new)
+    return float(np.max(np.abs(np.expm1(new[moving] - g[moving])), initial=0.0))
 
 
 def _equality(target: np.ndarray, n_rows: int) -> EqualityConstraint:
@@ -98,8 +126,11 @@ class Marginal(ABC):
     """A specification of the label (column) masses; see the module docstring."""
 
     @abstractmethod
-    def bind(self, n_rows: int, n_labels: int) -> ColumnConstraint:
-        """Validate against an (n_rows, n_labels) problem and return its constraint."""
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> ColumnConstraint:
+        """Validate against an (n_rows, n_labels) problem and return its constraint.
+
+        ``lam`` is the solve's inverse temperature; only KL-relaxed marginals need it.
+        """
 
 
 @dataclass(frozen=True)
@@ -110,7 +141,7 @@ class Uniform(Marginal):
     roundings give every label floor(N/K) or ceil(N/K) points.
     """
 
-    def bind(self, n_rows: int, n_labels: int) -> EqualityConstraint:
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> EqualityConstraint:
         return _equality(np.full(n_labels, n_rows / n_labels, dtype=np.float64), n_rows)
 
 
@@ -147,7 +178,7 @@ class Counts(Marginal):
         frozen.setflags(write=False)
         object.__setattr__(self, "sizes", frozen)
 
-    def bind(self, n_rows: int, n_labels: int) -> EqualityConstraint:
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> EqualityConstraint:
         if self.sizes.size != n_labels:
             raise ValueError(
                 f"marginals: Counts has {self.sizes.size} sizes but scores have "
@@ -195,7 +226,7 @@ class Prior(Marginal):
         frozen.setflags(write=False)
         object.__setattr__(self, "p", frozen)
 
-    def bind(self, n_rows: int, n_labels: int) -> EqualityConstraint:
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> EqualityConstraint:
         if self.p.size != n_labels:
             raise ValueError(
                 f"marginals: Prior has {self.p.size} proportions but scores have "
@@ -205,6 +236,193 @@ class Prior(Marginal):
 
     def __repr__(self) -> str:
         return f"Prior(p={self.p.tolist()!r})"
+
+
+@dataclass(frozen=True)
+class BandConstraint:
+    """Column masses within [lo_j, hi_j] (float64 counts, (K,)).
+
+    The entropic problem max <Q, lam L> + H(Q) with rows summing to 1 and
+    lo <= Q^T 1 <= hi has the dual variable g_j = alpha_j - beta_j with multipliers
+    alpha, beta >= 0 of the two one-sided constraints. Exact block-coordinate ascent on the
+    dual (equivalently, Bregman projections onto the two half-spaces with Dykstra's
+    correction: Bauschke and Lewis, "Dykstra's algorithm with Bregman projections: a
+    convergence proof", Optimization 48, 2000; Benamou et al., "Iterative Bregman
+    projections for regularized transportation problems", SIAM J. Sci. Comput. 37, 2015)
+    gives, with s_j = m_j exp(-g_j) the mass label j would have at g_j = 0,
+
+        g_j <- median(log lo_j - log s_j, 0, log hi_j - log s_j).
+
+    The dual's zero is meaningful here (g_j = 0: no bound active), so g is not shifted.
+    ``error`` is the step residual max_j |exp(g_new_j - g_j) - 1|.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    n_rows: int
+
+    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_free = log_mass - g  # log s_j
+            raise_to = np.log(self.lo) - log_free
+            lower_to = np.log(self.hi) - log_free
+        new = np.minimum(np.maximum(raise_to, 0.0), lower_to)
+        new = np.where(np.isfinite(log_free), new, 0.0)  # unreachable label: lo_j is 0
+        return np.where(self.hi > 0, new, -np.inf)
+
+    def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
+        return _step_residual(g, self.update(g, log_mass))
+
+    def count_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.floor(self.lo + 1e-9).astype(np.int64)
+        hi = np.minimum(np.ceil(self.hi - 1e-9), self.n_rows).astype(np.int64)
+        return lo, hi
+
+    def min_mass(self) -> np.ndarray:
+        return self.lo
+
+
+@dataclass(frozen=True)
+class RelaxedConstraint:
+    """A KL-penalised column marginal (one-sided unbalanced OT; rows stay exact).
+
+    Maximises <Q, lam L> + H(Q) - lam tau KL(Q^T 1 | b). The exact column step is
+
+        g_j <- rho (log b_j - log s_j),   rho = lam tau / (lam tau + 1),
+
+    with s_j = m_j exp(-g_j). ``error`` is the step residual max_j |exp(g_new - g) - 1|.
+    """
+
+    target: np.ndarray
+    rho: float
+    n_rows: int
+
+    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_free = log_mass - g
+            new = self.rho * (np.log(self.target) - log_free)
+        new = np.where(np.isfinite(log_free), new, 0.0)
+        return np.where(self.target > 0, new, -np.inf)
+
+    def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
+        return _step_residual(g, self.update(g, log_mass))
+
+    def count_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """No hard sizes: any count from 0 to N (labels with a zero target get none)."""
+        hi = np.where(self.target > 0, self.n_rows, 0).astype(np.int64)
+        return np.zeros_like(hi), hi
+
+    def min_mass(self) -> np.ndarray:
+        return np.zeros_like(self.target)
+
+
+def _band_array(value: object, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"marginals: Bounds {name} must be a number or an array of counts") from exc
+    if array.ndim > 1:
+        raise ValueError(f"marginals: Bounds {name} must be a scalar or 1-D, got {array.shape}")
+    if np.isnan(array).any() or (array < 0).any():
+        raise ValueError(f"marginals: Bounds {name} must be non-negative numbers, got {value!r}")
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Bounds(Marginal):
+    """Near-balanced label masses: label j receives between ``lo[j]`` and ``hi[j]`` points.
+
+    ``lo`` and ``hi`` are counts (scalars apply to every label; ``hi`` may be inf). Use
+    ``Bounds.relative(0.9, 1.1)`` for "within 10% of N/K" (or of another target). Solved
+    exactly in the entropic sense (see ``BandConstraint``); hard roundings give label j
+    between floor(lo_j) and ceil(hi_j) points.
+    """
+
+    lo: np.ndarray | float
+    hi: np.ndarray | float
+    around: Marginal | None = None  # set by Bounds.relative: lo, hi are then factors
+
+    def __post_init__(self) -> None:
+        lo, hi = _band_array(self.lo, "lo"), _band_array(self.hi, "hi")
+        if lo.shape and hi.shape and lo.shape != hi.shape:
+            raise ValueError(f"marginals: Bounds lo {lo.shape} and hi {hi.shape} differ in shape")
+        bad = np.flatnonzero(np.broadcast_to(lo > hi, np.broadcast_shapes(lo.shape, hi.shape)))
+        if bad.size:
+            raise ValueError(
+                f"marginals: Bounds needs lo <= hi, but lo > hi for label(s) {bad[:10].tolist()}"
+            )
+        if self.around is not None and not isinstance(self.around, (Uniform, Counts, Prior)):
+            raise TypeError("marginals: Bounds.relative needs Uniform(), Counts or Prior")
+        for name, array in (("lo", lo), ("hi", hi)):
+            array.setflags(write=False)
+            object.__setattr__(self, name, array)
+
+    @classmethod
+    def relative(cls, lo: float, hi: float, around: Marginal | None = None) -> Bounds:
+        """Masses within [lo, hi] times a target (``around``, default ``Uniform()``)."""
+        return cls(lo, hi, around if around is not None else Uniform())
+
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> BandConstraint:
+        lo, hi = self.lo, self.hi
+        if self.around is not None:
+            target = self.around.bind(n_rows, n_labels).target
+            lo, hi = lo * target, hi * target
+        lo = np.broadcast_to(lo, (n_labels,)) if lo.ndim == 0 else lo
+        hi = np.broadcast_to(hi, (n_labels,)) if hi.ndim == 0 else hi
+        if lo.shape != (n_labels,) or hi.shape != (n_labels,):
+            raise ValueError(
+                f"marginals: Bounds has {lo.shape[0]} labels but scores have K={n_labels}"
+            )
+        if lo.sum() > n_rows * (1 + 1e-12):
+            raise ValueError(
+                f"marginals: Bounds lower limits sum to {lo.sum():.6g} > N={n_rows}: "
+                "no assignment can give every label its minimum"
+            )
+        if hi.sum() < n_rows * (1 - 1e-12):
+            raise ValueError(
+                f"marginals: Bounds upper limits sum to {hi.sum():.6g} < N={n_rows}: "
+                "the labels cannot hold every point"
+            )
+        return BandConstraint(lo=lo.astype(np.float64), hi=hi.astype(np.float64), n_rows=n_rows)
+
+    def __repr__(self) -> str:
+        if self.around is not None:
+            return f"Bounds.relative({float(self.lo)}, {float(self.hi)}, {self.around!r})"
+        return f"Bounds(lo={self.lo.tolist()!r}, hi={self.hi.tolist()!r})"
+
+
+@dataclass(frozen=True)
+class Relaxed(Marginal):
+    """A KL-relaxed target: label masses pulled toward ``target`` with strength ``tau``.
+
+    Solves max <Q, L> + (1/lam) H(Q) - tau KL(Q^T 1 | b) with rows summing to 1, b the
+    masses of ``target`` (``Uniform()``, ``Counts`` or ``Prior``), tau in the units of
+    the scores. Conventions: this is POT's ``ot.unbalanced.sinkhorn_unbalanced(a=1, b,
+    M=-L, reg=1/lam, reg_m=(inf, tau), reg_type="entropy")``, so ``tau`` equals POT's
+    ``reg_m``; OTT-JAX's ``tau_b`` is lam tau / (lam tau + 1). tau -> inf recovers the
+    balanced problem, tau -> 0 the row-only softmax.
+    """
+
+    target: Marginal
+    tau: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, (Uniform, Counts, Prior)):
+            raise TypeError(
+                "marginals: Relaxed(target, tau) needs a target with one mass per label: "
+                f"Uniform(), Counts or Prior, got {type(self.target).__name__}"
+            )
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)):
+            raise TypeError(f"marginals: Relaxed tau must be a number > 0, got {self.tau!r}")
+        if not self.tau > 0:
+            raise ValueError(f"marginals: Relaxed tau must be > 0 (inf: balanced), got {self.tau}")
+
+    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> RelaxedConstraint:
+        if lam is None:
+            raise ValueError("marginals: Relaxed needs the solve's lam to bind")
+        target = self.target.bind(n_rows, n_labels).target
+        rho = 1.0 if np.isinf(self.tau) else lam * self.tau / (lam * self.tau + 1.0)
+        return RelaxedConstraint(target=target, rho=float(rho), n_rows=n_rows)
 
 
 def _is_real(values: object) -> bool:

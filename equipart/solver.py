@@ -4,11 +4,11 @@ Each iteration is one sweep per head over that head's row blocks (see
 ``equipart.backends.base``). For the current g the sweep makes every row of Q sum to 1 and
 measures the column masses m of that Q; the driver then
 
-* measures the error of the current Q, ``constraint.error(log m)`` (for an equality target
-  max_j |m_j / b_j - 1|: scale-free, the same meaning at every N and K),
+* measures the error of the current Q, ``constraint.error(g, log m)`` (for an equality
+  target max_j |m_j / b_j - 1|: scale-free, the same meaning at every N and K),
 * stops a head whose error is at most ``tol`` at a check (every ``check_every`` iterations,
   and always at the first, so a converged warm start costs one sweep), and otherwise
-* replaces g by ``constraint.update(g, log m)``, normalised so that max_j g_j = 0.
+* replaces g by ``constraint.update(g, log m)`` (the marginal's own column step).
 
 The driver never touches array elements: it sees only K-dim float64 statistics, which is
 what lets the same loop run in memory, streamed from disk, or sharded across ranks (the
@@ -27,7 +27,7 @@ import numpy as np
 from .backends.base import Backend, ColumnStats, ScoreKind
 from .marginals import ColumnConstraint
 
-__all__ = ["ConvergenceWarning", "RowSource", "SolveOutcome", "normalise_dual", "run_sinkhorn"]
+__all__ = ["ConvergenceWarning", "RowSource", "SolveOutcome", "run_sinkhorn"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -58,12 +58,6 @@ class SolveOutcome:
 StatsReducer = Callable[[ColumnStats], ColumnStats]
 
 
-def normalise_dual(g: np.ndarray) -> np.ndarray:
-    """Shift g so its largest finite entry is 0 (Q is unchanged: f absorbs the shift)."""
-    finite = np.isfinite(g)
-    return g - g[finite].max() if finite.any() else g
-
-
 def column_stats(
     source: RowSource,
     backend: Backend,
@@ -82,8 +76,7 @@ def column_stats(
 
 
 def _check_feasible(constraint: ColumnConstraint, log_mass: np.ndarray) -> None:
-    lo, _ = constraint.count_bounds()
-    dead = np.flatnonzero((log_mass == -np.inf) & (lo > 0))
+    dead = np.flatnonzero((log_mass == -np.inf) & (constraint.min_mass() > 0))
     if dead.size:
         raise ValueError(
             f"scores: label(s) {dead[:10].tolist()} have zero probability at every point but a "
@@ -155,14 +148,14 @@ def _iterate(
             log_mass = stats.log_mass()
             if iteration == 1:
                 _check_feasible(constraint, log_mass)
-            error[head] = constraint.error(log_mass)
+            error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]
                 best_g[head] = g[head]
             if is_check and error[head] <= tol:
                 running[head] = False
                 continue
-            g[head] = normalise_dual(constraint.update(g[head], log_mass))
+            g[head] = constraint.update(g[head], log_mass)
         if is_check:
             current = float(error.max())
             history.append(current)

@@ -1,0 +1,186 @@
+"""Near-balanced marginals: Bounds (a band per label) and Relaxed (KL-penalised target)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+from conftest import backend_of, to_backend, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.special import softmax
+
+from equipart import Bounds, Counts, Prior, Relaxed, Uniform, assign_labels
+
+SETTINGS = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def solve(scores, backend_name, **kwargs):
+    result = assign_labels(
+        to_backend(scores, backend_name), backend=backend_of(backend_name), **kwargs
+    )
+    codes = to_numpy(result.codes).astype(np.float64) if result.codes is not None else None
+    return result, to_numpy(result.labels), codes
+
+
+@SETTINGS
+@given(
+    n_rows=st.integers(5, 300),
+    n_labels=st.integers(2, 12),
+    seed=st.integers(0, 2**32 - 1),
+    width=st.sampled_from([0.0, 0.05, 0.2, 0.5]),
+    skew=st.sampled_from([0.0, 1.0, 3.0]),
+)
+def test_band_is_satisfied(backend_name, n_rows, n_labels, seed, width, skew):
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n_rows, n_labels))
+    scores[:, 0] += skew  # a network that prefers label 0
+    result, _, codes = solve(
+        scores,
+        backend_name,
+        lam=5.0,
+        marginals=Bounds.relative(1 - width, 1 + width),
+        tol=1e-6,
+        max_iter=20_000,
+        return_codes=True,
+    )
+    assert result.converged
+    target = n_rows / n_labels
+    masses = codes.sum(axis=0)
+    assert np.all(masses >= (1 - width) * target * (1 - 1e-4) - 1e-9)
+    assert np.all(masses <= (1 + width) * target * (1 + 1e-4) + 1e-9)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_equal_limits_give_the_counts_solution(backend_name):
+    scores = np.random.default_rng(1).standard_normal((240, 5))
+    sizes = np.array([30, 60, 50, 0, 100])
+    kwargs = {"lam": 5.0, "tol": 1e-9, "max_iter": 20_000, "return_codes": True}
+    band, band_labels, band_codes = solve(
+        scores, backend_name, marginals=Bounds(sizes, sizes), **kwargs
+    )
+    counts, count_labels, count_codes = solve(
+        scores, backend_name, marginals=Counts(sizes), **kwargs
+    )
+    np.testing.assert_allclose(band_codes, count_codes, atol=1e-8)
+    np.testing.assert_array_equal(band_labels, count_labels)
+
+
+def test_wide_band_gives_the_row_only_solution(backend_name):
+    scores = np.random.default_rng(2).standard_normal((200, 7))
+    scores[:, 3] += 1.0
+    result, labels, codes = solve(
+        scores, backend_name, lam=4.0, marginals=Bounds(0, np.inf), return_codes=True
+    )
+    np.testing.assert_allclose(codes, softmax(4.0 * scores, axis=1), atol=1e-7)
+    np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+    assert result.converged and result.n_iter == 1
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.5, 5.0])
+@pytest.mark.parametrize("target", [Uniform(), Prior(np.array([0.1, 0.2, 0.3, 0.4]))])
+def test_relaxed_matches_pot_unbalanced(backend_name, tau, target):
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((150, 4))
+    lam = 3.0
+    b = target.bind(150, 4).target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # POT: reg_type="entropy" notice
+        plan = ot.unbalanced.sinkhorn_unbalanced(
+            np.ones(150),
+            b,
+            -scores,
+            1.0 / lam,
+            (np.inf, tau),
+            reg_type="entropy",
+            numItermax=100_000,
+            stopThr=1e-15,
+        )
+    _, _, codes = solve(
+        scores,
+        backend_name,
+        lam=lam,
+        marginals=Relaxed(target, tau),
+        tol=1e-12,
+        max_iter=100_000,
+        return_codes=True,
+    )
+    np.testing.assert_allclose(codes, plan, atol=1e-7)
+
+
+def test_relaxed_interpolates_between_softmax_and_balanced():
+    scores = np.random.default_rng(4).standard_normal((300, 6))
+    scores[:, 0] += 2.0
+    kwargs = {"lam": 5.0, "tol": 1e-6, "max_iter": 50_000, "return_codes": True, "backend": "numpy"}
+    spreads = []
+    for tau in (1e-3, 1.0, 1e3):
+        codes = assign_labels(scores, marginals=Relaxed(Uniform(), tau), **kwargs).codes
+        spreads.append(np.ptp(codes.sum(axis=0)))
+    assert spreads[0] > spreads[1] > spreads[2]
+    assert spreads[2] < 1.0  # tau large: close to the equipartition of 50 each
+
+
+@pytest.mark.parametrize(
+    "make,n_rows,match",
+    [
+        (lambda: Bounds(30, 40), 100, "lower limits sum to 120"),
+        (lambda: Bounds(0, 20), 100, "upper limits sum to 80"),
+        (lambda: Bounds(np.array([5, 5, 5, 5]), np.array([30, 30, 30, 3])), 100, "lo <= hi"),
+        (lambda: Bounds(-1, 30), 100, "non-negative"),
+        (lambda: Bounds(np.array([1, 2]), np.array([50, 50, 50, 50])), 100, "shape"),
+        (lambda: Bounds(np.zeros(3), np.full(3, 50.0)), 100, "K=4"),
+        (lambda: Bounds.relative(1.1, 1.2), 100, "lower limits"),
+        (lambda: Relaxed(Uniform(), 0.0), 100, "tau"),
+        (lambda: Relaxed(Uniform(), -1.0), 100, "tau"),
+    ],
+)
+def test_infeasible_or_invalid_bands_are_refused(make, n_rows, match):
+    scores = np.zeros((n_rows, 4))
+    with pytest.raises(ValueError, match=f"marginals.*{match}"):
+        assign_labels(scores, marginals=make())
+
+
+def test_relaxed_needs_a_single_target():
+    with pytest.raises(TypeError, match="marginals"):
+        Relaxed(Bounds(0, 10), 1.0)
+
+
+@pytest.mark.parametrize(
+    "marginals", [Bounds.relative(0.8, 1.2), Relaxed(Uniform(), 2.0)], ids=["bounds", "relaxed"]
+)
+def test_warm_start_and_multi_head(backend_name, marginals):
+    rng = np.random.default_rng(6)
+    heads = rng.standard_normal((2, 400, 8))
+    heads[:, :, 0] += 2.0
+    kwargs = {"lam": 10.0, "tol": 1e-6, "max_iter": 20_000, "marginals": marginals}
+    stacked, labels, _ = solve(heads, backend_name, **kwargs)
+    for h in range(2):
+        single, single_labels, _ = solve(heads[h], backend_name, **kwargs)
+        np.testing.assert_array_equal(labels[h], single_labels)
+        np.testing.assert_allclose(stacked.state.g[h], single.state.g, atol=1e-6)
+    again, _, _ = solve(heads, backend_name, warm_start=stacked.state, **kwargs)
+    assert again.converged and again.n_iter == 1
+
+
+def test_balanced_rounding_honours_the_band():
+    from equipart.rounding import ROUNDERS
+
+    if "balanced" not in ROUNDERS:
+        pytest.fail("balanced rounding is missing")
+    rng = np.random.default_rng(8)
+    scores = rng.standard_normal((1003, 10))
+    scores[:, :3] += 1.5  # three popular labels pushed against their upper limit
+    result = assign_labels(
+        scores,
+        lam=10.0,
+        marginals=Bounds.relative(0.9, 1.1),
+        rounding="balanced",
+        backend="numpy",
+    )
+    counts = np.bincount(result.labels, minlength=10)
+    assert counts.sum() == 1003
+    assert np.all(counts >= np.floor(0.9 * 100.3)) and np.all(counts <= np.ceil(1.1 * 100.3))
