@@ -175,12 +175,11 @@ def fallback_and_cupy(record: dict[str, Any], x: torch.Tensor) -> None:
     )
     record["torch_fallback_peak_extra_gib"] = peak_above(base)
     try:
-        import cupy
-        from equipart.backends.cupy import CupyBackend
+        from equipart.backends.cupy import CupyBackend, cp
     except ImportError as exc:
         record["cupy"] = f"unavailable: {exc}"
         return
-    xc = cupy.from_dlpack(x)  # the same memory, no copy
+    xc = cp.from_dlpack(x)  # the same memory, no copy
     backend = CupyBackend()
     record["cupy_sweep_ms"] = timed_ms(lambda: backend.sweep(xc, "logits", LAM, g))
 
