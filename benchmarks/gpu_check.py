@@ -174,6 +174,9 @@ def fallback_and_cupy(record: dict[str, Any], x: torch.Tensor) -> None:
         lambda: TorchBackend(kernel="torch").sweep(x, "logits", LAM, g), reps=3, warmup=1
     )
     record["torch_fallback_peak_extra_gib"] = peak_above(base)
+    if x.dtype == torch.bfloat16:
+        record["cupy"] = "CuPy has no bfloat16 arrays"
+        return
     try:
         from equipart.backends.cupy import CupyBackend, cp
     except ImportError as exc:
