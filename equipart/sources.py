@@ -1,17 +1,27 @@
 """Row sources: how the driver walks the rows of each head.
 
-An in-memory array (NumPy, memmap, torch, CuPy) is one block per head: the backend does
-its own inner blocking. Streaming and sharded sources (chunks read from disk, one shard per
-rank) implement the same ``RowSource`` protocol of ``equipart.solver``.
+An in-memory array (NumPy, torch, CuPy) is one block per head: the backend does its own
+inner blocking. Out-of-core scores (a ``np.memmap``, a ``.npy`` path, a factory of row
+blocks) are streamed block by block on every pass, so memory is O(block + N + K) however
+large N x K is; a distributed solve's shard is just the local rows of any of these.
+``open_source`` turns whatever the caller passed as ``scores`` into a backend and a source
+implementing the ``RowSource`` protocol of ``equipart.solver``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import mmap
+import numbers
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .backends import get_backend
 from .backends.base import Backend
+from .validation import check_shape
 
 
 @dataclass(frozen=True)
@@ -27,3 +37,217 @@ class InMemory:
 
     def blocks(self, head: int) -> Iterator[Any]:
         yield self.backend.head(self.scores, head) if self.stacked else self.scores
+
+
+# Streamed sources read about this many bytes of scores per block (per head): large enough
+# that per-block overheads vanish, small enough that a block is a fraction of any budget.
+BLOCK_BYTES = 64 << 20
+
+
+def _block_rows(n_labels: int, itemsize: int, block_bytes: int) -> int:
+    return max(1, block_bytes // max(1, n_labels * itemsize))
+
+
+def _find_mmap(array: np.ndarray) -> mmap.mmap | None:
+    base: Any = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedArray:
+    """An array (typically a read-only ``np.memmap``) streamed in row blocks every pass.
+
+    Each head of an (N, K) or (H, N, K) array is handed to the backend as consecutive
+    views of ``block_rows`` rows, so a sweep touches one block (about ``BLOCK_BYTES``) at a
+    time. For a read-only, C-contiguous memmap the pages of a block are unmapped from the
+    process (``madvise(MADV_DONTNEED)``) once the consumer moves on: they stay in the
+    kernel's page cache, but the process's resident memory stays O(block) instead of
+    growing to the file size. Writable or copy-on-write maps are never released.
+    """
+
+    backend: Backend
+    scores: np.ndarray
+    n_heads: int
+    n_rows: int
+    n_labels: int
+    stacked: bool
+    block_rows: int
+    _map: mmap.mmap | None = field(default=None, repr=False)
+    _map_address: int = field(default=0, repr=False)
+
+    @classmethod
+    def open(
+        cls, backend: Backend, scores: np.ndarray, block_bytes: int = BLOCK_BYTES, **shape: Any
+    ) -> StreamedArray:
+        """Wrap ``scores`` (shape already validated: n_heads, n_rows, n_labels, stacked)."""
+        rows = _block_rows(shape["n_labels"], scores.dtype.itemsize, block_bytes)
+        mapping = None
+        address = 0
+        releasable = (
+            isinstance(scores, np.memmap)
+            and scores.mode == "r"
+            and scores.flags.c_contiguous
+            and hasattr(mmap, "MADV_DONTNEED")
+        )
+        if releasable:
+            mapping = _find_mmap(scores)
+            if mapping is not None:
+                address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+        return cls(backend, scores, **shape, block_rows=rows, _map=mapping, _map_address=address)
+
+    def _release(self, block: np.ndarray) -> None:
+        if self._map is None or block.nbytes == 0:
+            return
+        start = block.ctypes.data - self._map_address
+        stop = start + block.nbytes
+        start -= start % mmap.PAGESIZE
+        if 0 <= start < len(self._map):
+            self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
+
+    def blocks(self, head: int) -> Iterator[np.ndarray]:
+        rows = self.scores[head] if self.stacked else self.scores
+        for start in range(0, self.n_rows, self.block_rows):
+            block = rows[start : start + self.block_rows]
+            try:
+                yield block
+            finally:
+                self._release(block)
+
+
+@dataclass(frozen=True, eq=False)
+class RowBlocks:
+    """Scores given as a factory of row blocks: ``factory()`` yields (n_b, K) arrays.
+
+    Pass an instance (or a bare callable) as ``scores``. The factory is called once per pass
+    over the rows (one per Sinkhorn iteration, plus one for validation and one per output)
+    and must yield the same rows in the same order every time; only one block is held at
+    once, so memory is O(block + N + K). Blocks may be any array the chosen backend reads.
+    ``n_rows`` and ``n_labels`` are optional: when omitted, one extra pass counts them.
+    """
+
+    factory: Callable[[], Iterable[Any]]
+    n_rows: int | None = None
+    n_labels: int | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.factory):
+            raise TypeError(
+                "scores: RowBlocks needs a callable that returns an iterable of (n, K) blocks, "
+                f"got {type(self.factory).__name__}"
+            )
+        for name in ("n_rows", "n_labels"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0
+            ):
+                raise ValueError(f"{name}: expected None or an integer >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class FactoryStream:
+    """The ``RowSource`` of a :class:`RowBlocks`: one head, every pass checked for shape."""
+
+    backend: Backend
+    factory: Callable[[], Iterable[Any]]
+    n_rows: int
+    n_labels: int
+    n_heads: int = 1
+    stacked: bool = False
+
+    def blocks(self, head: int) -> Iterator[Any]:
+        seen = 0
+        for block in self.factory():
+            shape, _ = self.backend.shape_dtype(block)
+            if len(shape) != 2 or shape[1] != self.n_labels:
+                raise ValueError(
+                    f"scores: the RowBlocks factory yielded a block of shape {tuple(shape)}; "
+                    f"every block must be 2-D with K={self.n_labels} columns"
+                )
+            seen += shape[0]
+            if seen > self.n_rows:
+                break
+            yield block
+        if seen != self.n_rows:
+            raise ValueError(
+                f"scores: the RowBlocks factory yielded {seen}{'+' if seen > self.n_rows else ''}"
+                f" rows on this pass but N={self.n_rows} before; it must yield the same rows "
+                "on every call"
+            )
+
+
+def _open_factory(spec: RowBlocks, backend: str, allow_empty_rows: bool) -> tuple[Backend, Any]:
+    """Pick the backend from the first block; count rows (one pass) unless N and K are given."""
+    known = spec.n_rows is not None and spec.n_labels is not None
+    first, n_rows = None, 0
+    for block in spec.factory():
+        first = block if first is None else first
+        if known:
+            break
+        n_rows += int(block.shape[0])
+    if first is None:
+        raise ValueError(
+            "scores: the RowBlocks factory yielded no blocks; give it at least one (n, K) block"
+        )
+    engine = get_backend(backend, first)
+    _, _, n_labels, stacked = check_shape(engine, first, allow_empty_rows=True)
+    if stacked:
+        raise ValueError(
+            f"scores: RowBlocks blocks must be 2-D (rows, K), got shape {tuple(first.shape)}; "
+            "stream one head at a time"
+        )
+    n_rows = spec.n_rows if spec.n_rows is not None else n_rows
+    n_labels = spec.n_labels if spec.n_labels is not None else n_labels
+    if n_labels == 0 or (n_rows == 0 and not allow_empty_rows):
+        raise ValueError(
+            f"scores: every dimension must be non-empty, got N={n_rows} rows, K={n_labels} labels"
+        )
+    return engine, FactoryStream(engine, spec.factory, n_rows, n_labels)
+
+
+def open_source(
+    scores: Any, backend: str = "auto", *, allow_empty_rows: bool = False
+) -> tuple[Backend, Any]:
+    """The backend and ``RowSource`` for anything accepted as ``scores``.
+
+    * a ``.npy`` path (str or ``os.PathLike``): opened read-only with ``mmap_mode="r"``
+      and streamed as below;
+    * a ``np.memmap``: streamed in row blocks of about ``BLOCK_BYTES`` (read-only maps
+      release each block's pages after use, so resident memory is O(block + N + K));
+    * a :class:`RowBlocks` (or a bare callable returning an iterable of blocks): streamed
+      from the factory every pass;
+    * any other array: handed to the backend whole (:class:`InMemory`).
+
+    ``allow_empty_rows`` admits N = 0 (a rank with no rows in a distributed solve).
+    """
+    if isinstance(scores, (str, os.PathLike)):
+        scores = _load_npy(scores)
+    elif callable(scores) and not hasattr(scores, "shape"):
+        scores = RowBlocks(scores)
+    if isinstance(scores, RowBlocks):
+        return _open_factory(scores, backend, allow_empty_rows)
+    engine = get_backend(backend, scores)
+    n_heads, n_rows, n_labels, stacked = check_shape(
+        engine, scores, allow_empty_rows=allow_empty_rows
+    )
+    shape = {"n_heads": n_heads, "n_rows": n_rows, "n_labels": n_labels, "stacked": stacked}
+    if isinstance(scores, np.memmap):
+        return engine, StreamedArray.open(engine, scores, **shape)
+    return engine, InMemory(engine, scores, **shape)
+
+
+def _load_npy(path: str | os.PathLike) -> np.memmap:
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise ValueError(f"scores: {name!r} is not a file; pass an array or a path to a .npy file")
+    try:
+        array = np.load(name, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"scores: could not open {name!r} as a .npy array ({exc}); save scores with "
+            "np.save (an .npz archive is not accepted: pass one of its arrays)"
+        ) from exc
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"scores: {name!r} is not a single .npy array; pass one array's file")
+    return array

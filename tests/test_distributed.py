@@ -1,0 +1,343 @@
+"""Distributed solves over torch.distributed (Gloo on CPU, spawned processes).
+
+Each test spawns one small world (3 processes) and runs several scenarios in it, so the
+cost of starting interpreters is paid three times for the whole file. Every wait is
+bounded: a world that does not report within its deadline is killed and the test fails.
+Results come back to the parent, which compares them with single-process solves of the
+concatenated rows.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import traceback
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+import equipart
+from equipart import Counts, RowBlocks, assign_labels, sinkhorn_codes
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with Gloo is not available", allow_module_level=True)
+
+N_ROWS, N_LABELS, LAM = 257, 6, 8.0
+GROUP_TIMEOUT_S = 20  # the process group's timeout: the bound on any failure's detection
+WORLD_DEADLINE_S = 120  # the parent's bound on a whole world (spawn, import, scenarios)
+# Unequal shards of the 257 rows per group size, including a rank with no rows.
+SHARDS = {1: [257], 2: [100, 157], 3: [180, 0, 77]}
+
+
+def _scores(n_rows: int = N_ROWS, n_labels: int = N_LABELS, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n_rows, n_labels)).astype(np.float32)
+
+
+def _shard(array: np.ndarray, sizes: list[int], rank: int) -> np.ndarray:
+    start = sum(sizes[:rank])
+    return array[..., start : start + sizes[rank], :]
+
+
+# --------------------------------------------------------------------------- harness
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, scenarios, out, workdir: str) -> None:
+    """Child process: join the Gloo world, run the scenarios in order, report each one."""
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=GROUP_TIMEOUT_S),
+        )
+        for name in scenarios:
+            out.put((rank, name, True, SCENARIOS[name](rank, world, workdir)))
+    except BaseException:  # report anything, the parent decides
+        out.put((rank, "?", False, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_world(
+    scenarios: tuple[str, ...], world: int, tmp_path, dying: dict[int, int] | None = None
+) -> dict[str, dict[int, object]]:
+    """Spawn ``world`` ranks running ``scenarios``; results[scenario][rank], or fail.
+
+    ``dying`` maps the ranks expected to exit during the last scenario (without reporting
+    it) to their exit codes.
+    """
+    dying = dying or {}
+    expected = len(scenarios) * world - len(dying)
+    context = torch.multiprocessing.get_context("spawn")
+    out = context.Queue()
+    port = _free_port()
+    procs = [
+        context.Process(target=_entry, args=(r, world, port, scenarios, out, str(tmp_path)))
+        for r in range(world)
+    ]
+    for proc in procs:
+        proc.start()
+    results: dict[str, dict[int, object]] = {name: {} for name in scenarios}
+    received = 0
+    deadline = time.monotonic() + WORLD_DEADLINE_S
+    try:
+        while received < expected and time.monotonic() < deadline:
+            try:
+                rank, name, ok, payload = out.get(timeout=1.0)
+            except queue.Empty:
+                if all(not p.is_alive() for p in procs) and out.empty():
+                    break
+                continue
+            if not ok:
+                pytest.fail(f"rank {rank} of {scenarios} failed:\n{payload}")
+            results[name][rank] = payload
+            received += 1
+    finally:
+        for proc in procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    for rank, code in dying.items():
+        assert procs[rank].exitcode == code, f"rank {rank} exited with {procs[rank].exitcode}"
+    for position, name in enumerate(scenarios):
+        gone = set(dying) if position == len(scenarios) - 1 else set()
+        missing = sorted(set(range(world)) - set(results[name]) - gone)
+        if missing:
+            pytest.fail(f"scenario {name!r}: ranks {missing} never reported (hang or crash)")
+    return results
+
+
+def _outcome(call) -> tuple[str, str]:
+    """('ok', '') or (exception type name, message) of ``call()``."""
+    try:
+        call()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return "ok", ""
+
+
+# --------------------------------------------------------------------------- scenarios
+def _equivalence(rank: int, world: int, workdir: str) -> dict:
+    """Solves on groups of 1, 2 and 3 ranks, each rank's rows in a different form."""
+    scores = _scores()
+    heads = np.stack([scores, _scores(seed=1)])
+    sizes = np.array([60, 40, 50, 30, 40, 37])
+    results = {}
+    for size in (1, 2, 3):
+        group = dist.new_group(list(range(size)))  # every process must take part
+        if rank >= size:
+            continue
+        local = _shard(scores, SHARDS[size], rank)
+        if rank == 1:  # the same rows, streamed from a factory of 7-row blocks
+            local_rows = local
+            local = RowBlocks(lambda rows=local_rows: (rows[i : i + 7] for i in range(0, 300, 7)))
+        elif rank == 2:  # the same rows, from a .npy file (memmapped and streamed)
+            path = os.path.join(workdir, f"rank2_of_{size}.npy")
+            np.save(path, local)
+            local = path
+        plain = assign_labels(local, LAM, tol=1e-7, group=group, backend="numpy", return_codes=True)
+        warm = assign_labels(
+            _shard(scores, SHARDS[size], rank),
+            LAM,
+            tol=1e-7,
+            group=group,
+            backend="numpy",
+            warm_start=plain.state,
+        )
+        stops = []
+        stopped = assign_labels(
+            _shard(scores, SHARDS[size], rank),
+            LAM,
+            tol=1e-9,
+            group=group,
+            backend="numpy",
+            # only rank 0 asks to stop; every rank must stop at the same iteration
+            callback=lambda i, e, seen=stops: seen.append(i) or (rank == 0 and i == 4),
+        )
+        multi = assign_labels(
+            torch.from_numpy(np.ascontiguousarray(_shard(heads, SHARDS[size], rank))),
+            LAM,
+            tol=1e-7,
+            group=group,
+            marginals=Counts(sizes),
+        )
+        codes = sinkhorn_codes(_shard(scores, SHARDS[size], rank), 0.5, 3, group=group)
+        results[size] = {
+            "labels": plain.labels,
+            "g": plain.state.g,
+            "shape": plain.state.shape,
+            "n_iter": plain.n_iter,
+            "objective": plain.objective,
+            "codes": plain.codes,
+            "warm_n_iter": warm.n_iter,
+            "stopped": (stopped.n_iter, stops),
+            "multi_labels": multi.labels.numpy(),
+            "multi_g": multi.state.g,
+            "swav": codes,
+        }
+        dist.destroy_process_group(group)
+    return results
+
+
+def _rejections(rank: int, world: int, workdir: str) -> dict:
+    """Mismatched arguments and local failures: every rank must fail, none may hang."""
+    scores = _shard(_scores(), SHARDS[3], rank)
+    out = {}
+    out["lam"] = _outcome(
+        lambda: assign_labels(scores, LAM if rank != 1 else 2 * LAM, group="default")
+    )
+    wrong_k = _scores(n_labels=N_LABELS + (rank == 2))[: scores.shape[0]]
+    out["k"] = _outcome(lambda: assign_labels(wrong_k, LAM, group="default", backend="numpy"))
+    out["codes_eps"] = _outcome(
+        lambda: sinkhorn_codes(scores, 0.05 if rank else 0.1, group="default")
+    )
+    nan = scores.copy()
+    if rank == 2:
+        nan[0, 0] = np.nan
+    out["nan"] = _outcome(lambda: assign_labels(nan, LAM, group="default", backend="numpy"))
+
+    passes = []
+
+    def failing_blocks():  # rank 1's disk "fails" on its 4th pass (mid-solve)
+        passes.append(1)
+        if rank == 1 and len(passes) == 4:
+            raise OSError("disk read failed")
+        yield scores
+
+    out["read"] = _outcome(
+        lambda: assign_labels(
+            RowBlocks(failing_blocks, scores.shape[0], N_LABELS), LAM, group="default", tol=0
+        )
+    )
+
+    def bad_callback(iteration, error):
+        if rank == 0 and iteration == 3:
+            raise KeyError("callback bug")
+
+    out["callback"] = _outcome(
+        lambda: assign_labels(scores, LAM, group="default", callback=bad_callback, tol=0)
+    )
+    out["balanced"] = _outcome(
+        lambda: assign_labels(scores, LAM, group="default", rounding="balanced")
+    )
+    # the group is still usable after all of that
+    out["after"] = assign_labels(scores, LAM, group="default", backend="numpy").n_iter
+    return out
+
+
+def _death(rank: int, world: int, workdir: str) -> dict:
+    """Rank 2 dies mid-solve; the others must fail with a clear error, quickly."""
+    scores = _shard(_scores(), SHARDS[3], rank)
+    passes = []
+
+    def blocks():
+        passes.append(1)
+        if rank == 2 and len(passes) == 5:
+            os._exit(3)
+        yield scores
+
+    start = time.monotonic()
+    kind, message = _outcome(
+        lambda: assign_labels(
+            RowBlocks(blocks, scores.shape[0], N_LABELS), LAM, group="default", tol=0
+        )
+    )
+    return {"kind": kind, "message": message, "seconds": time.monotonic() - start}
+
+
+SCENARIOS = {"equivalence": _equivalence, "rejections": _rejections, "death": _death}
+
+
+# --------------------------------------------------------------------------- tests
+def test_sharded_solve_equals_single_process(tmp_path):
+    results = _run_world(("equivalence",), 3, tmp_path)["equivalence"]
+    scores = _scores()
+    heads = np.stack([scores, _scores(seed=1)])
+    reference = assign_labels(scores, LAM, tol=1e-7, backend="numpy", return_codes=True)
+    sizes = np.array([60, 40, 50, 30, 40, 37])
+    multi_reference = assign_labels(heads, LAM, tol=1e-7, backend="numpy", marginals=Counts(sizes))
+    swav_reference = sinkhorn_codes(scores, 0.5, 3, backend="numpy")
+    for size in (1, 2, 3):
+        parts = [results[rank][size] for rank in range(size)]
+        for part in parts:  # the state is bit-identical on every rank
+            np.testing.assert_array_equal(part["g"], parts[0]["g"])
+            assert part["n_iter"] == parts[0]["n_iter"] == reference.n_iter
+            assert part["shape"] == (N_ROWS, N_LABELS)
+            assert part["objective"] == parts[0]["objective"]
+            assert part["warm_n_iter"] == 1  # a converged warm start costs one sweep
+            assert part["stopped"] == parts[0]["stopped"]
+        np.testing.assert_allclose(parts[0]["g"], reference.state.g, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(
+            np.concatenate([p["labels"] for p in parts]), reference.labels
+        )
+        np.testing.assert_allclose(
+            np.concatenate([p["codes"] for p in parts]), reference.codes, atol=1e-6
+        )
+        assert parts[0]["objective"] == pytest.approx(reference.objective, rel=1e-12)
+        assert parts[0]["stopped"][0] == 4 and parts[0]["stopped"][1] == [1, 2, 3, 4]
+        np.testing.assert_array_equal(
+            np.concatenate([p["multi_labels"] for p in parts], axis=1), multi_reference.labels
+        )
+        np.testing.assert_allclose(parts[0]["multi_g"], multi_reference.state.g, atol=1e-9)
+        np.testing.assert_allclose(
+            np.concatenate([p["swav"] for p in parts]), swav_reference, atol=1e-6
+        )
+
+
+def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
+    """One world: argument mismatches, local errors, then rank 2 dies (the last scenario)."""
+    worlds = _run_world(("rejections", "death"), 3, tmp_path, dying={2: 3})
+    results = worlds["rejections"]
+    for rank, out in results.items():
+        kind, message = out["lam"]
+        assert kind == "ValueError" and message.startswith("lam:") and "rank 1: 16" in message
+        kind, message = out["k"]
+        assert kind == "ValueError" and message.startswith("n_labels:")
+        kind, message = out["codes_eps"]
+        assert kind == "ValueError" and message.startswith("lam:")
+        kind, message = out["nan"]
+        if rank == 2:
+            assert kind == "ValueError" and "NaN" in message
+        else:
+            assert kind == "DistributedSolveError" and "rank 2" in message
+        kind, message = out["read"]
+        if rank == 1:
+            assert (kind, message) == ("OSError", "disk read failed")
+        else:
+            assert kind == "DistributedSolveError" and "rank 1" in message
+        kind, message = out["callback"]
+        if rank == 0:
+            assert kind == "KeyError"
+        else:
+            assert kind == "DistributedSolveError" and "rank 0" in message
+        kind, message = out["balanced"]
+        assert kind == "NotImplementedError" and message.startswith("rounding:")
+        assert out["after"] == results[0]["after"]
+    assert sorted(worlds["death"]) == [0, 1]
+    for out in worlds["death"].values():
+        assert out["kind"] == "DistributedSolveError", out
+        assert "failed on rank" in out["message"]
+        assert out["seconds"] < GROUP_TIMEOUT_S
+
+
+def test_group_argument_is_checked_in_process():
+    scores = _scores()
+    with pytest.raises(ValueError, match="^group: 'default' needs torch.distributed"):
+        assign_labels(scores, group="default")
+    with pytest.raises(ValueError, match="^group: expected None"):
+        sinkhorn_codes(scores, group="world")
+    with pytest.raises(TypeError, match="^group: expected None"):
+        assign_labels(scores, group=3)
+    assert isinstance(equipart.assign_labels(scores, group=None), equipart.Assignment)
