@@ -1,0 +1,152 @@
+"""exact_assign: the hard LP through ot.emd, its size guard, and rounding="exact"."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import ot
+import pytest
+from conftest import to_backend, to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import equipart
+from equipart import Counts, Prior, Uniform, exact_assign
+
+
+def _scores(n, k, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, k)).astype(np.float32)
+
+
+def _logp(x):
+    z = x.astype(np.float64)
+    return (
+        z
+        - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+        - z.max(1, keepdims=True)
+    )
+
+
+def _value(x, labels):
+    return _logp(x)[np.arange(x.shape[0]), labels].mean()
+
+
+def test_matches_ot_emd_on_divisible_uniform():
+    x = _scores(120, 6)
+    result = exact_assign(x, backend="numpy")
+    plan = ot.emd(np.ones(120), np.full(6, 20.0), -_logp(x))
+    reference = float((plan * _logp(x)).sum()) / 120
+    assert np.bincount(result.labels, minlength=6).tolist() == [20] * 6
+    assert result.objective == pytest.approx(reference, abs=1e-12)
+    assert result.objective == pytest.approx(_value(x, result.labels), abs=1e-12)
+    assert result.rounding == "exact" and result.converged and result.error == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 10_000))
+def test_matches_linear_sum_assignment_when_k_equals_n(n, seed):
+    x = _scores(n, n, seed)
+    rows, cols = linear_sum_assignment(_logp(x), maximize=True)
+    result = exact_assign(x, backend="numpy")
+    assert sorted(result.labels.tolist()) == list(range(n))
+    assert _value(x, result.labels) == pytest.approx(_logp(x)[rows, cols].mean(), abs=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 40), k=st.integers(2, 9), seed=st.integers(0, 10_000))
+def test_uneven_uniform_sizes_are_floor_or_ceil_and_optimal(n, k, seed):
+    x = _scores(n, k, seed)
+    result = exact_assign(x, backend="numpy")
+    counts = np.bincount(result.labels, minlength=k)
+    assert counts.sum() == n
+    assert set(counts.tolist()) <= {n // k, -(-n // k)}
+    # brute force over which labels get the larger size: the best of the fixed-size LPs
+    larger = n % k
+    best = -np.inf
+    if larger == 0:
+        best = _value(x, result.labels)
+    else:
+        for subset in combinations(range(k), larger):
+            sizes = np.full(k, n // k)
+            sizes[list(subset)] += 1
+            best = max(best, exact_assign(x, Counts(sizes), backend="numpy").objective)
+    assert result.objective == pytest.approx(best, abs=1e-12)
+
+
+def test_uniform_with_more_labels_than_points_is_rectangular_assignment():
+    x = _scores(4, 9, seed=3)
+    rows, cols = linear_sum_assignment(_logp(x), maximize=True)
+    result = exact_assign(x, backend="numpy")
+    assert np.bincount(result.labels, minlength=9).max() == 1
+    assert result.objective == pytest.approx(_logp(x)[rows, cols].mean(), abs=1e-12)
+
+
+def test_counts_with_a_zero_size_label_and_prior():
+    x = _scores(30, 4, seed=5)
+    result = exact_assign(x, Counts([10, 0, 15, 5]), backend="numpy")
+    assert np.bincount(result.labels, minlength=4).tolist() == [10, 0, 15, 5]
+    assert result.state.g[1] == -np.inf
+    prior = exact_assign(x, Prior([0.5, 0.25, 0.25, 0.0]), backend="numpy")
+    counts = np.bincount(prior.labels, minlength=4)
+    assert counts[0] == 15 and counts[3] == 0 and sorted(counts[1:3].tolist()) == [7, 8]
+
+
+def test_single_label():
+    result = exact_assign(_scores(7, 1), backend="numpy")
+    assert result.labels.tolist() == [0] * 7
+
+
+def test_probs_input_with_zero_probabilities():
+    probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.9, 0.1]])
+    result = exact_assign(probs, input="probs", backend="numpy")
+    assert result.labels.tolist() == [0, 1, 1, 0]
+
+
+def test_logprobs_and_logits_agree():
+    x = _scores(50, 5, seed=8)
+    a = exact_assign(x, backend="numpy")
+    b = exact_assign(_logp(x), input="logprobs", backend="numpy")
+    assert a.labels.tolist() == b.labels.tolist()
+
+
+def test_heads_are_solved_independently():
+    x = np.stack([_scores(20, 4, seed=1), _scores(20, 4, seed=2)])
+    result = exact_assign(x, backend="numpy")
+    assert result.labels.shape == (2, 20)
+    for h in range(2):
+        assert result.labels[h].tolist() == exact_assign(x[h], backend="numpy").labels.tolist()
+
+
+def test_returns_in_the_callers_library(backend_name):
+    x = _scores(40, 5, seed=4)
+    result = exact_assign(to_backend(x, backend_name))
+    assert type(result.labels) is type(to_backend(np.zeros(1), backend_name))
+    assert to_numpy(result.labels).tolist() == exact_assign(x, backend="numpy").labels.tolist()
+
+
+def test_size_guard_refuses_with_the_estimate():
+    huge = np.broadcast_to(np.zeros(1, dtype=np.float32), (1_000_000, 1_000))
+    with pytest.raises(ValueError, match=r"GiB.*rounding='balanced'"):
+        exact_assign(huge)
+    with pytest.raises(ValueError, match=r"rounding='balanced'"):
+        equipart.assign_labels(huge, rounding="exact")
+    with pytest.raises(ValueError, match="max_memory"):
+        exact_assign(_scores(10, 2), max_memory=1000)
+    with pytest.raises(ValueError, match="max_seconds"):
+        exact_assign(_scores(10, 2), max_seconds=-1)
+
+
+def test_assign_labels_routes_exact():
+    x = _scores(60, 4, seed=9)
+    routed = equipart.assign_labels(x, rounding="exact", backend="numpy")
+    assert routed.rounding == "exact"
+    assert routed.labels.tolist() == exact_assign(x, backend="numpy").labels.tolist()
+
+
+def test_caller_array_is_untouched():
+    x = _scores(30, 3)
+    copy = x.copy()
+    exact_assign(x, Uniform(), backend="numpy")
+    assert np.array_equal(x, copy)
