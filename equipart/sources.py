@@ -42,6 +42,7 @@ class InMemory:
 # Streamed sources read about this many bytes of scores per block (per head): large enough
 # that per-block overheads vanish, small enough that a block is a fraction of any budget.
 BLOCK_BYTES = 64 << 20
+FAULT_AROUND_BYTES = 1 << 20
 
 
 def _block_rows(n_labels: int, itemsize: int, block_bytes: int) -> int:
@@ -79,9 +80,13 @@ class StreamedArray:
 
     @classmethod
     def open(
-        cls, backend: Backend, scores: np.ndarray, block_bytes: int = BLOCK_BYTES, **shape: Any
+        cls, backend: Backend, scores: np.ndarray, block_bytes: int | None = None, **shape: Any
     ) -> StreamedArray:
-        """Wrap ``scores`` (shape already validated: n_heads, n_rows, n_labels, stacked)."""
+        """Wrap ``scores`` (shape already validated: n_heads, n_rows, n_labels, stacked).
+
+        Blocks hold about ``block_bytes`` bytes (default: the module's ``BLOCK_BYTES``).
+        """
+        block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         rows = _block_rows(shape["n_labels"], scores.dtype.itemsize, block_bytes)
         mapping = None
         address = 0
@@ -102,6 +107,10 @@ class StreamedArray:
             return
         start = block.ctypes.data - self._map_address
         stop = start + block.nbytes
+        # The kernel maps neighbouring cached pages on a fault ("fault-around", 64 KiB by
+        # default), so the next block's first fault re-maps the tail of this one: release
+        # a margin before the block too.
+        start = max(0, start - FAULT_AROUND_BYTES)
         start -= start % mmap.PAGESIZE
         if 0 <= start < len(self._map):
             self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
@@ -170,10 +179,10 @@ class FactoryStream:
                 break
             yield block
         if seen != self.n_rows:
+            count = f"at least {seen}" if seen > self.n_rows else str(seen)
             raise ValueError(
-                f"scores: the RowBlocks factory yielded {seen}{'+' if seen > self.n_rows else ''}"
-                f" rows on this pass but N={self.n_rows} before; it must yield the same rows "
-                "on every call"
+                f"scores: the RowBlocks factory yielded {count} rows on this pass, expected "
+                f"N={self.n_rows}; it must yield the same rows on every call"
             )
 
 

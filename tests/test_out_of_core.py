@@ -1,0 +1,167 @@
+"""Out-of-core scores: memmaps, .npy paths and block factories, streamed every sweep.
+
+Each form must give the in-memory solve's result (labels identical, duals to float64
+round-off: only the order of the float64 column sums differs), and a read-only memmap must
+not accumulate the file in the process's resident memory.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import equipart.sources
+from equipart import ConvergenceWarning, Counts, RowBlocks, assign_labels, sinkhorn_codes
+from equipart.sources import FactoryStream, InMemory, StreamedArray, open_source
+
+LAM = 10.0
+
+
+def _scores(shape=(301, 7), seed=0, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of about 1 KiB, so even small test arrays stream in many blocks."""
+    monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 1024)
+
+
+def _same_solution(streamed, reference) -> None:
+    np.testing.assert_array_equal(streamed.labels, reference.labels)
+    np.testing.assert_allclose(streamed.state.g, reference.state.g, rtol=0, atol=1e-10)
+    assert streamed.n_iter == reference.n_iter
+    assert streamed.state.shape == reference.state.shape
+    assert streamed.objective == pytest.approx(reference.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(301, 7), (3, 301, 7)], ids=["one-head", "three-heads"])
+def test_npy_path_and_memmap_match_in_memory(tmp_path, small_blocks, shape):
+    scores = _scores(shape)
+    path = tmp_path / "scores.npy"
+    np.save(path, scores)
+    reference = assign_labels(scores, LAM, tol=1e-6, backend="numpy", return_codes=True)
+    mapped = np.load(path, mmap_mode="r")
+    engine, source = open_source(mapped, "numpy")
+    assert isinstance(source, StreamedArray) and source.block_rows == 1024 // (7 * 4)
+    for given in (path, str(path), mapped):
+        streamed = assign_labels(given, LAM, tol=1e-6, backend="numpy", return_codes=True)
+        _same_solution(streamed, reference)
+        np.testing.assert_allclose(streamed.codes, reference.codes, atol=1e-7)
+    np.testing.assert_array_equal(np.load(path), scores)  # the file is untouched
+
+
+def test_block_factory_matches_in_memory_with_and_without_sizes(small_blocks):
+    scores = _scores((250, 5), dtype=np.float64)
+    sizes = np.array([70, 60, 50, 40, 30])
+    reference = assign_labels(scores, LAM, tol=1e-9, backend="numpy", marginals=Counts(sizes))
+    calls = []
+
+    def blocks():
+        calls.append(1)
+        return (scores[i : i + 33] for i in range(0, 250, 33))
+
+    for given in (blocks, RowBlocks(blocks), RowBlocks(blocks, n_rows=250, n_labels=5)):
+        calls.clear()
+        streamed = assign_labels(given, LAM, tol=1e-9, backend="numpy", marginals=Counts(sizes))
+        _same_solution(streamed, reference)
+        # one pass to open (and count), one to validate, one per sweep, labels, objective
+        assert len(calls) == streamed.n_iter + 4
+    codes = sinkhorn_codes(RowBlocks(blocks), 0.5, 3, backend="numpy")
+    np.testing.assert_allclose(codes, sinkhorn_codes(scores, 0.5, 3, backend="numpy"), atol=1e-12)
+
+
+def test_block_factory_rejects_inconsistent_blocks():
+    scores = _scores((40, 4))
+    passes = []
+
+    def shrinking():  # yields fewer rows from the third pass on
+        passes.append(1)
+        yield scores if len(passes) < 3 else scores[:30]
+
+    with pytest.raises(
+        ValueError,
+        match=r"yielded 30 rows on this pass, expected N=40",
+    ):
+        assign_labels(RowBlocks(shrinking), LAM, backend="numpy")
+    with pytest.raises(ValueError, match=r"^scores: the RowBlocks factory yielded at least 80"):
+        assign_labels(RowBlocks(lambda: iter([scores, scores]), n_rows=50, n_labels=4), LAM)
+    with pytest.raises(ValueError, match="^scores: the RowBlocks factory yielded no blocks"):
+        assign_labels(RowBlocks(lambda: iter([])), LAM)
+    with pytest.raises(ValueError, match="every block must be 2-D with K=4 columns"):
+        assign_labels(RowBlocks(lambda: iter([scores, scores[:, :3]])), LAM, backend="numpy")
+    with pytest.raises(ValueError, match="^scores: RowBlocks blocks must be 2-D"):
+        assign_labels(RowBlocks(lambda: iter([scores[None]])), LAM)
+    with pytest.raises(TypeError, match="^scores: RowBlocks needs a callable"):
+        RowBlocks(scores)
+    with pytest.raises(ValueError, match="^n_rows: expected None or an integer"):
+        RowBlocks(lambda: iter([scores]), n_rows=-1)
+
+
+def test_bad_paths_and_arrays_are_named(tmp_path):
+    with pytest.raises(ValueError, match="^scores: .* is not a file"):
+        assign_labels(str(tmp_path / "missing.npy"), LAM)
+    archive = tmp_path / "two.npz"
+    np.savez(archive, a=_scores())
+    with pytest.raises(ValueError, match=r"^scores: .*not a single \.npy array"):
+        assign_labels(archive, LAM)
+    text = tmp_path / "notes.npy"
+    text.write_text("not an array")
+    with pytest.raises(ValueError, match=r"^scores: could not open .* as a \.npy array"):
+        assign_labels(text, LAM)
+    nan = _scores()
+    nan[5, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(ValueError, match="^scores: contains NaN"):
+        assign_labels(tmp_path / "nan.npy", LAM)
+
+
+def test_in_memory_arrays_are_not_streamed():
+    engine, source = open_source(_scores(), "numpy")
+    assert isinstance(source, InMemory)
+    engine, source = open_source(lambda: iter([_scores()]), "numpy")
+    assert isinstance(source, FactoryStream) and source.n_rows == 301
+
+
+def _rss_file_bytes() -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(r"^RssFile:\s+(\d+) kB", status.read(), re.MULTILINE)
+    return int(match.group(1)) * 1024
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
+def test_read_only_memmap_does_not_stay_resident(tmp_path, monkeypatch):
+    """Sweeping a 48 MB file in 1 MiB blocks keeps the mapped file pages near one block."""
+    try:
+        _rss_file_bytes()
+    except (OSError, AttributeError):
+        pytest.skip("no /proc/self/status RssFile here")
+    monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 1 << 20)
+    path = tmp_path / "big.npy"
+    n_rows, n_labels = 120_000, 100
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_rows, n_labels))
+    for start in range(0, n_rows, 20_000):
+        rows[start : start + 20_000] = _scores((20_000, n_labels), seed=start)
+    rows.flush()
+    del rows
+    file_bytes = n_rows * n_labels * 4
+    np.save(tmp_path / "small.npy", _scores())
+    peak = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name in ("small.npy", "big.npy"):  # the small solve maps every library first
+            peak.clear()
+            before = _rss_file_bytes()
+            result = assign_labels(
+                np.load(tmp_path / name, mmap_mode="r"),
+                2.0,
+                tol=0.0,
+                max_iter=3,
+                backend="numpy",
+                callback=lambda i, e, start=before: peak.append(_rss_file_bytes() - start),
+            )
+    assert result.labels.shape == (n_rows,) and len(peak) == 3
+    assert max(peak) < file_bytes / 8, (max(peak), file_bytes)
