@@ -5,6 +5,9 @@
 ``argmax`` gives labels_i = argmax_j (lam * L_ij + g_j), the SeLa reference rounding:
 near-balanced but not exactly (its counts deviate from the target by the solve's error
 plus the rounding of fractional rows).
+
+``balanced`` gives every label a count within its integer bounds (``count_bounds``) and
+is a certified exact optimum of the hard-assignment LP; see ``equipart.balanced``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend, ScoreKind
+from .balanced import balanced_labels
 from .marginals import ColumnConstraint
 from .solver import RowSource
 
@@ -35,4 +39,4 @@ def argmax_labels(
     return backend.concat(parts)
 
 
-ROUNDERS: dict[str, Rounder] = {"argmax": argmax_labels}
+ROUNDERS: dict[str, Rounder] = {"argmax": argmax_labels, "balanced": balanced_labels}

@@ -1,0 +1,183 @@
+"""Benchmark of the hard roundings: quality against ot.emd, and speed at million scale.
+
+    python benchmarks/bench_rounding.py quality   # 20,000 x 200, three families, lam=25
+    flock /tmp/equipart-heavy.lock python benchmarks/bench_rounding.py speed
+
+``quality`` solves each SeLa-shaped family once, rounds the same dual with ``argmax`` and
+``balanced``, solves the hard LP with ``exact_assign`` (POT's ``ot.emd``), and records
+every rounding's objective (mean log-probability of the assigned labels), its count range
+and its time. ``speed`` times the Sinkhorn solve of a 1,000,000 x 1,000 float32 problem
+and then the balanced rounding of its dual (the backend's ``top_labels`` pass and the host
+solve separately), with the peak resident memory. Results go to
+``benchmarks/results/rounding_<mode>.json`` together with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+import equipart
+from equipart.backends import get_backend
+from equipart.balanced import FIRST_WIDTH, solve_candidates
+from equipart.marginals import Uniform
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def family(name: str, n_rows: int, n_labels: int, seed: int) -> np.ndarray:
+    """SeLa-shaped float32 logits, written block by block (no float64 N x K temporary).
+
+    near-uniform: weak preferences, N(0, 0.5^2) logits (a network early in training).
+    planted: a true label per point, uniform over labels, +3 on it over N(0, 1) noise.
+    zipf: planted, but true labels drawn with probabilities ~ 1/rank and the logits
+    biased by log(1/rank): the model prefers popular labels that the equipartition must
+    push back.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_rows, n_labels), dtype=np.float32)
+    zipf = 1.0 / np.arange(1, n_labels + 1)
+    zipf /= zipf.sum()
+    step = max(1, (1 << 22) // n_labels)
+    for start in range(0, n_rows, step):
+        block = out[start : start + step]
+        block[:] = rng.standard_normal(block.shape, dtype=np.float32)
+        rows = np.arange(block.shape[0])
+        if name == "near-uniform":
+            block *= 0.5
+        elif name == "planted":
+            block[rows, rng.integers(n_labels, size=block.shape[0])] += 3.0
+        elif name == "zipf":
+            block[rows, rng.choice(n_labels, size=block.shape[0], p=zipf)] += 3.0
+            block += np.log(zipf * n_labels).astype(np.float32)
+        else:
+            raise ValueError(f"family: unknown {name!r}")
+    return out
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "equipart": equipart.__version__,
+    }
+
+
+def counts_range(labels: np.ndarray, n_labels: int) -> list[int]:
+    counts = np.bincount(labels, minlength=n_labels)
+    return [int(counts.min()), int(counts.max())]
+
+
+def quality(args: argparse.Namespace) -> dict:
+    rows = []
+    for name in ("near-uniform", "planted", "zipf"):
+        x = family(name, args.n, args.k, seed=args.seed)
+        start = time.perf_counter()
+        soft = equipart.assign_labels(x, lam=args.lam, backend=args.backend, rounding="argmax")
+        solve_s = time.perf_counter() - start
+        entry = {"family": name, "sinkhorn_s": solve_s, "n_iter": soft.n_iter}
+        for rounding in ("argmax", "balanced"):
+            start = time.perf_counter()
+            result = equipart.assign_labels(
+                x, lam=args.lam, backend=args.backend, rounding=rounding, warm_start=soft.state
+            )
+            entry[rounding] = {
+                "objective": result.objective,
+                "counts": counts_range(result.labels, args.k),
+                "seconds_with_warm_solve": time.perf_counter() - start,
+            }
+        start = time.perf_counter()
+        exact = equipart.exact_assign(x)
+        entry["exact"] = {
+            "objective": exact.objective,
+            "counts": counts_range(exact.labels, args.k),
+            "seconds": time.perf_counter() - start,
+        }
+        for rounding in ("argmax", "balanced"):
+            gap = (exact.objective - entry[rounding]["objective"]) / abs(exact.objective)
+            entry[rounding]["relative_gap_to_exact"] = gap
+        print(json.dumps(entry), flush=True)
+        rows.append(entry)
+    return {"mode": "quality", "n": args.n, "k": args.k, "lam": args.lam, "results": rows}
+
+
+def speed(args: argparse.Namespace) -> dict:
+    x = family(args.family, args.n, args.k, seed=args.seed)
+    start = time.perf_counter()
+    soft = equipart.assign_labels(x, lam=args.lam, backend=args.backend)
+    solve_s = time.perf_counter() - start
+    print(f"sinkhorn {solve_s:.1f} s, {soft.n_iter} iterations", flush=True)
+    engine = get_backend(args.backend, x)
+    bounds = Uniform().bind(args.n, args.k)
+    lo, hi = bounds.count_bounds()
+    g = np.asarray(soft.state.g)
+    start = time.perf_counter()
+    cand, value = engine.top_labels(x, "logits", args.lam, g, FIRST_WIDTH)
+    cand, value = engine.to_numpy(cand), engine.to_numpy(value)
+    top_s = time.perf_counter() - start
+    start = time.perf_counter()
+    solution = solve_candidates(cand, value, g, lo, hi, complete=False)
+    host_s = time.perf_counter() - start
+    print(f"top_labels {top_s:.1f} s, host solve {host_s:.1f} s", flush=True)
+    balanced = np.bincount(solution.labels, minlength=args.k)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "mode": "speed",
+        "family": args.family,
+        "n": args.n,
+        "k": args.k,
+        "lam": args.lam,
+        "backend": engine.name,
+        "sinkhorn_s": solve_s,
+        "n_iter": soft.n_iter,
+        "sinkhorn_error": soft.error,
+        "argmax_counts": counts_range(np.asarray(soft.labels), args.k),
+        "top_labels_s": top_s,
+        "host_solve_s": host_s,
+        "balanced_total_s": top_s + host_s,
+        "width": FIRST_WIDTH,
+        "certified": solution.certified,
+        "n_phases": solution.n_phases,
+        "n_moves": solution.n_moves,
+        "balanced_counts": [int(balanced.min()), int(balanced.max())],
+        "input_gib": x.nbytes / 2**30,
+        "peak_rss_gib": peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("quality", "speed"))
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--k", type=int)
+    parser.add_argument("--lam", type=float, default=25.0)
+    parser.add_argument("--family", default="planted")
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.mode == "quality":
+        args.n, args.k = args.n or 20_000, args.k or 200
+        record = quality(args)
+    else:
+        args.n, args.k = args.n or 1_000_000, args.k or 1_000
+        record = speed(args)
+    record["machine"] = machine()
+    out = args.out or RESULTS / f"rounding_{args.mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""rounding="balanced": exact counts, certified optimality against ot.emd / LSA, ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_backend, to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import equipart
+import equipart.balanced
+from equipart import Counts, Prior, Uniform, exact_assign
+from equipart.balanced import solve_candidates
+
+
+def _scores(n, k, seed=0, scale=2.0):
+    return (np.random.default_rng(seed).normal(size=(n, k)) * scale).astype(np.float32)
+
+
+def _balanced(x, marginals=None, **kw):
+    return equipart.assign_labels(
+        x, lam=25.0, marginals=marginals, rounding="balanced", backend="numpy", **kw
+    )
+
+
+def _check_counts(labels, marginals, n, k):
+    lo, hi = (marginals or Uniform()).bind(n, k).count_bounds()
+    counts = np.bincount(to_numpy(labels), minlength=k)
+    assert counts.sum() == n
+    assert np.all(counts >= lo) and np.all(counts <= hi)
+    return counts
+
+
+marginal_cases = st.sampled_from(["uniform", "counts", "prior"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    k=st.integers(1, 12),
+    which=marginal_cases,
+    seed=st.integers(0, 10_000),
+)
+def test_counts_are_exact_and_labels_optimal(n, k, which, seed):
+    rng = np.random.default_rng(seed)
+    x = _scores(n, k, seed)
+    if which == "counts":
+        marginals = Counts(np.bincount(rng.integers(k, size=n), minlength=k))
+    elif which == "prior":
+        marginals = Prior(rng.dirichlet(np.ones(k)))
+    else:
+        marginals = Uniform()
+    result = _balanced(x, marginals, max_iter=3000)
+    _check_counts(result.labels, marginals, n, k)
+    optimum = exact_assign(x, marginals, backend="numpy").objective
+    assert result.objective == pytest.approx(optimum, abs=1e-5 * (1 + abs(optimum)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 10), seed=st.integers(0, 10_000))
+def test_k_equals_n_matches_linear_sum_assignment(n, seed):
+    x = _scores(n, n, seed)
+    logp = x - np.log(np.exp(x.astype(np.float64)).sum(1, keepdims=True))
+    rows, cols = linear_sum_assignment(logp, maximize=True)
+    result = _balanced(x, max_iter=3000)
+    assert sorted(result.labels.tolist()) == list(range(n))
+    assert result.objective == pytest.approx(logp[rows, cols].mean(), abs=1e-5)
+
+
+def test_more_labels_than_points_gives_distinct_labels():
+    x = _scores(5, 11, seed=2)
+    logp = x - np.log(np.exp(x.astype(np.float64)).sum(1, keepdims=True))
+    rows, cols = linear_sum_assignment(logp, maximize=True)
+    result = _balanced(x, max_iter=3000)
+    assert np.bincount(result.labels, minlength=11).max() == 1
+    assert result.objective == pytest.approx(logp[rows, cols].mean(), abs=1e-5)
+
+
+def test_single_label():
+    assert _balanced(_scores(9, 1)).labels.tolist() == [0] * 9
+
+
+def test_zero_size_counts_label_is_never_used():
+    x = _scores(40, 5, seed=6)
+    x[:, 2] += 10.0  # every point prefers the label that must stay empty
+    sizes = [10, 10, 0, 12, 8]
+    result = _balanced(x, Counts(sizes))
+    assert np.bincount(result.labels, minlength=5).tolist() == sizes
+
+
+def test_identical_rows_are_deterministic():
+    row = _scores(1, 6, seed=1)
+    x = np.repeat(row, 31, axis=0)
+    first = _balanced(x).labels
+    _check_counts(first, None, 31, 6)
+    for _ in range(2):
+        assert _balanced(x).labels.tolist() == first.tolist()
+
+
+def test_narrow_candidates_are_widened_until_certified(monkeypatch):
+    # one candidate per row cannot balance a skewed problem: the rounder must widen
+    monkeypatch.setattr(equipart.balanced, "FIRST_WIDTH", 1)
+    x = _scores(300, 10, seed=11)
+    x[:, 0] += 3.0
+    result = _balanced(x)
+    _check_counts(result.labels, None, 300, 10)
+    optimum = exact_assign(x, backend="numpy").objective
+    assert result.objective == pytest.approx(optimum, abs=1e-5)
+
+
+def test_certificate_is_sound_with_stale_prices_and_few_candidates():
+    # rank candidates with a wrong dual: whenever the solve certifies, it must be optimal
+    from equipart.backends.numpy import NumpyBackend
+
+    backend, outcomes = NumpyBackend(), set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        x = _scores(24, 6, seed, scale=4.0)
+        g = rng.normal(size=6) * 0.3
+        cand, value = backend.top_labels(x, "logits", 1.0, g, 4)
+        lo, hi = Uniform().bind(24, 6).count_bounds()
+        solution = solve_candidates(cand, value, g, lo, hi, complete=False)
+        outcomes.add(solution.certified)
+        if solution.certified:
+            picked = x[np.arange(24), solution.labels].astype(np.float64).sum()
+            optimum = exact_assign(x, backend="numpy")
+            best = x[np.arange(24), optimum.labels].astype(np.float64).sum()
+            assert picked == pytest.approx(best, abs=1e-4)
+    assert outcomes == {True, False}  # both branches of the certificate are exercised
+
+
+def test_bounds_bands_are_respected_and_optimal():
+    x = _scores(90, 6, seed=12)
+    x[:, 0] += 2.0
+    bounds = equipart.Bounds(lo=10, hi=20)
+    result = _balanced(x, bounds)
+    counts = np.bincount(result.labels, minlength=6)
+    assert counts.min() >= 10 and counts.max() <= 20
+    optimum = exact_assign(x, bounds, backend="numpy").objective
+    assert result.objective == pytest.approx(optimum, abs=1e-5)
+
+
+def test_objective_is_between_argmax_and_its_upper_bound():
+    x = _scores(400, 8, seed=13, scale=1.0)
+    balanced = _balanced(x)
+    exact = exact_assign(x, backend="numpy")
+    assert balanced.objective == pytest.approx(exact.objective, abs=1e-6)
+
+
+def test_every_backend_gives_exact_counts(backend_name):
+    x = _scores(203, 7, seed=14)
+    result = equipart.assign_labels(
+        to_backend(x, backend_name), lam=25.0, rounding="balanced", backend=backend_name
+    )
+    assert type(result.labels) is type(to_backend(np.zeros(1), backend_name))
+    _check_counts(result.labels, None, 203, 7)
+    optimum = exact_assign(x, backend="numpy").objective
+    assert result.objective == pytest.approx(optimum, abs=1e-5)
