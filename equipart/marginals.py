@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class ColumnConstraint(Protocol):
     """The label-side constraint bound to a problem of ``n_rows`` points and K labels."""
 
     n_rows: int
+    overrelax: bool  # whether the driver may over-relax update() (equality targets)
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         """Return the next column dual (K,) given the current dual and log column masses."""
@@ -79,6 +80,7 @@ class EqualityConstraint:
     n_rows: int
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
+    overrelax: ClassVar[bool] = True
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         positive = self.target > 0
@@ -260,6 +262,7 @@ class BandConstraint:
     lo: np.ndarray
     hi: np.ndarray
     n_rows: int
+    overrelax: ClassVar[bool] = False
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -296,6 +299,7 @@ class RelaxedConstraint:
     target: np.ndarray
     rho: float
     n_rows: int
+    overrelax: ClassVar[bool] = False
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -50,7 +50,9 @@ def problems(draw, max_rows: int = 300):
 def test_converged_masses_meet_target_and_rows_sum_to_one(backend_name, problem):
     scores, lam = problem
     n_rows, n_labels = scores.shape
-    result, labels, codes = solve(scores, backend_name, lam=lam, tol=1e-4, return_codes=True)
+    result, labels, codes = solve(
+        scores, backend_name, lam=lam, tol=1e-4, max_iter=50_000, return_codes=True
+    )
     assert result.converged
     masses = codes.astype(np.float64).sum(axis=0)
     assert np.max(np.abs(masses / (n_rows / n_labels) - 1)) <= 1e-4 + 1e-4
