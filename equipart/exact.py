@@ -102,6 +102,10 @@ def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
     rows = np.ones(cost.shape[0])
     if spare > 0:
         rows[-1] = spare
+    if col_label.size == 1:  # one column takes every point (ot.emd rejects 1 x 1 problems)
+        prices = np.full(n_labels, -np.inf)
+        prices[col_label[0]] = 0.0
+        return np.full(n_rows, col_label[0], dtype=np.int64), prices
     max_iter = int(min(2**62, max(100_000, 100 * cost.size)))
     plan, log = ot.emd(rows, col_mass, cost, numItermax=max_iter, log=True)
     if log.get("warning"):
