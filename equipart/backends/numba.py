@@ -1,0 +1,585 @@
+"""The Numba backend: the fused sweep as parallel compiled kernels, one read per sweep.
+
+Same contract and notation as ``equipart.backends.base`` (z = lam * L + g, v = z - rowmax,
+Q = exp(v) / rowsum exp(v)); this module makes the sweep run near the speed of one read of
+the scores.
+
+Parallelism and determinism
+    The rows of a block are split into ``n_chunks`` contiguous chunks, a number that depends
+    only on the block's shape (never on the thread count). ``prange`` hands chunks to
+    threads; each chunk accumulates its own float64 column partials, and the partials are
+    merged in chunk order. The result is therefore bit-identical for any
+    ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``. The kernels call no BLAS.
+
+Memory
+    Per chunk: a few K-vectors and, for inputs that are not C-contiguous, a buffer of
+    ``SUB_ROWS`` rows (the row block is copied there, in the compute precision, in the
+    order of the input's strides). Column partials: ``n_chunks x K`` float64, capped at
+    ``PARTIALS_BYTES``. Nothing of size N x K is ever allocated by a sweep.
+
+Precision
+    float32 inputs compute in float32 (float16 too, converted block by block), everything
+    else in float64; column sums accumulate over ``SUB_ROWS`` rows in the compute precision
+    and then in float64. ``z`` is formed as ``float(lam) * L + float(g)`` in the compute
+    precision with separate roundings, exactly as the NumPy backend does, so ``labels`` and
+    ``top_labels`` agree bit for bit with it.
+
+exp
+    Numba has no vectorised float32 ``exp`` on this stack (no SVML-patched LLVM), and the
+    scalar libm call costs ~10x a read of the scores. The sweep only needs exp(v) for
+    v <= 0, so float32 uses :func:`_exp_nonpositive`: v = n ln2 + r with |r| <= ln2 / 2
+    (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial (truncation error
+    below 5e-9, i.e. < 0.1 ulp), and 2^n built from the exponent bits. It is exact at 0
+    (exp(0) = 1), within 2 ulp of the correctly rounded value elsewhere (measured in
+    tests/test_numba.py), and returns exactly 0 below ``EXP_FLOOR`` = ln(2^-126) (where
+    float32 leaves the normal range; libm would return subnormals there) and for -inf.
+    Those flushed terms are below 1.2e-38, so only column sums that underflow anyway are
+    affected, and there the driver falls back on ``colmax`` as the contract intends.
+    float64 uses ``math.exp``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+from .numpy import compute_dtype
+
+__all__ = ["NumbaBackend"]
+
+SUB_ROWS = 16  # rows per sub-block: column sums flush to float64 once per sub-block
+MIN_CHUNK_ROWS = 32  # fewest rows per parallel chunk
+MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)
+PARTIALS_BYTES = 16 << 20  # cap on the float64 partials of one sweep
+CONVERT_ELEMENTS = 1 << 20  # block size when float16 / integer input is converted
+
+# Fast-math for the kernels: reassociation (vectorised reductions) and FMA contraction,
+# but no "ninf", because g_j = -inf (zero-target labels) and log(0) (probabilities) are
+# legitimate values. ``labels``/``top_labels`` run without "contract" so that z has the
+# same roundings as in the NumPy backend.
+_FAST = {"nnan", "nsz", "arcp", "reassoc", "contract", "afn"}
+_EXACT_Z = {"nnan", "nsz", "arcp", "reassoc", "afn"}
+_CHECK = {"nsz", "reassoc", "contract"}  # values may be NaN or inf: no "nnan", "ninf"
+_OPTS = {"parallel": True, "cache": True, "nogil": True}
+
+_F32 = np.float32
+# float32 works in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e) needs no
+# multiply and the range reduction w = n + r (n = round(w)) is exact.
+LOG2E = 1.0 / math.log(2.0)
+EXP2_FLOOR = _F32(-125.0)  # exp2 returns 0 below: 2^-125 = 2.4e-38, near float32's normal floor
+_MANTISSA_BITS = np.int32(23)
+# 2^r on [-1/2, 1/2]: the degree-6 polynomial interpolating it at the Chebyshev nodes
+# (relative error 2.5e-9 = 0.04 float32 ulp; the middle node is r = 0, so p(0) = 1).
+_EXP2_POLY = tuple(
+    _F32(c)
+    for c in np.polynomial.Chebyshev.interpolate(np.exp2, 6, domain=[-0.5, 0.5])
+    .convert(kind=np.polynomial.Polynomial)
+    .coef
+)
+
+
+@intrinsic
+def _f32_bits(typingctx, value):
+    """The bits of a float32 as an int32 (an LLVM bitcast: free, and vectorisable)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret the bits of an int32 as a float32 (an LLVM bitcast)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _round_even(typingctx, value):
+    """value rounded to the nearest integer (ties to even), as LLVM's roundeven."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.roundeven", [ty], ir.FunctionType(ty, [ty]))
+        return builder.call(fn, args)
+
+    return types.float32(types.float32), codegen
+
+
+def _minmax_intrinsic(llvm_name: str):
+    """An intrinsic (a, b) -> LLVM's ``llvm_name`` of two floats, with no-NaN flags."""
+
+    def typer(typingctx, a, b):
+        if not (isinstance(a, types.Float) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ty = args[0].type
+            fnty = ir.FunctionType(ty, [ty, ty])
+            fn = builder.module.declare_intrinsic(llvm_name, [ty], fnty)
+            return builder.call(fn, args, fastmath=("nnan", "nsz"))
+
+        return a(a, b), codegen
+
+    typer.__name__ = typer.__qualname__ = "_" + llvm_name.replace(".", "_")
+    return intrinsic(typer)
+
+
+# max / min as LLVM's maxnum / minnum with no-NaN flags, so that loops reducing with them
+# vectorise (Numba's builtin max lowers to compare-and-select, which LLVM does not turn into
+# a vector reduction here). Their operands are never NaN where the kernels use them.
+_fmax = _minmax_intrinsic("llvm.maxnum")
+_fmin = _minmax_intrinsic("llvm.minnum")
+
+
+def _unit(dtype: np.dtype) -> float:
+    """Kernel units per natural-log unit: log2(e) for float32 (base 2), 1 for float64."""
+    return LOG2E if dtype == np.float32 else 1.0
+
+
+def _exp_units(w):
+    """exp of a non-positive number w given in kernel units (2^w in float32, e^w in float64)."""
+    return math.exp(w)
+
+
+@overload(_exp_units, jit_options={"fastmath": _FAST})
+def _exp_units_impl(w):
+    if w != types.float32:
+        return lambda w: math.exp(w)
+
+    c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
+
+    def exp2_f32(w):
+        t = _fmax(w, EXP2_FLOOR)
+        n = _round_even(t)
+        r = t - n  # exact, in [-1/2, 1/2]
+        p = c6
+        p = p * r + c5
+        p = p * r + c4
+        p = p * r + c3
+        p = p * r + c2
+        p = p * r + c1
+        p = p * r + c0
+        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5], n >= -125: normal)
+        e = _f32_from_bits(np.int32(_f32_bits(p) + (np.int32(n) << _MANTISSA_BITS)))
+        return e if w >= EXP2_FLOOR else _F32(0.0)
+
+    return exp2_f32
+
+
+def _load_rows(x, start, stop, buf):
+    """Rows start:stop of x, C-contiguous in the compute precision (a view where possible)."""
+    return x[start:stop]
+
+
+@overload(_load_rows)
+def _load_rows_impl(x, start, stop, buf):
+    if x.layout == "C" and x.dtype == buf.dtype:
+        return lambda x, start, stop, buf: x[start:stop]
+
+    def copy_rows(x, start, stop, buf):
+        n_rows = stop - start
+        n_labels = x.shape[1]
+        out = buf[:n_rows]
+        if x.strides[0] <= x.strides[1]:  # column-major-like: walk down the columns
+            for j in range(n_labels):
+                for i in range(n_rows):
+                    out[i, j] = x[start + i, j]
+        else:
+            for i in range(n_rows):
+                for j in range(n_labels):
+                    out[i, j] = x[start + i, j]
+        return out
+
+    return copy_rows
+
+
+@njit(fastmath=_FAST)
+def _scale_row(row, probs, lam, g, z):
+    """z = lam * L + g for one row (L = log(row) for probabilities); returns max_j z_j."""
+    m = z.dtype.type(-np.inf)
+    if probs:
+        for j in range(row.shape[0]):
+            zj = lam * np.log(row[j]) + g[j]
+            z[j] = zj
+            m = _fmax(m, zj)
+    else:
+        for j in range(row.shape[0]):
+            zj = lam * row[j] + g[j]
+            z[j] = zj
+            m = _fmax(m, zj)
+    return m
+
+
+@njit(fastmath=_EXACT_Z)
+def _scale_row_exact(row, probs, lam, g, z):
+    """As ``_scale_row``, with the NumPy backend's roundings (no FMA)."""
+    m = z.dtype.type(-np.inf)
+    if probs:
+        for j in range(row.shape[0]):
+            zj = lam * np.log(row[j]) + g[j]
+            z[j] = zj
+            m = _fmax(m, zj)
+    else:
+        for j in range(row.shape[0]):
+            zj = lam * row[j] + g[j]
+            z[j] = zj
+            m = _fmax(m, zj)
+    return m
+
+
+@njit
+def _chunk_bounds(c, n_chunks, n_rows):
+    """Rows [start, stop) of chunk c out of n_chunks."""
+    return c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks
+
+
+@njit(**_OPTS, fastmath=_FAST)
+def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, colmax_parts):
+    """Per-chunk column partials of one sweep: sum_i Q_ij and max_i v_ij (float64)."""
+    n_rows, n_labels = x.shape
+    zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        z = np.empty(n_labels, dtype=g.dtype)
+        acc = np.empty(n_labels, dtype=g.dtype)
+        cmax = np.full(n_labels, -np.inf, dtype=g.dtype)
+        total = colsum_parts[c]
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
+            acc[:] = zero
+            for i in range(b1 - b0):
+                m = _scale_row(rows[i], probs, lam, g, z)
+                if m == -np.inf:  # no label reachable from this row: it carries no mass
+                    continue
+                s = zero
+                for j in range(n_labels):
+                    v = z[j] - m
+                    cmax[j] = _fmax(cmax[j], v)
+                    e = _exp_units(v)
+                    z[j] = e
+                    s += e
+                inv = one / s
+                for j in range(n_labels):
+                    acc[j] += z[j] * inv
+            for j in range(n_labels):
+                total[j] += acc[j]
+        for j in range(n_labels):
+            colmax_parts[c, j] = cmax[j]
+
+
+@njit(**_OPTS, fastmath=_FAST)
+def _codes_kernel(x, probs, lam, g, n_chunks, out):
+    """out = Q for every row of x (rows sum to 1), in the compute precision."""
+    n_rows, n_labels = x.shape
+    zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
+            for i in range(b1 - b0):
+                q = out[b0 + i]
+                m = _scale_row(rows[i], probs, lam, g, q)
+                if m == -np.inf:
+                    q[:] = np.nan
+                    continue
+                s = zero
+                for j in range(n_labels):
+                    e = _exp_units(q[j] - m)
+                    q[j] = e
+                    s += e
+                inv = one / s
+                for j in range(n_labels):
+                    q[j] *= inv
+
+
+@njit(**_OPTS, fastmath=_EXACT_Z)
+def _labels_kernel(x, probs, lam, g, n_chunks, out):
+    """out_i = argmax_j z_ij, the first index among ties."""
+    n_rows, n_labels = x.shape
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        z = np.empty(n_labels, dtype=g.dtype)
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
+            for i in range(b1 - b0):
+                top = _scale_row_exact(rows[i], probs, lam, g, z)
+                best = 0  # the first index attaining the maximum (maxnum returns an operand)
+                while z[best] != top:
+                    best += 1
+                out[b0 + i] = best
+
+
+@njit(**_OPTS, fastmath=_EXACT_Z)
+def _top_kernel(x, probs, lam, g, n_chunks, indices, values):
+    """The k = indices.shape[1] largest z_ij per row, best first, lower index on ties."""
+    n_rows, n_labels = x.shape
+    k = indices.shape[1]
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        z = np.empty(n_labels, dtype=g.dtype)
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
+            for i in range(b1 - b0):
+                _scale_row_exact(rows[i], probs, lam, g, z)
+                idx = indices[b0 + i]
+                val = values[b0 + i]
+                if k * k > 8 * n_labels:  # many candidates: one stable sort of the row
+                    order = np.argsort(-z, kind="mergesort")
+                    for t in range(k):
+                        idx[t] = order[t]
+                        val[t] = z[order[t]]
+                    continue
+                filled = 0  # insertion into the sorted top list; strict > keeps ties stable
+                for j in range(n_labels):
+                    zj = z[j]
+                    if filled == k and not zj > val[k - 1]:
+                        continue
+                    t = filled if filled < k else k - 1
+                    while t > 0 and zj > val[t - 1]:
+                        val[t] = val[t - 1]
+                        idx[t] = idx[t - 1]
+                        t -= 1
+                    val[t] = zj
+                    idx[t] = j
+                    if filled < k:
+                        filled += 1
+
+
+@njit(**_OPTS, fastmath=_FAST)
+def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
+    """parts[c] = sum over chunk c of log P_i,labels_i (kind_code 0 logits, 1 logprobs,
+    2 probs). For logits the row's log-sum-exp is subtracted: log P_il = x_il - m_i -
+    log sum_j exp(x_ij - m_i), the sum taken in the compute precision (``unit`` holds the
+    kernel unit in it) and everything else in float64."""
+    n_rows, n_labels = x.shape
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=unit.dtype)
+        total = 0.0
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            if kind_code != 0:
+                for i in range(b0, b1):
+                    picked = np.float64(x[i, labels[i]])
+                    if kind_code == 1:
+                        total += picked
+                    else:
+                        total += np.log(picked) if picked > 0.0 else -np.inf
+                continue
+            rows = _load_rows(x, b0, b1, buf)
+            for i in range(b1 - b0):
+                row = rows[i]
+                m = row[0]
+                for j in range(1, n_labels):
+                    m = _fmax(m, row[j])
+                s = unit[0] * 0
+                for j in range(n_labels):
+                    s += _exp_units((row[j] - m) * unit[0])
+                picked = np.float64(row[labels[b0 + i]])
+                total += picked - np.float64(m) - math.log(np.float64(s))
+        parts[c] = total
+
+
+@njit(**_OPTS, fastmath=_CHECK)
+def _check_kernel(x, probs, n_chunks, finite, minima, deviation):
+    """Per chunk: all finite, the minimum, and max_i |sum_j x_ij - 1| (for probabilities).
+
+    Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
+    fast-math here, so the product is kept); the minimum is then only read when finite.
+    """
+    n_rows, n_labels = x.shape
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
+        poison = 0.0
+        low = np.inf
+        dev = 0.0
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
+            for i in range(b1 - b0):
+                row = rows[i]
+                s = 0.0
+                for j in range(n_labels):
+                    value = np.float64(row[j])
+                    s += value
+                    poison += value * 0.0
+                    low = _fmin(low, value)
+                if probs:
+                    dev = max(dev, abs(s - 1.0))
+        finite[c] = math.isfinite(poison)
+        minima[c] = low
+        deviation[c] = dev
+
+
+def _n_chunks(n_rows: int, n_labels: int) -> int:
+    """Parallel chunks for a block: a function of its shape only (never of the threads)."""
+    by_rows = max(1, n_rows // MIN_CHUNK_ROWS)
+    by_memory = max(1, PARTIALS_BYTES // (16 * max(n_labels, 1)))
+    return int(min(by_rows, MAX_CHUNKS, by_memory))
+
+
+def _kernel_blocks(x: np.ndarray) -> Iterator[np.ndarray]:
+    """x itself when the kernels read its dtype (float32/float64, any strides); otherwise
+    (float16, integers, bool) consecutive row blocks converted to the compute precision."""
+    if x.dtype in (np.float32, np.float64):
+        yield x
+        return
+    dtype = compute_dtype(x.dtype)
+    step = max(1, CONVERT_ELEMENTS // max(x.shape[1], 1))
+    for start in range(0, x.shape[0], step):
+        part = np.asarray(x[start : start + step], dtype=dtype)
+        part.flags.writeable = False
+        yield part
+
+
+def _as_array(block: Any) -> np.ndarray:
+    """A read-only plain ndarray view of the block (memmaps included), checked to be 2-D.
+
+    Read-only for every input, so that writable and read-only arrays share one compiled
+    specialisation of each kernel (the kernels never write to the scores).
+    """
+    x = np.asarray(block).view(np.ndarray)
+    if x.ndim != 2:
+        raise ValueError(f"block: expected a 2-D (n, K) array, got shape {x.shape}")
+    x.flags.writeable = False
+    return x
+
+
+def _scaled_params(
+    lam: float, g: np.ndarray, dtype: np.dtype, unit: float
+) -> tuple[np.floating, np.ndarray]:
+    """lam and g in the compute precision, multiplied by ``unit`` (see ``_unit``)."""
+    return dtype.type(lam * unit), np.ascontiguousarray(np.asarray(g) * unit, dtype=dtype)
+
+
+class NumbaBackend(Backend):
+    """NumPy arrays and memmaps, swept by parallel Numba kernels (see the module docs)."""
+
+    name = "numba"
+
+    @staticmethod
+    def accepts(scores: Any) -> bool:
+        return isinstance(scores, np.ndarray)
+
+    def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype]:
+        return tuple(scores.shape), scores.dtype
+
+    def head(self, scores: np.ndarray, index: int) -> np.ndarray:
+        return scores[index]
+
+    def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
+        x = _as_array(block)
+        all_finite, min_value, deviation = True, np.inf, 0.0
+        for part in _kernel_blocks(x):
+            n_chunks = _n_chunks(*part.shape)
+            finite = np.empty(n_chunks, dtype=np.bool_)
+            minima = np.empty(n_chunks)
+            dev = np.empty(n_chunks)
+            _check_kernel(part, kind == "probs", n_chunks, finite, minima, dev)
+            all_finite = all_finite and bool(finite.all())
+            min_value = min(min_value, float(minima.min()))
+            deviation = max(deviation, float(dev.max()))
+        return BlockCheck(all_finite, min_value, deviation)
+
+    def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        x = _as_array(block)
+        n_labels = x.shape[1]
+        dtype = compute_dtype(x.dtype)
+        unit = _unit(dtype)
+        lam_c, g_c = _scaled_params(lam, g, dtype, unit)
+        colsum = np.zeros(n_labels)
+        colmax = np.full(n_labels, -np.inf)
+        for part in _kernel_blocks(x):
+            n_chunks = _n_chunks(*part.shape)
+            sums = np.zeros((n_chunks, n_labels))
+            maxima = np.empty((n_chunks, n_labels))
+            _sweep_kernel(part, kind == "probs", lam_c, g_c, n_chunks, sums, maxima)
+            colsum += sums.sum(axis=0)
+            np.maximum(colmax, maxima.max(axis=0), out=colmax)
+        return ColumnStats(colsum, colmax / unit)
+
+    def _rowwise(self, kernel, block: np.ndarray, kind: ScoreKind, lam: float, g, *outs):
+        """Run a row-wise kernel over ``block`` (converted part by part) into ``outs``.
+
+        The codes kernel works in kernel units (it exponentiates); labels and top_labels
+        in natural units, with the NumPy backend's roundings.
+        """
+        x = _as_array(block)
+        dtype = compute_dtype(x.dtype)
+        unit = _unit(dtype) if kernel is _codes_kernel else 1.0
+        lam_c, g_c = _scaled_params(lam, g, dtype, unit)
+        start = 0
+        for part in _kernel_blocks(x):
+            stop = start + part.shape[0]
+            views = [out[start:stop] for out in outs]
+            kernel(part, kind == "probs", lam_c, g_c, _n_chunks(*part.shape), *views)
+            start = stop
+
+    def labels(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
+        out = np.empty(block.shape[0], dtype=np.int64)
+        self._rowwise(_labels_kernel, block, kind, lam, g, out)
+        return out
+
+    def codes(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
+        out = np.empty(block.shape, dtype=compute_dtype(block.dtype))
+        self._rowwise(_codes_kernel, block, kind, lam, g, out)
+        return out
+
+    def top_labels(
+        self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_rows, n_labels = block.shape
+        k = min(k, n_labels)
+        indices = np.empty((n_rows, k), dtype=np.int64)
+        values = np.empty((n_rows, k), dtype=compute_dtype(block.dtype))
+        self._rowwise(_top_kernel, block, kind, lam, g, indices, values)
+        return indices, values
+
+    def logprob_sum(self, block: np.ndarray, kind: ScoreKind, labels: np.ndarray) -> float:
+        x = _as_array(block)
+        picks = np.ascontiguousarray(labels, dtype=np.int64)
+        kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
+        total, start = 0.0, 0
+        for part in _kernel_blocks(x):
+            stop = start + part.shape[0]
+            n_chunks = _n_chunks(*part.shape)
+            parts = np.empty(n_chunks)
+            dtype = compute_dtype(part.dtype)
+            unit = np.array([_unit(dtype)], dtype=dtype)
+            _logprob_kernel(part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            total += float(parts.sum())
+            start = stop
+        return total
+
+    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def stack(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.stack(parts, axis=0)

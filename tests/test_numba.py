@@ -1,0 +1,277 @@
+"""The Numba backend against the NumPy reference, on the same inputs.
+
+Documented tolerances (docs/numba.md): ``labels`` and ``top_labels`` are bit-identical to
+the NumPy backend (z is formed with the same roundings); sweep column sums agree to 2e-5
+relative in float32 and 1e-12 in float64, ``colmax`` to 1e-5 relative; solved duals g agree
+to 1e-3 (float32) and 1e-8 (float64) in natural-log units, and labels of a solve agree
+wherever the two best labels of a row are further apart than the duals' difference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from equipart import ConvergenceWarning, Counts, assign_labels  # noqa: E402
+from equipart.backends.numba import EXP2_FLOOR, NumbaBackend, _exp_units  # noqa: E402
+from equipart.backends.numpy import NumpyBackend  # noqa: E402
+
+NB, NP = NumbaBackend(), NumpyBackend()
+KINDS = ("logits", "logprobs", "probs")
+
+
+def scores_for(kind: str, shape: tuple[int, int], dtype, seed: int = 0, spread: float = 2.0):
+    rng = np.random.default_rng(seed)
+    logits = spread * rng.standard_normal(shape)
+    if kind == "logits":
+        return logits.astype(dtype)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return (np.exp(logp) if kind == "probs" else logp).astype(dtype)
+
+
+def dual(n_labels: int, seed: int = 1, dead: bool = False) -> np.ndarray:
+    g = np.random.default_rng(seed).standard_normal(n_labels)
+    if dead:
+        g[::5] = -np.inf  # zero-target labels
+    return g
+
+
+def assert_same_stats(a, b, dtype) -> None:
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(a.colsum, b.colsum, rtol=rtol, atol=1e-30)
+    finite = np.isfinite(b.colmax)
+    assert np.array_equal(finite, np.isfinite(a.colmax))
+    assert np.array_equal(a.colmax[~finite], b.colmax[~finite])
+    np.testing.assert_allclose(a.colmax[finite], b.colmax[finite], rtol=1e-5, atol=1e-5)
+
+
+@numba.njit
+def _exp_all(w):
+    out = np.empty_like(w)
+    for i in range(w.shape[0]):
+        out[i] = _exp_units(w[i])
+    return out
+
+
+def test_float32_exp2_is_within_one_ulp_and_exact_at_zero():
+    rng = np.random.default_rng(0)
+    w = -np.concatenate([np.linspace(0, 125, 500_001), rng.uniform(0, 125, 200_000)])
+    w = w.astype(np.float32)
+    got = _exp_all(w).astype(np.float64)
+    ref = np.exp2(w.astype(np.float64))
+    ulp = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - ref) / ulp) <= 1.0
+    assert _exp_all(np.float32([0.0, -0.0]))[0] == 1.0
+    below = np.float32([EXP2_FLOOR - 1e-3, -126.0, -1e30, -np.inf])
+    assert np.array_equal(_exp_all(below), np.zeros(4, np.float32))
+    # monotone on a fine grid (no glitch at the range-reduction seams)
+    fine = -np.linspace(0, 3, 100_001).astype(np.float32)
+    assert np.all(np.diff(_exp_all(fine)) <= 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lam", [0.1, 25.0, 1e4])
+def test_sweep_matches_numpy_backend(kind, dtype, lam):
+    x = scores_for(kind, (700, 37), dtype)
+    g = dual(37, dead=True)
+    assert_same_stats(NB.sweep(x, kind, lam, g), NP.sweep(x, kind, lam, g), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["logits", "logprobs"])
+def test_labels_and_top_labels_are_identical_to_numpy(kind, dtype):
+    x = scores_for(kind, (500, 29), dtype, seed=3)
+    x[:, 7] = x[:, 3]  # exact ties: the lower index must win
+    g = dual(29, dead=True)
+    g[7] = g[3]
+    assert np.array_equal(NB.labels(x, kind, 25.0, g), NP.labels(x, kind, 25.0, g))
+    for k in (1, 4, 29):
+        (ia, va), (ib, vb) = NB.top_labels(x, kind, 25.0, g, k), NP.top_labels(x, kind, 25.0, g, k)
+        assert np.array_equal(ia, ib) and np.array_equal(va, vb)
+        assert ia.dtype == np.int64 and va.dtype == vb.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_labels_from_probs_agree_up_to_one_ulp_of_log(dtype):
+    """log comes from libm here and from NumPy's own kernels there: they may differ by 1 ulp."""
+    x = scores_for("probs", (500, 29), dtype, seed=3)
+    g = dual(29, dead=True)
+    (ia, va), (ib, vb) = (
+        NB.top_labels(x, "probs", 25.0, g, 2),
+        NP.top_labels(x, "probs", 25.0, g, 2),
+    )
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(va, vb, rtol=rtol)
+    clear = (vb[:, 0] - vb[:, 1]) > 4 * rtol * np.abs(vb[:, 0])
+    assert clear.mean() > 0.9
+    assert np.array_equal(ia[clear], ib[clear])
+    assert np.array_equal(NB.labels(x, "probs", 25.0, g)[clear], ib[clear, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_codes_logprob_and_check_match_numpy(kind, dtype):
+    x = scores_for(kind, (300, 41), dtype, seed=4)
+    g = dual(41)
+    a, b = NB.codes(x, kind, 25.0, g), NP.codes(x, kind, 25.0, g)
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=5e-5 if dtype == np.float32 else 1e-12, atol=1e-30)
+    labels = NP.labels(x, kind, 25.0, g)
+    np.testing.assert_allclose(
+        NB.logprob_sum(x, kind, labels), NP.logprob_sum(x, kind, labels), rtol=1e-6
+    )
+    ca, cb = NB.check(x, kind), NP.check(x, kind)
+    assert ca.all_finite and cb.all_finite
+    assert ca.min_value == cb.min_value
+    assert ca.max_row_sum_deviation == pytest.approx(cb.max_row_sum_deviation, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_reports_non_finite(bad):
+    x = scores_for("logits", (200, 13), np.float32)
+    x[150, 4] = bad
+    assert not NB.check(x, "logits").all_finite
+
+
+def layouts(x: np.ndarray, tmp_path) -> dict[str, np.ndarray]:
+    """Views of the same values in other memory layouts (x itself is C-contiguous)."""
+    wide = np.zeros((x.shape[0] * 2, x.shape[1] * 3), dtype=x.dtype)
+    wide[::2, ::3] = x
+    path = tmp_path / "scores.dat"
+    writer = np.memmap(path, dtype=x.dtype, mode="w+", shape=x.shape)
+    writer[:] = x
+    writer.flush()
+    del writer
+    return {
+        "fortran": np.asfortranarray(x),
+        "strided": wide[::2, ::3],
+        "transposed": np.ascontiguousarray(x.T).T,
+        "memmap_readonly": np.memmap(path, dtype=x.dtype, mode="r", shape=x.shape),
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layouts_give_bit_identical_results_without_copying_the_input(dtype, tmp_path):
+    x = scores_for("logits", (523, 47), dtype, seed=5)
+    g = dual(47, dead=True)
+    ref = NB.sweep(x, "logits", 25.0, g)
+    ref_labels, ref_codes = NB.labels(x, "logits", 25.0, g), NB.codes(x, "logits", 25.0, g)
+    for name, view in layouts(x, tmp_path).items():
+        before = np.array(view, copy=True)
+        stats = NB.sweep(view, "logits", 25.0, g)
+        assert np.array_equal(stats.colsum, ref.colsum), name
+        assert np.array_equal(stats.colmax, ref.colmax), name
+        assert np.array_equal(NB.labels(view, "logits", 25.0, g), ref_labels), name
+        assert np.array_equal(NB.codes(view, "logits", 25.0, g), ref_codes), name
+        assert np.array_equal(view, before), name
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, np.int64])
+def test_other_dtypes_compute_like_the_numpy_backend(dtype):
+    x = (3 * scores_for("logits", (400, 23), np.float64, seed=6)).astype(dtype)
+    g = dual(23)
+    stats = NB.sweep(x, "logits", 2.0, g)
+    assert_same_stats(stats, NP.sweep(x, "logits", 2.0, g), np.float32)
+    assert np.array_equal(NB.labels(x, "logits", 2.0, g), NP.labels(x, "logits", 2.0, g))
+    assert NB.codes(x, "logits", 2.0, g).dtype == NP.codes(x, "logits", 2.0, g).dtype
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    x = scores_for("logits", (5000, 60), np.float32, seed=7)
+    g = dual(60)
+    original = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = NB.sweep(x, "logits", 25.0, g)
+        solved_one = assign_labels(x, lam=25.0, backend="numba", tol=1e-6)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = NB.sweep(x, "logits", 25.0, g)
+        solved_many = assign_labels(x, lam=25.0, backend="numba", tol=1e-6)
+    finally:
+        numba.set_num_threads(original)
+    assert np.array_equal(one.colsum, many.colsum) and np.array_equal(one.colmax, many.colmax)
+    assert np.array_equal(solved_one.state.g, solved_many.state.g)
+    assert np.array_equal(solved_one.labels, solved_many.labels)
+
+
+def test_more_threads_than_cores_gives_the_same_bits(tmp_path):
+    """A fresh process with NUMBA_NUM_THREADS=3 (whatever the core count) agrees bit for bit."""
+    x = scores_for("logits", (3000, 50), np.float32, seed=8)
+    g = dual(50)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "g.npy", g)
+    script = (
+        "import sys, numpy as np, numba\n"
+        "from equipart.backends.numba import NumbaBackend\n"
+        "assert numba.get_num_threads() == 3\n"
+        f"x = np.load(r'{tmp_path / 'x.npy'}'); g = np.load(r'{tmp_path / 'g.npy'}')\n"
+        "s = NumbaBackend().sweep(x, 'logits', 25.0, g)\n"
+        f"np.save(r'{tmp_path / 'out.npy'}', np.stack([s.colsum, s.colmax]))\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    other = np.load(tmp_path / "out.npy")
+    here = NB.sweep(x, "logits", 25.0, g)
+    assert np.array_equal(other[0], here.colsum) and np.array_equal(other[1], here.colmax)
+
+
+def solve_both(x: np.ndarray, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return (
+            assign_labels(x, backend="numba", **kwargs),
+            assign_labels(x, backend="numpy", **kwargs),
+        )
+
+
+def assert_solves_agree(x: np.ndarray, lam: float, g_tol: float, **kwargs) -> None:
+    """Same duals within g_tol, and the same labels wherever the top-2 margin exceeds it."""
+    a, b = solve_both(x, lam=lam, **kwargs)
+    assert a.n_iter == b.n_iter and a.converged == b.converged
+    assert np.all(np.isfinite(a.state.g[np.isfinite(b.state.g)]))
+    finite = np.isfinite(b.state.g)
+    assert np.max(np.abs(a.state.g[finite] - b.state.g[finite])) <= g_tol
+    ind, val = NP.top_labels(x, kwargs.get("input", "logits"), lam, b.state.g, 2)
+    margin = (val[:, 0] - val[:, 1]).astype(np.float64)
+    clear = margin > 2 * g_tol + 1e-4 * np.abs(val[:, 0])
+    assert clear.mean() > 0.5
+    assert np.array_equal(a.labels[clear], b.labels[clear])
+
+
+@pytest.mark.parametrize("dtype, g_tol", [(np.float32, 1e-3), (np.float64, 1e-8)])
+def test_solves_agree_with_numpy_backend(dtype, g_tol):
+    x = scores_for("logits", (3000, 40), dtype, seed=9)
+    assert_solves_agree(x, 25.0, g_tol, tol=1e-5)
+    sizes = np.full(40, 3000 // 39)
+    sizes[0] = 0  # a label that must stay empty: g_0 = -inf
+    sizes[1] += 3000 - sizes.sum()
+    assert_solves_agree(x, 25.0, g_tol, tol=1e-5, marginals=Counts(sizes))
+
+
+def test_near_uniform_float32_k3000_agrees_with_numpy_backend():
+    """SeLa's float32 failure case (near-uniform softmax, lam=25, K=3000), both backends."""
+    rng = np.random.default_rng(10)
+    logits = 0.05 * rng.standard_normal((9000, 3000), dtype=np.float32)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert_solves_agree(probs, 25.0, 1e-3, input="probs", tol=1e-3)
+
+
+def test_extreme_lam_float32_stays_finite_and_agrees():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    x[:, 0] += 4  # every point prefers label 0
+    a, b = solve_both(x, lam=1e4, tol=1e-3, max_iter=200)
+    assert np.all(np.isfinite(a.state.g)) and a.error < 0.05
+    assert a.n_iter == b.n_iter
+    assert abs(a.error - b.error) <= 1e-3
+    counts = np.bincount(a.labels, minlength=16)
+    assert counts.max() <= 1.1 * 2000 / 16 + 1, counts
