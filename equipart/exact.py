@@ -28,7 +28,6 @@ import os
 from typing import Any
 
 import numpy as np
-import ot
 
 from .backends import get_backend
 from .backends.numpy import NumpyBackend
@@ -106,6 +105,8 @@ def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
         prices = np.full(n_labels, -np.inf)
         prices[col_label[0]] = 0.0
         return np.full(n_rows, col_label[0], dtype=np.int64), prices
+    import ot  # imported here: POT imports torch (an optional library) when installed
+
     max_iter = int(min(2**62, max(100_000, 100 * cost.size)))
     plan, log = ot.emd(rows, col_mass, cost, numItermax=max_iter, log=True)
     if log.get("warning"):
