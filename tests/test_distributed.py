@@ -50,11 +50,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, scenarios, out, workdir: str) -> None:
-    """Child process: join the Gloo world, run the scenarios in order, report each one."""
+def _entry(
+    rank: int, world: int, port: int, scenarios, out, workdir: str, backend: str = "gloo"
+) -> None:
+    """Child process: join the world, run the scenarios in order, report each one."""
     try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(
-            "gloo",
+            backend,
             init_method=f"tcp://127.0.0.1:{port}",
             rank=rank,
             world_size=world,
@@ -70,7 +74,11 @@ def _entry(rank: int, world: int, port: int, scenarios, out, workdir: str) -> No
 
 
 def _run_world(
-    scenarios: tuple[str, ...], world: int, tmp_path, dying: dict[int, int] | None = None
+    scenarios: tuple[str, ...],
+    world: int,
+    tmp_path,
+    dying: dict[int, int] | None = None,
+    backend: str = "gloo",
 ) -> dict[str, dict[int, object]]:
     """Spawn ``world`` ranks running ``scenarios``; results[scenario][rank], or fail.
 
@@ -83,7 +91,9 @@ def _run_world(
     out = context.Queue()
     port = _free_port()
     procs = [
-        context.Process(target=_entry, args=(r, world, port, scenarios, out, str(tmp_path)))
+        context.Process(
+            target=_entry, args=(r, world, port, scenarios, out, str(tmp_path), backend)
+        )
         for r in range(world)
     ]
     for proc in procs:
@@ -257,7 +267,25 @@ def _death(rank: int, world: int, workdir: str) -> dict:
     return {"kind": kind, "message": message, "seconds": time.monotonic() - start}
 
 
-SCENARIOS = {"equivalence": _equivalence, "rejections": _rejections, "death": _death}
+def _cuda(rank: int, world: int, workdir: str) -> dict:
+    """CUDA scores on an NCCL group (one rank per GPU): labels and codes stay on the GPU."""
+    scores = torch.from_numpy(_scores()).cuda()
+    result = assign_labels(scores, LAM, tol=1e-7, group="default")
+    codes = sinkhorn_codes(scores, 0.5, 3, group="default")
+    return {
+        "device": str(result.labels.device),
+        "labels": result.labels.cpu().numpy(),
+        "g": result.state.g,
+        "codes": codes.cpu().numpy(),
+    }
+
+
+SCENARIOS = {
+    "equivalence": _equivalence,
+    "rejections": _rejections,
+    "death": _death,
+    "cuda": _cuda,
+}
 
 
 # --------------------------------------------------------------------------- tests
@@ -330,6 +358,21 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
         assert out["kind"] == "DistributedSolveError", out
         assert "failed on rank" in out["message"]
         assert out["seconds"] < GROUP_TIMEOUT_S
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and dist.is_nccl_available()), reason="needs CUDA and NCCL"
+)
+def test_nccl_group_of_one_gpu_matches_single_process(tmp_path):
+    out = _run_world(("cuda",), 1, tmp_path, backend="nccl")["cuda"][0]
+    scores = torch.from_numpy(_scores()).cuda()
+    reference = assign_labels(scores, LAM, tol=1e-7)
+    assert out["device"].startswith("cuda")
+    np.testing.assert_array_equal(out["labels"], reference.labels.cpu().numpy())
+    np.testing.assert_allclose(out["g"], reference.state.g, atol=1e-9)
+    expected = sinkhorn_codes(scores, 0.5, 3).cpu().numpy()
+    np.testing.assert_allclose(out["codes"], expected, atol=1e-6)
 
 
 def test_group_argument_is_checked_in_process():

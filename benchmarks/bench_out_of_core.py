@@ -1,0 +1,194 @@
+"""Out-of-core benchmark: solve a .npy memmap several times larger than a memory budget.
+
+Writes an N x K score file (float16 by default), then measures, each in a fresh child
+process so that its peak resident memory (VmHWM) is its own:
+
+* the disk's sequential read speed (file evicted from the page cache first, with
+  ``posix_fadvise(POSIX_FADV_DONTNEED)``) and the page cache's (a slice read twice);
+* ``assign_labels(path, ...)`` with the file evicted before every sweep ("cold": every
+  sweep reads the disk) and without eviction ("cached": whatever the page cache holds),
+  reporting seconds per sweep, the bytes each sweep streams per second, and VmHWM
+  against the stated budget.
+
+Run under the team's heavy lock, e.g.
+    flock /tmp/equipart-heavy.lock python benchmarks/bench_out_of_core.py \
+        --rows 3000000 --labels 1000 --budget-gib 1 --out benchmarks/results/ooc_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_ROWS = 1 << 16
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.MULTILINE).group(1)) * 1024
+
+
+def _evict(path: Path) -> None:
+    """Drop the file's clean pages from the page cache (no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def write_scores(path: Path, n_rows: int, n_labels: int, dtype: str, seed: int) -> float:
+    """Write the score file chunk by chunk (bounded memory); returns seconds taken."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(CHUNK_ROWS, n_labels)).astype(np.float32)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, n_labels))
+    for first in range(0, n_rows, CHUNK_ROWS):
+        rows = min(CHUNK_ROWS, n_rows - first)
+        # a fresh row permutation and per-label shift per chunk: distinct rows, cheap to make
+        chunk = base[rng.permutation(CHUNK_ROWS)[:rows]] + rng.normal(size=n_labels)
+        out[first : first + rows] = chunk.astype(dtype)
+    out.flush()
+    del out
+    os.sync()
+    return time.perf_counter() - start
+
+
+def read_speed(path: Path, limit: int | None, cold: bool) -> dict:
+    """Sequential read throughput of the first ``limit`` bytes (all when None)."""
+    if cold:
+        _evict(path)
+    buffer = bytearray(64 << 20)
+    total = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while limit is None or total < limit:
+            got = handle.readinto(buffer)
+            if not got:
+                break
+            total += got
+    seconds = time.perf_counter() - start
+    return {"bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One solve (in its own process); prints a JSON line with timings and peak RSS."""
+    import equipart
+
+    import_rss = _peak_rss_bytes()  # the interpreter and libraries, before any solve
+    path = Path(args.path)
+    if args.mode == "cold":
+        _evict(path)
+    stamps: list[float] = []
+
+    def callback(iteration: int, error: float) -> None:
+        stamps.append(time.perf_counter())
+        if args.mode == "cold":
+            _evict(path)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", equipart.ConvergenceWarning)
+        result = equipart.assign_labels(
+            path,
+            args.lam,
+            tol=0.0,
+            max_iter=args.sweeps,
+            backend=args.backend,
+            callback=callback,
+        )
+    total = time.perf_counter() - start
+    sweeps = np.diff(stamps)  # callback to callback: exactly one sweep (+ an eviction)
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "seconds_total": total,
+                "seconds_to_first_check": stamps[0] - start,
+                "seconds_per_sweep": sweeps.tolist(),
+                "peak_rss_bytes": _peak_rss_bytes(),
+                "import_rss_bytes": import_rss,
+                "n_iter": result.n_iter,
+                "labels_min_count": int(np.bincount(result.labels).min()),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=3_000_000)
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--lam", type=float, default=10.0)
+    parser.add_argument("--sweeps", type=int, default=3)
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--budget-gib", type=float, default=1.0)
+    parser.add_argument("--path", default="/tmp/equipart_ooc_scores.npy")
+    parser.add_argument("--keep", action="store_true", help="keep the score file")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="cold", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    path = Path(args.path)
+    file_bytes = args.rows * args.labels * np.dtype(args.dtype).itemsize
+    budget = int(args.budget_gib * (1 << 30))
+    write_s = write_scores(path, args.rows, args.labels, args.dtype, seed=0)
+    disk = read_speed(path, None, cold=True)
+    cache_slice = min(file_bytes, budget)
+    read_speed(path, cache_slice, cold=True)
+    cache = read_speed(path, cache_slice, cold=False)
+    runs = []
+    for mode in ("cold", "cached"):
+        command = [sys.executable, __file__, "--child", "--mode", mode, "--path", str(path)]
+        command += ["--lam", str(args.lam), "--sweeps", str(args.sweeps)]
+        command += ["--backend", args.backend]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        per_sweep = float(np.median(run["seconds_per_sweep"]))
+        run["median_seconds_per_sweep"] = per_sweep
+        run["sweep_gb_per_s"] = file_bytes / per_sweep / 1e9
+        run["within_budget"] = run["peak_rss_bytes"] <= budget
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    if not args.keep:
+        path.unlink()
+    report = {
+        "benchmark": "out_of_core",
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+        "no GPU (shared by other jobs)",
+        "shape": [args.rows, args.labels],
+        "dtype": args.dtype,
+        "file_bytes": file_bytes,
+        "budget_bytes": budget,
+        "file_over_budget": file_bytes / budget,
+        "backend": args.backend,
+        "lam": args.lam,
+        "write_seconds": write_s,
+        "disk_read": disk,
+        "page_cache_read": cache,
+        "runs": runs,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
