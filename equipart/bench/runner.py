@@ -1,0 +1,389 @@
+"""``equipart bench``: every contender on the same problems, judged by one checker.
+
+Plan of a run: pick the problems (a mode, or ``--sizes``/``--families``/``--lams``),
+generate each score matrix once into a cache of ``.npy`` files, then for every contender
+start one worker subprocess (``equipart.bench.worker``) that runs its jobs one by one.
+A job that exceeds ``--timeout`` kills its worker (recorded as ``timeout``); a worker that
+dies (for example killed by the kernel when out of memory) has its job recorded as
+``crashed``; a fresh worker goes on with the remaining jobs. A contender that is not
+installed, or whose estimated memory exceeds ``--memory-budget-gb``, is recorded as
+``skipped`` with the reason. Results go to stdout (a markdown table) and to
+``<out>/bench_<mode>_<device>.json`` plus PNG plots, with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contenders import Contender, all_contenders
+from .problems import REAL_FAMILIES, ProblemSpec, available_families, generate, parse_size
+
+__all__ = ["Case", "build_parser", "main", "plan_cases"]
+
+GB = 10**9
+DEFAULT_TOL = 1e-3
+DEFAULT_MAX_ITER = 1000
+LAMS = (10.0, 25.0, 50.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem solved at one or more inverse temperatures."""
+
+    spec: ProblemSpec
+    lams: tuple[float, ...]
+
+
+def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[Case]:
+    """The problems of a mode (see docs/benchmarks.md for the rationale of each set)."""
+    cases: list[Case] = []
+
+    def add(family: str, n: int, k: int, lams: tuple[float, ...]) -> None:
+        if family in families:
+            cases.append(Case(ProblemSpec(family, n, k, seed), lams))
+
+    if device == "cuda":
+        big = (1_281_167, 3_000)
+        add("sela-late", *big, LAMS if mode == "full" else (25.0,))
+        add("zipf", *big, (25.0,))
+        if mode == "full":
+            for family in ("sela-early", "collapsed", "mnist"):
+                add(family, *big, (25.0,))
+            for n, k in ((100_000, 1_000), (1_000_000, 1_000)):
+                add("sela-late", n, k, (25.0,))
+        return cases
+    if mode == "quick":
+        for family in ("sela-early", "zipf", "collapsed", "digits"):
+            add(family, 5_000, 50, LAMS if family == "zipf" else (25.0,))
+        add("zipf", 20_000, 50, (25.0,))
+        return cases
+    for family in families:  # full mode on the CPU
+        add(family, 10_000, 100, LAMS if family == "zipf" else (25.0,))
+    add("zipf", 100_000, 100, (25.0,))
+    add("zipf", 1_000_000, 1_000, (25.0,))
+    return cases
+
+
+def _custom_cases(
+    sizes: list[str], families: list[str], lams: tuple[float, ...], seed: int
+) -> list[Case]:
+    return [
+        Case(ProblemSpec(family, *parse_size(size), seed), lams)
+        for size in sizes
+        for family in families
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="equipart bench",
+        description="Benchmark equipart against the SeLa reference algorithm, POT, "
+        "k-means-constrained and OTT-JAX on the same problems, judged by one checker.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small problems, under 2 minutes")
+    mode.add_argument("--full", action="store_true", help="up to 10^6 x 10^3 (the default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--sizes", nargs="+", help="NxK sizes instead of the mode's problems")
+    parser.add_argument("--families", nargs="+", help="problem families (default: all here)")
+    parser.add_argument("--lams", nargs="+", type=float, help="inverse temperatures")
+    parser.add_argument(
+        "--contenders", nargs="+", help="contender names (default: all that run here)"
+    )
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL, help="common tolerance")
+    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER)
+    parser.add_argument("--timeout", type=float, help="seconds per job (quick 10, full 300)")
+    parser.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=12.0,
+        help="skip contenders estimated to need more RAM (GPU: device memory on cuda)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--name", help="result file stem (default bench_<mode>_<device>)")
+    parser.add_argument("--cache-dir", help="where generated problems are kept (default: temp)")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--list", action="store_true", help="list contenders and exit")
+    return parser
+
+
+def _select_contenders(names: list[str] | None) -> list[Contender]:
+    known = all_contenders()
+    if names is None:
+        return known
+    by_name = {c.name: c for c in known}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"--contenders: unknown {unknown}; choose from {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def _device_memory(device: str, budget_gb: float) -> float:
+    if device == "cpu":
+        return budget_gb * GB
+    import torch
+
+    return 0.9 * torch.cuda.get_device_properties(0).total_memory
+
+
+def _jobs_for(
+    contender: Contender,
+    cases: list[Case],
+    args: argparse.Namespace,
+    paths: dict[ProblemSpec, str],
+    budget: float,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(jobs to run, skipped records) of one contender."""
+    missing = contender.missing()
+    jobs, skipped = [], []
+    for case in cases:
+        spec = case.spec
+        if args.device not in contender.devices or (
+            contender.real_data_only and spec.family not in REAL_FAMILIES
+        ):
+            continue  # not applicable at all: not recorded
+        lams = case.lams if contender.uses_lam else case.lams[:1]
+        needed = spec.nbytes + contender.extra_bytes(spec.n, spec.k)
+        reason = missing or contender.out_of_scope(spec, args.device)
+        if reason is None and needed > budget:
+            reason = (
+                f"estimated {needed / GB:.1f} GB > budget {budget / GB:.1f} GB "
+                f"({'GPU' if args.device == 'cuda' else 'RAM'})"
+            )
+        for lam in lams:
+            base = {
+                "contender": contender.name,
+                "family": spec.family,
+                "n": spec.n,
+                "k": spec.k,
+                "seed": spec.seed,
+                "lam": lam,
+            }
+            if reason is not None:
+                skipped.append({**base, "status": "skipped", "note": reason})
+                continue
+            jobs.append(
+                {
+                    **base,
+                    "tol": args.tol,
+                    "max_iter": args.max_iter,
+                    "device": args.device,
+                    "path": paths[spec],
+                }
+            )
+    return jobs, skipped
+
+
+def _reader(stream: Any, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list[dict[str, Any]]:
+    """Run jobs in worker subprocesses, restarting the worker after a timeout or a crash."""
+    records: list[dict[str, Any]] = []
+    pending = list(jobs)
+    while pending:
+        with tempfile.TemporaryFile("w+") as errors:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "equipart.bench.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
+            worker.stdin.write(json.dumps(pending))
+            worker.stdin.close()
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=_reader, args=(worker.stdout, lines), daemon=True).start()
+            done = 0
+            failure: dict[str, Any] | None = None
+            while done < len(pending):
+                job = pending[done]
+                progress.set_description(
+                    f"{job['contender']} {job['family']} {job['n']}x{job['k']}"
+                )
+                try:
+                    line = lines.get(timeout=timeout)
+                except queue.Empty:
+                    worker.kill()
+                    failure = {"status": "timeout", "note": f"no result within {timeout:g} s"}
+                    break
+                if line is None:
+                    worker.wait()
+                    errors.seek(0)
+                    tail = errors.read()[-300:].strip().replace("\n", " ")
+                    failure = {
+                        "status": "crashed",
+                        "note": f"worker exited with code {worker.returncode}"
+                        + (" (killed: out of memory?)" if worker.returncode == -9 else "")
+                        + (f"; {tail}" if tail else ""),
+                    }
+                    break
+                record = json.loads(line)
+                record.pop("job", None)
+                records.append(_merge(job, record))
+                progress.update(1)
+                done += 1
+            worker.wait()
+        if failure is not None:
+            records.append(_merge(pending[done], failure))
+            progress.update(1)
+            done += 1
+        pending = pending[done:]
+    return records
+
+
+def _merge(job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    keep = {k: job[k] for k in ("contender", "family", "n", "k", "seed", "lam")}
+    return {**keep, **record}
+
+
+def _generate_cases(cases: list[Case], cache: Path, progress: Any) -> dict[ProblemSpec, str]:
+    paths = {}
+    for case in cases:
+        spec = case.spec
+        path = cache / f"{spec.key}.npy"
+        if not path.exists():
+            progress.set_description(f"generating {spec.key}")
+            partial = cache / f"{spec.key}.partial.npy"
+            out = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=np.float32, shape=(spec.n, spec.k)
+            )
+            generate(spec, out=out)
+            out.flush()
+            del out
+            partial.rename(path)
+        paths[spec] = str(path)
+        progress.update(1)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (0, or 2 for a usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        return _main(args)
+    except ValueError as exc:
+        print(f"equipart bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .report import describe_machine, markdown_table, plot_results
+
+    contenders = _select_contenders(args.contenders)
+    if args.list:
+        for c in contenders:
+            print(f"{c.name:28s} {c.missing() or 'available':30s} {c.description}")
+        return 0
+    mode = "quick" if args.quick else "full"
+    here = available_families()
+    families = args.families or here
+    absent = [f for f in families if f not in here]
+    if absent:
+        raise ValueError(f"--families: {absent} not available here; choose from {here}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device: cuda requested but torch sees no CUDA device")
+    if args.sizes:
+        cases = _custom_cases(args.sizes, families, tuple(args.lams or (25.0,)), args.seed)
+    else:
+        cases = plan_cases(mode, args.device, families, args.seed)
+        if args.lams:
+            cases = [Case(c.spec, tuple(args.lams)) for c in cases]
+    if not cases:
+        raise ValueError("no problems selected: check --families and --sizes")
+    timeout = args.timeout or (10.0 if mode == "quick" else 300.0)
+    budget = _device_memory(args.device, args.memory_budget_gb)
+    started = time.time()
+    load = {"start": list(os.getloadavg())}
+
+    cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="eqbench-"))
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        with tqdm(total=len(cases), unit="problem", file=sys.stderr) as progress:
+            paths = _generate_cases(cases, cache, progress)
+        plans = [_jobs_for(c, cases, args, paths, budget) for c in contenders]
+        results = [record for _, skipped in plans for record in skipped]
+        total = sum(len(jobs) for jobs, _ in plans)
+        with tqdm(total=total, unit="job", file=sys.stderr) as progress:
+            for jobs, _ in plans:
+                if jobs:
+                    results.extend(_run_jobs(jobs, timeout, progress))
+    finally:
+        if not args.cache_dir:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    load["end"] = list(os.getloadavg())
+    order = {c.name: i for i, c in enumerate(contenders)}
+    results.sort(key=lambda r: (r["n"] * r["k"], r["family"], r["lam"], order[r["contender"]]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / (args.name or f"bench_{mode}_{args.device}")
+    document = {
+        "schema": 1,
+        "mode": "custom" if args.sizes else mode,
+        "device": args.device,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.time() - started, 1),
+        "command": "equipart bench " + " ".join(_argv(args)),
+        "settings": {
+            "tol": args.tol,
+            "max_iter": args.max_iter,
+            "timeout_s": timeout,
+            "memory_budget_bytes": budget,
+            "seed": args.seed,
+        },
+        "machine": {**describe_machine(args.device == "cuda"), "load_average": load},
+        "problems": [
+            {"family": c.spec.family, "n": c.spec.n, "k": c.spec.k, "lams": list(c.lams)}
+            for c in cases
+        ],
+        "results": results,
+    }
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(document, indent=1))
+    table = markdown_table(results)
+    print(table)
+    written = [json_path]
+    if not args.no_plots:
+        written += plot_results(results, stem, f"equipart bench ({mode}, {args.device})")
+    print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The options of this run, as a command line (recorded in the JSON)."""
+    words = []
+    for key, value in sorted(vars(args).items()):
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            items = value if isinstance(value, list) else [value]
+            words += [flag, *map(str, items)]
+    return words

@@ -1,0 +1,192 @@
+"""The subprocess that runs one contender's jobs: ``python -m equipart.bench.worker``.
+
+It reads a JSON list of jobs on stdin (all for the same contender, sorted so that jobs on
+the same problem are adjacent) and writes one JSON line per job on stdout. For each job
+it loads the cached float32 scores (``.npy``, written by the runner) into RAM (or onto the
+GPU), warms the contender up once on a slice of them (JIT compilation, lazy imports), then
+resets the peak-memory counters, runs the contender, reads the peaks, and judges the
+output with ``equipart.bench.checker``.
+
+Peak memory: the kernel's high-water mark of this process's resident set (VmHWM in
+/proc/self/status, reset through /proc/self/clear_refs before the solve), so it includes
+the resident input; ``extra_mb`` subtracts the resident set just before the solve. On CUDA
+the peak of torch's allocator is reported as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checker import judge_dual, judge_labels
+from .contenders import Contender, Output, get_contender
+from .problems import ProblemSpec
+
+MB = 2**20
+WARMUP_ROWS = 256
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_mb() -> float | None:
+    kb = _status_kb("VmRSS")
+    return kb / 1024 if kb is not None else None
+
+
+def _peak_mb() -> float | None:
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024
+
+
+def _load(path: str, device: str) -> Any:
+    """The cached scores in RAM, or as a CUDA tensor filled block by block."""
+    if device == "cpu":
+        return np.load(path)
+    import torch
+
+    mapped = np.load(path, mmap_mode="r")
+    scores = torch.empty(mapped.shape, dtype=torch.float32, device=device)
+    step = max(1, (1 << 26) // mapped.shape[1])
+    for start in range(0, mapped.shape[0], step):
+        block = np.ascontiguousarray(mapped[start : start + step])
+        scores[start : start + step].copy_(torch.from_numpy(block))
+    return scores
+
+
+def _prepare(scores: Any, contender: Contender) -> Any:
+    """What the contender reads: torch backends get a (zero-copy) tensor on the CPU."""
+    if contender.name == "equipart-torch" and isinstance(scores, np.ndarray):
+        import torch
+
+        return torch.from_numpy(scores)
+    return scores
+
+
+def _gpu(device: str) -> Any:
+    if device == "cpu":
+        return None
+    import torch
+
+    return torch
+
+
+def _warm_up(contender: Contender, scores: Any, spec: ProblemSpec, lam: float, tol: float) -> None:
+    if contender.group == "kmeans":
+        return
+    rows = min(scores.shape[0], max(WARMUP_ROWS, 2 * scores.shape[1]))
+    small = ProblemSpec(spec.family, rows, spec.k, spec.seed)
+    contender.run(scores[:rows], small, lam, tol, 3)
+
+
+def _judge(output: Output, scores: Any, lam: float, tol: float) -> dict[str, Any]:
+    if output.labels is not None:
+        return judge_labels(scores, output.labels, tol).to_dict()
+    return judge_dual(scores, lam, output.g, tol, rows_ok=output.rows_ok).to_dict()
+
+
+def _error_status(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
+        return "oom"
+    return "error"
+
+
+def run_job(job: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """Run one job (see the module docstring); ``state`` caches the loaded scores."""
+    contender = get_contender(job["contender"])
+    spec = ProblemSpec(job["family"], job["n"], job["k"], job["seed"])
+    device = job["device"]
+    lam, tol, max_iter = job["lam"], job["tol"], job["max_iter"]
+    if state.get("path") != job["path"]:
+        state.clear()
+        state["scores"] = _prepare(_load(job["path"], device), contender)
+        state["path"] = job["path"]
+    scores = state["scores"]
+    if not state.get("warm"):
+        _warm_up(contender, scores, spec, lam, tol)
+        state["warm"] = True
+    torch = _gpu(device)
+    if torch is not None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = _rss_mb()
+    exact_peak = _reset_peak()
+    start = time.perf_counter()
+    output = contender.run(scores, spec, lam, tol, max_iter)
+    total_s = time.perf_counter() - start
+    peak = _peak_mb()
+    record: dict[str, Any] = {
+        "n_iter": output.n_iter,
+        "converged_claim": output.converged,
+        "total_s": total_s,
+        "setup_s": output.setup_s,
+        "loop_s": output.loop_s,
+        "ms_per_iter": (
+            1000 * (output.loop_s if output.loop_s is not None else total_s) / output.n_iter
+            if output.n_iter
+            else None
+        ),
+        "peak_rss_mb": peak,
+        "extra_rss_mb": (peak - before) if (peak is not None and before is not None) else None,
+        "peak_is_process_lifetime": not exact_peak,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / MB if torch is not None else None,
+        "note": output.note,
+    }
+    record.update(_judge(output, scores, lam, tol))
+    return record
+
+
+def main() -> int:
+    """Read jobs from stdin, print one JSON result line per job."""
+    os.environ.setdefault("POT_BACKEND_DISABLE_JAX", "1")
+    os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
+    os.environ.setdefault("POT_BACKEND_DISABLE_CUPY", "1")
+    jobs = json.load(sys.stdin)
+    if all(job["device"] == "cpu" for job in jobs) and not any(
+        job["contender"] == "equipart-torch" for job in jobs
+    ):
+        os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
+    state: dict[str, Any] = {}
+    for index, job in enumerate(jobs):
+        try:
+            record = run_job(job, state)
+        except Exception as exc:  # recorded, not dropped: the runner reports it
+            state.clear()
+            record = {
+                "status": _error_status(exc),
+                "note": f"{type(exc).__name__}: {exc}"[:500],
+                "traceback": traceback.format_exc()[-2000:],
+            }
+        record["job"] = index
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
