@@ -194,7 +194,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bench"]:  # argparse's REMAINDER rejects a leading option (--quick)
+        from .bench.runner import main as bench_main
+
+        return bench_main(words[1:])
+    args = build_parser().parse_args(words)
     try:
         return args.run(args)
     except (CliError, ValueError, TypeError) as exc:

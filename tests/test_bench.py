@@ -1,0 +1,194 @@
+"""The benchmark suite: deterministic problems, the checker on known plans, the runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from equipart.bench import runner
+from equipart.bench.checker import judge_dual, judge_labels
+from equipart.bench.contenders import get_contender
+from equipart.bench.problems import (
+    FAMILIES,
+    ProblemSpec,
+    available_families,
+    family_features,
+    generate,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize("family", available_families())
+def test_problems_are_deterministic_float32_and_thread_independent(family):
+    spec = ProblemSpec(family, 3000, 20, seed=3)
+    first = generate(spec, threads=1)
+    assert first.dtype == np.float32 and first.shape == (3000, 20)
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(first, generate(spec, threads=2))
+    other_seed = generate(ProblemSpec(family, 3000, 20, seed=4), threads=1)
+    assert not np.array_equal(first, other_seed)
+
+
+def test_problem_families_have_their_shape():
+    n, k = 4000, 20
+    late = generate(ProblemSpec("sela-late", n, k))
+    counts = np.bincount(late.argmax(axis=1), minlength=k)
+    assert counts.min() >= 0.9 * n / k and counts.max() <= 1.1 * n / k  # planted, balanced
+    collapsed = generate(ProblemSpec("collapsed", n, k))
+    assert (collapsed.argmax(axis=1) == 0).mean() > 0.99
+    early = generate(ProblemSpec("sela-early", n, k))
+    assert early.std() < 0.2
+    zipf = generate(ProblemSpec("zipf", n, k))
+    top = np.bincount(zipf.argmax(axis=1), minlength=k)
+    assert top.max() > 3 * n / k  # a few labels are preferred
+
+
+def test_real_family_equals_cosine_of_features():
+    spec = ProblemSpec("digits", 500, 10)
+    points, prototypes = family_features(spec)
+    np.testing.assert_allclose(generate(spec), points @ prototypes.T / 0.1, atol=1e-4)
+
+
+def test_generate_checks_its_arguments():
+    with pytest.raises(ValueError, match="family"):
+        ProblemSpec("nope", 10, 2)
+    with pytest.raises(ValueError, match="K <= N"):
+        ProblemSpec("zipf", 5, 10)
+    with pytest.raises(ValueError, match="out"):
+        generate(ProblemSpec("zipf", 10, 2), out=np.empty((10, 2)))
+    assert parse_size("1e6x1e3") == (1_000_000, 1_000)
+    assert parse_size("1281167x3000") == (1_281_167, 3_000)
+    with pytest.raises(ValueError, match="--sizes"):
+        parse_size("10 by 2")
+    assert set(available_families()) <= set(FAMILIES)
+
+
+def test_checker_on_known_duals():
+    scores = np.zeros((6, 2), dtype=np.float32)
+    uniform = judge_dual(scores, 25.0, np.zeros(2), tol=1e-3)
+    assert uniform.status == "ok" and uniform.error == pytest.approx(0.0, abs=1e-12)
+    assert uniform.objective == pytest.approx(-np.log(2))
+    # g = (log 2, 0): every row is (2/3, 1/3), masses (4, 2) against a target of 3
+    skewed = judge_dual(scores, 25.0, np.array([np.log(2.0), 0.0]), tol=1e-3)
+    assert skewed.status == "above-tol" and skewed.error == pytest.approx(1 / 3)
+    assert skewed.max_size == 6 and skewed.empty_labels == 1  # argmax puts all on label 0
+    assert judge_dual(scores, 25.0, np.array([np.nan, 0.0]), 1e-3).status == "nan"
+    assert judge_dual(scores, 25.0, np.full(2, -np.inf), 1e-3).status == "zero-plan"
+    assert judge_dual(scores, 25.0, np.zeros(2), 1e-3, rows_ok=False).status == "nan"
+
+
+def test_checker_on_known_labels():
+    scores = np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]]))
+    balanced = judge_labels(scores.astype(np.float32), np.array([0, 1, 0, 1]), tol=1e-3)
+    assert balanced.status == "ok" and balanced.error == 0.0
+    assert balanced.objective == pytest.approx(np.log([0.9, 0.8, 0.6, 0.5]).mean(), rel=1e-6)
+    skewed = judge_labels(scores.astype(np.float32), np.array([0, 0, 0, 1]), tol=1e-3)
+    assert skewed.status == "above-tol" and skewed.error == pytest.approx(0.5)
+    odd = judge_labels(np.zeros((5, 2), np.float32), np.array([0, 0, 0, 1, 1]), tol=1e-3)
+    assert odd.status == "ok" and odd.label_error == pytest.approx(0.2)  # 3 vs 2.5: best
+
+
+@pytest.mark.parametrize("name", ["sela-ref", "sela-ref-tol", "pot-sinkhorn-log", "pot-emd"])
+def test_reference_contenders_reach_the_checker_tolerance(name):
+    spec = ProblemSpec("zipf", 2000, 10)
+    scores = generate(spec)
+    output = get_contender(name).run(scores, spec, 10.0, 1e-3, 5000)
+    if output.labels is not None:
+        verdict = judge_labels(scores, output.labels, 1e-3)
+    else:
+        verdict = judge_dual(scores, 10.0, output.g, 1e-3, rows_ok=output.rows_ok)
+    assert verdict.status == "ok", (name, verdict)
+
+
+def test_sela_reference_and_equipart_agree():
+    spec = ProblemSpec("digits", 1500, 10)
+    scores = generate(spec)
+    ref = get_contender("sela-ref-tol").run(scores, spec, 10.0, 1e-6, 20000)
+    ours = get_contender("equipart-numpy").run(scores, spec, 10.0, 1e-6, 20000)
+    g_ref, g_ours = ref.g - ref.g.max(), ours.g - ours.g.max()
+    np.testing.assert_allclose(g_ref, g_ours, atol=1e-3)
+
+
+def test_runner_end_to_end_writes_json_and_table(tmp_path, capsys):
+    status = runner.main(
+        [
+            "--sizes",
+            "400x8",
+            "--families",
+            "zipf",
+            "--lams",
+            "10",
+            "25",
+            "--contenders",
+            "equipart-numpy",
+            "sela-ref-tol",
+            "pot-sinkhorn",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "t",
+        ]
+    )
+    assert status == 0
+    document = json.loads((tmp_path / "t.json").read_text())
+    results = document["results"]
+    assert len(results) == 6
+    assert {r["contender"] for r in results} == {"equipart-numpy", "sela-ref-tol", "pot-sinkhorn"}
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["error"] <= 1e-3 * 1.01 and r["peak_rss_mb"] > 0 and r["n_iter"] >= 1
+    assert document["machine"]["logical_cores"] >= 1 and "numpy" in document["machine"]["versions"]
+    assert (tmp_path / "t_time.png").exists() and (tmp_path / "t_lam.png").exists()
+    table = capsys.readouterr().out
+    assert "| zipf 400x8 | 25 | sela-ref-tol | ok |" in table
+
+
+def test_runner_records_skips_and_timeouts(tmp_path):
+    args = runner.build_parser().parse_args(
+        ["--sizes", "400x8", "--contenders", "sela-ref", "--memory-budget-gb", "1e-6"]
+    )
+    cases = [runner.Case(ProblemSpec("zipf", 400, 8), (25.0,))]
+    paths = {cases[0].spec: str(tmp_path / "unused.npy")}
+    jobs, skipped = runner._jobs_for(get_contender("sela-ref"), cases, args, paths, 1e3)
+    assert not jobs and skipped[0]["status"] == "skipped" and "budget" in skipped[0]["note"]
+
+    path = tmp_path / "p.npy"
+    np.save(path, generate(cases[0].spec))
+    job = {
+        "contender": "sela-ref",
+        "family": "zipf",
+        "n": 400,
+        "k": 8,
+        "seed": 0,
+        "lam": 25.0,
+        "tol": 1e-3,
+        "max_iter": 10,
+        "device": "cpu",
+        "path": str(path),
+    }
+
+    class Silent:
+        def update(self, n):
+            pass
+
+        def set_description(self, text):
+            pass
+
+    (record,) = runner._run_jobs([job], timeout=0.01, progress=Silent())
+    assert record["status"] == "timeout" and record["contender"] == "sela-ref"
+
+
+def test_runner_rejects_bad_arguments(capsys):
+    assert runner.main(["--families", "nope"]) == 2
+    assert "--families" in capsys.readouterr().err
+    assert runner.main(["--contenders", "nope"]) == 2
+
+
+def test_equipart_bench_command_passes_options_through(capsys):
+    from equipart.cli import main as cli_main
+
+    assert cli_main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "sela-ref" in listing and "equipart-numpy" in listing
