@@ -1,0 +1,364 @@
+"""The Numba backend's sweep against a plain read of the same array and the usual baselines.
+
+Per size (N x K float32 logits, N(0, 1) entries, lam = 25), one process builds the array
+once and times, side by side and interleaved round by round:
+
+* ``read``: one plain parallel pass over the array (a Numba row-sum kernel): the floor,
+* ``numba``: ``NumbaBackend.sweep`` (one Sinkhorn iteration of equipart on this backend),
+* ``numpy``: ``NumpyBackend.sweep`` (the reference backend, same maths),
+* ``sela_f64``: the SeLa reference loop in float64 NumPy: PS = softmax(L)^lam once, then per
+  iteration two matrix-vector products (r = 1/K / (PS c), c = 1/N / (PS^T r)),
+* ``pot``: POT ``ot.sinkhorn`` on M = -L, reg = 1/lam, timed at two iteration counts and
+  differenced, so its per-iteration figure excludes the kernel's construction.
+
+Peak memory is measured per contender in a fresh subprocess that regenerates the same array:
+the resident high-water mark (Linux VmHWM, reset just before the contender) minus the
+resident size before it, i.e. what the contender allocates beyond its input. The float64
+baselines hold N x K float64 copies; where their estimate exceeds ``--max-baseline-gb`` they
+are recorded as skipped with the reason.
+
+The first-call compile time of the sweep is measured in subprocesses with an empty
+(``cold``) and then a filled (``warm``) Numba cache directory.
+
+Run (big sizes under the team's heavy-job lock)::
+
+    flock /tmp/equipart-heavy.lock python benchmarks/bench_numba.py --rows 50000 1000000
+
+Writes ``benchmarks/results/numba_cpu.json`` and the table between the markers in
+``docs/numba.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "numba_cpu.json"
+DOC = ROOT / "docs" / "numba.md"
+START, END = "<!-- bench_numba:start -->", "<!-- bench_numba:end -->"
+CONTENDERS = ("read", "numba", "numpy", "sela_f64", "pot")
+
+
+def make_scores(n_rows: int, n_labels: int, seed: int = 0) -> np.ndarray:
+    """N(0, 1) float32 logits, generated in row blocks (no float64 N x K temporary)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_rows, n_labels), dtype=np.float32)
+    step = max(1, (1 << 22) // n_labels)
+    for start in range(0, n_rows, step):
+        rows = out[start : start + step]
+        rows[:] = rng.standard_normal(rows.shape, dtype=np.float32)
+    return out
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def read_pass(x: np.ndarray) -> np.ndarray:
+    """Row sums: one vectorised, parallel read of every element (the floor of a sweep)."""
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for i in prange(x.shape[0]):
+        total = np.float32(0.0)
+        for j in range(x.shape[1]):
+            total += x[i, j]
+        out[i] = total
+    return out
+
+
+def baseline_bytes(name: str, n_rows: int, n_labels: int) -> int:
+    """Bytes a float64 baseline holds beyond the input (N x K float64 arrays)."""
+    copies = {"sela_f64": 2, "pot": 3}.get(name, 0)  # P and P^lam; M, exp kernel, temporaries
+    return copies * 8 * n_rows * n_labels
+
+
+def build(name: str, scores: np.ndarray, lam: float):
+    """(setup, step): setup() prepares state once, step(state) runs one iteration."""
+    n_rows, n_labels = scores.shape
+    g = np.zeros(n_labels)
+    if name == "read":
+        return (lambda: None), (lambda state: read_pass(scores))
+    if name in ("numba", "numpy"):
+        from equipart.backends import get_backend
+
+        backend = get_backend(name, scores)
+        return (lambda: None), (lambda state: backend.sweep(scores, "logits", lam, g))
+    if name == "sela_f64":
+
+        def setup():
+            logits = scores.astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=1, keepdims=True)
+            logits **= lam  # PS = P^lam
+            return logits, np.full(n_rows, 1.0 / n_rows)
+
+        def step(state):
+            ps, c = state
+            r = (1.0 / n_labels) / (c @ ps)
+            c[:] = (1.0 / n_rows) / (ps @ r)
+
+        return setup, step
+    if name == "pot":
+        import ot
+
+        def setup():
+            cost = -scores.astype(np.float64)
+            a, b = np.full(n_rows, 1.0 / n_rows), np.full(n_labels, 1.0 / n_labels)
+            return a, b, cost
+
+        def run(state, n_iter):
+            a, b, cost = state
+            ot.sinkhorn(a, b, cost, 1.0 / lam, numItermax=n_iter, stopThr=0.0, warn=False)
+
+        return setup, run
+    raise ValueError(f"unknown contender {name!r}")
+
+
+def time_size(n_rows: int, n_labels: int, lam: float, reps: int, names: list[str]) -> dict:
+    """Per-iteration wall times (ms) of every contender, interleaved on one array."""
+    scores = make_scores(n_rows, n_labels)
+    built = {name: build(name, scores, lam) for name in names}
+    states, setup_s = {}, {}
+    for name, (setup, _) in built.items():
+        start = time.perf_counter()
+        states[name] = setup()
+        setup_s[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up (compilation, first touch)
+        run_once(name, built[name][1], states[name])
+    for _ in range(reps):
+        for name in names:
+            times[name].append(run_once(name, built[name][1], states[name]))
+    out = {}
+    for name in names:
+        ms = np.array(times[name]) * 1e3
+        out[name] = {
+            "ms_min": float(ms.min()),
+            "ms_median": float(np.median(ms)),
+            "setup_s": setup_s[name],
+        }
+    return out
+
+
+def run_once(name: str, step, state) -> float:
+    """Seconds of one iteration (POT: the difference of a 6- and a 2-iteration solve / 4)."""
+    if name == "pot":
+        start = time.perf_counter()
+        step(state, 2)
+        two = time.perf_counter() - start
+        start = time.perf_counter()
+        step(state, 6)
+        return (time.perf_counter() - start - two) / 4
+    start = time.perf_counter()
+    step(state)
+    return time.perf_counter() - start
+
+
+MEMORY_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {bench_dir!r})
+import numpy as np
+from bench_numba import build, make_scores
+name, n_rows, n_labels, lam = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+small = make_scores(2000, n_labels, seed=1)
+setup, step = build(name, small, lam)
+state = setup()
+step(state, 2) if name == "pot" else step(state)  # compile / import outside the measurement
+del state
+scores = make_scores(n_rows, n_labels)
+setup, step = build(name, scores, lam)
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the resident high-water mark
+state = setup()
+for _ in range(2):
+    step(state, 2) if name == "pot" else step(state)
+peak = status("VmHWM:")
+print(json.dumps({{"extra_bytes": max(0, peak - before), "input_bytes": scores.nbytes}}))
+"""
+
+
+def measure_memory(name: str, n_rows: int, n_labels: int, lam: float) -> dict:
+    code = MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, name, str(n_rows), str(n_labels), str(lam)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COMPILE_CHILD = r"""
+import time
+start = time.perf_counter()
+import numpy as np
+from equipart.backends.numba import NumbaBackend
+x = np.random.default_rng(0).standard_normal((1000, 100), dtype=np.float32)
+NumbaBackend().sweep(x, "logits", 25.0, np.zeros(100))
+print(time.perf_counter() - start)
+"""
+
+
+def measure_compile() -> dict:
+    """Import + first sweep (float32, C order) with an empty, then a filled, cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", COMPILE_CHILD],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+    cold, warm = (float(run.stdout.strip().splitlines()[-1]) for run in runs)
+    return {"cold_cache_s": cold, "warm_cache_s": warm}
+
+
+def machine() -> dict:
+    import numba
+    import ot
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": numba.threading_layer(),
+        "pot": ot.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def render(results: dict) -> str:
+    """The markdown table of a result file."""
+    info = results["machine"]
+    lines = [
+        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['ram_gib']} GiB "
+        f"RAM, no GPU; Numba {info['numba']} ({info['numba_threading_layer']} layer, "
+        f"{info['numba_threads']} threads), NumPy {info['numpy']}, POT {info['pot']}. "
+        f"lam = {results['lam']}, float32 N(0, 1) logits; ms per iteration = the minimum "
+        f"(median) over {results['reps']} interleaved rounds; memory = peak resident "
+        "memory beyond the input. Load average at start: "
+        f"{', '.join(f'{v:.1f}' for v in info['load_average_at_start'])} (the machine is "
+        "shared).",
+        "",
+        "| N x K | contender | ms / iteration | x read pass | numba faster by | extra memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in results["sizes"]:
+        read = size["timing"]["read"]["ms_min"]
+        ours = size["timing"]["numba"]["ms_min"]
+        for name in CONTENDERS:
+            label = f"{size['n_rows']:,} x {size['n_labels']:,}"
+            if name in size["skipped"]:
+                lines.append(f"| {label} | {name} | skipped: {size['skipped'][name]} | | | |")
+                continue
+            t = size["timing"][name]
+            mem = size["memory"].get(name)
+            faster = "" if name in ("read", "numba") else f"{t['ms_min'] / ours:.1f}x"
+            mem_text = "n/a"
+            if mem:
+                share = 100 * mem["extra_bytes"] / mem["input_bytes"]
+                mem_text = f"{mem['extra_bytes'] / 2**20:,.1f} MiB ({share:.1f}%)"
+            lines.append(
+                f"| {label} | {name} | {t['ms_min']:,.1f} ({t['ms_median']:,.1f}) | "
+                f"{t['ms_min'] / read:.2f} | {faster} | {mem_text} |"
+            )
+    comp = results["compile"]
+    lines += [
+        "",
+        f"First call (import + compile + one small float32 sweep): "
+        f"{comp['cold_cache_s']:.1f} s with an empty Numba cache, "
+        f"{comp['warm_cache_s']:.1f} s with the cache filled (cache=True).",
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(results: dict) -> None:
+    text = DOC.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[50_000])
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--lam", type=float, default=25.0)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--max-baseline-gb", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/numba.md")
+    args = parser.parse_args(argv)
+
+    results = {
+        "machine": machine(),
+        "lam": args.lam,
+        "reps": args.reps,
+        "compile": measure_compile(),
+        "sizes": [],
+    }
+    for n_rows in args.rows:
+        names, skipped = [], {}
+        for name in CONTENDERS:
+            need = baseline_bytes(name, n_rows, args.labels) / 1e9
+            if need > args.max_baseline_gb:
+                skipped[name] = (
+                    f"needs ~{need:.0f} GB of float64 copies (> {args.max_baseline_gb:g})"
+                )
+            else:
+                names.append(name)
+        memory = {name: measure_memory(name, n_rows, args.labels, args.lam) for name in names}
+        reps = args.reps if n_rows * args.labels <= 10**8 else max(2, args.reps // 2)
+        timing = time_size(n_rows, args.labels, args.lam, reps, names)
+        results["sizes"].append(
+            {
+                "n_rows": n_rows,
+                "n_labels": args.labels,
+                "reps": reps,
+                "timing": timing,
+                "memory": memory,
+                "skipped": skipped,
+            }
+        )
+        print(json.dumps(results["sizes"][-1], indent=1), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if not args.no_doc:
+        write_doc(results)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
