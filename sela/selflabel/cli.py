@@ -1,0 +1,149 @@
+"""Command line: ``sela-train`` and ``sela-eval`` (also ``python -m selflabel train|eval``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import PRESETS, Config
+from .data import DATASETS
+from .models import ARCHS
+
+__all__ = ["eval_main", "main", "train_main"]
+
+_CHOICES = {
+    "dataset": DATASETS,
+    "arch": ARCHS,
+    "assign": ("sinkhorn", "kmeans"),
+    "imbalance": ("none", "light", "heavy"),
+    "opt_schedule": ("quadratic", "linear"),
+}
+_HELP = {
+    "dataset": "training data (read offline from disk)",
+    "data_dir": "folder holding the dataset's files (default: the dataset's standard place)",
+    "train_size": "use a random subset of this many training images",
+    "test_size": "use a random subset of this many held-out images",
+    "imbalance": "SeLa Table A.1 training sets: light = half of the last class removed, "
+    "heavy = class c keeps (c+1)/C of its images",
+    "width": "channel multiplier of the network",
+    "fc": "units of AlexNet's two fully connected layers",
+    "heads": "number of clustering heads H",
+    "clusters": "clusters per head K",
+    "lr_drop_every": "multiply the learning rate by --lr-gamma every this many epochs "
+    "(0: once, at 3/4 of training)",
+    "assign": "label step: optimal transport (equipart) or the k-means ablation",
+    "lam": "inverse temperature of the transport problem (SeLa: 25; CIFAR setting 10)",
+    "n_opts": "label optimisations over the run (first at step 0)",
+    "opt_schedule": "spacing of the optimisations: quadratic (SeLa, denser early) or linear",
+    "label_augment": "augment images in the label pass (reference code: on)",
+    "label_bn_train": "train-mode BatchNorm in the label pass (reference code: on)",
+    "knn_k": "neighbours of the weighted kNN (paper: 50)",
+    "knn_sigma": "temperature of the kNN votes exp(sim / sigma) (paper: 0.1)",
+    "amp": "bfloat16 autocast on CUDA",
+    "ckpt_every_steps": "also checkpoint every this many steps (0: at epoch ends only)",
+    "device": "cpu or cuda",
+}
+
+
+def _base_type(tp: Any) -> Any:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sela-train",
+        description="Train a network by self-labelling (SeLa) with equipart's optimal transport.",
+    )
+    p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, plots)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _base_type(hints[f.name])
+        kw: dict[str, Any] = {"default": None, "help": _HELP.get(f.name, f.name.replace("_", " "))}
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "crop_scale":
+            p.add_argument(flag, type=float, nargs=2, metavar=("MIN", "MAX"), **kw)
+        else:
+            p.add_argument(flag, type=tp, choices=_CHOICES.get(f.name), **kw)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the preset, then every flag given on the command line."""
+    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in dataclasses.fields(Config):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = tuple(given) if f.name == "crop_scale" else given
+    return Config.from_dict(values)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sela-train``."""
+    args = _train_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    from .train import Trainer
+
+    summary = Trainer(cfg, args.out).run(resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sela-eval CHECKPOINT``: every metric of a saved model."""
+    p = argparse.ArgumentParser(prog="sela-eval", description="Evaluate a SeLa checkpoint.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint.pt written by sela-train")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    p.add_argument("--data-dir", default=None, help="where the dataset lives, if moved")
+    p.add_argument("--output", type=Path, default=None, help="also write the metrics here")
+    args = p.parse_args(argv)
+    if not args.checkpoint.is_file():
+        p.error(f"checkpoint: {args.checkpoint} is not a file")
+    from .models import build_model
+    from .train import evaluate_model, prepare_data, resolve_device
+
+    blob = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = Config.from_dict(blob["config"])
+    if args.device:
+        cfg.device = args.device
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    device = resolve_device(cfg.device)
+    data = prepare_data(cfg)
+    model = build_model(
+        cfg.arch, data.channels, data.image_size, cfg.heads, cfg.clusters, cfg.width, cfg.fc
+    )
+    model.load_state_dict(blob["model"])
+    result = evaluate_model(model.to(device), data, cfg, blob["labels"])
+    result["step"] = blob["step"]
+    text = json.dumps(result, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m selflabel train ...`` or ``python -m selflabel eval ...``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("train", "eval"):
+        print(
+            "usage: python -m selflabel {train,eval} ... (see sela-train -h, sela-eval -h)",
+            file=sys.stderr,
+        )
+        return 2
+    return train_main(argv[1:]) if argv[0] == "train" else eval_main(argv[1:])
