@@ -71,8 +71,9 @@ FIELDS = (
     "n_iter",
 )
 NUMERIC = {"n_heads", "n_labels", "lam", "tol", "max_iter", "check_every", "n_iter"}
-# Roundings that need nothing but the shared dual (labels of a row depend on that row only).
-SHARDED_ROUNDINGS = ("argmax",)
+# Roundings available across ranks: "argmax" needs only the shared dual; "balanced" gathers
+# every rank's candidate labels once per widening round (see RankGroup.rounder).
+SHARDED_ROUNDINGS = ("argmax", "balanced")
 
 
 class DistributedSolveError(RuntimeError):
@@ -111,6 +112,9 @@ class SingleProcess:
 
     def wrap_callback(self, callback: Callable[[int, float], Any] | None) -> Any:
         return callback
+
+    def rounder(self, rounding: str) -> None:
+        return None
 
     def same_dual(self, g: np.ndarray) -> np.ndarray:
         return g
@@ -375,6 +379,102 @@ class RankGroup:
         g = np.asarray(g, dtype=np.float64)
         mine = g.ravel() if self.rank == 0 else np.zeros(g.size)
         return self._sum(mine, "final dual exchange").reshape(g.shape)
+
+    def rounder(self, rounding: str) -> Callable[..., Any] | None:
+        """The rounder to use across ranks (None: the single-process one is correct)."""
+        return self._balanced_labels if rounding == "balanced" else None
+
+    def _balanced_labels(
+        self,
+        source: _Shard,
+        backend: Backend,
+        head: int,
+        kind: ScoreKind,
+        lam: float,
+        g: np.ndarray,
+        constraint: Any,
+    ) -> Any:
+        """Exact global counts: ``equipart.balanced`` on every rank's candidates at once.
+
+        Each round, every rank ranks its rows' ``width`` best labels at the current prices
+        (``Backend.top_labels``), all ranks all-gather them (O(N * width) numbers, padded
+        to the largest shard), group rank 0 solves the restricted transport problem over
+        all N rows (``solve_candidates``) and shares the labels, prices and certificate
+        (one SUM all-reduce of N + K + 4 numbers), and every rank keeps its own rows'
+        labels. Rounds widen the candidates exactly as the single-process rounder does, so
+        the labels meet the global bands [lo, hi] and are a certified LP optimum.
+        """
+        from .balanced import FIRST_WIDTH, WIDEN, solve_candidates
+
+        lo, hi = constraint.count_bounds()
+        n_labels = lo.shape[0]
+        width = min(FIRST_WIDTH, n_labels)
+        prices = np.asarray(g, dtype=np.float64)
+        blocks = list(source.blocks(head))
+        while True:
+            packed = np.zeros((0, 2 * width))
+            if self.failure is None:
+                try:
+                    parts = [backend.top_labels(b, kind, lam, prices, width) for b in blocks]
+                    packed = np.concatenate(
+                        [np.zeros((0, 2 * width))]
+                        + [np.hstack([backend.to_numpy(i), backend.to_numpy(v)]) for i, v in parts]
+                    ).astype(np.float64)
+                except Exception as exc:
+                    self.record(exc)
+            counts = np.zeros(self.world_size)
+            counts[self.rank] = packed.shape[0]
+            counts = self._sum(counts, "balanced-rounding shard sizes").astype(np.int64)
+            padded = np.zeros((max(1, int(counts.max())), 2 * width))
+            padded[: packed.shape[0]] = packed
+            gathered = [self._tensor(np.zeros_like(padded)) for _ in range(self.world_size)]
+            self._call(
+                "balanced-rounding candidate gather",
+                self._dist.all_gather,
+                gathered,
+                self._tensor(padded),
+            )
+            n_rows = int(counts.sum())
+            shared = np.zeros(4 + n_labels + n_rows)
+            if self.rank == 0:
+                try:
+                    every = np.concatenate(
+                        [t.cpu().numpy()[:n] for t, n in zip(gathered, counts, strict=True)]
+                    )
+                    solution = solve_candidates(
+                        every[:, :width].astype(np.int64),
+                        every[:, width:],
+                        prices,
+                        lo,
+                        hi,
+                        complete=width == n_labels,
+                    )
+                    shared[:4] = [solution.certified, solution.feasible, 0.0, 0.0]
+                    shared[4 : 4 + n_labels] = solution.prices
+                    shared[4 + n_labels :] = solution.labels
+                except Exception as exc:
+                    self.record(exc)
+            del gathered
+            shared = self._sum(shared, "balanced-rounding result")
+            certified, feasible = bool(shared[0]), bool(shared[1])
+            if certified or width == n_labels:
+                break
+            width = min(n_labels, width * WIDEN)
+            prices = shared[4 : 4 + n_labels]
+        if not feasible:
+            raise ValueError(
+                "marginals: no labelling gives every label a count within its bounds using "
+                "labels of non-zero probability; give impossible labels a zero size"
+            )
+        start = int(counts[: self.rank].sum())
+        mine = shared[4 + n_labels + start : 4 + n_labels + start + int(counts[self.rank])]
+        labels = mine.astype(np.int64)
+        out, offset = [], 0
+        for block in blocks:
+            stop = offset + block.shape[0]
+            out.append(backend.from_numpy(labels[offset:stop], like=block))
+            offset = stop
+        return backend.concat(out)
 
     @contextmanager
     def rounding(self) -> Iterator[None]:

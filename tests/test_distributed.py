@@ -184,6 +184,15 @@ def _equivalence(rank: int, world: int, workdir: str) -> dict:
             marginals=Counts(sizes),
         )
         codes = sinkhorn_codes(_shard(scores, SHARDS[size], rank), 0.5, 3, group=group)
+        balanced = assign_labels(
+            _shard(scores, SHARDS[size], rank),
+            LAM,
+            tol=1e-7,
+            group=group,
+            backend="numpy",
+            rounding="balanced",
+            marginals=Counts(sizes),
+        )
         results[size] = {
             "labels": plain.labels,
             "g": plain.state.g,
@@ -196,6 +205,8 @@ def _equivalence(rank: int, world: int, workdir: str) -> dict:
             "multi_labels": multi.labels.numpy(),
             "multi_g": multi.state.g,
             "swav": codes,
+            "balanced": balanced.labels,
+            "balanced_objective": balanced.objective,
         }
         dist.destroy_process_group(group)
     return results
@@ -239,9 +250,7 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
     out["callback"] = _outcome(
         lambda: assign_labels(scores, LAM, group="default", callback=bad_callback, tol=0)
     )
-    out["balanced"] = _outcome(
-        lambda: assign_labels(scores, LAM, group="default", rounding="balanced")
-    )
+    out["exact"] = _outcome(lambda: assign_labels(scores, LAM, group="default", rounding="exact"))
     # the group is still usable after all of that
     out["after"] = assign_labels(scores, LAM, group="default", backend="numpy").n_iter
     return out
@@ -297,6 +306,9 @@ def test_sharded_solve_equals_single_process(tmp_path):
     sizes = np.array([60, 40, 50, 30, 40, 37])
     multi_reference = assign_labels(heads, LAM, tol=1e-7, backend="numpy", marginals=Counts(sizes))
     swav_reference = sinkhorn_codes(scores, 0.5, 3, backend="numpy")
+    balanced_reference = assign_labels(
+        scores, LAM, tol=1e-7, backend="numpy", rounding="balanced", marginals=Counts(sizes)
+    )
     for size in (1, 2, 3):
         parts = [results[rank][size] for rank in range(size)]
         for part in parts:  # the state is bit-identical on every rank
@@ -321,6 +333,15 @@ def test_sharded_solve_equals_single_process(tmp_path):
         np.testing.assert_allclose(parts[0]["multi_g"], multi_reference.state.g, atol=1e-9)
         np.testing.assert_allclose(
             np.concatenate([p["swav"] for p in parts]), swav_reference, atol=1e-6
+        )
+        # exact global counts across ranks, and the same (certified optimal) objective
+        balanced = np.concatenate([p["balanced"] for p in parts])
+        np.testing.assert_array_equal(np.bincount(balanced, minlength=N_LABELS), sizes)
+        np.testing.assert_array_equal(balanced, balanced_reference.labels)
+        for part in parts:
+            assert part["balanced_objective"] == parts[0]["balanced_objective"]
+        assert parts[0]["balanced_objective"] == pytest.approx(
+            balanced_reference.objective, rel=1e-12
         )
 
 
@@ -350,7 +371,7 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
             assert kind == "KeyError"
         else:
             assert kind == "DistributedSolveError" and "rank 0" in message
-        kind, message = out["balanced"]
+        kind, message = out["exact"]
         assert kind == "NotImplementedError" and message.startswith("rounding:")
         assert out["after"] == results[0]["after"]
     assert sorted(worlds["death"]) == [0, 1]
