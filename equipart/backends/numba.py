@@ -20,22 +20,22 @@ Memory
 Precision
     float32 inputs compute in float32 (float16 too, converted block by block), everything
     else in float64; column sums accumulate over ``SUB_ROWS`` rows in the compute precision
-    and then in float64. ``z`` is formed as ``float(lam) * L + float(g)`` in the compute
-    precision with separate roundings, exactly as the NumPy backend does, so ``labels`` and
-    ``top_labels`` agree bit for bit with it.
+    and then in float64. ``labels`` and ``top_labels`` form z = float(lam) * L + float(g)
+    in the compute precision with separate roundings (no FMA), exactly as the NumPy
+    backend does, so they agree with it bit for bit (for ``probs`` up to the 1-ulp
+    differences between libm's and NumPy's ``log``).
 
 exp
     Numba has no vectorised float32 ``exp`` on this stack (no SVML-patched LLVM), and the
-    scalar libm call costs ~10x a read of the scores. The sweep only needs exp(v) for
-    v <= 0, so float32 uses :func:`_exp_nonpositive`: v = n ln2 + r with |r| <= ln2 / 2
-    (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial (truncation error
-    below 5e-9, i.e. < 0.1 ulp), and 2^n built from the exponent bits. It is exact at 0
-    (exp(0) = 1), within 2 ulp of the correctly rounded value elsewhere (measured in
-    tests/test_numba.py), and returns exactly 0 below ``EXP_FLOOR`` = ln(2^-126) (where
-    float32 leaves the normal range; libm would return subnormals there) and for -inf.
-    Those flushed terms are below 1.2e-38, so only column sums that underflow anyway are
-    affected, and there the driver falls back on ``colmax`` as the contract intends.
-    float64 uses ``math.exp``.
+    scalar libm call costs ~10x a read of the scores. The float32 sweep and codes kernels
+    therefore work in base-2 units (lam and g multiplied by log2 e, see ``_unit``) and
+    compute 2^w for w <= 0 with ``_exp_units``: n = roundeven(w), r = w - n (exact),
+    2^r by the degree-6 polynomial interpolating it at the Chebyshev nodes of [-1/2, 1/2]
+    (relative error 2.5e-9), and n added to the exponent bits. It is exact at 0, within
+    1 ulp of the correctly rounded value elsewhere (tests/test_numba.py), and returns 0
+    below 2^``EXP2_FLOOR`` (about 2.4e-38; libm would return subnormals) and for -inf.
+    Such terms only matter in column sums that underflow anyway, and there the driver
+    uses ``colmax``, which is computed exactly. float64 uses ``math.exp``.
 """
 
 from __future__ import annotations
