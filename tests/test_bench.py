@@ -192,3 +192,11 @@ def test_equipart_bench_command_passes_options_through(capsys):
     assert cli_main(["bench", "--list"]) == 0
     listing = capsys.readouterr().out
     assert "sela-ref" in listing and "equipart-numpy" in listing
+
+
+def test_ott_contender_when_installed():
+    pytest.importorskip("ott")
+    spec = ProblemSpec("zipf", 2000, 10)
+    scores = generate(spec)
+    output = get_contender("ott-sinkhorn").run(scores, spec, 10.0, 1e-3, 5000)
+    assert judge_dual(scores, 10.0, output.g, 1e-3, rows_ok=output.rows_ok).status == "ok"

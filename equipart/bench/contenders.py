@@ -424,20 +424,25 @@ def _equipart_backends() -> list[str]:
     return available()
 
 
+def _equipart_contender(backend: str) -> Contender:
+    return Contender(
+        name=f"equipart-{backend}",
+        group="equipart",
+        description=f"equipart.assign_labels(backend={backend!r})",
+        devices=("cpu", "cuda") if backend in ("torch", "cupy") else ("cpu",),
+        run=_equipart_runner(backend),
+        extra_bytes=_equipart_bytes,
+    )
+
+
 def all_contenders() -> list[Contender]:
     """Every contender known, including those that cannot run here (see ``missing``)."""
+    return [_equipart_contender(b) for b in _equipart_backends()] + _reference_contenders()
+
+
+def _reference_contenders() -> list[Contender]:
+    """The contenders other than equipart's backends (listing them imports nothing)."""
     found = [
-        Contender(
-            name=f"equipart-{backend}",
-            group="equipart",
-            description=f"equipart.assign_labels(backend={backend!r})",
-            devices=("cpu", "cuda") if backend in ("torch", "cupy") else ("cpu",),
-            run=_equipart_runner(backend),
-            extra_bytes=_equipart_bytes,
-        )
-        for backend in _equipart_backends()
-    ]
-    found += [
         Contender(
             "sela-ref",
             "reference",
@@ -506,7 +511,10 @@ def all_contenders() -> list[Contender]:
 
 def get_contender(name: str) -> Contender:
     """The contender called ``name``."""
-    contenders = {c.name: c for c in all_contenders()}
+    if name.startswith("equipart-"):  # without importing every backend's library
+        return _equipart_contender(name.removeprefix("equipart-"))
+    contenders = {c.name: c for c in _reference_contenders()}
     if name not in contenders:
-        raise ValueError(f"contender: unknown {name!r}; choose from {sorted(contenders)}")
+        known = sorted(contenders) + [f"equipart-{b}" for b in _equipart_backends()]
+        raise ValueError(f"contender: unknown {name!r}; choose from {known}")
     return contenders[name]
