@@ -166,7 +166,7 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
             ("peak_rss_mb", "peak resident memory (MB)", "memory"),
         ):
             fig, axes = plt.subplots(
-                1, len(by_k), figsize=(5 * len(by_k), 4), squeeze=False, sharey=True
+                1, len(by_k), figsize=(max(8, 5 * len(by_k)), 4.5), squeeze=False, sharey=True
             )
             for ax, (k, rows) in zip(axes[0], sorted(by_k.items()), strict=True):
                 _lines_against(ax, rows, "n", metric)
@@ -174,7 +174,7 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
                 ax.grid(True, which="both", alpha=0.3)
             axes[0][0].set_ylabel(label)
             axes[0][-1].legend(fontsize=7, loc="best")
-            fig.suptitle(f"{title}: {label} (median over families and lam; x = failed)")
+            fig.suptitle(f"{title}\n{label}: median over families and lam; x = failed", fontsize=10)
             fig.tight_layout()
             path = stem.with_name(f"{stem.name}_{suffix}.png")
             fig.savefig(path, dpi=110)
@@ -188,7 +188,7 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
     swept = {p: rows for p, rows in by_problem.items() if len({r["lam"] for r in rows}) > 1}
     if swept:
         fig, axes = plt.subplots(
-            1, len(swept), figsize=(5 * len(swept), 4), squeeze=False, sharey=True
+            1, len(swept), figsize=(max(8, 5 * len(swept)), 4.5), squeeze=False, sharey=True
         )
         for ax, ((family, n, k), rows) in zip(axes[0], sorted(swept.items()), strict=True):
             _lines_against(ax, rows, "lam", "n_iter")
@@ -196,7 +196,7 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("iterations (x = did not reach tol)")
         axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{title}: iterations against lam")
+        fig.suptitle(f"{title}\niterations against lam", fontsize=10)
         fig.tight_layout()
         path = stem.with_name(f"{stem.name}_lam.png")
         fig.savefig(path, dpi=110)
