@@ -200,3 +200,9 @@ def test_ott_contender_when_installed():
     scores = generate(spec)
     output = get_contender("ott-sinkhorn").run(scores, spec, 10.0, 1e-3, 5000)
     assert judge_dual(scores, 10.0, output.g, 1e-3, rows_ok=output.rows_ok).status == "ok"
+
+
+def test_problems_are_generated_in_groups_that_fit_the_cache():
+    cases = [runner.Case(ProblemSpec("zipf", n, 10), (25.0,)) for n in (100, 200, 1000, 50)]
+    groups = runner._batches(cases, limit=200 * 10 * 4 + 100 * 10 * 4)
+    assert [[c.spec.n for c in g] for g in groups] == [[100, 200], [1000], [50]]

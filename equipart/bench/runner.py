@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
     parser.add_argument("--name", help="result file stem (default bench_<mode>_<device>)")
     parser.add_argument("--cache-dir", help="where generated problems are kept (default: temp)")
+    parser.add_argument(
+        "--cache-gb",
+        type=float,
+        default=16.0,
+        help="disk for generated problems at once (larger sets run in groups)",
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--list", action="store_true", help="list contenders and exit")
     return parser
@@ -257,24 +263,35 @@ def _merge(job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     return {**keep, **record}
 
 
-def _generate_cases(cases: list[Case], cache: Path, progress: Any) -> dict[ProblemSpec, str]:
-    paths = {}
+def _cache_path(cache: Path, spec: ProblemSpec) -> Path:
+    return cache / f"{spec.key}.npy"
+
+
+def _generate(spec: ProblemSpec, path: Path) -> None:
+    """Write the problem to ``path`` (a .npy file), chunk by chunk, unless it is there."""
+    if path.exists():
+        return
+    partial = path.with_name(f"{spec.key}.partial.npy")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(spec.n, spec.k))
+    generate(spec, out=out)
+    out.flush()
+    del out
+    partial.rename(path)
+
+
+def _batches(cases: list[Case], limit: int) -> list[list[Case]]:
+    """Consecutive groups of cases whose matrices together fit ``limit`` bytes of disk
+    (a larger matrix forms a group alone), so the cache never holds more than that."""
+    groups: list[list[Case]] = []
+    size = 0
     for case in cases:
-        spec = case.spec
-        path = cache / f"{spec.key}.npy"
-        if not path.exists():
-            progress.set_description(f"generating {spec.key}")
-            partial = cache / f"{spec.key}.partial.npy"
-            out = np.lib.format.open_memmap(
-                partial, mode="w+", dtype=np.float32, shape=(spec.n, spec.k)
-            )
-            generate(spec, out=out)
-            out.flush()
-            del out
-            partial.rename(path)
-        paths[spec] = str(path)
-        progress.update(1)
-    return paths
+        if groups and size + case.spec.nbytes <= limit:
+            groups[-1].append(case)
+            size += case.spec.nbytes
+        else:
+            groups.append([case])
+            size = case.spec.nbytes
+    return groups
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,16 +341,23 @@ def _main(args: argparse.Namespace) -> int:
 
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="eqbench-"))
     cache.mkdir(parents=True, exist_ok=True)
+    paths = {case.spec: str(_cache_path(cache, case.spec)) for case in cases}
+    plans = [_jobs_for(c, cases, args, paths, budget) for c in contenders]
+    results = [record for _, skipped in plans for record in skipped]
     try:
-        with tqdm(total=len(cases), unit="problem", file=sys.stderr) as progress:
-            paths = _generate_cases(cases, cache, progress)
-        plans = [_jobs_for(c, cases, args, paths, budget) for c in contenders]
-        results = [record for _, skipped in plans for record in skipped]
-        total = sum(len(jobs) for jobs, _ in plans)
-        with tqdm(total=total, unit="job", file=sys.stderr) as progress:
-            for jobs, _ in plans:
-                if jobs:
-                    results.extend(_run_jobs(jobs, timeout, progress))
+        with tqdm(total=sum(len(jobs) for jobs, _ in plans), unit="job", file=sys.stderr) as bar:
+            for batch in _batches(cases, int(args.cache_gb * GB)):
+                keys = {paths[case.spec] for case in batch}
+                for case in batch:
+                    bar.set_description(f"generating {case.spec.key}")
+                    _generate(case.spec, Path(paths[case.spec]))
+                for jobs, _ in plans:
+                    mine = [job for job in jobs if job["path"] in keys]
+                    if mine:
+                        results.extend(_run_jobs(mine, timeout, bar))
+                if not args.cache_dir:
+                    for key in keys:
+                        Path(key).unlink(missing_ok=True)
     finally:
         if not args.cache_dir:
             shutil.rmtree(cache, ignore_errors=True)
