@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import equipart
+from equipart.backends.base import ColumnStats
 from equipart.backends.numpy import NumpyBackend
 
 pytestmark = pytest.mark.gpu
@@ -84,6 +85,47 @@ def test_torch_cuda_sweep_matches_numpy(kernel, kind, dtype_name, shape) -> None
     # determinism: the same grid merges partials in the same order
     again = backend.sweep(tensor, kind, LAM, g)
     np.testing.assert_array_equal(got.colsum, again.colsum)
+
+
+@pytest.mark.parametrize(
+    "variant, prefetch, num_stages, block_m, num_warps",
+    [("pipe", True, 1, 1, 8), ("pipe", False, 1, 2, 16), ("async", False, 3, 1, 8)],
+)
+def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num_warps) -> None:
+    """Each kernel variant on CUDA, where the alignment hints and pipelining are real."""
+    torch = _torch_cuda()
+    from equipart.backends.torch import triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not installed")
+    from equipart.backends import _triton_kernels as tk
+
+    def wide(n, k, pad, kind, dtype, seed):  # an (n, k) view of rows ``pad`` wider
+        x, g = _problem(seed, n, k + pad, kind)
+        if kind == "probs":
+            x[n // 2, : k // 2] = 0.0
+        return torch.from_numpy(x).to(dtype).cuda()[:, :k], g[:k]
+
+    cases = [  # K = 3000: 8-aligned rows; 1001: scalar loads; offset and strided views
+        (*wide(1031, 3000, 0, "logits", torch.float32, 1), "logits"),
+        (*wide(1031, 3000, 8, "probs", torch.bfloat16, 2), "probs"),
+        (*wide(257, 1001, 0, "logits", torch.float16, 3), "logits"),
+        (*wide(1, 3, 0, "probs", torch.float32, 4), "probs"),
+    ]
+    x, g = wide(90, 1001, 0, "probs", torch.float32, 5)
+    cases.append((x[1:], g, "probs"))  # rows start 4 bytes off a 16-byte boundary
+    x, g = wide(64, 600, 0, "logits", torch.bfloat16, 6)
+    cases.append((x[:, ::2], g[::2], "logits"))  # column stride 2
+    for tensor, g, kind in cases:
+        block_k = max(16, 1 << (tensor.shape[1] - 1).bit_length())
+        config = tk.SweepConfig(
+            block_m, block_k, num_warps, 2, variant, prefetch=prefetch, num_stages=num_stages
+        )
+        ref = NUMPY.sweep(tensor.float().cpu().numpy(), kind, LAM, g)
+        g_t = torch.as_tensor(g, device="cuda").float()
+        colsum, colmax = tk.sweep_partials(tensor, g_t, LAM, kind == "probs", config)
+        got = ColumnStats(colsum.cpu().numpy(), colmax.double().cpu().numpy())
+        _assert_stats_close(ref, got)
 
 
 def test_torch_cuda_solve_outputs_on_device_and_agrees() -> None:

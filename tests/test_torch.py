@@ -220,43 +220,68 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
     numpy_backend, triton_backend = NumpyBackend(), TorchBackend(kernel="triton")
     rng = np.random.default_rng(0)
-    cases = [
-        (1, 1, torch.float32, "logits", None),
-        (37, 5, torch.float32, "logits", None),
-        (101, 33, torch.bfloat16, "logits", None),
-        (64, 16, torch.float16, "logprobs", None),
-        (90, 70, torch.float32, "probs", None),
-        (45, 9, torch.float32, "logits", tk.SweepConfig(4, 16, 4, 3)),
-        (300, 12, torch.float32, "logits", tk.SweepConfig(8, 16, 4, 2)),
-    ]
-    for n, k, dtype, kind, config in cases:
+
+    def variants(block_k):
+        # every kernel variant at two tile heights (the grid stride and padded rows differ)
+        yield None  # the default config for (K, dtype)
+        for block_m in (1, 4):
+            yield tk.SweepConfig(block_m, block_k, 4, 2)
+            yield tk.SweepConfig(block_m, block_k, 4, 3, "pipe", prefetch=True)
+            yield tk.SweepConfig(block_m, block_k, 4, 2, "pipe")
+            yield tk.SweepConfig(block_m, block_k, 4, 2, "async", num_stages=2)
+
+    def check(tensor, kind, g, lam=25.0):
+        ref = numpy_backend.sweep(tensor.to(torch.float32).contiguous().numpy(), kind, lam, g)
+        fin = np.isfinite(ref.colmax)
+        block_k = max(16, 1 << (tensor.shape[1] - 1).bit_length())
+        for config in variants(block_k):
+            if config is None:
+                got = triton_backend.sweep(tensor, kind, lam, g)
+                colsum, colmax = got.colsum, got.colmax
+            else:
+                g_t = torch.as_tensor(g).to(torch.float32)
+                s, m = tk.sweep_partials(tensor, g_t, lam, kind == "probs", config)
+                colsum, colmax = s.numpy(), m.double().numpy()
+            where = (tuple(tensor.shape), tensor.stride(), tensor.dtype, kind, config)
+            np.testing.assert_allclose(
+                colsum, ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max(), err_msg=str(where)
+            )
+            assert (np.isfinite(colmax) == fin).all(), where
+            np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3, err_msg=str(where))
+
+    def problem(n, k, kind):
         x = rng.standard_normal((n, k)).astype(np.float32) * 2
         if kind == "probs":
             x = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
             x[0, 0] = 0.0  # log 0 = -inf inside the kernel
+            x[n // 2, : k // 2] = 0.0
         g = rng.standard_normal(k) * 3
         g -= g.max()
         if k > 3:
-            g[2] = -np.inf
-        tensor = torch.from_numpy(x).to(dtype)
-        ref = numpy_backend.sweep(tensor.to(torch.float32).numpy(), kind, 25.0, g)
-        if config is None:
-            got = triton_backend.sweep(tensor, kind, 25.0, g)
-            colsum, colmax = got.colsum, got.colmax
-        else:
-            g_t = torch.as_tensor(g).to(torch.float32)
-            s, m = tk.sweep_partials(tensor, g_t, 25.0, kind == "probs", config)
-            colsum, colmax = s.numpy(), m.double().numpy()
-        np.testing.assert_allclose(colsum, ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max())
-        fin = np.isfinite(ref.colmax)
-        assert (np.isfinite(colmax) == fin).all(), (n, k, dtype, kind)
-        np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3)
-    # a strided (non-contiguous) view is read through its strides
-    x = torch.from_numpy(rng.standard_normal((50, 40)).astype(np.float32))
-    view, g = x[:, ::2], np.zeros(20)
-    ref = numpy_backend.sweep(view.contiguous().numpy(), "logits", 3.0, g)
-    got = triton_backend.sweep(view, "logits", 3.0, g)
-    np.testing.assert_allclose(got.colsum, ref.colsum, rtol=1e-5)
+            g[2] = -np.inf  # a label with a zero target
+        return x, g
+
+    cases = [
+        (1, 1, torch.float32, "logits"),
+        (37, 5, torch.float32, "logits"),
+        (101, 33, torch.bfloat16, "logits"),
+        (64, 16, torch.float16, "logprobs"),
+        (90, 70, torch.float32, "probs"),
+        (43, 24, torch.bfloat16, "probs"),
+        (45, 9, torch.float16, "logits"),
+        (130, 48, torch.float32, "logits"),
+    ]
+    for n, k, dtype, kind in cases:
+        x, g = problem(n, k, kind)
+        check(torch.from_numpy(x).to(dtype), kind, g)
+    # strided views are read through their strides: a column stride of 2, a row stride of
+    # 40 for K = 24 (8-aligned rows), and rows starting off a 16-byte boundary (K odd)
+    wide = torch.from_numpy(rng.standard_normal((50, 40)).astype(np.float32))
+    check(wide[:, ::2], "logits", np.zeros(20), lam=3.0)
+    x, g = problem(33, 40, "logits")
+    check(torch.from_numpy(x)[:, :24], "logits", g[:24])
+    x, g = problem(34, 13, "logits")
+    check(torch.from_numpy(x).to(torch.bfloat16)[1:], "logits", g)
     print("ok")
     """
 )

@@ -21,6 +21,24 @@ sum over the program axis, a max), so a sweep is deterministic for a given grid:
 atomics. Scores are read in their stored precision (float32, bfloat16, float16) and
 converted to float32 in registers; nothing touches the tensor cores, so no TF32 anywhere.
 
+Three variants of the same maths, chosen by ``SweepConfig.variant``:
+
+* ``"tile"``: the loop above as written. Column masks and row strides are opaque to the
+  compiler, so every element is a separate 4- or 2-byte load, and a tile is loaded only
+  after the previous one is reduced.
+* ``"pipe"``: the same loop with 16-byte loads (the row stride and K are passed with the
+  alignment they provably have, so the compiler may vectorise) and, with ``prefetch``,
+  the next tile's load issued before the current tile is reduced (two tiles in registers;
+  the loads are in flight during the two block-wide reductions and the exp2 pass).
+  Padded rows are weighted out through their row maximum and row weight (per-row
+  scalars), not per element.
+* ``"async"``: the ``"pipe"`` loop without the register prefetch, handed to Triton's
+  software pipeliner (``tl.range(num_stages=S)``): tiles go through shared memory with
+  asynchronous copies, S - 1 tiles ahead.
+
+Column partials stay in registers across the whole persistent loop in every variant and
+are written once per program.
+
 Rounding: each program sums about N / P rows of Q (each <= 1) in float32; the relative
 error of a column mass is about sqrt(N / P) * 2^-24 in practice (~4e-6 at ImageNet scale
 with P = 264), far inside the solver's default tolerance of 1e-3.
@@ -29,12 +47,20 @@ with P = 264), far inside the solver's default tolerance of 1e-3.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_BLOCK_K", "SweepConfig", "sweep_config", "sweep_partials"]
+__all__ = [
+    "MAX_BLOCK_K",
+    "TUNED_CONFIGS",
+    "VARIANTS",
+    "SweepConfig",
+    "sweep_config",
+    "sweep_partials",
+]
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -91,29 +117,148 @@ def _sweep_kernel(
     tl.store(max_ptr + out, acc_max * 0.6931471805599453, mask=col_ok)
 
 
+@triton.jit
+def _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS: tl.constexpr):
+    """Fold one (BLOCK_M, BLOCK_K) tile of scores into the column partials.
+
+    Padded rows (``row_ok`` false) get row maximum +inf, so every v is -inf (e = 0) and
+    their row weight is 0: per-row scalars only, no per-element masking.
+    """
+    x = x.to(tl.float32)
+    if IS_PROBS:
+        x = tl.log2(x)
+    z = x * scale + g2[None, :]
+    row_max = tl.where(row_ok, tl.max(z, axis=1), float("inf"))
+    v = z - row_max[:, None]
+    e = tl.exp2(v)
+    inv_sum = tl.where(row_ok, 1.0 / tl.sum(e, axis=1), 0.0)
+    acc_sum += tl.sum(e * inv_sum[:, None], axis=0)
+    acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
+    return acc_sum, acc_max
+
+
+@triton.jit
+def _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN: tl.constexpr):
+    # every row offset is a multiple of ROW_ALIGN elements (the host checked the stride)
+    offsets = tl.multiple_of(rows.to(tl.int64) * stride_row, ROW_ALIGN)
+    ptrs = x_ptr + offsets[:, None] + col_offsets[None, :]
+    # padding reads 1 (log 1 = 0): padded entries stay finite; columns get g2 = -inf
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=1.0)
+
+
+@triton.jit
+def _sweep_kernel_pipe(
+    x_ptr,
+    g2_ptr,
+    sum_ptr,
+    max_ptr,
+    n_rows,
+    n_labels,
+    stride_row,
+    stride_col,
+    scale,
+    n_programs,
+    tiles_per_program,
+    IS_PROBS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+    COL_ALIGN: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_K)
+    # K is a multiple of COL_ALIGN, so comparing whole groups of COL_ALIGN columns is the
+    # same mask as cols < K, constant over each group: the compiler can vectorise the load
+    col_ok = (cols // COL_ALIGN) < (n_labels // COL_ALIGN)
+    g2 = tl.load(g2_ptr + cols, mask=cols < n_labels, other=float("-inf"))
+    col_offsets = cols.to(tl.int64) * stride_col
+    acc_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
+    acc_max = tl.full([BLOCK_K], float("-inf"), dtype=tl.float32)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    if PREFETCH:
+        x = _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN)
+    # tiles past the end (and the prefetch after the last tile) are fully masked: no reads
+    for _ in tl.range(tiles_per_program, num_stages=NUM_STAGES):
+        next_rows = rows + n_programs * BLOCK_M
+        next_ok = next_rows < n_rows
+        if PREFETCH:
+            x_next = _load_tile(
+                x_ptr, next_rows, next_ok, col_offsets, col_ok, stride_row, ROW_ALIGN
+            )
+            acc_sum, acc_max = _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS)
+            x = x_next
+        else:
+            x = _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN)
+            acc_sum, acc_max = _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS)
+        rows = next_rows
+        row_ok = next_ok
+    out = pid.to(tl.int64) * n_labels + cols
+    out_ok = cols < n_labels
+    tl.store(sum_ptr + out, acc_sum, mask=out_ok)
+    tl.store(max_ptr + out, acc_max * 0.6931471805599453, mask=out_ok)
+
+
+VARIANTS = ("tile", "pipe", "async")
+
+
+@dataclass(frozen=True)
 class SweepConfig:
-    """Tile shape and launch parameters of the sweep kernel for one (K, dtype)."""
+    """Tile shape, kernel variant and launch parameters of the sweep for one (K, dtype).
 
-    __slots__ = ("block_m", "block_k", "num_warps", "programs_per_sm")
+    ``block_m`` rows of ``block_k`` (a power of two >= K) columns per tile; ``num_warps``
+    warps and ``programs_per_sm`` x (number of SMs) programs; ``variant`` one of
+    ``VARIANTS``; ``prefetch`` (``"pipe"`` only) loads the next tile before reducing the
+    current one; ``num_stages`` (``"async"`` only, >= 2) is the software-pipeline depth.
+    """
 
-    def __init__(self, block_m: int, block_k: int, num_warps: int, programs_per_sm: int):
-        self.block_m = block_m
-        self.block_k = block_k
-        self.num_warps = num_warps
-        self.programs_per_sm = programs_per_sm
+    block_m: int
+    block_k: int
+    num_warps: int
+    programs_per_sm: int
+    variant: str = "tile"
+    prefetch: bool = False
+    num_stages: int = 1
 
-    def __repr__(self) -> str:
-        return (
-            f"SweepConfig(block_m={self.block_m}, block_k={self.block_k}, "
-            f"num_warps={self.num_warps}, programs_per_sm={self.programs_per_sm})"
-        )
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        for name in ("block_m", "block_k", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name}: expected a power of two, got {value}")
+        if self.programs_per_sm < 1:
+            raise ValueError(f"programs_per_sm: expected >= 1, got {self.programs_per_sm}")
+        if self.prefetch and self.variant != "pipe":
+            raise ValueError("prefetch: only the 'pipe' variant prefetches")
+        if (self.num_stages > 1) != (self.variant == "async"):
+            raise ValueError("num_stages: >= 2 for the 'async' variant, 1 for the others")
 
 
-def sweep_config(n_labels: int) -> SweepConfig | None:
-    """The default tile for K labels (about 8192 values per tile), None if K is too wide."""
+# The defaults, keyed by (scores dtype, BLOCK_K); other keys use the rule in sweep_config.
+# Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25:
+# benchmarks/results/gpu_nvidia_h200_run1.json, "kernel_ms_by_tile" (fastest of five,
+# 6.74 ms fp32 and 6.45 ms bf16). benchmarks/gpu_check.py measures every variant and
+# prints the entries to put here ("tuned_configs" in its JSON).
+TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
+    (torch.float32, 4096): SweepConfig(1, 4096, 8, 2),
+    (torch.bfloat16, 4096): SweepConfig(1, 4096, 8, 2),
+}
+
+
+def sweep_config(n_labels: int, dtype: torch.dtype | None = None) -> SweepConfig | None:
+    """The default config for K labels of scores in ``dtype``, None if K is too wide.
+
+    ``TUNED_CONFIGS`` where it has an entry, otherwise the ``"tile"`` variant with about
+    8192 values per tile.
+    """
     block_k = triton.next_power_of_2(max(n_labels, 16))
     if block_k > MAX_BLOCK_K:
         return None
+    if (dtype, block_k) in TUNED_CONFIGS:
+        return TUNED_CONFIGS[dtype, block_k]
     block_m = max(1, min(16, 8192 // block_k))
     num_warps = 4 if block_k <= 1024 else 8 if block_k <= 4096 else 16
     return SweepConfig(block_m, block_k, num_warps, programs_per_sm=2)
@@ -141,16 +286,18 @@ def sweep_partials(
     per-program partials in a fixed order.
     """
     n_rows, n_labels = x.shape
-    config = config or sweep_config(n_labels)
+    config = config or sweep_config(n_labels, x.dtype)
     if config is None:
         raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
+    if config.block_k < n_labels:
+        raise ValueError(f"config: block_k={config.block_k} is narrower than K={n_labels}")
     n_tiles = triton.cdiv(n_rows, config.block_m)
     n_programs = _n_programs(x, n_tiles, config)
     sums = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
     maxes = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
     g2 = g * LOG2E
     scale = float(lam) if is_probs else float(lam) * LOG2E
-    _sweep_kernel[(n_programs,)](
+    args = (
         x,
         g2,
         sums,
@@ -162,9 +309,23 @@ def sweep_partials(
         scale,
         n_programs,
         triton.cdiv(n_tiles, n_programs),
+    )
+    common = dict(
         IS_PROBS=is_probs,
         BLOCK_M=config.block_m,
         BLOCK_K=config.block_k,
         num_warps=config.num_warps,
     )
+    if config.variant == "tile":
+        _sweep_kernel[(n_programs,)](*args, **common)
+    else:
+        _sweep_kernel_pipe[(n_programs,)](
+            *args,
+            **common,
+            # gcd with 16 is the largest power of two <= 16 dividing each (0 -> 16)
+            ROW_ALIGN=math.gcd(x.stride(0), 16),
+            COL_ALIGN=math.gcd(n_labels, 16),
+            PREFETCH=config.prefetch,
+            NUM_STAGES=config.num_stages,
+        )
     return sums.sum(dim=0, dtype=torch.float64), maxes.amax(dim=0)
