@@ -206,3 +206,17 @@ def test_problems_are_generated_in_groups_that_fit_the_cache():
     cases = [runner.Case(ProblemSpec("zipf", n, 10), (25.0,)) for n in (100, 200, 1000, 50)]
     groups = runner._batches(cases, limit=200 * 10 * 4 + 100 * 10 * 4)
     assert [[c.spec.n for c in g] for g in groups] == [[100, 200], [1000], [50]]
+
+
+@pytest.mark.parametrize("name", ["sela-ref-tol", "pot-sinkhorn-log", "equipart-torch"])
+def test_torch_tensor_paths_used_on_cuda(name):
+    """The code that runs on --device cuda, exercised with CPU tensors."""
+    torch = pytest.importorskip("torch")
+    spec = ProblemSpec("zipf", 1500, 10)
+    scores = torch.from_numpy(generate(spec))
+    output = get_contender(name).run(scores, spec, 10.0, 1e-3, 5000)
+    verdict = judge_dual(scores, 10.0, output.g, 1e-3, rows_ok=output.rows_ok)
+    assert verdict.status == "ok", verdict
+    on_host = judge_dual(scores.numpy(), 10.0, output.g, 1e-3, rows_ok=output.rows_ok)
+    assert verdict.error == pytest.approx(on_host.error, rel=1e-9)
+    assert verdict.objective == pytest.approx(on_host.objective, rel=1e-9)
