@@ -52,15 +52,16 @@ def write_scores(path: Path, n_rows: int, n_labels: int, dtype: str, seed: int) 
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(CHUNK_ROWS, n_labels)).astype(np.float32)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, n_labels))
-    for first in range(0, n_rows, CHUNK_ROWS):
-        rows = min(CHUNK_ROWS, n_rows - first)
-        # a fresh row permutation and per-label shift per chunk: distinct rows, cheap to make
-        chunk = base[rng.permutation(CHUNK_ROWS)[:rows]] + rng.normal(size=n_labels)
-        out[first : first + rows] = chunk.astype(dtype)
-    out.flush()
-    del out
-    os.sync()
+    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n_rows, n_labels)}
+    with open(path, "wb") as handle:  # plain writes: the writer's memory stays one chunk
+        np.lib.format.write_array_header_1_0(handle, header)
+        for first in range(0, n_rows, CHUNK_ROWS):
+            rows = min(CHUNK_ROWS, n_rows - first)
+            # a fresh row permutation and label shift per chunk: distinct rows, cheap to make
+            chunk = base[rng.permutation(CHUNK_ROWS)[:rows]] + rng.normal(size=n_labels)
+            chunk.astype(dtype).tofile(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return time.perf_counter() - start
 
 
