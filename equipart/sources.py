@@ -65,7 +65,9 @@ class StreamedArray:
     time. For a read-only, C-contiguous memmap the pages of a block are unmapped from the
     process (``madvise(MADV_DONTNEED)``) once the consumer moves on: they stay in the
     kernel's page cache, but the process's resident memory stays O(block) instead of
-    growing to the file size. Writable or copy-on-write maps are never released.
+    growing to the file size; and the next block is requested ahead
+    (``madvise(MADV_WILLNEED)``) so the disk reads it while this one is computed.
+    Writable or copy-on-write maps are never released.
     """
 
     backend: Backend
@@ -102,6 +104,16 @@ class StreamedArray:
                 address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
         return cls(backend, scores, **shape, block_rows=rows, _map=mapping, _map_address=address)
 
+    def _prefetch(self, block: np.ndarray) -> None:
+        """Ask the kernel to start reading ``block`` (async), so disk reads overlap compute."""
+        if self._map is None or block.nbytes == 0:
+            return
+        start = block.ctypes.data - self._map_address
+        stop = start + block.nbytes
+        start -= start % mmap.PAGESIZE
+        if 0 <= start < len(self._map):
+            self._map.madvise(mmap.MADV_WILLNEED, start, min(stop, len(self._map)) - start)
+
     def _release(self, block: np.ndarray) -> None:
         if self._map is None or block.nbytes == 0:
             return
@@ -117,8 +129,10 @@ class StreamedArray:
 
     def blocks(self, head: int) -> Iterator[np.ndarray]:
         rows = self.scores[head] if self.stacked else self.scores
-        for start in range(0, self.n_rows, self.block_rows):
-            block = rows[start : start + self.block_rows]
+        step = self.block_rows
+        for start in range(0, self.n_rows, step):
+            block = rows[start : start + step]
+            self._prefetch(rows[start + step : start + 2 * step])
             try:
                 yield block
             finally:
