@@ -55,7 +55,7 @@ from .numpy import compute_dtype
 __all__ = ["NumbaBackend"]
 
 SUB_ROWS = 16  # rows per sub-block: column sums flush to float64 once per sub-block
-MIN_CHUNK_ROWS = 32  # fewest rows per parallel chunk
+MIN_CHUNK_ROWS = 128  # fewest rows per chunk: float64 partials stay <= 3.2% of float32 rows
 MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)
 PARTIALS_BYTES = 16 << 20  # cap on the float64 partials of one sweep
 CONVERT_ELEMENTS = 1 << 20  # block size when float16 / integer input is converted
