@@ -77,6 +77,7 @@ def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[C
         add(family, 10_000, 100, LAMS if family == "zipf" else (25.0,))
     add("zipf", 100_000, 100, (25.0,))
     add("sela-early", 1_000_000, 1_000, (25.0,))
+    add("zipf", 1_000_000, 1_000, (25.0,))
     return cases
 
 
