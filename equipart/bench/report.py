@@ -173,9 +173,8 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
                 ax.set(xscale="log", yscale="log", xlabel="N (points)", title=f"K = {k:,}")
                 ax.grid(True, which="both", alpha=0.3)
             axes[0][0].set_ylabel(label)
-            axes[0][-1].legend(fontsize=7, loc="best")
             fig.suptitle(f"{title}\n{label}: median over families and lam; x = failed", fontsize=10)
-            fig.tight_layout()
+            _legend(fig, axes[0])
             path = stem.with_name(f"{stem.name}_{suffix}.png")
             fig.savefig(path, dpi=110)
             plt.close(fig)
@@ -195,14 +194,24 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
             ax.set(xlabel="lam", yscale="log", title=f"{family} {n:,}x{k:,}")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("iterations (x = did not reach tol)")
-        axes[0][-1].legend(fontsize=7, loc="best")
         fig.suptitle(f"{title}\niterations against lam", fontsize=10)
-        fig.tight_layout()
+        _legend(fig, axes[0])
         path = stem.with_name(f"{stem.name}_lam.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _legend(fig: Any, axes: Any) -> None:
+    """One legend for all panels, right of them (contenders absent from a panel too)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(name, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.82, 1))
 
 
 def _lines_against(ax: Any, rows: list[dict[str, Any]], x: str, y: str) -> None:
