@@ -64,8 +64,12 @@ def _git_commit() -> str | None:
 
 def describe_machine(with_gpu: bool) -> dict[str, Any]:
     """CPU model, cores, RAM, GPU, OS, Python and the versions of the libraries involved."""
-    import psutil
+    try:
+        import psutil
 
+        physical, ram = psutil.cpu_count(logical=False), psutil.virtual_memory().total
+    except ImportError:
+        physical, ram = None, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     versions = {}
     for package in PACKAGES:
         try:
@@ -75,8 +79,8 @@ def describe_machine(with_gpu: bool) -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "physical_cores": physical,
+        "ram_gib": round(ram / 2**30, 1),
         "gpu": _gpu() if with_gpu else None,
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -310,8 +310,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+class _PlainProgress:
+    """What the runner needs of a tqdm bar, for machines without tqdm: one line per job."""
+
+    def __init__(self, total: int, **_: Any) -> None:
+        self.total, self.done, self.text = total, 0, ""
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_description(self, text: str) -> None:
+        self.text = text
+
+    def update(self, n: int) -> None:
+        self.done += n
+        print(f"[{self.done}/{self.total}] {self.text}", file=sys.stderr, flush=True)
+
+
 def _main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = _PlainProgress
 
     from .report import describe_machine, markdown_table, plot_results
 
