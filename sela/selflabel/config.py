@@ -78,11 +78,11 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The CPU test configuration: 3000 MNIST images, a quarter-width AlexNet-BN.
+    # The CPU test configuration: 2000 MNIST images, a quarter-width AlexNet-BN.
     "quick": dict(
-        dataset="mnist", train_size=3000, test_size=1000, arch="alexnet", width=0.25,
-        fc=256, heads=2, clusters=30, epochs=6, batch_size=100, lr=0.05,
-        n_opts=6, probe_epochs=20, device="cpu",
+        dataset="mnist", train_size=2000, test_size=500, arch="alexnet", width=0.25,
+        fc=128, heads=2, clusters=20, epochs=5, batch_size=100, lr=0.05,
+        n_opts=5, probe_epochs=100, device="cpu",
     ),
     # One GPU, full MNIST (60000 train / 10000 test), half-width AlexNet-BN: about a minute
     # per run on an H100 (scripts/gpu_run.py runs it with sinkhorn and with kmeans).

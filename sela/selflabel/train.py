@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from equipart import SolverState
+from sklearn.metrics import normalized_mutual_info_score
 
 from .augment import Augment
 from .config import Config
@@ -310,7 +311,7 @@ class Trainer:
                 feats, cfg.heads, cfg.clusters, previous, self.gen, cfg.kmeans_pca, cfg.kmeans_iter
             )
         truth = self.data.train.labels.numpy()
-        nmi = [cluster_scores(row.cpu().numpy(), truth)["nmi"] for row in self.labels]
+        nmi = [normalized_mutual_info_score(truth, row.cpu().numpy()) for row in self.labels]
         self.log(
             {
                 "event": "opt",
