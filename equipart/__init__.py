@@ -13,6 +13,7 @@ transport problem with a fused, log-stable Sinkhorn sweep on any array library.
 
 from .api import assign_labels, sinkhorn_codes
 from .distributed import DistributedSolveError
+from .exact import exact_assign
 from .marginals import Bounds, Counts, Marginal, Prior, Relaxed, Uniform
 from .result import Assignment, SolverState
 from .solver import ConvergenceWarning
@@ -33,5 +34,6 @@ __all__ = [
     "SolverState",
     "Uniform",
     "assign_labels",
+    "exact_assign",
     "sinkhorn_codes",
 ]

@@ -7,19 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_backend
 from .backends.base import Backend, ScoreKind
+from .distributed import open_group
+from .exact import exact_assign
 from .marginals import ColumnConstraint, Marginal, Uniform, as_marginal
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS
-from .solver import RowSource, column_stats, normalise_dual, run_sinkhorn
-from .sources import InMemory
+from .solver import RowSource, column_stats, run_sinkhorn
+from .sources import InMemory, open_source
 from .validation import (
     check_kind,
     check_lam,
     check_positive_int,
     check_rounding,
-    check_shape,
     check_tol,
     check_values,
     initial_dual,
@@ -28,9 +28,10 @@ from .validation import (
 __all__ = ["assign_labels", "sinkhorn_codes"]
 
 
-def _source(backend: Backend, scores: Any) -> InMemory:
-    n_heads, n_rows, n_labels, stacked = check_shape(backend, scores)
-    return InMemory(backend, scores, n_heads, n_rows, n_labels, stacked)
+def _source(backend: str, scores: Any, allow_empty_rows: bool = False) -> tuple[Backend, RowSource]:
+    """The backend and row source for ``scores``: an array, a memmap, a .npy path or a
+    ``RowBlocks`` factory (see ``equipart.sources.open_source``)."""
+    return open_source(scores, backend, allow_empty_rows=allow_empty_rows)
 
 
 def _check_all_values(source: RowSource, backend: Backend, kind: ScoreKind) -> None:
@@ -64,9 +65,13 @@ def finish_assignment(
     converged: bool,
     error: float,
     history: tuple[float, ...],
+    rounder: Any = None,
 ) -> Assignment:
-    """Round every head, compute the objective (and codes), and package the result."""
-    rounder = ROUNDERS[rounding]
+    """Round every head, compute the objective (and codes), and package the result.
+
+    ``rounder`` replaces ``ROUNDERS[rounding]`` (a distributed solve's own rounder).
+    """
+    rounder = ROUNDERS[rounding] if rounder is None else rounder
     labels, codes, total = [], [], 0.0
     for head in range(source.n_heads):
         head_labels = rounder(source, backend, head, kind, lam, g[head], constraint)
@@ -111,6 +116,7 @@ def assign_labels(
     backend: str = "auto",
     return_codes: bool = False,
     callback: Callable[[int, float], Any] | None = None,
+    group: Any = None,
 ) -> Assignment:
     r"""Assign labels to N points so that every label gets its share (SeLa's step).
 
@@ -126,16 +132,21 @@ def assign_labels(
 
     Parameters
     ----------
-    scores : array, shape (N, K) or (H, N, K)
+    scores : array, shape (N, K) or (H, N, K), path, or RowBlocks
         Scores of N points over K labels (H independent heads are solved in one call):
-        a NumPy array or memmap, a torch tensor (CPU or CUDA) or a CuPy array. Never
-        modified.
+        a NumPy array, a torch tensor (CPU or CUDA) or a CuPy array; or, out of core, a
+        ``np.memmap``, a path to a ``.npy`` file, or ``equipart.RowBlocks(factory)``,
+        streamed in row blocks every sweep with memory O(block + N + K). Never modified.
+        With ``group``, this rank's rows only (possibly none).
     lam : float, default 25.0
         Inverse temperature (SeLa's lambda): larger is closer to the hard LP.
     marginals : Marginal, optional
         Label masses: ``Uniform()`` (default), ``Counts(sizes)`` or ``Prior(p)``.
     rounding : {"argmax", "balanced", "exact"}
-        How hard labels are made. ``"argmax"`` is SeLa's rule.
+        How hard labels are made. ``"argmax"`` is SeLa's rule. ``"balanced"`` gives every
+        label exactly its size (floor/ceil of N b_j), a certified optimum of the hard LP
+        (``equipart.balanced``). ``"exact"`` skips the solve and calls ``exact_assign``
+        (POT's network simplex; refuses problems too big for it).
     tol : float, default 1e-3
         Stop when max_j |m_j / b_j - 1| <= tol, m_j being label j's mass in Q.
     max_iter : int, default 1000
@@ -154,6 +165,15 @@ def assign_labels(
         Also return Q (rows sum to 1) as ``codes``; this allocates an N x K array.
     callback : callable, optional
         ``callback(iteration, error)`` at each check; returning True stops the solve.
+        With ``group``, it runs on every rank and any rank's True stops all of them.
+    group : None, "default" or torch.distributed.ProcessGroup
+        ``None`` (default) solves in this process only, even when torch.distributed is
+        initialised. ``"default"`` (the WORLD group) or a ProcessGroup solves the
+        concatenation of every member rank's ``scores`` (in rank order): column statistics
+        are all-reduced per sweep (O(K) numbers), the marginals bind to the global N, every
+        rank stops at the same sweep with the same state, and each rank gets the labels of
+        its own rows. ``rounding="argmax"`` and ``"balanced"`` (exact global counts)
+        work across ranks. See ``equipart.distributed`` and docs/distributed.md.
 
     Returns
     -------
@@ -161,21 +181,42 @@ def assign_labels(
         ``labels`` (int64, in the input's library and device), ``state``, ``n_iter``,
         ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
     """
-    engine = get_backend(backend, scores)
-    source = _source(engine, scores)
-    kind = check_kind(input)
-    lam = check_lam(lam)
-    tol = check_tol(tol)
-    max_iter = check_positive_int(max_iter, "max_iter")
-    check_every = check_positive_int(check_every, "check_every")
-    rounding = check_rounding(rounding)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
-    constraint = as_marginal(marginals).bind(source.n_rows, source.n_labels)
-    g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-    if rounding not in ROUNDERS:
-        raise NotImplementedError(f"rounding: {rounding!r} is not available in this build")
-    _check_all_values(source, engine, kind)
+    if rounding == "exact" and group is None:  # the hard LP needs no Sinkhorn solve
+        check_lam(lam)
+        return exact_assign(scores, marginals, input, backend=backend)
+    comm = open_group(group)
+    with comm.validating():  # a rank whose inputs fail tells the others in the handshake
+        engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
+        kind = check_kind(input)
+        lam = check_lam(lam)
+        tol = check_tol(tol)
+        max_iter = check_positive_int(max_iter, "max_iter")
+        check_every = check_positive_int(check_every, "check_every")
+        rounding = check_rounding(rounding)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+        spec = as_marginal(marginals)
+        g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
+        if rounding not in ROUNDERS:
+            raise NotImplementedError(f"rounding: {rounding!r} is not available in this build")
+        _check_all_values(source, engine, kind)
+    n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
+        source.n_rows,
+        entry="assign_labels",
+        n_heads=source.n_heads,
+        n_labels=source.n_labels,
+        lam=lam,
+        input=kind,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        rounding=rounding,
+        marginals=spec,
+        warm_start=g0,
+        callback=callback is not None,
+    )
+    constraint = spec.bind(n_rows, source.n_labels, lam)
+    source, engine = comm.shard(source, engine, n_rows)
 
     outcome = run_sinkhorn(
         source,
@@ -187,23 +228,29 @@ def assign_labels(
         max_iter=max_iter,
         check_every=check_every,
         g0=g0,
-        callback=callback,
+        callback=comm.wrap_callback(callback),
+        reduce=comm.reduce,
         anneal=warm_start is None,
     )
-    return finish_assignment(
-        source,
-        engine,
-        kind=kind,
-        lam=lam,
-        g=outcome.g,
-        constraint=constraint,
-        rounding=rounding,
-        return_codes=return_codes,
-        n_iter=outcome.n_iter,
-        converged=outcome.converged,
-        error=outcome.error,
-        history=outcome.history,
-    )
+    g = comm.same_dual(outcome.g)
+    result = None
+    with comm.rounding():  # a rank failing here is named in the objective's all-reduce
+        result = finish_assignment(
+            source,
+            engine,
+            kind=kind,
+            lam=lam,
+            g=g,
+            constraint=constraint,
+            rounding=rounding,
+            return_codes=return_codes,
+            n_iter=outcome.n_iter,
+            converged=outcome.converged,
+            error=outcome.error,
+            history=outcome.history,
+            rounder=comm.rounder(rounding),
+        )
+    return comm.finish(result)
 
 
 def sinkhorn_codes(
@@ -213,6 +260,7 @@ def sinkhorn_codes(
     *,
     input: str = "logits",
     backend: str = "auto",
+    group: Any = None,
 ) -> Any:
     """Soft batch codes of SwAV / DINOv2: a fixed number of Sinkhorn steps, no tolerance.
 
@@ -230,27 +278,43 @@ def sinkhorn_codes(
         Entropic temperature (SwAV: 0.05; DINOv2 teacher: the teacher temperature).
     n_iter : int, default 3
         Column updates (SwAV and DINOv2 use 3).
+    group : None, "default" or torch.distributed.ProcessGroup
+        As in :func:`assign_labels`: ``None`` is this process only; otherwise every rank
+        passes its part of the global batch, the column sums are all-reduced (SwAV's
+        ``dist.all_reduce(sum_Q)``, here 2K + 2 float64 numbers per step) and the targets
+        are B/K for the global batch size B; each rank gets the codes of its own rows.
 
     Returns
     -------
     array, shape like ``scores``
         Q in the input's array library, on its device, not tracking gradients.
     """
-    engine = get_backend(backend, scores)
-    source = _source(engine, scores)
-    kind = check_kind(input)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps: expected a temperature > 0 (SwAV uses 0.05), got {eps!r}")
-    lam = check_lam(1.0 / eps)
-    n_iter = check_positive_int(n_iter, "n_iter")
-    _check_all_values(source, engine, kind)
-    constraint = Uniform().bind(source.n_rows, source.n_labels)
+    comm = open_group(group)
+    with comm.validating():
+        engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
+        kind = check_kind(input)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps: expected a temperature > 0 (SwAV uses 0.05), got {eps!r}")
+        lam = check_lam(1.0 / eps)
+        n_iter = check_positive_int(n_iter, "n_iter")
+        _check_all_values(source, engine, kind)
+    n_rows = comm.agree(
+        source.n_rows,
+        entry="sinkhorn_codes",
+        n_heads=source.n_heads,
+        n_labels=source.n_labels,
+        lam=lam,
+        input=kind,
+        n_iter=n_iter,
+    )
+    constraint = Uniform().bind(n_rows, source.n_labels)
+    source, engine = comm.shard(source, engine, n_rows)
     codes = []
     for head in range(source.n_heads):
         g = np.zeros(source.n_labels)
         for _ in range(n_iter):
-            stats = column_stats(source, engine, head, kind, lam, g, None)
-            g = normalise_dual(constraint.update(g, stats.log_mass()))
+            stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)
+            g = constraint.update(g, stats.log_mass())
         parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
         codes.append(engine.concat(parts))
     return _per_head(engine, codes, source.stacked)

@@ -31,15 +31,21 @@ def dtype_kind(dtype: Any) -> str:
     return np.dtype(dtype).kind
 
 
-def check_shape(backend: Backend, scores: Any, name: str = "scores") -> tuple[int, int, int, bool]:
-    """(H, N, K, stacked) of a (N, K) or (H, N, K) array with a real floating/int dtype."""
+def check_shape(
+    backend: Backend, scores: Any, name: str = "scores", *, allow_empty_rows: bool = False
+) -> tuple[int, int, int, bool]:
+    """(H, N, K, stacked) of a (N, K) or (H, N, K) array with a real floating/int dtype.
+
+    ``allow_empty_rows`` admits N = 0 (a rank holding no rows of a distributed solve).
+    """
     shape, dtype = backend.shape_dtype(scores)
     if len(shape) not in (2, 3):
         raise ValueError(
             f"{name}: expected an (N, K) array of scores, or (H, N, K) for H heads; "
             f"got {len(shape)} dimension(s), shape {tuple(shape)}"
         )
-    if min(shape) == 0:
+    sized = [s for axis, s in enumerate(shape) if not (allow_empty_rows and axis == len(shape) - 2)]
+    if min(sized) == 0:
         raise ValueError(f"{name}: every dimension must be non-empty, got shape {tuple(shape)}")
     kind = dtype_kind(dtype)
     if kind == "c":
