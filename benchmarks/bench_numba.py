@@ -116,7 +116,10 @@ def build(name: str, scores: np.ndarray, lam: float):
 
         def run(state, n_iter):
             a, b, cost = state
-            ot.sinkhorn(a, b, cost, 1.0 / lam, numItermax=n_iter, stopThr=0.0, warn=False)
+            _, log = ot.sinkhorn(
+                a, b, cost, 1.0 / lam, numItermax=n_iter, stopThr=0.0, warn=False, log=True
+            )
+            return log["niter"]
 
         return setup, run
     raise ValueError(f"unknown contender {name!r}")
@@ -140,24 +143,27 @@ def time_size(n_rows: int, n_labels: int, lam: float, reps: int, names: list[str
     out = {}
     for name in names:
         ms = np.array(times[name]) * 1e3
+        ms = ms[np.isfinite(ms)]
         out[name] = {
-            "ms_min": float(ms.min()),
-            "ms_median": float(np.median(ms)),
+            "ms_min": float(ms.min()) if ms.size else float("nan"),
+            "ms_median": float(np.median(ms)) if ms.size else float("nan"),
             "setup_s": setup_s[name],
         }
     return out
 
 
 def run_once(name: str, step, state) -> float:
-    """Seconds of one iteration. POT: (a 22-iteration solve - a 2-iteration solve) / 20,
-    which cancels its setup (the exp of the cost matrix) and its final error check."""
+    """Seconds of one iteration. POT: the time of a 22-iteration solve minus that of a
+    2-iteration one, over the difference of the iteration counts POT reports, which cancels
+    its setup (the exp of the cost matrix); NaN when POT stopped early both times."""
     if name == "pot":
         start = time.perf_counter()
-        step(state, 2)
+        few = step(state, 2)
         two = time.perf_counter() - start
         start = time.perf_counter()
-        step(state, 22)
-        return (time.perf_counter() - start - two) / 20
+        many = step(state, 22)
+        elapsed = time.perf_counter() - start - two
+        return elapsed / (many - few) if many > few else float("nan")
     start = time.perf_counter()
     step(state)
     return time.perf_counter() - start
@@ -272,9 +278,13 @@ def render(results: dict) -> str:
         f"lam = {results['lam']}, float32 N(0, 1) logits; ms per iteration = the minimum "
         "(median) over interleaved rounds (ratios use the minima; POT's minimum is a "
         "difference of two solves, so its median is the robust figure); memory = peak "
-        "resident memory beyond the input. Load average at start: "
-        f"{', '.join(f'{v:.1f}' for v in info['load_average_at_start'])} (the machine is "
-        "shared).",
+        "resident memory beyond the input. The machine is shared: load averages when each "
+        "size started: "
+        + "; ".join(
+            f"{size['n_rows']:,} rows: {size.get('load_average_at_start', ['?'])[0]}"
+            for size in results["sizes"]
+        )
+        + ".",
         "",
         "| N x K | contender | ms / iteration | x read pass | numba faster by | extra memory |",
         "|---|---|---|---|---|---|",
@@ -324,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-baseline-gb", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/numba.md")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other sizes already in --out (each size records its own load)",
+    )
     args = parser.parse_args(argv)
 
     results = {
@@ -348,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         timing = time_size(n_rows, args.labels, args.lam, reps, names)
         results["sizes"].append(
             {
+                "load_average_at_start": os.getloadavg(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "n_rows": n_rows,
                 "n_labels": args.labels,
                 "reps": reps,
@@ -357,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(json.dumps(results["sizes"][-1], indent=1), flush=True)
+    if args.merge and args.out.exists():
+        new_rows = {size["n_rows"] for size in results["sizes"]}
+        kept = [s for s in json.loads(args.out.read_text())["sizes"] if s["n_rows"] not in new_rows]
+        results["sizes"] = sorted(kept + results["sizes"], key=lambda size: size["n_rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_doc:
