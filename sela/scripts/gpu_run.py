@@ -59,6 +59,7 @@ def main() -> int:
     p.add_argument("--runs", type=Path, default=Path("/tmp/sela-gpu-runs"))
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--solver-backend", default="auto", help="equipart backend of the solve")
     p.add_argument("--train-size", type=int, default=None, help="subset, for smoke tests")
     p.add_argument("--test-size", type=int, default=None, help="subset, for smoke tests")
     args = p.parse_args()
@@ -71,7 +72,7 @@ def main() -> int:
     results, t_all = {}, time.perf_counter()
     for assign in ("sinkhorn", "kmeans"):
         values = dict(PRESETS["gpu-mnist"], data_dir=args.data_dir, assign=assign,
-                      device=args.device)  # fmt: skip
+                      device=args.device, solver_backend=args.solver_backend)  # fmt: skip
         for key in ("epochs", "train_size", "test_size"):
             if getattr(args, key):
                 values[key] = getattr(args, key)

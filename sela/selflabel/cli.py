@@ -41,6 +41,8 @@ _HELP = {
     "(0: once, at 3/4 of training)",
     "assign": "label step: optimal transport (equipart) or the k-means ablation",
     "lam": "inverse temperature of the transport problem (SeLa: 25; CIFAR setting 10)",
+    "solver_backend": "equipart backend of the label step: auto (torch on the scores' device "
+    "if available, else a host copy), torch, numpy or numba",
     "n_opts": "label optimisations over the run (first at step 0)",
     "opt_schedule": "spacing of the optimisations: quadratic (SeLa, denser early) or linear",
     "label_augment": "augment images in the label pass (reference code: on)",

@@ -42,6 +42,7 @@ class Config:
     lam: float = 25.0
     solver_tol: float = 1e-2
     solver_max_iter: int = 1000
+    solver_backend: str = "auto"
     n_opts: int = 10
     opt_schedule: str = "quadratic"
     label_augment: bool = True

@@ -53,13 +53,26 @@ def sinkhorn_labels(
     state: SolverState | None,
     tol: float = 1e-2,
     max_iter: int = 1000,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, SolverState, dict[str, float]]:
-    """Labels (H, N) on ``logprobs``' device, the new solver state and solver statistics."""
-    scores = logprobs if _torch_backend() else logprobs.detach().float().cpu().numpy()
+    """Labels (H, N) on ``logprobs``' device, the new solver state and solver statistics.
+
+    ``backend="auto"`` solves on the scores' device with equipart's torch backend when it
+    is available and on a host copy otherwise; ``"torch"`` insists on the former; any other
+    equipart backend name (``"numpy"``, ``"numba"``) solves a host copy with that backend.
+    """
+    on_device = backend == "torch" or (backend == "auto" and _torch_backend())
+    scores = logprobs if on_device else logprobs.detach().float().cpu().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", equipart.ConvergenceWarning)
         result = equipart.assign_labels(
-            scores, lam=lam, input="logprobs", warm_start=state, tol=tol, max_iter=max_iter
+            scores,
+            lam=lam,
+            input="logprobs",
+            warm_start=state,
+            tol=tol,
+            max_iter=max_iter,
+            backend=backend,
         )
     labels = torch.as_tensor(result.labels).to(logprobs.device, torch.int64)
     info = {
@@ -72,14 +85,13 @@ def sinkhorn_labels(
 
 
 def _whiten(features: torch.Tensor, pca_dim: int) -> torch.Tensor:
+    """Centre, project on the top ``pca_dim`` principal axes (randomised PCA), whiten, L2."""
     x = features.float()
-    x = x - x.mean(dim=0)
-    cov = (x.T @ x) / max(1, x.shape[0] - 1)
-    evals, evecs = torch.linalg.eigh(cov.double())
-    d = min(pca_dim, x.shape[1])
-    evals, evecs = evals[-d:].flip(0), evecs[:, -d:].flip(1)
-    proj = (evecs / torch.sqrt(evals.clamp_min(0) + 1e-5)).float()
-    return torch.nn.functional.normalize(x @ proj, dim=1)
+    q = min(pca_dim, x.shape[0], x.shape[1])
+    mean = x.mean(dim=0)
+    _, s, v = torch.pca_lowrank(x - mean, q=q, center=False, niter=3)
+    scale = s / max(1, x.shape[0] - 1) ** 0.5  # standard deviation along each axis
+    return torch.nn.functional.normalize(((x - mean) @ v) / (scale + 1e-5), dim=1)
 
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -304,7 +304,12 @@ class Trainer:
         info: dict[str, float] = {}
         if cfg.assign == "sinkhorn":
             self.labels, self.state, info = sinkhorn_labels(
-                scores, cfg.lam, self.state, cfg.solver_tol, cfg.solver_max_iter
+                scores,
+                cfg.lam,
+                self.state,
+                cfg.solver_tol,
+                cfg.solver_max_iter,
+                cfg.solver_backend,
             )
         else:
             self.labels = kmeans_labels(

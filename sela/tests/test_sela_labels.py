@@ -49,3 +49,12 @@ def test_kmeans_labels_are_aligned_with_previous_labels():
     previous = torch.stack([truth, (truth + 1) % 4])
     labels = kmeans_labels(x, 2, 4, previous, torch.Generator().manual_seed(2), pca_dim=8)
     assert (labels == previous).float().mean() > 0.99
+
+
+def test_sinkhorn_labels_agree_across_backends():
+    logprobs = torch.log_softmax(
+        torch.randn(2, 300, 5, generator=torch.Generator().manual_seed(4)), -1
+    )
+    host, _, _ = sinkhorn_labels(logprobs, lam=10.0, state=None, backend="numpy")
+    auto, _, _ = sinkhorn_labels(logprobs, lam=10.0, state=None)
+    assert (host == auto).float().mean() > 0.99
