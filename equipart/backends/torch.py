@@ -20,6 +20,7 @@ passed. Nothing here uses matrix units, so TF32 never enters a reduction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -76,10 +77,20 @@ def _scaled(x: torch.Tensor, kind: ScoreKind, lam: float, g: torch.Tensor) -> to
 
 
 def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
-    """In place: v = z - rowmax(z), then Q = exp(v) / rowsum(exp(v)). Returns v's colmax."""
+    """In place: v = z - rowmax(z), then Q = exp(v) / rowsum(exp(v)). Returns v's colmax.
+
+    exp of v below ``log(tiny) + 1`` (tiny: the smallest normal number) is flushed to
+    exactly 0, where the NumPy backend's exp gives at most a subnormal: on x86 CPUs torch's
+    exp takes a slow path for subnormal results (about 10x slower on blocks where most
+    entries underflow, as at large lam). The column maxima, taken before, keep the
+    underflow guard of ``ColumnStats.log_mass``.
+    """
     z -= z.amax(dim=1, keepdim=True)
     colmax = z.amax(dim=0)
-    z.exp_()
+    floor = math.log(torch.finfo(z.dtype).tiny) + 1.0
+    keep = z >= floor
+    z.clamp_(min=floor).exp_()
+    z.mul_(keep)
     z /= z.sum(dim=1, keepdim=True)
     return colmax
 

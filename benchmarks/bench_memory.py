@@ -1,0 +1,99 @@
+"""Peak memory of one assign_labels solve next to the scores it reads.
+
+For each backend, a fresh subprocess generates the README's SeLa-shaped problem
+(200,000 x 1,000 float32 logits, 763 MiB), then solves it, and reports:
+
+* ``rss_scores_mib``: resident memory once the scores exist (the baseline),
+* ``rss_peak_mib``: the process's resident high-water mark after the solve,
+* ``extra_mib``: the difference, i.e. what the solve allocated beyond the input,
+* ``traced_peak_mib``: tracemalloc's peak of Python/NumPy allocations during the solve.
+
+A second N x K array would add 763 MiB. Run: ``python benchmarks/bench_memory.py``; writes
+``benchmarks/results/memory_200k.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time, tracemalloc
+import numpy as np
+import equipart
+from equipart.cli import demo_scores
+
+backend, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+scores = demo_scores(n, k)
+if backend == "torch":
+    import torch
+
+    scores = torch.from_numpy(scores)  # shares the memory: no copy
+equipart.assign_labels(scores[:2000], backend=backend)  # compile / warm up on a slice
+rss_scores = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+tracemalloc.start()
+start = time.perf_counter()
+result = equipart.assign_labels(scores, backend=backend)
+seconds = time.perf_counter() - start
+traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
+tracemalloc.stop()
+rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({
+    "backend": backend, "shape": [n, k], "scores_mib": n * k * 4 / 2**20,
+    "rss_scores_mib": rss_scores, "rss_peak_mib": rss_peak,
+    "extra_mib": rss_peak - rss_scores, "traced_peak_mib": traced_peak,
+    "seconds": seconds, "n_iter": result.n_iter, "converged": result.converged,
+}))
+"""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> int:
+    import equipart
+
+    n_rows, n_labels = 200_000, 1000
+    rows = []
+    for backend in [b for b in ("numpy", "numba", "torch") if b in equipart.backends.available()]:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, backend, str(n_rows), str(n_labels)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = rows[-1]
+        print(
+            f"{backend:>6}: scores {row['scores_mib']:.0f} MiB, peak RSS "
+            f"{row['rss_peak_mib']:.0f} MiB (+{row['extra_mib']:.0f} MiB over the scores), "
+            f"traced {row['traced_peak_mib']:.1f} MiB, {row['n_iter']} iterations in "
+            f"{row['seconds']:.1f} s"
+        )
+    report = {
+        "machine": {
+            "processor": _cpu_model(),
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+            "equipart": equipart.__version__,
+        },
+        "results": rows,
+    }
+    path = Path(__file__).parent / "results" / "memory_200k.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
