@@ -141,7 +141,8 @@ def assign_labels(
     lam : float, default 25.0
         Inverse temperature (SeLa's lambda): larger is closer to the hard LP.
     marginals : Marginal, optional
-        Label masses: ``Uniform()`` (default), ``Counts(sizes)`` or ``Prior(p)``.
+        Label masses: ``Uniform()`` (default), ``Counts(sizes)``, ``Prior(p)``, a band
+        ``Bounds(lo, hi)`` / ``Bounds.relative(0.9, 1.1)``, or ``Relaxed(target, tau)``.
     rounding : {"argmax", "balanced", "exact"}
         How hard labels are made. ``"argmax"`` is SeLa's rule. ``"balanced"`` gives every
         label exactly its size (floor/ceil of N b_j), a certified optimum of the hard LP
@@ -196,9 +197,14 @@ def assign_labels(
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
         spec = as_marginal(marginals)
+        if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
+            spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
         if rounding not in ROUNDERS:
-            raise NotImplementedError(f"rounding: {rounding!r} is not available in this build")
+            raise NotImplementedError(
+                f"rounding: {rounding!r} does not run across ranks (group=...); use "
+                "'balanced', which gives exact global counts"
+            )
         _check_all_values(source, engine, kind)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
@@ -233,7 +239,7 @@ def assign_labels(
         anneal=warm_start is None,
     )
     g = comm.same_dual(outcome.g)
-    result = None
+    result = None  # stays None on a rank whose rounding failed; comm.finish names it
     with comm.rounding():  # a rank failing here is named in the objective's all-reduce
         result = finish_assignment(
             source,

@@ -142,3 +142,15 @@ def test_validation_happens_before_work(monkeypatch):
     monkeypatch.setattr(NumpyBackend, "sweep", fail)
     with pytest.raises(ValueError, match="warm_start"):
         assign_labels(GOOD, backend="numpy", warm_start=np.zeros(7))
+
+
+def test_marginals_are_checked_before_the_data_pass(monkeypatch):
+    """Counts that cannot fit N are refused before any block of scores is read."""
+    from equipart.backends.numpy import NumpyBackend
+
+    def fail(*args, **kwargs):
+        raise AssertionError("scores were read before the marginals were checked")
+
+    monkeypatch.setattr(NumpyBackend, "check", fail)
+    with pytest.raises(ValueError, match="marginals"):
+        assign_labels(GOOD, backend="numpy", marginals=Counts([5, 5, 5, 4]))
