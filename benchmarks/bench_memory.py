@@ -15,7 +15,6 @@ A second N x K array would add 763 MiB. Run: ``python benchmarks/bench_memory.py
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -50,18 +49,9 @@ print(json.dumps({
 """
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     import equipart
+    from equipart.bench.report import describe_machine
 
     n_rows, n_labels = 200_000, 1000
     rows = []
@@ -81,12 +71,7 @@ def main() -> int:
             f"{row['seconds']:.1f} s"
         )
     report = {
-        "machine": {
-            "processor": _cpu_model(),
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-            "equipart": equipart.__version__,
-        },
+        "machine": describe_machine(with_gpu=False),
         "results": rows,
     }
     path = Path(__file__).parent / "results" / "memory_200k.json"

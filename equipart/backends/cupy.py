@@ -25,6 +25,7 @@ import cupy as cp
 import numpy as np
 
 from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+from .numpy import compute_dtype, row_blocks
 
 __all__ = ["CupyBackend"]
 
@@ -130,15 +131,8 @@ def _kernel(scalar: str, cols_per_thread: int, is_probs: bool) -> cp.RawKernel:
 _KERNEL_SCALARS = {np.dtype(np.float32): "float", np.dtype(np.float16): "unsigned short"}
 
 
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float32 for half and single precision, float64 for everything else."""
-    return np.dtype(np.float32) if dtype in (np.float16, np.float32) else np.dtype(np.float64)
-
-
 def _row_blocks(n_rows: int, n_labels: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(n_labels, 1))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(start + step, n_rows))
+    return row_blocks(n_rows, n_labels, BLOCK_ELEMENTS)
 
 
 def _scaled(x: cp.ndarray, kind: ScoreKind, lam: float, g: cp.ndarray) -> cp.ndarray:

@@ -49,8 +49,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind
-from .numpy import compute_dtype
+from .base import BlockCheck, ColumnStats, ScoreKind
+from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["NumbaBackend"]
 
@@ -479,20 +479,14 @@ def _scaled_params(
     return dtype.type(lam * unit), np.ascontiguousarray(np.asarray(g) * unit, dtype=dtype)
 
 
-class NumbaBackend(Backend):
-    """NumPy arrays and memmaps, swept by parallel Numba kernels (see the module docs)."""
+class NumbaBackend(NumpyBackend):
+    """NumPy arrays and memmaps, swept by parallel Numba kernels (see the module docs).
+
+    Shares the NumPy backend's array handling (accepts, shape_dtype, head, concat,
+    stack) and replaces every pass over the scores with a compiled kernel.
+    """
 
     name = "numba"
-
-    @staticmethod
-    def accepts(scores: Any) -> bool:
-        return isinstance(scores, np.ndarray)
-
-    def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype]:
-        return tuple(scores.shape), scores.dtype
-
-    def head(self, scores: np.ndarray, index: int) -> np.ndarray:
-        return scores[index]
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
@@ -577,9 +571,3 @@ class NumbaBackend(Backend):
             total += float(parts.sum())
             start = stop
         return total
-
-    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-
-    def stack(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.stack(parts, axis=0)

@@ -23,8 +23,9 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype in (np.float16, np.float32) else np.dtype(np.float64)
 
 
-def row_blocks(n_rows: int, n_labels: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(n_labels, 1))
+def row_blocks(n_rows: int, n_labels: int, block_elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
+    """Consecutive row slices of about ``block_elements`` scores each (at least one row)."""
+    step = max(1, block_elements // max(n_labels, 1))
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
 
