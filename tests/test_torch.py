@@ -229,6 +229,9 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
             yield tk.SweepConfig(block_m, block_k, 4, 3, "pipe", prefetch=True)
             yield tk.SweepConfig(block_m, block_k, 4, 2, "pipe")
             yield tk.SweepConfig(block_m, block_k, 4, 2, "async", num_stages=2)
+            # split: rows held as up to 4 (K <= block_k) or 2 chunks of one width
+            yield tk.SweepConfig(block_m, max(1, block_k // 4), 4, 3, "split")
+            yield tk.SweepConfig(block_m, block_k // 2, 4, 2, "split")
 
     def check(tensor, kind, g, lam=25.0):
         ref = numpy_backend.sweep(tensor.to(torch.float32).contiguous().numpy(), kind, lam, g)

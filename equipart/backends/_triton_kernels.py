@@ -35,6 +35,10 @@ Three variants of the same maths, chosen by ``SweepConfig.variant``:
 * ``"async"``: the ``"pipe"`` loop without the register prefetch, handed to Triton's
   software pipeliner (``tl.range(num_stages=S)``): tiles go through shared memory with
   asynchronous copies, S - 1 tiles ahead.
+* ``"split"``: the ``"pipe"`` + prefetch loop with each row held as cdiv(K, C) <= 4
+  chunks of C = ``block_k`` lanes (3 x 1024 = 3072 lanes for K = 3000 instead of 4096).
+  The chunks share one layout, so the row max and row sum combine element-wise across
+  chunks before one block-wide reduction each over C lanes.
 
 Column partials stay in registers across the whole persistent loop in every variant and
 are written once per program.
@@ -201,7 +205,264 @@ def _sweep_kernel_pipe(
     tl.store(max_ptr + out, acc_max * 0.6931471805599453, mask=out_ok)
 
 
-VARIANTS = ("tile", "pipe", "async")
+@triton.jit
+def _load_chunk(
+    x_ptr,
+    row_offsets,
+    row_ok,
+    n_labels,
+    stride_col,
+    C: tl.constexpr,
+    CHUNK: tl.constexpr,
+    COL_ALIGN: tl.constexpr,
+):
+    """Columns [C * CHUNK, (C + 1) * CHUNK) of a tile (see ``_load_tile`` for the masks)."""
+    cols = C * CHUNK + tl.arange(0, CHUNK)
+    col_ok = (cols // COL_ALIGN) < (n_labels // COL_ALIGN)
+    ptrs = x_ptr + row_offsets[:, None] + (cols.to(tl.int64) * stride_col)[None, :]
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=1.0)
+
+
+@triton.jit
+def _load_chunks(
+    x_ptr,
+    rows,
+    row_ok,
+    n_labels,
+    stride_row,
+    stride_col,
+    CHUNK: tl.constexpr,
+    N_CHUNKS: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+    COL_ALIGN: tl.constexpr,
+):
+    """The N_CHUNKS (<= 4) column chunks of one row tile; absent chunks repeat chunk 0."""
+    row_offsets = tl.multiple_of(rows.to(tl.int64) * stride_row, ROW_ALIGN)
+    x0 = _load_chunk(x_ptr, row_offsets, row_ok, n_labels, stride_col, 0, CHUNK, COL_ALIGN)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if N_CHUNKS > 1:
+        x1 = _load_chunk(x_ptr, row_offsets, row_ok, n_labels, stride_col, 1, CHUNK, COL_ALIGN)
+    if N_CHUNKS > 2:
+        x2 = _load_chunk(x_ptr, row_offsets, row_ok, n_labels, stride_col, 2, CHUNK, COL_ALIGN)
+    if N_CHUNKS > 3:
+        x3 = _load_chunk(x_ptr, row_offsets, row_ok, n_labels, stride_col, 3, CHUNK, COL_ALIGN)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _chunk_z(x, g2, scale, IS_PROBS: tl.constexpr):
+    x = x.to(tl.float32)
+    if IS_PROBS:
+        x = tl.log2(x)
+    return x * scale + g2[None, :]
+
+
+@triton.jit
+def _chunk_fold(z, row_max, inv_sum, acc_sum, acc_max):
+    """Column partials of one chunk given its rows' maximum and 1 / row sum."""
+    v = z - row_max[:, None]
+    acc_sum += tl.sum(tl.exp2(v) * inv_sum[:, None], axis=0)
+    acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
+    return acc_sum, acc_max
+
+
+@triton.jit
+def _split_stats(
+    x0,
+    x1,
+    x2,
+    x3,
+    g0,
+    g1,
+    g2,
+    g3,
+    row_ok,
+    scale,
+    s0,
+    m0,
+    s1,
+    m1,
+    s2,
+    m2,
+    s3,
+    m3,
+    N_CHUNKS: tl.constexpr,
+    IS_PROBS: tl.constexpr,
+):
+    """Fold one tile held as N_CHUNKS column chunks into the per-chunk column partials.
+
+    The chunks share one layout, so the row maximum and row sum are first combined
+    element-wise across chunks (in-thread) and then reduced once over CHUNK lanes: two
+    block-wide reductions per row, as in ``_tile_stats``, over fewer padded lanes.
+    """
+    z0 = _chunk_z(x0, g0, scale, IS_PROBS)
+    z_max = z0
+    if N_CHUNKS > 1:
+        z1 = _chunk_z(x1, g1, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, z1)
+    if N_CHUNKS > 2:
+        z2 = _chunk_z(x2, g2, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, z2)
+    if N_CHUNKS > 3:
+        z3 = _chunk_z(x3, g3, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, z3)
+    row_max = tl.where(row_ok, tl.max(z_max, axis=1), float("inf"))
+    e_sum = tl.exp2(z0 - row_max[:, None])
+    if N_CHUNKS > 1:
+        e_sum += tl.exp2(z1 - row_max[:, None])
+    if N_CHUNKS > 2:
+        e_sum += tl.exp2(z2 - row_max[:, None])
+    if N_CHUNKS > 3:
+        e_sum += tl.exp2(z3 - row_max[:, None])
+    inv_sum = tl.where(row_ok, 1.0 / tl.sum(e_sum, axis=1), 0.0)
+    s0, m0 = _chunk_fold(z0, row_max, inv_sum, s0, m0)
+    if N_CHUNKS > 1:
+        s1, m1 = _chunk_fold(z1, row_max, inv_sum, s1, m1)
+    if N_CHUNKS > 2:
+        s2, m2 = _chunk_fold(z2, row_max, inv_sum, s2, m2)
+    if N_CHUNKS > 3:
+        s3, m3 = _chunk_fold(z3, row_max, inv_sum, s3, m3)
+    return s0, m0, s1, m1, s2, m2, s3, m3
+
+
+@triton.jit
+def _store_chunk(
+    sum_ptr, max_ptr, out_row, n_labels, acc_sum, acc_max, C: tl.constexpr, CHUNK: tl.constexpr
+):
+    cols = C * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < n_labels
+    tl.store(sum_ptr + out_row + cols, acc_sum, mask=ok)
+    tl.store(max_ptr + out_row + cols, acc_max * 0.6931471805599453, mask=ok)
+
+
+@triton.jit
+def _sweep_kernel_split(
+    x_ptr,
+    g2_ptr,
+    sum_ptr,
+    max_ptr,
+    n_rows,
+    n_labels,
+    stride_row,
+    stride_col,
+    scale,
+    n_programs,
+    tiles_per_program,
+    IS_PROBS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    CHUNK: tl.constexpr,
+    N_CHUNKS: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+    COL_ALIGN: tl.constexpr,
+):
+    """The ``"pipe"`` + prefetch loop with each row held as N_CHUNKS chunks of CHUNK lanes.
+
+    K is covered by N_CHUNKS * CHUNK >= K lanes (3 x 1024 = 3072 for K = 3000 instead of
+    4096). Chunks past N_CHUNKS only repeat chunk 0 and are never used (constexpr branches).
+    """
+    pid = tl.program_id(0)
+    lanes = tl.arange(0, CHUNK)
+    g0 = tl.load(g2_ptr + lanes, mask=lanes < n_labels, other=float("-inf"))
+    s0 = tl.zeros([CHUNK], dtype=tl.float32)
+    m0 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+    # absent chunks carry chunk 0's values, never read: the compiler drops them
+    g1 = g0
+    g2 = g0
+    g3 = g0
+    s1 = s0
+    s2 = s0
+    s3 = s0
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    if N_CHUNKS > 1:
+        g1 = tl.load(g2_ptr + CHUNK + lanes, mask=CHUNK + lanes < n_labels, other=float("-inf"))
+        s1 = tl.zeros([CHUNK], dtype=tl.float32)
+        m1 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+    if N_CHUNKS > 2:
+        g2 = tl.load(
+            g2_ptr + 2 * CHUNK + lanes, mask=2 * CHUNK + lanes < n_labels, other=float("-inf")
+        )
+        s2 = tl.zeros([CHUNK], dtype=tl.float32)
+        m2 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+    if N_CHUNKS > 3:
+        g3 = tl.load(
+            g2_ptr + 3 * CHUNK + lanes, mask=3 * CHUNK + lanes < n_labels, other=float("-inf")
+        )
+        s3 = tl.zeros([CHUNK], dtype=tl.float32)
+        m3 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    x0, x1, x2, x3 = _load_chunks(
+        x_ptr,
+        rows,
+        row_ok,
+        n_labels,
+        stride_row,
+        stride_col,
+        CHUNK,
+        N_CHUNKS,
+        ROW_ALIGN,
+        COL_ALIGN,
+    )
+    # tiles past the end (and the prefetch after the last tile) are fully masked: no reads
+    for _ in range(tiles_per_program):
+        next_rows = rows + n_programs * BLOCK_M
+        next_ok = next_rows < n_rows
+        y0, y1, y2, y3 = _load_chunks(
+            x_ptr,
+            next_rows,
+            next_ok,
+            n_labels,
+            stride_row,
+            stride_col,
+            CHUNK,
+            N_CHUNKS,
+            ROW_ALIGN,
+            COL_ALIGN,
+        )
+        s0, m0, s1, m1, s2, m2, s3, m3 = _split_stats(
+            x0,
+            x1,
+            x2,
+            x3,
+            g0,
+            g1,
+            g2,
+            g3,
+            row_ok,
+            scale,
+            s0,
+            m0,
+            s1,
+            m1,
+            s2,
+            m2,
+            s3,
+            m3,
+            N_CHUNKS,
+            IS_PROBS,
+        )
+        x0 = y0
+        x1 = y1
+        x2 = y2
+        x3 = y3
+        rows = next_rows
+        row_ok = next_ok
+    out_row = pid.to(tl.int64) * n_labels
+    _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s0, m0, 0, CHUNK)
+    if N_CHUNKS > 1:
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s1, m1, 1, CHUNK)
+    if N_CHUNKS > 2:
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s2, m2, 2, CHUNK)
+    if N_CHUNKS > 3:
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s3, m3, 3, CHUNK)
+
+
+VARIANTS = ("tile", "pipe", "async", "split")
+MAX_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -212,6 +473,8 @@ class SweepConfig:
     warps and ``programs_per_sm`` x (number of SMs) programs; ``variant`` one of
     ``VARIANTS``; ``prefetch`` (``"pipe"`` only) loads the next tile before reducing the
     current one; ``num_stages`` (``"async"`` only, >= 2) is the software-pipeline depth.
+    For ``"split"``, ``block_k`` is the chunk width: a row is held as cdiv(K, block_k)
+    <= ``MAX_CHUNKS`` chunks (it always prefetches; ``prefetch`` is left False).
     """
 
     block_m: int
@@ -290,7 +553,13 @@ def sweep_partials(
     config = config or sweep_config(n_labels, x.dtype)
     if config is None:
         raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
-    if config.block_k < n_labels:
+    n_chunks = triton.cdiv(n_labels, config.block_k)
+    if config.variant == "split" and n_chunks > MAX_CHUNKS:
+        raise ValueError(
+            f"config: block_k={config.block_k} splits K={n_labels} into {n_chunks} chunks;"
+            f" the 'split' variant takes at most {MAX_CHUNKS}"
+        )
+    if config.variant != "split" and config.block_k < n_labels:
         raise ValueError(f"config: block_k={config.block_k} is narrower than K={n_labels}")
     n_tiles = triton.cdiv(n_rows, config.block_m)
     n_programs = _n_programs(x, n_tiles, config)
@@ -311,6 +580,19 @@ def sweep_partials(
         n_programs,
         triton.cdiv(n_tiles, n_programs),
     )
+    # gcd with 16 is the largest power of two <= 16 dividing each (0 -> 16)
+    alignment = dict(ROW_ALIGN=math.gcd(x.stride(0), 16), COL_ALIGN=math.gcd(n_labels, 16))
+    if config.variant == "split":
+        _sweep_kernel_split[(n_programs,)](
+            *args,
+            IS_PROBS=is_probs,
+            BLOCK_M=config.block_m,
+            CHUNK=config.block_k,
+            N_CHUNKS=n_chunks,
+            num_warps=config.num_warps,
+            **alignment,
+        )
+        return sums.sum(dim=0, dtype=torch.float64), maxes.amax(dim=0)
     common = dict(
         IS_PROBS=is_probs,
         BLOCK_M=config.block_m,
@@ -323,9 +605,7 @@ def sweep_partials(
         _sweep_kernel_pipe[(n_programs,)](
             *args,
             **common,
-            # gcd with 16 is the largest power of two <= 16 dividing each (0 -> 16)
-            ROW_ALIGN=math.gcd(x.stride(0), 16),
-            COL_ALIGN=math.gcd(n_labels, 16),
+            **alignment,
             PREFETCH=config.prefetch,
             NUM_STAGES=config.num_stages,
         )
