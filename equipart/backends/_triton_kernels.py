@@ -501,14 +501,14 @@ class SweepConfig:
 
 
 # The defaults, keyed by (scores dtype, BLOCK_K); other keys use the rule in sweep_config.
-# Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25, the
-# fastest of 12 configs per dtype, each checked against the reference kernel:
-# benchmarks/results/gpu_nvidia_h200.json, "tune" (4.27 ms fp32 = 1.22x the read pass,
-# 3.78 ms bf16 = 2.06x). benchmarks/gpu_check.py measures every variant and prints the
-# entries to put here ("tuned_configs" in its JSON).
+# Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25:
+# benchmarks/results/gpu_tune_nvidia_h200.json, the fastest correct config per dtype
+# (the 'split' variant, 3 chunks of 1024 lanes: 3.68 ms fp32 = 1.03x the read pass,
+# 2.38 ms bf16 = 1.28x; the previous 'pipe' default measured 4.30 and 3.77 ms in the same
+# run). benchmarks/gpu_tune.py and gpu_check.py print the entries to put here.
 TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
-    (torch.float32, 4096): SweepConfig(1, 4096, 8, 2, variant="pipe", prefetch=True),
-    (torch.bfloat16, 4096): SweepConfig(1, 4096, 4, 4, variant="pipe", prefetch=True),
+    (torch.float32, 4096): SweepConfig(1, 1024, 8, 3, variant="split"),
+    (torch.bfloat16, 4096): SweepConfig(1, 1024, 4, 4, variant="split"),
 }
 
 
