@@ -167,9 +167,10 @@ def _exp_units_impl(w):
     c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
 
     def exp2_f32(w):
-        t = _fmax(w, EXP2_FLOOR)
-        n = _round_even(t)
-        r = t - n  # exact, in [-1/2, 1/2]
+        # No clamp of w before the reduction: lanes with w < EXP2_FLOOR (-inf included)
+        # compute garbage (poison in LLVM's terms) that the final select discards.
+        n = _round_even(w)
+        r = w - n  # exact, in [-1/2, 1/2]
         p = c6
         p = p * r + c5
         p = p * r + c4
@@ -177,9 +178,10 @@ def _exp_units_impl(w):
         p = p * r + c2
         p = p * r + c1
         p = p * r + c0
-        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5], n >= -125: normal)
-        e = _f32_from_bits(np.int32(_f32_bits(p) + (np.int32(n) << _MANTISSA_BITS)))
-        return e if w >= EXP2_FLOOR else _F32(0.0)
+        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5]; where kept, n >= -125)
+        bits = np.int32(_f32_bits(p) + (np.int32(n) << _MANTISSA_BITS))
+        # below the floor: the bits of +0.0 (one masked move on AVX-512)
+        return _f32_from_bits(bits if w >= EXP2_FLOOR else np.int32(0))
 
     return exp2_f32
 
