@@ -213,8 +213,7 @@ def _load_rows_impl(x, start, stop, buf):
     return copy_rows
 
 
-@njit(fastmath=_FAST)
-def _scale_row(row, probs, lam, g, z):
+def _scale_row_py(row, probs, lam, g, z):
     """z = lam * L + g for one row (L = log(row) for probabilities); returns max_j z_j."""
     m = z.dtype.type(-np.inf)
     if probs:
@@ -230,21 +229,10 @@ def _scale_row(row, probs, lam, g, z):
     return m
 
 
-@njit(fastmath=_EXACT_Z)
-def _scale_row_exact(row, probs, lam, g, z):
-    """As ``_scale_row``, with the NumPy backend's roundings (no FMA)."""
-    m = z.dtype.type(-np.inf)
-    if probs:
-        for j in range(row.shape[0]):
-            zj = lam * np.log(row[j]) + g[j]
-            z[j] = zj
-            m = _fmax(m, zj)
-    else:
-        for j in range(row.shape[0]):
-            zj = lam * row[j] + g[j]
-            z[j] = zj
-            m = _fmax(m, zj)
-    return m
+# One body, compiled twice: with the sweep's fast-math flags, and with the NumPy backend's
+# roundings (no FMA) for the passes whose results must match it bit for bit.
+_scale_row = njit(fastmath=_FAST)(_scale_row_py)
+_scale_row_exact = njit(fastmath=_EXACT_Z)(_scale_row_py)
 
 
 @njit
