@@ -20,6 +20,10 @@ and returns, from that single read of the block,
     colmax_j = max_i v_ij                             (guards against underflow)
 
 with log m_j >= colmax_j - log K, which the driver uses where colsum_j underflowed.
+colmax_j must be exact where colsum_j == 0; elsewhere a backend may return any lower bound
+of it (-inf included), since there log colsum_j >= colmax_j - log K already (up to
+rounding) and the driver's max(log colsum_j, colmax_j - log K) does not read it. The
+Numba backend uses this to keep the column maximum out of its hot loop.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["NumbaBackend"]
 
-SUB_ROWS = 16  # rows per sub-block: column sums flush to float64 once per sub-block
+SUB_ROWS = 64  # rows per sub-block: column sums flush to float64 once per sub-block
 MIN_CHUNK_ROWS = 128  # fewest rows per chunk: float64 partials stay <= 3.2% of float32 rows
 MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)
 PARTIALS_BYTES = 16 << 20  # cap on the float64 partials of one sweep
@@ -241,40 +241,98 @@ def _chunk_bounds(c, n_chunks, n_rows):
     return c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks
 
 
+@njit(fastmath=_FAST)
+def _fold_and_max(row, probs, lam, g, z, acc, e, weight):
+    """One pass over a row: acc += weight * e (the previous row's column-sum update,
+    folded in here so that the accumulator is read and written once per row while this
+    loop's arithmetic is light) and the row maximum of z = lam * L + g.
+
+    For probabilities z is stored (its logarithm is costly); for scores it is not, and the
+    exp pass recomputes it with the same expression and flags, so max_j z_j is attained.
+    """
+    m = z.dtype.type(-np.inf)
+    if probs:
+        for j in range(row.shape[0]):
+            acc[j] += e[j] * weight
+            zj = lam * np.log(row[j]) + g[j]
+            z[j] = zj
+            m = _fmax(m, zj)
+    else:
+        for j in range(row.shape[0]):
+            acc[j] += e[j] * weight
+            m = _fmax(m, lam * row[j] + g[j])
+    return m
+
+
+@njit(fastmath=_FAST)
+def _exp_row(row, probs, lam, g, z, m, e):
+    """e = exp(z - m) for one row (kernel units); returns sum_j e_j."""
+    s = e.dtype.type(0.0)
+    if probs:
+        for j in range(row.shape[0]):
+            ej = _exp_units(z[j] - m)
+            e[j] = ej
+            s += ej
+    else:
+        for j in range(row.shape[0]):
+            ej = _exp_units(lam * row[j] + g[j] - m)
+            e[j] = ej
+            s += ej
+    return s
+
+
 @njit(**_OPTS, fastmath=_FAST)
-def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, colmax_parts):
-    """Per-chunk column partials of one sweep: sum_i Q_ij and max_i v_ij (float64)."""
+def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts):
+    """Per-chunk float64 column sums of Q for one sweep.
+
+    Two passes over each row while it sits in L1: the row maximum (with the previous
+    row's column-sum update folded in), then exp and the row sum. The column maximum of v
+    is not computed here (see ``_colmax_kernel``).
+    """
     n_rows, n_labels = x.shape
     zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
     for c in prange(n_chunks):
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
         buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
         z = np.empty(n_labels, dtype=g.dtype)
+        e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
         acc = np.empty(n_labels, dtype=g.dtype)
-        cmax = np.full(n_labels, -np.inf, dtype=g.dtype)
         total = colsum_parts[c]
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
             acc[:] = zero
+            weight = zero  # 1 / rowsum of the row held in e (0: nothing pending)
+            for i in range(b1 - b0):
+                m = _fold_and_max(rows[i], probs, lam, g, z, acc, e, weight)
+                if m == -np.inf:  # no label reachable from this row: it carries no mass
+                    weight = zero
+                    continue
+                weight = one / _exp_row(rows[i], probs, lam, g, z, m, e)
+            for j in range(n_labels):
+                total[j] += acc[j] + e[j] * weight
+
+
+@njit(**_OPTS, fastmath=_FAST)
+def _colmax_kernel(x, probs, lam, g, n_chunks, colmax_parts):
+    """Per-chunk column maxima of v = z - max_k z_k (the underflow guard; run only when a
+    column sum of the sweep is exactly zero)."""
+    n_rows, n_labels = x.shape
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        z = np.empty(n_labels, dtype=g.dtype)
+        cmax = colmax_parts[c]
+        cmax[:] = -np.inf
+        for b0 in range(r0, r1, SUB_ROWS):
+            b1 = min(b0 + SUB_ROWS, r1)
+            rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 m = _scale_row(rows[i], probs, lam, g, z)
-                if m == -np.inf:  # no label reachable from this row: it carries no mass
+                if m == -np.inf:
                     continue
-                s = zero
                 for j in range(n_labels):
-                    v = z[j] - m
-                    cmax[j] = _fmax(cmax[j], v)
-                    e = _exp_units(v)
-                    z[j] = e
-                    s += e
-                inv = one / s
-                for j in range(n_labels):
-                    acc[j] += z[j] * inv
-            for j in range(n_labels):
-                total[j] += acc[j]
-        for j in range(n_labels):
-            colmax_parts[c, j] = cmax[j]
+                    cmax[j] = _fmax(cmax[j], z[j] - m)
 
 
 @njit(**_OPTS, fastmath=_FAST)
@@ -498,15 +556,19 @@ class NumbaBackend(NumpyBackend):
         dtype = compute_dtype(x.dtype)
         unit = _unit(dtype)
         lam_c, g_c = _scaled_params(lam, g, dtype, unit)
+        probs = kind == "probs"
         colsum = np.zeros(n_labels)
-        colmax = np.full(n_labels, -np.inf)
+        colmax = np.full(n_labels, -np.inf)  # exact where colsum_j == 0, see ColumnStats
         for part in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             sums = np.zeros((n_chunks, n_labels))
-            maxima = np.empty((n_chunks, n_labels))
-            _sweep_kernel(part, kind == "probs", lam_c, g_c, n_chunks, sums, maxima)
-            colsum += sums.sum(axis=0)
-            np.maximum(colmax, maxima.max(axis=0), out=colmax)
+            _sweep_kernel(part, probs, lam_c, g_c, n_chunks, sums)
+            part_sum = sums.sum(axis=0)
+            colsum += part_sum
+            if np.any((part_sum == 0.0) & (g_c > -np.inf)):  # underflowed: one more read
+                maxima = np.empty((n_chunks, n_labels), dtype=dtype)
+                _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
+                np.maximum(colmax, maxima.max(axis=0), out=colmax)
         return ColumnStats(colsum, colmax / unit)
 
     def _rowwise(self, kernel, block: np.ndarray, kind: ScoreKind, lam: float, g, *outs):
