@@ -81,17 +81,32 @@ class EqualityConstraint:
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
     overrelax: ClassVar[bool] = True
+    # derived once (the driver calls update and error every sweep): labels with b_j > 0,
+    # and log b_j there (-inf elsewhere)
+    _positive: np.ndarray = field(init=False, repr=False, compare=False)
+    _log_target: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        positive = self.target > 0
+        log_target = np.full(self.target.shape, -np.inf)
+        log_target[positive] = np.log(self.target[positive])
+        object.__setattr__(self, "_positive", None if positive.all() else positive)
+        object.__setattr__(self, "_log_target", log_target)
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
-        positive = self.target > 0
+        if self._positive is None:  # every label has a target: no masking
+            return normalise_dual(g + (self._log_target - log_mass))
         new = np.full_like(g, -np.inf)
-        new[positive] = g[positive] + np.log(self.target[positive]) - log_mass[positive]
+        keep = self._positive
+        new[keep] = g[keep] + (self._log_target[keep] - log_mass[keep])
         return normalise_dual(new)
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
-        positive = self.target > 0
-        ratio = np.exp(log_mass[positive] - np.log(self.target[positive]))
-        return float(np.max(np.abs(ratio - 1.0))) if ratio.size else 0.0
+        if self._positive is None:
+            gap = log_mass - self._log_target
+        else:
+            gap = log_mass[self._positive] - self._log_target[self._positive]
+        return float(np.abs(np.expm1(gap)).max()) if gap.size else 0.0
 
     def count_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.lo, self.hi
@@ -105,6 +120,9 @@ def normalise_dual(g: np.ndarray) -> np.ndarray:
 
     Valid for equality targets only, where a common shift of g is absorbed by f.
     """
+    top = g.max()
+    if np.isfinite(top):  # g has no +inf, so the largest entry is the largest finite one
+        return g - top
     finite = np.isfinite(g)
     return g - g[finite].max() if finite.any() else g
 

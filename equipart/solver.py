@@ -68,10 +68,13 @@ def column_stats(
     reduce: StatsReducer | None,
 ) -> ColumnStats:
     """One sweep over every block of ``head``, merged (and reduced across ranks)."""
-    stats = ColumnStats.empty(source.n_labels)
+    stats = None
     for block in source.blocks(head):
         if block.shape[0]:
-            stats = stats.merge(backend.sweep(block, kind, lam, g))
+            part = backend.sweep(block, kind, lam, g)
+            stats = part if stats is None else stats.merge(part)
+    if stats is None:
+        stats = ColumnStats.empty(source.n_labels)
     return reduce(stats) if reduce is not None else stats
 
 
@@ -151,6 +154,8 @@ class _Relaxation:
             self._adapt(error)
         if self.omega == 1.0:
             return target
+        if np.isfinite(target).all() and np.isfinite(g).all():
+            return normalise_dual(g + self.omega * (target - g))
         moving = np.isfinite(target) & np.isfinite(g)
         relaxed = np.where(moving, g + self.omega * (target - np.where(moving, g, 0.0)), target)
         return normalise_dual(relaxed)

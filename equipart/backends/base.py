@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 ScoreKind = Literal["logits", "logprobs", "probs"]
+_TINY = np.finfo(np.float64).tiny  # below it a float64 colsum is subnormal: log is inexact
 
 __all__ = ["Backend", "BlockCheck", "ColumnStats", "ScoreKind"]
 
@@ -60,9 +61,11 @@ class ColumnStats:
     def log_mass(self) -> np.ndarray:
         """log m_j, exact where colsum_j is normal, a lower bound where it underflowed."""
         n_labels = self.colsum.shape[0]
-        with np.errstate(divide="ignore"):
-            log_sum = np.log(self.colsum)
-        return np.maximum(log_sum, self.colmax - np.log(n_labels))
+        if self.colsum.min(initial=np.inf) >= _TINY:  # the common case: every sum is normal
+            return np.log(self.colsum)
+        log_sum = np.full(n_labels, -np.inf)
+        np.log(self.colsum, out=log_sum, where=self.colsum > 0)
+        return np.maximum(log_sum, self.colmax - np.log(n_labels), out=log_sum)
 
 
 @dataclass(frozen=True)
