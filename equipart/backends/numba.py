@@ -241,7 +241,7 @@ def _chunk_bounds(c, n_chunks, n_rows):
     return c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks
 
 
-@njit(fastmath=_FAST)
+@njit(fastmath=_FAST, inline="always")
 def _fold_and_max(row, probs, lam, g, z, acc, e, weight):
     """One pass over a row: acc += weight * e (the previous row's column-sum update,
     folded in here so that the accumulator is read and written once per row while this
@@ -264,7 +264,7 @@ def _fold_and_max(row, probs, lam, g, z, acc, e, weight):
     return m
 
 
-@njit(fastmath=_FAST)
+@njit(fastmath=_FAST, inline="always")
 def _exp_row(row, probs, lam, g, z, m, e):
     """e = exp(z - m) for one row (kernel units); returns sum_j e_j."""
     s = e.dtype.type(0.0)
