@@ -242,39 +242,37 @@ def _chunk_bounds(c, n_chunks, n_rows):
 
 
 @njit(fastmath=_FAST, inline="always")
-def _fold_and_max(row, probs, lam, g, z, acc, e, weight):
-    """One pass over a row: acc += weight * e (the previous row's column-sum update,
-    folded in here so that the accumulator is read and written once per row while this
-    loop's arithmetic is light) and the row maximum of z = lam * L + g.
-
-    For probabilities z is stored (its logarithm is costly); for scores it is not, and the
-    exp pass recomputes it with the same expression and flags, so max_j z_j is attained.
-    """
+def _row_max(row, probs, lam, g, z):
+    """max_j z_j for one row, z = lam * L + g. For probabilities z is stored (its logarithm
+    is costly); for scores it is not, and ``_exp_fold_row`` recomputes it with the same
+    expression and flags, so the maximum is attained."""
     m = z.dtype.type(-np.inf)
     if probs:
         for j in range(row.shape[0]):
-            acc[j] += e[j] * weight
             zj = lam * np.log(row[j]) + g[j]
             z[j] = zj
             m = _fmax(m, zj)
     else:
         for j in range(row.shape[0]):
-            acc[j] += e[j] * weight
             m = _fmax(m, lam * row[j] + g[j])
     return m
 
 
 @njit(fastmath=_FAST, inline="always")
-def _exp_row(row, probs, lam, g, z, m, e):
-    """e = exp(z - m) for one row (kernel units); returns sum_j e_j."""
+def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
+    """One pass over a row: acc += weight * e (the column-sum update of the previous row,
+    whose exponentials e still hold) and then e = exp(z - m) for this row, in kernel
+    units. Returns this row's sum_j e_j."""
     s = e.dtype.type(0.0)
     if probs:
         for j in range(row.shape[0]):
+            acc[j] += e[j] * weight
             ej = _exp_units(z[j] - m)
             e[j] = ej
             s += ej
     else:
         for j in range(row.shape[0]):
+            acc[j] += e[j] * weight
             ej = _exp_units(lam * row[j] + g[j] - m)
             e[j] = ej
             s += ej
@@ -285,9 +283,10 @@ def _exp_row(row, probs, lam, g, z, m, e):
 def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts):
     """Per-chunk float64 column sums of Q for one sweep.
 
-    Two passes over each row while it sits in L1: the row maximum (with the previous
-    row's column-sum update folded in), then exp and the row sum. The column maximum of v
-    is not computed here (see ``_colmax_kernel``).
+    Two passes over each row while it is in cache: the row maximum, then exp and the row
+    sum with the previous row's column-sum update folded in (the accumulator is loaded and
+    stored once per row, and the maximum loop stays light). The column maximum of v is
+    not computed here (see ``_colmax_kernel``).
     """
     n_rows, n_labels = x.shape
     zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
@@ -304,11 +303,11 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts):
             acc[:] = zero
             weight = zero  # 1 / rowsum of the row held in e (0: nothing pending)
             for i in range(b1 - b0):
-                m = _fold_and_max(rows[i], probs, lam, g, z, acc, e, weight)
+                m = _row_max(rows[i], probs, lam, g, z)
                 if m == -np.inf:  # no label reachable from this row: it carries no mass
-                    weight = zero
-                    continue
-                weight = one / _exp_row(rows[i], probs, lam, g, z, m, e)
+                    continue  # (the pending row in e stays pending)
+                s = _exp_fold_row(rows[i], probs, lam, g, z, m, e, acc, weight)
+                weight = one / s
             for j in range(n_labels):
                 total[j] += acc[j] + e[j] * weight
 
