@@ -35,7 +35,8 @@ exp
     1 ulp of the correctly rounded value elsewhere (tests/test_numba.py), and returns 0
     below 2^``EXP2_FLOOR`` (about 2.4e-38; libm would return subnormals) and for -inf.
     Such terms only matter in column sums that underflow anyway, and there the driver
-    uses ``colmax``, which is computed exactly. float64 uses ``math.exp``.
+    uses ``colmax``, computed exactly (by ``_colmax_kernel``) wherever a column sum is
+    zero. float64 uses ``math.exp``.
 """
 
 from __future__ import annotations
