@@ -69,6 +69,7 @@ FIELDS = (
     "warm_start",
     "callback",
     "n_iter",
+    "acceleration",
 )
 NUMERIC = {"n_heads", "n_labels", "lam", "tol", "max_iter", "check_every", "n_iter"}
 # Roundings available across ranks: "argmax" needs only the shared dual; "balanced" gathers

@@ -90,6 +90,17 @@ def check_tol(tol: Any) -> float:
     return float(tol)
 
 
+ACCELERATIONS = ("overrelax", "anderson", "none")
+
+
+def check_acceleration(acceleration: Any) -> str:
+    if acceleration not in ACCELERATIONS:
+        raise ValueError(
+            f"acceleration: expected one of {ACCELERATIONS}, got {acceleration!r}"
+        )
+    return acceleration
+
+
 def check_rounding(rounding: Any) -> str:
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")

@@ -1,0 +1,91 @@
+"""``acceleration=``: over-relaxation (default), Anderson, plain Sinkhorn.
+
+All three must reach the same solution (it is unique), to the accuracy their common
+tolerance allows; Anderson must do so in fewer sweeps on problems where plain Sinkhorn is
+slow; bands and relaxed targets ignore the option; a bad value is refused by name.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import backend_of, to_backend, to_numpy
+
+from equipart import Bounds, ConvergenceWarning, Counts, Relaxed, Uniform, assign_labels
+
+MODES = ("overrelax", "anderson", "none")
+
+
+def logits(n_rows: int, n_labels: int, seed: int, spread: float = 1.0) -> np.ndarray:
+    return (spread * np.random.default_rng(seed).standard_normal((n_rows, n_labels))).astype(
+        np.float64
+    )
+
+
+def solve(scores, backend_name, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # every solve here must converge
+        return assign_labels(
+            to_backend(scores, backend_name), backend=backend_of(backend_name), **kwargs
+        )
+
+
+@pytest.mark.parametrize("lam", [5.0, 25.0, 100.0])
+def test_every_mode_reaches_the_same_solution(backend_name, lam):
+    scores = logits(1500, 30, seed=int(lam))
+    results = {
+        mode: solve(scores, backend_name, lam=lam, tol=1e-8, max_iter=20_000, acceleration=mode)
+        for mode in MODES
+    }
+    reference = results["none"]
+    for mode, result in results.items():
+        assert result.converged and result.error <= 1e-8, mode
+        # duals are defined up to a common shift, removed by normalisation (max g = 0)
+        np.testing.assert_allclose(result.state.g, reference.state.g, atol=1e-6, err_msg=mode)
+        assert np.mean(to_numpy(result.labels) == to_numpy(reference.labels)) > 0.999, mode
+
+
+def test_anderson_needs_fewer_sweeps_where_sinkhorn_is_slow(backend_name):
+    scores = logits(4000, 50, seed=3)
+    sweeps = {
+        mode: solve(
+            scores, backend_name, lam=100.0, tol=1e-4, max_iter=20_000, acceleration=mode
+        ).n_iter
+        for mode in MODES
+    }
+    assert sweeps["anderson"] * 3 < sweeps["overrelax"] < sweeps["none"], sweeps
+
+
+def test_anderson_with_zero_target_labels_and_large_lam(backend_name):
+    scores = logits(2000, 20, seed=4, spread=2.0)
+    sizes = np.full(20, 2000 // 18)
+    sizes[[3, 11]] = 0
+    sizes[0] += 2000 - sizes.sum()
+    result = solve(
+        scores,
+        backend_name,
+        lam=1000.0,
+        marginals=Counts(sizes),
+        rounding="balanced",
+        acceleration="anderson",
+    )
+    assert np.array_equal(np.bincount(to_numpy(result.labels), minlength=20), sizes)
+    assert np.all(result.state.g[[3, 11]] == -np.inf)
+
+
+@pytest.mark.parametrize("marginals", [Bounds.relative(0.8, 1.2), Relaxed(Uniform(), 1.0)])
+def test_bands_and_relaxed_targets_ignore_the_option(marginals):
+    scores = logits(800, 12, seed=5)
+    runs = [
+        solve(scores, "numpy", lam=25.0, marginals=marginals, acceleration=mode) for mode in MODES
+    ]
+    for run in runs[1:]:
+        assert run.n_iter == runs[0].n_iter
+        assert np.array_equal(run.state.g, runs[0].state.g)
+
+
+def test_bad_acceleration_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"acceleration: expected one of .*'anderson'"):
+        assign_labels(logits(10, 3, seed=0), acceleration="fast")
