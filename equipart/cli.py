@@ -81,6 +81,7 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
             max_iter=args.max_iter,
             input=args.input,
             backend=args.backend,
+            acceleration=args.acceleration,
         )
     print(_summary(result, time.perf_counter() - start, scores.shape[-1]))
     for warning in caught:
@@ -151,6 +152,9 @@ def _add_solver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounding", default="argmax", help="argmax, balanced or exact")
     parser.add_argument("--input", default="logits", help="logits, logprobs or probs")
     parser.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
+    parser.add_argument(
+        "--acceleration", default="overrelax", help="overrelax (default), anderson or none"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
