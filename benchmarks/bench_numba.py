@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
-from equipart.backends.numba import LOG2E, _exp_units
+from equipart.backends.numba import LOG2E, _chunk_bounds, _exp_units
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "numba_cpu.json"
@@ -86,7 +86,7 @@ def _flat_exp_sum(values: np.ndarray, scale: np.float32, shift: np.float32) -> n
 
 
 # The part loops call a function on a 1-D slice: written inline, with the bounds as
-# expressions of the prange index, LLVM left the loop scalar (4x slower here).
+# expressions of the prange index, LLVM left the loop scalar (much slower).
 @njit(parallel=True, cache=True)
 def read_pass(x: np.ndarray) -> np.ndarray:
     """Partial sums of the array read as one flat run of memory (C order), in parallel:
@@ -94,7 +94,7 @@ def read_pass(x: np.ndarray) -> np.ndarray:
     flat = x.reshape(-1)
     out = np.empty(READ_PARTS, dtype=np.float32)
     for part in prange(READ_PARTS):
-        start, stop = part * flat.size // READ_PARTS, (part + 1) * flat.size // READ_PARTS
+        start, stop = _chunk_bounds(part, READ_PARTS, flat.size)
         out[part] = _flat_sum(flat[start:stop])
     return out
 
@@ -106,7 +106,7 @@ def exp_pass(x: np.ndarray, scale: np.float32, shift: np.float32) -> np.ndarray:
     flat = x.reshape(-1)
     out = np.empty(READ_PARTS, dtype=np.float32)
     for part in prange(READ_PARTS):
-        start, stop = part * flat.size // READ_PARTS, (part + 1) * flat.size // READ_PARTS
+        start, stop = _chunk_bounds(part, READ_PARTS, flat.size)
         out[part] = _flat_exp_sum(flat[start:stop], scale, shift)
     return out
 

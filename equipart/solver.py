@@ -172,8 +172,7 @@ class _Relaxation:
 # sweep as with over-relaxation). Safeguards: the history
 # restarts with a plain step whenever the error exceeds ANDERSON_GUARD times the best
 # error of the stage, when the set of finite labels changes, or when the combination is
-# not finite. Side test (20,000 x 100 N(0, 1) logits, tol 1e-3): 56 -> 6 sweeps at lam 25,
-# 246 -> 10 at lam 100, 3,677 -> 65 at lam 1,000 against plain Sinkhorn.
+# not finite. Sweep counts against the other modes: benchmarks/results/acceleration.json.
 ANDERSON_MEMORY = 5
 ANDERSON_GUARD = 2.0
 
@@ -255,7 +254,7 @@ def _iterate(
     running = np.ones(n_heads, dtype=bool)
     extrapolate = constraint.overrelax and acceleration != "none"
     kind_of_step = _Anderson if acceleration == "anderson" else _Relaxation
-    relax = [kind_of_step(enabled=extrapolate) for _ in range(n_heads)]
+    steppers = [kind_of_step(enabled=extrapolate) for _ in range(n_heads)]
     n_iter = 0
     stopped_by_callback = False
 
@@ -275,7 +274,7 @@ def _iterate(
                 running[head] = False
                 continue
             step = constraint.update(g[head], log_mass)
-            g[head] = relax[head].step(g[head], step, error[head])
+            g[head] = steppers[head].step(g[head], step, error[head])
         if is_check:
             current = float(error.max())
             history.append(current)

@@ -244,18 +244,14 @@ def _chunk_bounds(c, n_chunks, n_rows):
 
 @njit(fastmath=_FAST, inline="always")
 def _row_max(row, probs, lam, g, z):
-    """max_j z_j for one row, z = lam * L + g. For probabilities z is stored (its logarithm
-    is costly); for scores it is not, and ``_exp_fold_row`` recomputes it with the same
-    expression and flags, so the maximum is attained."""
-    m = z.dtype.type(-np.inf)
+    """max_j z_j for one row, z = lam * L + g. For probabilities z is stored (by
+    ``_scale_row``: its logarithm is costly); for scores it is not, and ``_exp_fold_row``
+    recomputes it with the same expression and flags, so the maximum is attained."""
     if probs:
-        for j in range(row.shape[0]):
-            zj = lam * np.log(row[j]) + g[j]
-            z[j] = zj
-            m = _fmax(m, zj)
-    else:
-        for j in range(row.shape[0]):
-            m = _fmax(m, lam * row[j] + g[j])
+        return _scale_row(row, probs, lam, g, z)
+    m = z.dtype.type(-np.inf)
+    for j in range(row.shape[0]):
+        m = _fmax(m, lam * row[j] + g[j])
     return m
 
 
