@@ -10,9 +10,9 @@ from importlib.util import find_spec
 
 import numpy as np
 import pytest
+from column_stats_checks import assert_column_stats
 
 import equipart
-from equipart.backends.base import ColumnStats
 from equipart.backends.numpy import NumpyBackend
 
 pytestmark = pytest.mark.gpu
@@ -55,10 +55,7 @@ def _problem(seed: int, n: int, k: int, kind: str = "logits") -> tuple[np.ndarra
 
 
 def _assert_stats_close(ref, got) -> None:
-    np.testing.assert_allclose(got.colsum, ref.colsum, rtol=1e-4, atol=1e-5 * ref.colsum.max())
-    finite = np.isfinite(ref.colmax)
-    np.testing.assert_array_equal(np.isfinite(got.colmax), finite)
-    np.testing.assert_allclose(got.colmax[finite], ref.colmax[finite], atol=1e-3)
+    assert_column_stats(got, ref, rtol=1e-4, atol=1e-5 * ref.colsum.max(), colmax_atol=1e-3)
 
 
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
@@ -89,7 +86,13 @@ def test_torch_cuda_sweep_matches_numpy(kernel, kind, dtype_name, shape) -> None
 
 @pytest.mark.parametrize(
     "variant, prefetch, num_stages, block_m, num_warps",
-    [("pipe", True, 1, 1, 8), ("pipe", False, 1, 2, 16), ("async", False, 3, 1, 8)],
+    [
+        ("pipe", True, 1, 1, 8),
+        ("pipe", False, 1, 2, 16),
+        ("async", False, 3, 1, 8),
+        ("split", False, 1, 1, 4),
+        ("split", False, 1, 2, 8),
+    ],
 )
 def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num_warps) -> None:
     """Each kernel variant on CUDA, where the alignment hints and pipelining are real."""
@@ -118,14 +121,19 @@ def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num
     cases.append((x[:, ::2], g[::2], "logits"))  # column stride 2
     for tensor, g, kind in cases:
         block_k = max(16, 1 << (tensor.shape[1] - 1).bit_length())
+        if variant == "split":  # up to 4 chunks of a quarter of the padded row
+            block_k //= 4
         config = tk.SweepConfig(
             block_m, block_k, num_warps, 2, variant, prefetch=prefetch, num_stages=num_stages
         )
         ref = NUMPY.sweep(tensor.float().cpu().numpy(), kind, LAM, g)
         g_t = torch.as_tensor(g, device="cuda").float()
-        colsum, colmax = tk.sweep_partials(tensor, g_t, LAM, kind == "probs", config)
-        got = ColumnStats(colsum.cpu().numpy(), colmax.double().cpu().numpy())
-        _assert_stats_close(ref, got)
+        colsum = tk.sweep_colsum(tensor, g_t, LAM, kind == "probs", config).cpu().numpy()
+        np.testing.assert_allclose(colsum, ref.colsum, rtol=1e-4, atol=1e-5 * ref.colsum.max())
+        colmax = tk.sweep_colmax(tensor, g_t, LAM, kind == "probs").double().cpu().numpy()
+        finite = np.isfinite(ref.colmax)
+        np.testing.assert_array_equal(np.isfinite(colmax), finite)
+        np.testing.assert_allclose(colmax[finite], ref.colmax[finite], atol=1e-3)
 
 
 def test_torch_cuda_solve_outputs_on_device_and_agrees() -> None:
@@ -183,6 +191,30 @@ def test_cupy_sweep_matches_numpy(kind, dtype, shape) -> None:
     stored = x.astype(dtype)
     got = CupyBackend().sweep(cp.asarray(stored), kind, LAM, g)
     _assert_stats_close(NUMPY.sweep(stored, kind, LAM, g), got)
+
+
+@pytest.mark.parametrize("backend_name", ["torch-triton", "cupy"])
+def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
+    """A label nobody wants (g_j far below the rest): its column sum underflows to 0 in
+    the fused kernels, and the sweep must then return its exact column maximum."""
+    x, g = _problem(11, 2000, 300)
+    g[7] = -5e3
+    if backend_name == "cupy":
+        cp = _cupy()
+        from equipart.backends.cupy import CupyBackend
+
+        got = CupyBackend().sweep(cp.asarray(x), "logits", LAM, g)
+    else:
+        torch = _torch_cuda()
+        from equipart.backends.torch import TorchBackend, triton_available
+
+        if not triton_available():
+            pytest.skip("Triton is not installed")
+        got = TorchBackend(kernel="triton").sweep(torch.from_numpy(x).cuda(), "logits", LAM, g)
+    ref = NUMPY.sweep(x, "logits", LAM, g)
+    assert got.colsum[7] == 0.0 and np.isfinite(got.colmax[7])
+    np.testing.assert_allclose(got.colmax[7], ref.colmax[7], rtol=1e-6)
+    _assert_stats_close(ref, got)
 
 
 def test_cupy_solve_agrees_with_numpy() -> None:

@@ -217,6 +217,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     from equipart.backends.numpy import NumpyBackend
     from equipart.backends.torch import TorchBackend
     from equipart.backends import _triton_kernels as tk
+    from column_stats_checks import assert_column_stats
 
     numpy_backend, triton_backend = NumpyBackend(), TorchBackend(kernel="triton")
     rng = np.random.default_rng(0)
@@ -235,22 +236,25 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
     def check(tensor, kind, g, lam=25.0):
         ref = numpy_backend.sweep(tensor.to(torch.float32).contiguous().numpy(), kind, lam, g)
-        fin = np.isfinite(ref.colmax)
         block_k = max(16, 1 << (tensor.shape[1] - 1).bit_length())
+        g_t = torch.as_tensor(g).to(torch.float32)
         for config in variants(block_k):
-            if config is None:
-                got = triton_backend.sweep(tensor, kind, lam, g)
-                colsum, colmax = got.colsum, got.colmax
-            else:
-                g_t = torch.as_tensor(g).to(torch.float32)
-                s, m = tk.sweep_partials(tensor, g_t, lam, kind == "probs", config)
-                colsum, colmax = s.numpy(), m.double().numpy()
             where = (tuple(tensor.shape), tensor.stride(), tensor.dtype, kind, config)
+            if config is None:  # the backend: column sums, colmax where one underflowed
+                got = triton_backend.sweep(tensor, kind, lam, g)
+                assert_column_stats(
+                    got, ref, rtol=1e-5, atol=1e-5 * ref.colsum.max(), colmax_atol=1e-3
+                )
+                colsum = got.colsum
+            else:
+                colsum = tk.sweep_colsum(tensor, g_t, lam, kind == "probs", config).numpy()
             np.testing.assert_allclose(
                 colsum, ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max(), err_msg=str(where)
             )
-            assert (np.isfinite(colmax) == fin).all(), where
-            np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3, err_msg=str(where))
+        colmax = tk.sweep_colmax(tensor, g_t, lam, kind == "probs").double().numpy()
+        fin = np.isfinite(ref.colmax)
+        assert (np.isfinite(colmax) == fin).all(), where
+        np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3, err_msg=str(where))
 
     def problem(n, k, kind):
         x = rng.standard_normal((n, k)).astype(np.float32) * 2
@@ -285,6 +289,14 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     check(torch.from_numpy(x)[:, :24], "logits", g[:24])
     x, g = problem(34, 13, "logits")
     check(torch.from_numpy(x).to(torch.bfloat16)[1:], "logits", g)
+    # a label nobody wants: its column sum underflows to 0, and the backend's sweep must
+    # return its exact column maximum (the driver's lower bound on log m)
+    x, g = problem(40, 12, "logits")
+    g[4] = -5e3
+    stats = triton_backend.sweep(torch.from_numpy(x), "logits", 25.0, g)
+    ref = numpy_backend.sweep(x, "logits", 25.0, g)
+    assert stats.colsum[4] == 0.0 and np.isfinite(stats.colmax[4])
+    np.testing.assert_allclose(stats.colmax[4], ref.colmax[4], rtol=1e-6)
     print("ok")
     """
 )
@@ -292,7 +304,9 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(find_spec("triton") is None, reason="Triton is not installed")
 def test_triton_sweep_kernel_under_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    here = os.path.dirname(os.path.abspath(__file__))  # for column_stats_checks
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-c", _INTERPRETER_SCRIPT],
         env=env,

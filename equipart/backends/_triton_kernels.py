@@ -6,26 +6,31 @@ passed.
 
 The sweep kernel (see ``equipart.backends.base`` for the maths) runs a persistent grid of
 P programs. Program p walks the row tiles p, p + P, p + 2P, ... of BLOCK_M rows each; a
-tile holds BLOCK_M whole rows (BLOCK_K = next power of two >= K columns, padding masked),
-so every element of L is loaded from memory exactly once per sweep and the row maximum,
-row sum and normalised Q are all formed in registers. Working in base 2,
+tile holds BLOCK_M whole rows (padding masked), so every element of L is loaded from
+memory exactly once per sweep and the row maximum, row sum and normalised Q are all formed
+in registers. Working in base 2,
 
-    z2_ij = s * L_ij + g2_j          s = lam * log2(e), g2 = g * log2(e)  (L_ij = log2 x_ij
-                                     for probabilities, s = lam then)
+    z2_ij = s * L_ij + g_j log2(e)   s = lam * log2(e)  (L_ij = log2 x_ij for
+                                     probabilities, s = lam then)
     v2_ij = z2_ij - max_k z2_ik,     e_ij = 2^v2_ij,   Q_ij = e_ij / sum_k e_ik,
 
-the program accumulates colsum_j += Q_ij and colmax_j = max(colmax_j, v2_ij) over its
-rows in float32 registers, and writes one row of partials (colsum, colmax * ln 2) to a
-(P, K) buffer at the end. The caller merges the P partials in a fixed order (a float64
-sum over the program axis, a max), so a sweep is deterministic for a given grid: no
-atomics. Scores are read in their stored precision (float32, bfloat16, float16) and
+the program accumulates colsum_j += Q_ij over its rows in float32 registers and writes one
+row of partials to a (P, K) buffer at the end. The caller merges the P partials in a fixed
+order (a float64 sum over the program axis), so a sweep is deterministic for a given grid:
+no atomics. Scores are read in their stored precision (float32, bfloat16, float16) and
 converted to float32 in registers; nothing touches the tensor cores, so no TF32 anywhere.
 
-Three variants of the same maths, chosen by ``SweepConfig.variant``:
+The column maximum colmax_j = max_i v_ij is not part of the fast kernels: the driver reads
+it only where a column sum underflowed to exactly 0 (``ColumnStats``), which the caller
+sees on the host, and then asks ``sweep_colmax`` (the ``"tile"`` kernel, which computes
+both) for it. Without it each element costs one exp2 and no max, and the row stays one
+set of registers.
 
-* ``"tile"``: the loop above as written. Column masks and row strides are opaque to the
-  compiler, so every element is a separate 4- or 2-byte load, and a tile is loaded only
-  after the previous one is reduced.
+Variants of the same maths, chosen by ``SweepConfig.variant``:
+
+* ``"tile"``: the loop above as written, plus the column maximum. Column masks and row
+  strides are opaque to the compiler, so every element is a separate 4- or 2-byte load,
+  and a tile is loaded only after the previous one is reduced.
 * ``"pipe"``: the same loop with 16-byte loads (the row stride and K are passed with the
   alignment they provably have, so the compiler may vectorise) and, with ``prefetch``,
   the next tile's load issued before the current tile is reduced (two tiles in registers;
@@ -62,8 +67,9 @@ __all__ = [
     "TUNED_CONFIGS",
     "VARIANTS",
     "SweepConfig",
+    "sweep_colmax",
+    "sweep_colsum",
     "sweep_config",
-    "sweep_partials",
 ]
 
 LOG2E = math.log2(math.e)
@@ -77,7 +83,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 @triton.jit
 def _sweep_kernel(
     x_ptr,
-    g2_ptr,
+    g_ptr,
     sum_ptr,
     max_ptr,
     n_rows,
@@ -91,11 +97,12 @@ def _sweep_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """The reference loop (``"tile"``): column sums and column maxima (in natural units)."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_K)
     col_ok = cols < n_labels
     # padded columns carry g2 = -inf, so they never win a max and exponentiate to 0
-    g2 = tl.load(g2_ptr + cols, mask=col_ok, other=float("-inf"))
+    g2 = tl.load(g_ptr + cols, mask=col_ok, other=float("-inf")) * 1.4426950408889634
     col_offsets = cols.to(tl.int64) * stride_col
     acc_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
     acc_max = tl.full([BLOCK_K], float("-inf"), dtype=tl.float32)
@@ -122,23 +129,20 @@ def _sweep_kernel(
 
 
 @triton.jit
-def _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS: tl.constexpr):
-    """Fold one (BLOCK_M, BLOCK_K) tile of scores into the column partials.
+def _tile_stats(x, g2, row_ok, scale, acc_sum, IS_PROBS: tl.constexpr):
+    """Fold one (BLOCK_M, BLOCK_K) tile of scores into the column sums.
 
-    Padded rows (``row_ok`` false) get row maximum +inf, so every v is -inf (e = 0) and
-    their row weight is 0: per-row scalars only, no per-element masking.
+    Padded rows (``row_ok`` false) get row maximum +inf, so every e is 0 and their row
+    weight is 0: per-row scalars only, no per-element masking.
     """
     x = x.to(tl.float32)
     if IS_PROBS:
         x = tl.log2(x)
     z = x * scale + g2[None, :]
     row_max = tl.where(row_ok, tl.max(z, axis=1), float("inf"))
-    v = z - row_max[:, None]
-    e = tl.exp2(v)
+    e = tl.exp2(z - row_max[:, None])
     inv_sum = tl.where(row_ok, 1.0 / tl.sum(e, axis=1), 0.0)
-    acc_sum += tl.sum(e * inv_sum[:, None], axis=0)
-    acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
-    return acc_sum, acc_max
+    return acc_sum + tl.sum(e * inv_sum[:, None], axis=0)
 
 
 @triton.jit
@@ -153,9 +157,8 @@ def _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN: 
 @triton.jit
 def _sweep_kernel_pipe(
     x_ptr,
-    g2_ptr,
+    g_ptr,
     sum_ptr,
-    max_ptr,
     n_rows,
     n_labels,
     stride_row,
@@ -176,10 +179,9 @@ def _sweep_kernel_pipe(
     # K is a multiple of COL_ALIGN, so comparing whole groups of COL_ALIGN columns is the
     # same mask as cols < K, constant over each group: the compiler can vectorise the load
     col_ok = (cols // COL_ALIGN) < (n_labels // COL_ALIGN)
-    g2 = tl.load(g2_ptr + cols, mask=cols < n_labels, other=float("-inf"))
+    g2 = tl.load(g_ptr + cols, mask=cols < n_labels, other=float("-inf")) * 1.4426950408889634
     col_offsets = cols.to(tl.int64) * stride_col
     acc_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
-    acc_max = tl.full([BLOCK_K], float("-inf"), dtype=tl.float32)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     if PREFETCH:
@@ -192,17 +194,15 @@ def _sweep_kernel_pipe(
             x_next = _load_tile(
                 x_ptr, next_rows, next_ok, col_offsets, col_ok, stride_row, ROW_ALIGN
             )
-            acc_sum, acc_max = _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS)
+            acc_sum = _tile_stats(x, g2, row_ok, scale, acc_sum, IS_PROBS)
             x = x_next
         else:
             x = _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN)
-            acc_sum, acc_max = _tile_stats(x, g2, row_ok, scale, acc_sum, acc_max, IS_PROBS)
+            acc_sum = _tile_stats(x, g2, row_ok, scale, acc_sum, IS_PROBS)
         rows = next_rows
         row_ok = next_ok
     out = pid.to(tl.int64) * n_labels + cols
-    out_ok = cols < n_labels
-    tl.store(sum_ptr + out, acc_sum, mask=out_ok)
-    tl.store(max_ptr + out, acc_max * 0.6931471805599453, mask=out_ok)
+    tl.store(sum_ptr + out, acc_sum, mask=cols < n_labels)
 
 
 @triton.jit
@@ -260,15 +260,6 @@ def _chunk_z(x, g2, scale, IS_PROBS: tl.constexpr):
 
 
 @triton.jit
-def _chunk_fold(z, row_max, inv_sum, acc_sum, acc_max):
-    """Column partials of one chunk given its rows' maximum and 1 / row sum."""
-    v = z - row_max[:, None]
-    acc_sum += tl.sum(tl.exp2(v) * inv_sum[:, None], axis=0)
-    acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
-    return acc_sum, acc_max
-
-
-@triton.jit
 def _split_stats(
     x0,
     x1,
@@ -281,68 +272,74 @@ def _split_stats(
     row_ok,
     scale,
     s0,
-    m0,
     s1,
-    m1,
     s2,
-    m2,
     s3,
-    m3,
     N_CHUNKS: tl.constexpr,
     IS_PROBS: tl.constexpr,
 ):
-    """Fold one tile held as N_CHUNKS column chunks into the per-chunk column partials.
+    """Fold one tile held as N_CHUNKS column chunks into the per-chunk column sums.
 
     The chunks share one layout, so the row maximum and row sum are first combined
     element-wise across chunks (in-thread) and then reduced once over CHUNK lanes: two
-    block-wide reductions per row, as in ``_tile_stats``, over fewer padded lanes.
+    block-wide reductions per row, as in ``_tile_stats``, over fewer padded lanes. Each
+    element is exponentiated once; e replaces z in the same registers.
     """
-    z0 = _chunk_z(x0, g0, scale, IS_PROBS)
-    z_max = z0
+    e0 = _chunk_z(x0, g0, scale, IS_PROBS)
+    e1 = e0
+    e2 = e0
+    e3 = e0
+    z_max = e0
     if N_CHUNKS > 1:
-        z1 = _chunk_z(x1, g1, scale, IS_PROBS)
-        z_max = tl.maximum(z_max, z1)
+        e1 = _chunk_z(x1, g1, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, e1)
     if N_CHUNKS > 2:
-        z2 = _chunk_z(x2, g2, scale, IS_PROBS)
-        z_max = tl.maximum(z_max, z2)
+        e2 = _chunk_z(x2, g2, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, e2)
     if N_CHUNKS > 3:
-        z3 = _chunk_z(x3, g3, scale, IS_PROBS)
-        z_max = tl.maximum(z_max, z3)
+        e3 = _chunk_z(x3, g3, scale, IS_PROBS)
+        z_max = tl.maximum(z_max, e3)
     row_max = tl.where(row_ok, tl.max(z_max, axis=1), float("inf"))
-    e_sum = tl.exp2(z0 - row_max[:, None])
+    e0 = tl.exp2(e0 - row_max[:, None])
+    e_sum = e0
     if N_CHUNKS > 1:
-        e_sum += tl.exp2(z1 - row_max[:, None])
+        e1 = tl.exp2(e1 - row_max[:, None])
+        e_sum += e1
     if N_CHUNKS > 2:
-        e_sum += tl.exp2(z2 - row_max[:, None])
+        e2 = tl.exp2(e2 - row_max[:, None])
+        e_sum += e2
     if N_CHUNKS > 3:
-        e_sum += tl.exp2(z3 - row_max[:, None])
-    inv_sum = tl.where(row_ok, 1.0 / tl.sum(e_sum, axis=1), 0.0)
-    s0, m0 = _chunk_fold(z0, row_max, inv_sum, s0, m0)
+        e3 = tl.exp2(e3 - row_max[:, None])
+        e_sum += e3
+    inv_sum = tl.where(row_ok, 1.0 / tl.sum(e_sum, axis=1), 0.0)[:, None]
+    s0 += tl.sum(e0 * inv_sum, axis=0)
     if N_CHUNKS > 1:
-        s1, m1 = _chunk_fold(z1, row_max, inv_sum, s1, m1)
+        s1 += tl.sum(e1 * inv_sum, axis=0)
     if N_CHUNKS > 2:
-        s2, m2 = _chunk_fold(z2, row_max, inv_sum, s2, m2)
+        s2 += tl.sum(e2 * inv_sum, axis=0)
     if N_CHUNKS > 3:
-        s3, m3 = _chunk_fold(z3, row_max, inv_sum, s3, m3)
-    return s0, m0, s1, m1, s2, m2, s3, m3
+        s3 += tl.sum(e3 * inv_sum, axis=0)
+    return s0, s1, s2, s3
 
 
 @triton.jit
-def _store_chunk(
-    sum_ptr, max_ptr, out_row, n_labels, acc_sum, acc_max, C: tl.constexpr, CHUNK: tl.constexpr
-):
+def _chunk_dual(g_ptr, n_labels, C: tl.constexpr, CHUNK: tl.constexpr):
+    """g2 = g log2(e) for columns [C * CHUNK, (C + 1) * CHUNK); padding gets -inf."""
     cols = C * CHUNK + tl.arange(0, CHUNK)
-    ok = cols < n_labels
-    tl.store(sum_ptr + out_row + cols, acc_sum, mask=ok)
-    tl.store(max_ptr + out_row + cols, acc_max * 0.6931471805599453, mask=ok)
+    return tl.load(g_ptr + cols, mask=cols < n_labels, other=float("-inf")) * 1.4426950408889634
+
+
+@triton.jit
+def _store_chunk(sum_ptr, out_row, n_labels, acc_sum, C: tl.constexpr, CHUNK: tl.constexpr):
+    cols = C * CHUNK + tl.arange(0, CHUNK)
+    tl.store(sum_ptr + out_row + cols, acc_sum, mask=cols < n_labels)
 
 
 @triton.jit
 def _sweep_kernel_split(
     x_ptr,
-    g2_ptr,
+    g_ptr,
     sum_ptr,
-    max_ptr,
     n_rows,
     n_labels,
     stride_row,
@@ -363,10 +360,8 @@ def _sweep_kernel_split(
     4096). Chunks past N_CHUNKS only repeat chunk 0 and are never used (constexpr branches).
     """
     pid = tl.program_id(0)
-    lanes = tl.arange(0, CHUNK)
-    g0 = tl.load(g2_ptr + lanes, mask=lanes < n_labels, other=float("-inf"))
+    g0 = _chunk_dual(g_ptr, n_labels, 0, CHUNK)
     s0 = tl.zeros([CHUNK], dtype=tl.float32)
-    m0 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
     # absent chunks carry chunk 0's values, never read: the compiler drops them
     g1 = g0
     g2 = g0
@@ -374,25 +369,12 @@ def _sweep_kernel_split(
     s1 = s0
     s2 = s0
     s3 = s0
-    m1 = m0
-    m2 = m0
-    m3 = m0
     if N_CHUNKS > 1:
-        g1 = tl.load(g2_ptr + CHUNK + lanes, mask=CHUNK + lanes < n_labels, other=float("-inf"))
-        s1 = tl.zeros([CHUNK], dtype=tl.float32)
-        m1 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+        g1 = _chunk_dual(g_ptr, n_labels, 1, CHUNK)
     if N_CHUNKS > 2:
-        g2 = tl.load(
-            g2_ptr + 2 * CHUNK + lanes, mask=2 * CHUNK + lanes < n_labels, other=float("-inf")
-        )
-        s2 = tl.zeros([CHUNK], dtype=tl.float32)
-        m2 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+        g2 = _chunk_dual(g_ptr, n_labels, 2, CHUNK)
     if N_CHUNKS > 3:
-        g3 = tl.load(
-            g2_ptr + 3 * CHUNK + lanes, mask=3 * CHUNK + lanes < n_labels, other=float("-inf")
-        )
-        s3 = tl.zeros([CHUNK], dtype=tl.float32)
-        m3 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+        g3 = _chunk_dual(g_ptr, n_labels, 3, CHUNK)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     x0, x1, x2, x3 = _load_chunks(
@@ -423,27 +405,8 @@ def _sweep_kernel_split(
             ROW_ALIGN,
             COL_ALIGN,
         )
-        s0, m0, s1, m1, s2, m2, s3, m3 = _split_stats(
-            x0,
-            x1,
-            x2,
-            x3,
-            g0,
-            g1,
-            g2,
-            g3,
-            row_ok,
-            scale,
-            s0,
-            m0,
-            s1,
-            m1,
-            s2,
-            m2,
-            s3,
-            m3,
-            N_CHUNKS,
-            IS_PROBS,
+        s0, s1, s2, s3 = _split_stats(
+            x0, x1, x2, x3, g0, g1, g2, g3, row_ok, scale, s0, s1, s2, s3, N_CHUNKS, IS_PROBS
         )
         x0 = y0
         x1 = y1
@@ -452,13 +415,13 @@ def _sweep_kernel_split(
         rows = next_rows
         row_ok = next_ok
     out_row = pid.to(tl.int64) * n_labels
-    _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s0, m0, 0, CHUNK)
+    _store_chunk(sum_ptr, out_row, n_labels, s0, 0, CHUNK)
     if N_CHUNKS > 1:
-        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s1, m1, 1, CHUNK)
+        _store_chunk(sum_ptr, out_row, n_labels, s1, 1, CHUNK)
     if N_CHUNKS > 2:
-        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s2, m2, 2, CHUNK)
+        _store_chunk(sum_ptr, out_row, n_labels, s2, 2, CHUNK)
     if N_CHUNKS > 3:
-        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s3, m3, 3, CHUNK)
+        _store_chunk(sum_ptr, out_row, n_labels, s3, 3, CHUNK)
 
 
 VARIANTS = ("tile", "pipe", "async", "split")
@@ -515,17 +478,22 @@ TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
 def sweep_config(n_labels: int, dtype: torch.dtype | None = None) -> SweepConfig | None:
     """The default config for K labels of scores in ``dtype``, None if K is too wide.
 
-    ``TUNED_CONFIGS`` where it has an entry, otherwise the ``"tile"`` variant with about
-    8192 values per tile.
+    ``TUNED_CONFIGS`` where it has an entry, otherwise the ``"pipe"`` variant with
+    prefetch and about 8192 values per tile (faster than ``"tile"`` for both dtypes at
+    K = 3000 on the H200: ``benchmarks/results/gpu_nvidia_h200.json``).
     """
     block_k = triton.next_power_of_2(max(n_labels, 16))
     if block_k > MAX_BLOCK_K:
         return None
     if (dtype, block_k) in TUNED_CONFIGS:
         return TUNED_CONFIGS[dtype, block_k]
+    return _generic_config(block_k, "pipe")
+
+
+def _generic_config(block_k: int, variant: str) -> SweepConfig:
     block_m = max(1, min(16, 8192 // block_k))
     num_warps = 4 if block_k <= 1024 else 8 if block_k <= 4096 else 16
-    return SweepConfig(block_m, block_k, num_warps, programs_per_sm=2)
+    return SweepConfig(block_m, block_k, num_warps, 2, variant, prefetch=variant == "pipe")
 
 
 def _n_programs(x: torch.Tensor, n_tiles: int, config: SweepConfig) -> int:
@@ -536,23 +504,7 @@ def _n_programs(x: torch.Tensor, n_tiles: int, config: SweepConfig) -> int:
     return max(1, min(n_tiles, sms * config.programs_per_sm))
 
 
-def sweep_partials(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    lam: float,
-    is_probs: bool,
-    config: SweepConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column statistics of one sweep over the (n, K) tensor ``x``.
-
-    ``g`` is the column dual as a float32 tensor on ``x``'s device. Returns
-    (colsum float64 (K,), colmax float32 (K,)) on that device, merged from the
-    per-program partials in a fixed order.
-    """
-    n_rows, n_labels = x.shape
-    config = config or sweep_config(n_labels, x.dtype)
-    if config is None:
-        raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
+def _check_config(n_labels: int, config: SweepConfig) -> None:
     n_chunks = triton.cdiv(n_labels, config.block_k)
     if config.variant == "split" and n_chunks > MAX_CHUNKS:
         raise ValueError(
@@ -561,17 +513,33 @@ def sweep_partials(
         )
     if config.variant != "split" and config.block_k < n_labels:
         raise ValueError(f"config: block_k={config.block_k} is narrower than K={n_labels}")
+
+
+def sweep_colsum(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    lam: float,
+    is_probs: bool,
+    config: SweepConfig | None = None,
+) -> torch.Tensor:
+    """Column sums of Q for one sweep over the (n, K) tensor ``x`` (float64, (K,)).
+
+    ``g`` is the column dual as a float32 tensor on ``x``'s device (natural units). The
+    per-program partials are merged in a fixed order, so the result is deterministic for
+    a given config and device.
+    """
+    n_rows, n_labels = x.shape
+    config = config or sweep_config(n_labels, x.dtype)
+    if config is None:
+        raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
+    _check_config(n_labels, config)
     n_tiles = triton.cdiv(n_rows, config.block_m)
     n_programs = _n_programs(x, n_tiles, config)
     sums = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
-    maxes = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
-    g2 = g * LOG2E
     scale = float(lam) if is_probs else float(lam) * LOG2E
-    args = (
-        x,
-        g2,
-        sums,
-        maxes,
+    grid = (n_programs,)
+    args = (x, g, sums)
+    shape_args = (
         n_rows,
         n_labels,
         x.stride(0),
@@ -582,31 +550,60 @@ def sweep_partials(
     )
     # gcd with 16 is the largest power of two <= 16 dividing each (0 -> 16)
     alignment = dict(ROW_ALIGN=math.gcd(x.stride(0), 16), COL_ALIGN=math.gcd(n_labels, 16))
+    common = dict(IS_PROBS=is_probs, BLOCK_M=config.block_m, num_warps=config.num_warps)
     if config.variant == "split":
-        _sweep_kernel_split[(n_programs,)](
+        _sweep_kernel_split[grid](
             *args,
-            IS_PROBS=is_probs,
-            BLOCK_M=config.block_m,
-            CHUNK=config.block_k,
-            N_CHUNKS=n_chunks,
-            num_warps=config.num_warps,
-            **alignment,
-        )
-        return sums.sum(dim=0, dtype=torch.float64), maxes.amax(dim=0)
-    common = dict(
-        IS_PROBS=is_probs,
-        BLOCK_M=config.block_m,
-        BLOCK_K=config.block_k,
-        num_warps=config.num_warps,
-    )
-    if config.variant == "tile":
-        _sweep_kernel[(n_programs,)](*args, **common)
-    else:
-        _sweep_kernel_pipe[(n_programs,)](
-            *args,
+            *shape_args,
             **common,
             **alignment,
+            CHUNK=config.block_k,
+            N_CHUNKS=triton.cdiv(n_labels, config.block_k),
+        )
+    elif config.variant == "tile":
+        maxes = torch.empty_like(sums)  # the reference kernel writes both; colmax unused
+        _sweep_kernel[grid](*args, maxes, *shape_args, **common, BLOCK_K=config.block_k)
+    else:
+        _sweep_kernel_pipe[grid](
+            *args,
+            *shape_args,
+            **common,
+            **alignment,
+            BLOCK_K=config.block_k,
             PREFETCH=config.prefetch,
             NUM_STAGES=config.num_stages,
         )
-    return sums.sum(dim=0, dtype=torch.float64), maxes.amax(dim=0)
+    return sums.sum(dim=0, dtype=torch.float64)
+
+
+def sweep_colmax(x: torch.Tensor, g: torch.Tensor, lam: float, is_probs: bool) -> torch.Tensor:
+    """Column maxima max_i v_ij of one sweep (float32, (K,), natural units; see
+    ``equipart.backends.base``), by the ``"tile"`` kernel. The driver needs them only where
+    a column sum underflowed, so this runs only then: about the cost of a sweep."""
+    n_rows, n_labels = x.shape
+    block_k = triton.next_power_of_2(max(n_labels, 16))
+    if block_k > MAX_BLOCK_K:
+        raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
+    config = _generic_config(block_k, "tile")
+    n_tiles = triton.cdiv(n_rows, config.block_m)
+    n_programs = _n_programs(x, n_tiles, config)
+    sums = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
+    maxes = torch.empty_like(sums)
+    _sweep_kernel[(n_programs,)](
+        x,
+        g,
+        sums,
+        maxes,
+        n_rows,
+        n_labels,
+        x.stride(0),
+        x.stride(1),
+        float(lam) if is_probs else float(lam) * LOG2E,
+        n_programs,
+        triton.cdiv(n_tiles, n_programs),
+        IS_PROBS=is_probs,
+        BLOCK_M=config.block_m,
+        BLOCK_K=block_k,
+        num_warps=config.num_warps,
+    )
+    return maxes.amax(dim=0)

@@ -5,9 +5,13 @@ compiled by NVRTC on first use, per dtype and width) that reads each element of 
 a persistent grid of thread blocks walks the rows (block b takes rows b, b + B, ...); the
 256 threads of a block own fixed columns j = t + 256 c, keep the row's values in registers
 through a block-wide max, exp2 and block-wide sum, and accumulate their columns' colsum
-and colmax in float32 registers. Each block writes one row of (B, K) partials, which are
-merged in a fixed order (float64 sum, max): deterministic, no atomics. The maths is that
-of ``equipart.backends.base`` in base 2, as in the torch backend's Triton kernel.
+in float32 registers. The next row's loads are issued before the current row's
+reductions (two rows in registers), so memory traffic continues across the barriers. Each
+block writes one row of (B, K) partials, which are merged in a fixed order (float64 sum):
+deterministic, no atomics. The maths is that of ``equipart.backends.base`` in base 2, as
+in the torch backend's Triton kernel. As there, the column maxima are not computed in the
+kernel: the driver needs them only where a column sum underflowed to 0, and then the
+blockwise CuPy path supplies them (``ColumnStats``).
 
 Other dtypes (float64, integers) and wider K use CuPy array operations blockwise over
 rows (no N x K temporaries). Computation is float32 for half and single precision,
@@ -32,6 +36,7 @@ __all__ = ["CupyBackend"]
 BLOCK_ELEMENTS = 1 << 24
 THREADS = 256
 MAX_COLS_PER_THREAD = 32  # K <= 8192 in registers
+SM_REGISTERS = 65536  # 32-bit registers per multiprocessor (sm_50 to sm_90)
 LOG2E = math.log2(math.e)
 
 _SOURCE = r"""
@@ -64,42 +69,46 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return v;
 }
 
+__device__ __forceinline__ void load_row(const SCALAR* xr, long long stride_col,
+                                         int n_labels, float* out) {
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+        int j = threadIdx.x + c * THREADS;
+        out[c] = j < n_labels ? load_value(xr + j * stride_col) : 1.0f;  // padding: g = -inf
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 sweep_kernel(const SCALAR* __restrict__ x, const float* __restrict__ g2,
-             float* __restrict__ sums, float* __restrict__ maxes,
+             float* __restrict__ sums,
              long long n_rows, int n_labels, long long stride_row, long long stride_col,
              float scale) {
     __shared__ float red[32];
-    float g[CPT], acc_sum[CPT], acc_max[CPT], v[CPT];
+    float g[CPT], acc_sum[CPT], v[CPT], next[CPT];
 #pragma unroll
     for (int c = 0; c < CPT; ++c) {
         int j = threadIdx.x + c * THREADS;
         g[c] = j < n_labels ? g2[j] : NEG_INF;
         acc_sum[c] = 0.0f;
-        acc_max[c] = NEG_INF;
     }
-    for (long long row = blockIdx.x; row < n_rows; row += gridDim.x) {
-        const SCALAR* xr = x + row * stride_row;
+    long long row = blockIdx.x;
+    if (row < n_rows) load_row(x + row * stride_row, stride_col, n_labels, next);
+    for (; row < n_rows; row += gridDim.x) {
         float m = NEG_INF;
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
-            int j = threadIdx.x + c * THREADS;
-            float z = NEG_INF;
-            if (j < n_labels) {
-                float value = load_value(xr + j * stride_col);
-                if (IS_PROBS) value = log2f(value);
-                z = value * scale + g[c];
-            }
-            v[c] = z;
-            m = fmaxf(m, z);
+            float value = next[c];
+            if (IS_PROBS) value = log2f(value);
+            v[c] = value * scale + g[c];
+            m = fmaxf(m, v[c]);
         }
+        long long following = row + gridDim.x;
+        if (following < n_rows) load_row(x + following * stride_row, stride_col, n_labels, next);
         m = block_max(m, red);
         float s = 0.0f;
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
-            v[c] -= m;  // -inf stays -inf: m is finite for a valid row
-            acc_max[c] = fmaxf(acc_max[c], v[c]);
-            v[c] = exp2f(v[c]);
+            v[c] = exp2f(v[c] - m);  // -inf stays -inf: m is finite for a valid row
             s += v[c];
         }
         float inv = 1.0f / block_sum(s, red);
@@ -109,10 +118,7 @@ sweep_kernel(const SCALAR* __restrict__ x, const float* __restrict__ g2,
 #pragma unroll
     for (int c = 0; c < CPT; ++c) {
         int j = threadIdx.x + c * THREADS;
-        if (j < n_labels) {
-            sums[(long long)blockIdx.x * n_labels + j] = acc_sum[c];
-            maxes[(long long)blockIdx.x * n_labels + j] = acc_max[c] * 0.6931471805599453f;
-        }
+        if (j < n_labels) sums[(long long)blockIdx.x * n_labels + j] = acc_sum[c];
     }
 }
 """
@@ -156,6 +162,52 @@ def _normalise_rows(z: cp.ndarray) -> cp.ndarray:
     return colmax
 
 
+def _kernel_colsum(block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> cp.ndarray:
+    """Column sums of one sweep by the fused kernel, merged in float64 ((K,), on device)."""
+    n_rows, n_labels = block.shape
+    kernel = _kernel(_KERNEL_SCALARS[block.dtype], -(-n_labels // THREADS), kind == "probs")
+    # as many blocks as are resident at once (registers allocated per thread in 8s), at most
+    # 4 per SM: a persistent grid with no second wave
+    per_sm = min(4, SM_REGISTERS // (THREADS * (-(-kernel.num_regs // 8) * 8)))
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    n_blocks = max(1, min(n_rows, sms * max(1, per_sm)))
+    sums = cp.empty((n_blocks, n_labels), dtype=cp.float32)
+    g2 = cp.asarray(np.asarray(g, dtype=np.float64) * LOG2E, dtype=cp.float32)
+    scale = lam if kind == "probs" else lam * LOG2E
+    item = block.itemsize
+    kernel(
+        (n_blocks,),
+        (THREADS,),
+        (
+            block,
+            g2,
+            sums,
+            np.int64(n_rows),
+            np.int32(n_labels),
+            np.int64(block.strides[0] // item),
+            np.int64(block.strides[1] // item),
+            np.float32(scale),
+        ),
+    )
+    return sums.sum(axis=0, dtype=cp.float64)
+
+
+def _blockwise_stats(
+    block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray
+) -> tuple[cp.ndarray, cp.ndarray]:
+    """(colsum float64, exact colmax) by CuPy array operations over row blocks."""
+    n_rows, n_labels = block.shape
+    dtype = compute_dtype(block.dtype)
+    g_d = cp.asarray(g, dtype=dtype)
+    colsum = cp.zeros(n_labels, dtype=cp.float64)
+    colmax = cp.full(n_labels, -cp.inf, dtype=dtype)
+    for rows in _row_blocks(n_rows, n_labels):
+        z = _scaled(block[rows], kind, lam, g_d)
+        cp.maximum(colmax, _normalise_rows(z), out=colmax)
+        colsum += z.sum(axis=0, dtype=cp.float64)
+    return colsum, colmax
+
+
 class CupyBackend(Backend):
     """CuPy arrays; the fused sweep kernel for float32 and float16 scores."""
 
@@ -193,46 +245,16 @@ class CupyBackend(Backend):
         return BlockCheck(bool(host[0]), float(host[1]), float(host[2]))
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
-        n_rows, n_labels = block.shape
-        dtype = compute_dtype(block.dtype)
         with block.device:
-            if self.uses_kernel(block):
-                cols = -(-n_labels // THREADS)
-                sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-                n_blocks = max(1, min(n_rows, sms * 4))
-                sums = cp.empty((n_blocks, n_labels), dtype=cp.float32)
-                maxes = cp.empty((n_blocks, n_labels), dtype=cp.float32)
-                g2 = cp.asarray(np.asarray(g, dtype=np.float64) * LOG2E, dtype=cp.float32)
-                scale = lam if kind == "probs" else lam * LOG2E
-                item = block.itemsize
-                kernel = _kernel(_KERNEL_SCALARS[block.dtype], cols, kind == "probs")
-                kernel(
-                    (n_blocks,),
-                    (THREADS,),
-                    (
-                        block,
-                        g2,
-                        sums,
-                        maxes,
-                        np.int64(n_rows),
-                        np.int32(n_labels),
-                        np.int64(block.strides[0] // item),
-                        np.int64(block.strides[1] // item),
-                        np.float32(scale),
-                    ),
-                )
-                colsum = sums.sum(axis=0, dtype=cp.float64)
-                colmax = maxes.max(axis=0)
-            else:
-                g_d = cp.asarray(g, dtype=dtype)
-                colsum = cp.zeros(n_labels, dtype=cp.float64)
-                colmax = cp.full(n_labels, -cp.inf, dtype=dtype)
-                for rows in _row_blocks(n_rows, n_labels):
-                    z = _scaled(block[rows], kind, lam, g_d)
-                    cp.maximum(colmax, _normalise_rows(z), out=colmax)
-                    colsum += z.sum(axis=0, dtype=cp.float64)
-            host = cp.stack([colsum, colmax.astype(cp.float64)]).get()
-        return ColumnStats(host[0].copy(), host[1].copy())
+            if not self.uses_kernel(block):
+                colsum, colmax = _blockwise_stats(block, kind, lam, g)
+                host = cp.stack([colsum, colmax.astype(cp.float64)]).get()
+                return ColumnStats(host[0].copy(), host[1].copy())
+            colsum = _kernel_colsum(block, kind, lam, g).get()
+            colmax = np.full_like(colsum, -np.inf)
+            if np.any((colsum == 0.0) & np.isfinite(g)):  # the driver's underflow guard
+                colmax = _blockwise_stats(block, kind, lam, g)[1].astype(cp.float64).get()
+        return ColumnStats(colsum, colmax)
 
     def labels(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> cp.ndarray:
         with block.device:

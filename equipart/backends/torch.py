@@ -2,8 +2,9 @@
 
 Precision: float16, bfloat16 and float32 scores are read as stored and computed in
 float32; float64 and integer scores in float64. Column statistics are accumulated in
-float64 and cross to the host as one (2, K) copy per sweep (the driver's only view of the
-data); everything N-sized (labels, codes, top-k candidates) stays on the input's device.
+float64 and cross to the host once per sweep, (K,) column sums from the Triton kernel and
+(2, K) sums and maxima from the torch path (the driver's only view of the data);
+everything N-sized (labels, codes, top-k candidates) stays on the input's device.
 
 Two sweep strategies (``TorchBackend(kernel=...)``):
 
@@ -63,7 +64,9 @@ def _row_blocks(x: torch.Tensor) -> Iterator[slice]:
 
 
 def _dual(g: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(g, dtype=np.float64), device=device).to(dtype)
+    """g in the compute precision on ``device``: rounded on the host, one small copy."""
+    host = np.asarray(g, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    return torch.from_numpy(host).to(device)
 
 
 def _scaled(x: torch.Tensor, kind: ScoreKind, lam: float, g: torch.Tensor) -> torch.Tensor:
@@ -151,10 +154,7 @@ class TorchBackend(Backend):
         dtype = compute_dtype(x_all.dtype)
         g_t = _dual(g, dtype, x_all.device)
         if self.uses_triton(x_all):
-            with torch.cuda.device(x_all.device) if x_all.is_cuda else nullcontext():
-                colsum, colmax = _triton_kernels.sweep_partials(
-                    x_all, g_t, lam, is_probs=kind == "probs"
-                )
+            return self._triton_sweep(x_all, kind, lam, g, g_t)
         else:
             colsum = torch.zeros(x_all.shape[1], dtype=torch.float64, device=x_all.device)
             colmax = torch.full((x_all.shape[1],), -torch.inf, dtype=dtype, device=x_all.device)
@@ -164,6 +164,21 @@ class TorchBackend(Backend):
                 colsum += z.sum(dim=0, dtype=torch.float64)
         host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
         return ColumnStats(host[0].copy(), host[1].copy())
+
+    @staticmethod
+    def _triton_sweep(
+        x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, g_t: torch.Tensor
+    ) -> ColumnStats:
+        """The fused kernel: column sums only, one (K,) copy to the host; the column
+        maxima (a second pass) only where a column sum underflowed to 0 with g finite,
+        the one place the driver reads them (``ColumnStats``); -inf elsewhere."""
+        is_probs = kind == "probs"
+        with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
+            colsum = _triton_kernels.sweep_colsum(x, g_t, lam, is_probs).cpu().numpy()
+            colmax = np.full_like(colsum, -np.inf)
+            if np.any((colsum == 0.0) & np.isfinite(g)):
+                colmax = _triton_kernels.sweep_colmax(x, g_t, lam, is_probs).cpu().numpy()
+        return ColumnStats(colsum, colmax.astype(np.float64))
 
     def labels(
         self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
