@@ -70,21 +70,45 @@ POT_SAFE_LAM = 1.0
 # most promising first (the budget may cut the tail); block_k None = the padded row (4096
 # for K = 3000), 1024 = "split" into 3 chunks (3072 lanes). The first is the reference
 # ("tile", which also computes the column maxima); the second the untuned default rule.
-# Then the previous run's winners (split 1/8/3 fp32, 1/4/4 bf16: gpu_tune_nvidia_h200.json)
-# and their neighbours. programs_per_sm is kept to what fits an SM's 64K registers: ptxas
-# (Triton 3.6.0, sm_90, K = 3000, compiled on the CPU machine) gives the split kernel,
-# block_m/warps: fp32 1/8 64 regs, 1/4 117, 2/8 99, 2/4 168, 1/16 40, 2/16 79, 4/16 111;
-# bf16 1/4 119, 1/8 61, 2/4 167, 2/8 123, 2/16 64, 4/8 165, 4/16 124; none spills (bf16
-# 8/16 and 4/4 spill and are left out).
+# Then the first split runs' winners (gpu_tune_nvidia_h200.json: 1/8/3 fp32, 1/4/4 bf16;
+# gpu_nvidia_h200.json: 2/4/3 both) and, for bf16, the software-pipelined split
+# (num_stages S >= 2, tiles staged in shared memory with cp.async): a bf16 tile holds half
+# the bytes of an fp32 one per register, so with register prefetch an SM keeps too few
+# bytes in flight (the bf16 kernel stayed at 1.30x the read while fp32 reached 0.98x).
+# programs_per_sm is what fits an SM's 64K registers (shared memory is never the limit):
+# ptxas (Triton 3.6.0, sm_90, K = 3000, compiled on the CPU machine), registers of the
+# split kernel at block_m/warps/S: fp32 1/8/1 64, 1/4/1 117, 2/8/1 99, 2/4/1 168,
+# 1/8/4 73, 1/4/3 111, 2/8/3 90, 2/4/3 150; bf16 1/4/1 119, 2/4/1 167, 1/4/3 96,
+# 1/4/4 106, 1/4/6 114, 1/8/3 64, 1/8/5 76, 1/8/8 89, 2/4/3 133, 2/4/4 140, 2/8/5 121;
+# none spills.
 _REFERENCES = [("tile", 1, None, 8, 2, False, 1), ("pipe", 1, None, 8, 2, True, 1)]
-_SPLIT = {
-    torch.float32: [(1, 8, 3), (1, 8, 2), (1, 8, 4), (1, 4, 4), (2, 8, 2), (2, 4, 3),
-                    (1, 16, 2), (4, 16, 1), (2, 16, 1)],
-    torch.bfloat16: [(1, 4, 4), (1, 8, 4), (1, 8, 3), (2, 8, 2), (2, 4, 3), (2, 16, 2),
-                     (4, 16, 1), (4, 8, 1), (1, 16, 2), (1, 4, 3)],
-}  # (block_m, num_warps, programs_per_sm)
+_SPLIT = {  # (block_m, num_warps, programs_per_sm, num_stages)
+    torch.float32: [
+        (2, 4, 3, 1),
+        (1, 8, 3, 1),
+        (1, 8, 3, 4),
+        (1, 4, 4, 3),
+        (2, 8, 2, 3),
+        (1, 8, 4, 3),
+        (2, 4, 3, 3),
+        (1, 4, 4, 1),
+    ],
+    torch.bfloat16: [
+        (2, 4, 3, 1),
+        (1, 4, 4, 6),
+        (2, 4, 3, 4),
+        (2, 8, 2, 5),
+        (1, 8, 2, 8),
+        (1, 8, 3, 5),
+        (1, 4, 4, 4),
+        (1, 4, 5, 3),
+        (2, 4, 3, 3),
+        (1, 4, 4, 1),
+        (1, 8, 4, 3),
+    ],
+}
 CANDIDATES = {
-    dtype: _REFERENCES + [("split", m, 1024, w, p, False, 1) for m, w, p in split]
+    dtype: _REFERENCES + [("split", m, 1024, w, p, False, st) for m, w, p, st in split]
     for dtype, split in _SPLIT.items()
 }
 GIB = 2**30

@@ -92,6 +92,8 @@ def test_torch_cuda_sweep_matches_numpy(kernel, kind, dtype_name, shape) -> None
         ("async", False, 3, 1, 8),
         ("split", False, 1, 1, 4),
         ("split", False, 1, 2, 8),
+        ("split", False, 3, 1, 4),
+        ("split", False, 4, 2, 4),
     ],
 )
 def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num_warps) -> None:

@@ -233,6 +233,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
             # split: rows held as up to 4 (K <= block_k) or 2 chunks of one width
             yield tk.SweepConfig(block_m, max(1, block_k // 4), 4, 3, "split")
             yield tk.SweepConfig(block_m, block_k // 2, 4, 2, "split")
+            yield tk.SweepConfig(block_m, max(1, block_k // 4), 4, 2, "split", num_stages=3)
 
     def check(tensor, kind, g, lam=25.0):
         ref = numpy_backend.sweep(tensor.to(torch.float32).contiguous().numpy(), kind, lam, g)

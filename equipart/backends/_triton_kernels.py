@@ -40,8 +40,9 @@ Variants of the same maths, chosen by ``SweepConfig.variant``:
 * ``"async"``: the ``"pipe"`` loop without the register prefetch, handed to Triton's
   software pipeliner (``tl.range(num_stages=S)``): tiles go through shared memory with
   asynchronous copies, S - 1 tiles ahead.
-* ``"split"``: the ``"pipe"`` + prefetch loop with each row held as cdiv(K, C) <= 4
-  chunks of C = ``block_k`` lanes (3 x 1024 = 3072 lanes for K = 3000 instead of 4096).
+* ``"split"``: the ``"pipe"`` + prefetch loop (or, with ``num_stages`` >= 2, the
+  ``"async"`` one) with each row held as cdiv(K, C) <= 4 chunks of C = ``block_k`` lanes
+  (3 x 1024 = 3072 lanes for K = 3000 instead of 4096).
   The chunks share one layout, so the row max and row sum combine element-wise across
   chunks before one block-wide reduction each over C lanes.
 
@@ -353,11 +354,16 @@ def _sweep_kernel_split(
     N_CHUNKS: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
     COL_ALIGN: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """The ``"pipe"`` + prefetch loop with each row held as N_CHUNKS chunks of CHUNK lanes.
+    """The ``"pipe"`` loop with each row held as N_CHUNKS chunks of CHUNK lanes.
 
     K is covered by N_CHUNKS * CHUNK >= K lanes (3 x 1024 = 3072 for K = 3000 instead of
     4096). Chunks past N_CHUNKS only repeat chunk 0 and are never used (constexpr branches).
+    NUM_STAGES = 1 prefetches the next tile into registers (two tiles in registers);
+    NUM_STAGES = S >= 2 leaves the loads to Triton's software pipeliner instead (tiles in
+    shared memory, S - 1 ahead): more bytes in flight per multiprocessor than registers
+    allow, which a bf16 row (half the bytes per register of fp32) needs.
     """
     pid = tl.program_id(0)
     g0 = _chunk_dual(g_ptr, n_labels, 0, CHUNK)
@@ -377,41 +383,33 @@ def _sweep_kernel_split(
         g3 = _chunk_dual(g_ptr, n_labels, 3, CHUNK)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
-    x0, x1, x2, x3 = _load_chunks(
-        x_ptr,
-        rows,
-        row_ok,
-        n_labels,
-        stride_row,
-        stride_col,
-        CHUNK,
-        N_CHUNKS,
-        ROW_ALIGN,
-        COL_ALIGN,
-    )
+    if NUM_STAGES == 1:  # register prefetch: the next tile is loaded before this one is used
+        x0, x1, x2, x3 = _load_chunks(
+            x_ptr, rows, row_ok, n_labels, stride_row, stride_col, CHUNK, N_CHUNKS, ROW_ALIGN,
+            COL_ALIGN,
+        )  # fmt: skip
     # tiles past the end (and the prefetch after the last tile) are fully masked: no reads
-    for _ in range(tiles_per_program):
+    for _ in tl.range(tiles_per_program, num_stages=NUM_STAGES):
         next_rows = rows + n_programs * BLOCK_M
         next_ok = next_rows < n_rows
-        y0, y1, y2, y3 = _load_chunks(
-            x_ptr,
-            next_rows,
-            next_ok,
-            n_labels,
-            stride_row,
-            stride_col,
-            CHUNK,
-            N_CHUNKS,
-            ROW_ALIGN,
-            COL_ALIGN,
-        )
+        if NUM_STAGES == 1:
+            y0, y1, y2, y3 = _load_chunks(
+                x_ptr, next_rows, next_ok, n_labels, stride_row, stride_col, CHUNK, N_CHUNKS,
+                ROW_ALIGN, COL_ALIGN,
+            )  # fmt: skip
+        else:  # Triton's pipeliner stages this load through shared memory, S - 1 tiles ahead
+            x0, x1, x2, x3 = _load_chunks(
+                x_ptr, rows, row_ok, n_labels, stride_row, stride_col, CHUNK, N_CHUNKS,
+                ROW_ALIGN, COL_ALIGN,
+            )  # fmt: skip
         s0, s1, s2, s3 = _split_stats(
             x0, x1, x2, x3, g0, g1, g2, g3, row_ok, scale, s0, s1, s2, s3, N_CHUNKS, IS_PROBS
         )
-        x0 = y0
-        x1 = y1
-        x2 = y2
-        x3 = y3
+        if NUM_STAGES == 1:
+            x0 = y0
+            x1 = y1
+            x2 = y2
+            x3 = y3
         rows = next_rows
         row_ok = next_ok
     out_row = pid.to(tl.int64) * n_labels
@@ -435,9 +433,11 @@ class SweepConfig:
     ``block_m`` rows of ``block_k`` (a power of two >= K) columns per tile; ``num_warps``
     warps and ``programs_per_sm`` x (number of SMs) programs; ``variant`` one of
     ``VARIANTS``; ``prefetch`` (``"pipe"`` only) loads the next tile before reducing the
-    current one; ``num_stages`` (``"async"`` only, >= 2) is the software-pipeline depth.
+    current one; ``num_stages`` (``"async"``: >= 2; ``"split"``: 1 or more) is the
+    software-pipeline depth.
     For ``"split"``, ``block_k`` is the chunk width: a row is held as cdiv(K, block_k)
-    <= ``MAX_CHUNKS`` chunks (it always prefetches; ``prefetch`` is left False).
+    <= ``MAX_CHUNKS`` chunks; with ``num_stages`` 1 it prefetches into registers
+    (``prefetch`` is left False), with more it is software-pipelined.
     """
 
     block_m: int
@@ -459,19 +459,21 @@ class SweepConfig:
             raise ValueError(f"programs_per_sm: expected >= 1, got {self.programs_per_sm}")
         if self.prefetch and self.variant != "pipe":
             raise ValueError("prefetch: only the 'pipe' variant prefetches")
-        if (self.num_stages > 1) != (self.variant == "async"):
-            raise ValueError("num_stages: >= 2 for the 'async' variant, 1 for the others")
+        if self.variant == "async" and self.num_stages < 2:
+            raise ValueError("num_stages: the 'async' variant pipelines, so >= 2")
+        if self.variant in ("tile", "pipe") and self.num_stages != 1:
+            raise ValueError(f"num_stages: 1 for the {self.variant!r} variant")
 
 
 # The defaults, keyed by (scores dtype, BLOCK_K); other keys use the rule in sweep_config.
 # Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25:
-# benchmarks/results/gpu_tune_nvidia_h200.json, the fastest correct config per dtype
-# (the 'split' variant, 3 chunks of 1024 lanes: 3.68 ms fp32 = 1.03x the read pass,
-# 2.38 ms bf16 = 1.28x; the previous 'pipe' default measured 4.30 and 3.77 ms in the same
-# run). benchmarks/gpu_tune.py and gpu_check.py print the entries to put here.
+# benchmarks/results/gpu_nvidia_h200_run4.json, the fastest correct config per dtype of
+# its tuning stage (the 'split' variant, 3 chunks of 1024 lanes, kernel without the column
+# maximum: 3.51 ms fp32 = 0.98x the read pass, 2.44 ms bf16 = 1.30x). gpu_check.py prints
+# the entries to put here.
 TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
-    (torch.float32, 4096): SweepConfig(1, 1024, 8, 3, variant="split"),
-    (torch.bfloat16, 4096): SweepConfig(1, 1024, 4, 4, variant="split"),
+    (torch.float32, 4096): SweepConfig(2, 1024, 4, 3, variant="split"),
+    (torch.bfloat16, 4096): SweepConfig(2, 1024, 4, 3, variant="split"),
 }
 
 
@@ -559,6 +561,7 @@ def sweep_colsum(
             **alignment,
             CHUNK=config.block_k,
             N_CHUNKS=triton.cdiv(n_labels, config.block_k),
+            NUM_STAGES=config.num_stages,
         )
     elif config.variant == "tile":
         maxes = torch.empty_like(sums)  # the reference kernel writes both; colmax unused
