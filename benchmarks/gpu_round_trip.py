@@ -10,10 +10,11 @@ N = 1,281,167 x K = 3,000 random logits at lam = 25 (fp32 and bf16):
 * ms per iteration of four loops of plain Sinkhorn (g <- g + log b - log colsum, b = 1/K),
   each ``ITERATIONS`` iterations, timed by wall clock after a synchronisation:
   ``kernel``: the sweep alone, back to back (the floor for any loop);
-  ``host``: the backend's ``sweep`` and the update in NumPy (today's driver, minus its
-  bookkeeping); ``device``: g kept on the device and updated by torch, no synchronisation
-  until the end; ``graph``: the device loop's iteration captured once as a CUDA graph and
-  replayed;
+  ``host``: the backend's ``sweep`` and the update in NumPy (the driver, minus its
+  bookkeeping); ``host_graph``: the same with the sweep a captured CUDA graph, as in a
+  solve (``TorchBackend.for_solve``); ``device``: g kept on the device and updated by
+  torch, no synchronisation until the end; ``graph``: the device loop's iteration
+  captured once as a CUDA graph and replayed;
 * the plain read pass ``x.sum()`` as the floor.
 
 Writes ``gpu_round_trip_<gpu>.json`` into $OUT (or benchmarks/results/). About 30 s.
@@ -88,20 +89,24 @@ def call_costs() -> dict[str, float]:
 def loops(x: torch.Tensor) -> dict[str, float]:
     device = x.device
     log_b = math.log(1.0 / N_LABELS)
-    backend = TorchBackend(kernel="triton")
     out: dict[str, float] = {"read_ms": loop_ms(lambda: x.sum())}
 
     g_zero = torch.zeros(N_LABELS, device=device)
     out["kernel_ms"] = loop_ms(lambda: tk.sweep_colsum(x, g_zero, LAM, False))
 
-    state = {"g": np.zeros(N_LABELS)}
+    def host_loop(backend: TorchBackend) -> float:
+        state = {"g": np.zeros(N_LABELS)}
 
-    def host_step() -> None:
-        stats = backend.sweep(x, "logits", LAM, state["g"])
-        g = state["g"] + (log_b - np.log(stats.colsum))
-        state["g"] = g - g.max()
+        def step() -> None:
+            stats = backend.sweep(x, "logits", LAM, state["g"])
+            g = state["g"] + (log_b - np.log(stats.colsum))
+            state["g"] = g - g.max()
 
-    out["host_ms"] = loop_ms(host_step)
+        return loop_ms(step)
+
+    out["host_ms"] = host_loop(TorchBackend(kernel="triton"))
+    # the same with the sweep a captured CUDA graph, as in a solve
+    out["host_graph_ms"] = host_loop(TorchBackend().for_solve())
 
     g64 = torch.zeros(N_LABELS, dtype=torch.float64, device=device)
     g32 = torch.zeros(N_LABELS, dtype=torch.float32, device=device)
@@ -124,7 +129,7 @@ def loops(x: torch.Tensor) -> dict[str, float]:
     with torch.cuda.graph(graph):
         device_step()
     out["graph_ms"] = loop_ms(graph.replay)
-    for key in ("kernel", "host", "device", "graph"):
+    for key in ("kernel", "host", "host_graph", "device", "graph"):
         out[f"{key}_over_read"] = out[f"{key}_ms"] / out["read_ms"]
     return out
 

@@ -238,7 +238,7 @@ def assign_labels(
 
     outcome = run_sinkhorn(
         source,
-        engine,
+        engine.for_solve(),
         kind=kind,
         lam=lam,
         constraint=constraint,

@@ -205,6 +205,9 @@ class _GuardedBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
+    def for_solve(self) -> _GuardedBackend:
+        return _GuardedBackend(self._backend.for_solve(), self._comm)
+
     def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if self._comm.failure is None:
             try:

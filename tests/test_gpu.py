@@ -195,6 +195,32 @@ def test_cupy_sweep_matches_numpy(kind, dtype, shape) -> None:
     _assert_stats_close(NUMPY.sweep(stored, kind, LAM, g), got)
 
 
+def test_captured_sweeps_are_the_eager_sweeps() -> None:
+    """A solve's backend replays a CUDA graph from a tensor's second sweep on: bit for bit
+    the eager kernel's column sums, for new duals, new contents of the tensor, other
+    heads and a new lam (which drops the previous stage's graphs)."""
+    torch = _torch_cuda()
+    from equipart.backends.torch import TorchBackend, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not installed")
+    eager, solving = TorchBackend(kernel="triton"), TorchBackend().for_solve()
+    x, g = _problem(12, 3000, 500)
+    heads = torch.from_numpy(np.stack([x, x[::-1].copy()])).cuda()
+    rng = np.random.default_rng(0)
+    for lam in (LAM, 2 * LAM):
+        for step in range(4):
+            dual = g + rng.standard_normal(g.shape) * 0.1
+            if step == 3:
+                heads.mul_(0.5)  # the graph reads the tensor as it is at each replay
+            for head in heads:
+                got = solving.sweep(head, "logits", lam, dual)
+                want = eager.sweep(head, "logits", lam, dual)
+                np.testing.assert_array_equal(got.colsum, want.colsum)
+                np.testing.assert_array_equal(got.colmax, want.colmax)
+    assert sum(v is not None for v in solving._graphs.values()) == 2  # this lam's heads
+
+
 @pytest.mark.parametrize("backend_name", ["torch-triton", "cupy"])
 def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
     """A label nobody wants (g_j far below the rest): its column sum underflows to 0 in

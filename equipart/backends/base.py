@@ -134,6 +134,12 @@ class Backend(ABC):
     def stack(self, parts: list[Any]) -> Any:
         """Stack per-head results along a new first axis."""
 
+    def for_solve(self) -> Backend:
+        """The backend object one solve's Sinkhorn loop uses: this one, or, for a backend
+        that keeps per-solve state (the torch backend's captured CUDA graphs), a fresh
+        object that is dropped with that state when the solve ends."""
+        return self
+
     def to_numpy(self, array: Any) -> np.ndarray:
         """A host NumPy copy of a small array (labels for rounding, never the scores)."""
         return np.asarray(array)

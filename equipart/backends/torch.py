@@ -98,17 +98,68 @@ def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
     return colmax
 
 
+class _CapturedSweep:
+    """The Triton sweep of one fixed CUDA tensor at one lam, captured as a CUDA graph.
+
+    g goes in and the column sums come out through fixed buffers (pinned on the host, so
+    both copies are asynchronous): a sweep then costs the host one graph launch, two small
+    copies and one synchronisation, instead of the Triton launcher's and torch's per-call
+    Python work, during which the GPU would idle (73 us for the launch alone on the H200
+    machine: benchmarks/results/gpu_round_trip_nvidia_h200.json). The graph reads the
+    tensor's memory at each replay, so it sees the tensor as it is then.
+    """
+
+    def __init__(self, x: torch.Tensor, lam: float, is_probs: bool) -> None:
+        n_labels = x.shape[1]
+        self.g_host = torch.empty(n_labels, dtype=torch.float32, pin_memory=True)
+        self.colsum_host = torch.empty(n_labels, dtype=torch.float64, pin_memory=True)
+        self.g = torch.zeros(n_labels, dtype=torch.float32, device=x.device)
+        self.graph = torch.cuda.CUDAGraph()
+        # capture on a side stream, without torch.cuda.graph's synchronise / gc /
+        # empty_cache; the kernel was compiled by an eager sweep of the same key before
+        current = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            self.graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self.colsum = _triton_kernels.sweep_colsum(x, self.g, lam, is_probs)
+            finally:
+                self.graph.capture_end()
+        current.wait_stream(side)
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        self.g_host.numpy()[:] = g  # rounded to float32, as the eager path does
+        self.g.copy_(self.g_host, non_blocking=True)
+        self.graph.replay()
+        self.colsum_host.copy_(self.colsum, non_blocking=True)
+        torch.cuda.current_stream(self.g.device).synchronize()
+        return self.colsum_host.numpy().copy()
+
+
 class TorchBackend(Backend):
-    """torch tensors on any device; the fused Triton sweep on CUDA where available."""
+    """torch tensors on any device; the fused Triton sweep on CUDA where available.
+
+    ``capture_graphs``: sweeps of a CUDA tensor that was swept before with the same kind
+    and lam replay a captured CUDA graph (``_CapturedSweep``). ``for_solve`` returns such
+    an object for each solve, so the graphs live as long as that solve's loop.
+    """
 
     name = "torch"
 
-    def __init__(self, kernel: str = "auto") -> None:
+    def __init__(self, kernel: str = "auto", capture_graphs: bool = False) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
         if kernel == "triton" and not triton_available():
             raise ValueError("kernel: 'triton' needs Triton installed; use 'auto' or 'torch'")
         self.kernel = kernel
+        self.capture_graphs = capture_graphs
+        # (tensor, kind, lam) -> its captured sweep, None while seen once or if capture failed
+        self._graphs: dict[tuple, _CapturedSweep | None] = {}
+        self._failed: set[tuple] = set()
+
+    def for_solve(self) -> TorchBackend:
+        return TorchBackend(self.kernel, capture_graphs=True)
 
     @staticmethod
     def accepts(scores: Any) -> bool:
@@ -151,32 +202,53 @@ class TorchBackend(Backend):
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         x_all = block.detach()
+        if self.uses_triton(x_all):
+            return self._triton_sweep(x_all, kind, lam, g)
         dtype = compute_dtype(x_all.dtype)
         g_t = _dual(g, dtype, x_all.device)
-        if self.uses_triton(x_all):
-            return self._triton_sweep(x_all, kind, lam, g, g_t)
-        else:
-            colsum = torch.zeros(x_all.shape[1], dtype=torch.float64, device=x_all.device)
-            colmax = torch.full((x_all.shape[1],), -torch.inf, dtype=dtype, device=x_all.device)
-            for rows in _row_blocks(x_all):
-                z = _scaled(x_all[rows], kind, lam, g_t)
-                torch.maximum(colmax, _normalise_rows(z), out=colmax)
-                colsum += z.sum(dim=0, dtype=torch.float64)
+        colsum = torch.zeros(x_all.shape[1], dtype=torch.float64, device=x_all.device)
+        colmax = torch.full((x_all.shape[1],), -torch.inf, dtype=dtype, device=x_all.device)
+        for rows in _row_blocks(x_all):
+            z = _scaled(x_all[rows], kind, lam, g_t)
+            torch.maximum(colmax, _normalise_rows(z), out=colmax)
+            colsum += z.sum(dim=0, dtype=torch.float64)
         host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
         return ColumnStats(host[0].copy(), host[1].copy())
 
-    @staticmethod
+    def _captured(self, x: torch.Tensor, kind: ScoreKind, lam: float) -> _CapturedSweep | None:
+        """The captured sweep for this key, capturing it at the key's second sweep."""
+        if not (self.capture_graphs and x.is_cuda) or torch.cuda.is_current_stream_capturing():
+            return None
+        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam))
+        if key not in self._graphs:
+            if any(k[-1] != key[-1] for k in self._graphs):  # a new lam stage: drop the old
+                self._graphs.clear()
+            self._graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
+            return None
+        if self._graphs[key] is None and key not in self._failed:
+            try:
+                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs")
+            except RuntimeError:  # capture unsupported here: stay eager for this key
+                self._failed.add(key)
+        return self._graphs[key]
+
     def _triton_sweep(
-        x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, g_t: torch.Tensor
+        self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
     ) -> ColumnStats:
         """The fused kernel: column sums only, one (K,) copy to the host; the column
         maxima (a second pass) only where a column sum underflowed to 0 with g finite,
         the one place the driver reads them (``ColumnStats``); -inf elsewhere."""
         is_probs = kind == "probs"
         with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
-            colsum = _triton_kernels.sweep_colsum(x, g_t, lam, is_probs).cpu().numpy()
+            captured = self._captured(x, kind, lam)
+            if captured is not None:
+                colsum = captured(g)
+            else:
+                g_t = _dual(g, torch.float32, x.device)
+                colsum = _triton_kernels.sweep_colsum(x, g_t, lam, is_probs).cpu().numpy()
             colmax = np.full_like(colsum, -np.inf)
             if np.any((colsum == 0.0) & np.isfinite(g)):
+                g_t = _dual(g, torch.float32, x.device)
                 colmax = _triton_kernels.sweep_colmax(x, g_t, lam, is_probs).cpu().numpy()
         return ColumnStats(colsum, colmax.astype(np.float64))
 
