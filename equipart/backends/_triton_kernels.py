@@ -151,8 +151,11 @@ def _load_tile(x_ptr, rows, row_ok, col_offsets, col_ok, stride_row, ROW_ALIGN: 
     # every row offset is a multiple of ROW_ALIGN elements (the host checked the stride)
     offsets = tl.multiple_of(rows.to(tl.int64) * stride_row, ROW_ALIGN)
     ptrs = x_ptr + offsets[:, None] + col_offsets[None, :]
-    # padding reads 1 (log 1 = 0): padded entries stay finite; columns get g2 = -inf
-    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=1.0)
+    # padding reads 0, which is what an asynchronous copy's zero-fill gives, so masked
+    # lanes cost no select: padded columns have g2 = -inf, so z = -inf there (for
+    # probabilities too: log2 0 = -inf), and padded rows are weighted out by their row
+    # maximum (+inf) and row weight (0) in the callers
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
 
 
 @triton.jit
@@ -217,11 +220,11 @@ def _load_chunk(
     CHUNK: tl.constexpr,
     COL_ALIGN: tl.constexpr,
 ):
-    """Columns [C * CHUNK, (C + 1) * CHUNK) of a tile (see ``_load_tile`` for the masks)."""
+    """Columns [C * CHUNK, (C + 1) * CHUNK) of a tile (``_load_tile``: masks, padding)."""
     cols = C * CHUNK + tl.arange(0, CHUNK)
     col_ok = (cols // COL_ALIGN) < (n_labels // COL_ALIGN)
     ptrs = x_ptr + row_offsets[:, None] + (cols.to(tl.int64) * stride_col)[None, :]
-    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=1.0)
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
 
 
 @triton.jit
