@@ -470,14 +470,14 @@ class SweepConfig:
 
 # The defaults, keyed by (scores dtype, BLOCK_K); other keys use the rule in sweep_config.
 # Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25:
-# benchmarks/results/gpu_nvidia_h200_run5.json, the fastest correct config per dtype of
-# its tuning stage (the 'split' variant, 3 chunks of 1024 lanes, kernel without the column
-# maximum: 3.42 ms fp32 = 0.97x the read pass with register prefetch; 2.35 ms bf16 =
-# 1.27x software-pipelined through shared memory, against 2.43 ms with register
-# prefetch). gpu_check.py prints the entries to put here.
+# benchmarks/results/gpu_nvidia_h200_run8.json, the fastest correct config per dtype of
+# its tuning stage (the 'split' variant, 3 chunks of 1024 lanes): fp32 3.41 ms = 0.98x
+# the read pass with register prefetch; bf16 2.22 ms = 1.22x software-pipelined through
+# shared memory (2.42 ms with register prefetch in the same run). gpu_check.py prints the
+# entries to put here.
 TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
     (torch.float32, 4096): SweepConfig(2, 1024, 4, 3, variant="split"),
-    (torch.bfloat16, 4096): SweepConfig(1, 1024, 4, 5, variant="split", num_stages=3),
+    (torch.bfloat16, 4096): SweepConfig(2, 1024, 4, 3, variant="split", num_stages=3),
 }
 
 
