@@ -236,9 +236,11 @@ def assign_labels(
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
 
+    # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
+    loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
     outcome = run_sinkhorn(
         source,
-        engine.for_solve(),
+        loop_engine,
         kind=kind,
         lam=lam,
         constraint=constraint,

@@ -130,12 +130,17 @@ def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num
         )
         ref = NUMPY.sweep(tensor.float().cpu().numpy(), kind, LAM, g)
         g_t = torch.as_tensor(g, device="cuda").float()
-        colsum = tk.sweep_colsum(tensor, g_t, LAM, kind == "probs", config).cpu().numpy()
-        np.testing.assert_allclose(colsum, ref.colsum, rtol=1e-4, atol=1e-5 * ref.colsum.max())
-        colmax = tk.sweep_colmax(tensor, g_t, LAM, kind == "probs").double().cpu().numpy()
-        finite = np.isfinite(ref.colmax)
-        np.testing.assert_array_equal(np.isfinite(colmax), finite)
-        np.testing.assert_allclose(colmax[finite], ref.colmax[finite], atol=1e-3)
+        for with_max in (False, True):
+            s, m = tk.sweep_stats(tensor, g_t, LAM, kind == "probs", config, with_max)
+            colsum = s.cpu().numpy()
+            np.testing.assert_allclose(
+                colsum, ref.colsum, rtol=1e-4, atol=1e-5 * ref.colsum.max()
+            )
+            if with_max:
+                colmax = m.double().cpu().numpy()
+                finite = np.isfinite(ref.colmax)
+                np.testing.assert_array_equal(np.isfinite(colmax), finite)
+                np.testing.assert_allclose(colmax[finite], ref.colmax[finite], atol=1e-3)
 
 
 def test_torch_cuda_solve_outputs_on_device_and_agrees() -> None:
@@ -243,6 +248,15 @@ def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
     assert got.colsum[7] == 0.0 and np.isfinite(got.colmax[7])
     np.testing.assert_allclose(got.colmax[7], ref.colmax[7], rtol=1e-6)
     _assert_stats_close(ref, got)
+    if backend_name == "torch-triton":  # a solve's backend: in-sweep maxima from then on
+        solving = TorchBackend().for_solve()
+        tensor = torch.from_numpy(x).cuda()
+        for _ in range(4):  # rerun, then eager with maxima, then captured with maxima
+            again = solving.sweep(tensor, "logits", LAM, g)
+            assert solving._with_max
+            np.testing.assert_allclose(again.colmax[7], ref.colmax[7], rtol=1e-6)
+            _assert_stats_close(ref, again)
+        assert any(k[-1] and v is not None for k, v in solving._graphs.items())
 
 
 def test_cupy_solve_agrees_with_numpy() -> None:

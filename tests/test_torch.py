@@ -199,6 +199,21 @@ def test_sweep_property(n: int, k: int, lam: float, seed: int) -> None:
     assert got.colsum.sum() == pytest.approx(n, rel=1e-5)  # every row carries one unit
 
 
+def test_for_solve_is_a_fresh_copy_of_the_backend() -> None:
+    """Each solve's loop gets its own copy: subclass and settings kept, state fresh."""
+
+    class Mine(TorchBackend):
+        pass
+
+    base = Mine(kernel="torch", capture_graphs=False)
+    base._with_max = True
+    solve = base.for_solve()
+    assert type(solve) is Mine and solve is not base
+    assert solve.kernel == "torch" and solve.capture_graphs is False
+    assert solve._graphs == {} and solve._graphs is not base._graphs and not solve._with_max
+    assert not base._per_solve and solve._per_solve
+
+
 # ---- the Triton kernel under the interpreter -------------------------------------------
 
 _INTERPRETER_SCRIPT = textwrap.dedent(
@@ -239,6 +254,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
         ref = numpy_backend.sweep(tensor.to(torch.float32).contiguous().numpy(), kind, lam, g)
         block_k = max(16, 1 << (tensor.shape[1] - 1).bit_length())
         g_t = torch.as_tensor(g).to(torch.float32)
+        fin = np.isfinite(ref.colmax)
         for config in variants(block_k):
             where = (tuple(tensor.shape), tensor.stride(), tensor.dtype, kind, config)
             if config is None:  # the backend: column sums, colmax where one underflowed
@@ -246,16 +262,21 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
                 assert_column_stats(
                     got, ref, rtol=1e-5, atol=1e-5 * ref.colsum.max(), colmax_atol=1e-3
                 )
-                colsum = got.colsum
-            else:
-                colsum = tk.sweep_colsum(tensor, g_t, lam, kind == "probs", config).numpy()
-            np.testing.assert_allclose(
-                colsum, ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max(), err_msg=str(where)
-            )
-        colmax = tk.sweep_colmax(tensor, g_t, lam, kind == "probs").double().numpy()
-        fin = np.isfinite(ref.colmax)
-        assert (np.isfinite(colmax) == fin).all(), where
-        np.testing.assert_allclose(colmax[fin], ref.colmax[fin], atol=1e-3, err_msg=str(where))
+                continue
+            for with_max in (False, True):
+                s, m = tk.sweep_stats(tensor, g_t, lam, kind == "probs", config, with_max)
+                np.testing.assert_allclose(
+                    s.numpy(), ref.colsum, rtol=1e-5, atol=1e-5 * ref.colsum.max(),
+                    err_msg=str(where),
+                )  # fmt: skip
+                if not with_max:
+                    assert m is None
+                    continue
+                colmax = m.double().numpy()
+                assert (np.isfinite(colmax) == fin).all(), where
+                np.testing.assert_allclose(
+                    colmax[fin], ref.colmax[fin], atol=1e-3, err_msg=str(where)
+                )
 
     def problem(n, k, kind):
         x = rng.standard_normal((n, k)).astype(np.float32) * 2

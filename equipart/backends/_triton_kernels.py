@@ -20,15 +20,14 @@ order (a float64 sum over the program axis), so a sweep is deterministic for a g
 no atomics. Scores are read in their stored precision (float32, bfloat16, float16) and
 converted to float32 in registers; nothing touches the tensor cores, so no TF32 anywhere.
 
-The column maximum colmax_j = max_i v_ij is not part of the fast kernels: the driver reads
-it only where a column sum underflowed to exactly 0 (``ColumnStats``), which the caller
-sees on the host, and then asks ``sweep_colmax`` (the ``"tile"`` kernel, which computes
-both) for it. Without it each element costs one exp2 and no max, and the row stays one
-set of registers.
+The column maximum colmax_j = max_i v_ij is left out of the sweep unless asked for
+(``with_max``): the driver reads it only where a column sum underflowed to exactly 0
+(``ColumnStats``), which the caller sees on the host. Without it each element costs one
+exp2 and no max, and the row stays one set of registers.
 
 Variants of the same maths, chosen by ``SweepConfig.variant``:
 
-* ``"tile"``: the loop above as written, plus the column maximum. Column masks and row
+* ``"tile"``: the loop above as written, always with the column maximum. Column masks and row
   strides are opaque to the compiler, so every element is a separate 4- or 2-byte load,
   and a tile is loaded only after the previous one is reduced.
 * ``"pipe"``: the same loop with 16-byte loads (the row stride and K are passed with the
@@ -51,11 +50,12 @@ are written once per program.
 
 Rounding: each program sums about N / P rows of Q (each <= 1) in float32; the relative
 error of a column mass is about sqrt(N / P) * 2^-24 in practice (~4e-6 at ImageNet scale
-with P = 264), far inside the solver's default tolerance of 1e-3.
+with P = 396), far inside the solver's default tolerance of 1e-3.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -68,13 +68,14 @@ __all__ = [
     "TUNED_CONFIGS",
     "VARIANTS",
     "SweepConfig",
-    "sweep_colmax",
-    "sweep_colsum",
     "sweep_config",
+    "sweep_stats",
 ]
 
+if int(triton.__version__.split(".")[0]) < 3:  # tl.range(num_stages=...) and the layouts used
+    raise ImportError(f"the fused sweep needs Triton >= 3.0, found {triton.__version__}")
+
 LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
 # Largest padded row the one-read kernel holds in registers (BLOCK_M * BLOCK_K values per
 # program); wider rows go to the blockwise torch path.
 MAX_BLOCK_K = 16384
@@ -264,6 +265,16 @@ def _chunk_z(x, g2, scale, IS_PROBS: tl.constexpr):
 
 
 @triton.jit
+def _chunk_exp(z, row_max, acc_max, WITH_MAX: tl.constexpr):
+    """e = 2^(z - rowmax) of one chunk; with WITH_MAX, the chunk's column maxima of
+    z - rowmax are folded into ``acc_max`` (padded rows give -inf: they never count)."""
+    v = z - row_max[:, None]
+    if WITH_MAX:
+        acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
+    return tl.exp2(v), acc_max
+
+
+@triton.jit
 def _split_stats(
     x0,
     x1,
@@ -279,10 +290,16 @@ def _split_stats(
     s1,
     s2,
     s3,
+    m0,
+    m1,
+    m2,
+    m3,
     N_CHUNKS: tl.constexpr,
     IS_PROBS: tl.constexpr,
+    WITH_MAX: tl.constexpr,
 ):
-    """Fold one tile held as N_CHUNKS column chunks into the per-chunk column sums.
+    """Fold one tile held as N_CHUNKS column chunks into the per-chunk column sums (and,
+    with WITH_MAX, column maxima).
 
     The chunks share one layout, so the row maximum and row sum are first combined
     element-wise across chunks (in-thread) and then reduced once over CHUNK lanes: two
@@ -304,16 +321,16 @@ def _split_stats(
         e3 = _chunk_z(x3, g3, scale, IS_PROBS)
         z_max = tl.maximum(z_max, e3)
     row_max = tl.where(row_ok, tl.max(z_max, axis=1), float("inf"))
-    e0 = tl.exp2(e0 - row_max[:, None])
+    e0, m0 = _chunk_exp(e0, row_max, m0, WITH_MAX)
     e_sum = e0
     if N_CHUNKS > 1:
-        e1 = tl.exp2(e1 - row_max[:, None])
+        e1, m1 = _chunk_exp(e1, row_max, m1, WITH_MAX)
         e_sum += e1
     if N_CHUNKS > 2:
-        e2 = tl.exp2(e2 - row_max[:, None])
+        e2, m2 = _chunk_exp(e2, row_max, m2, WITH_MAX)
         e_sum += e2
     if N_CHUNKS > 3:
-        e3 = tl.exp2(e3 - row_max[:, None])
+        e3, m3 = _chunk_exp(e3, row_max, m3, WITH_MAX)
         e_sum += e3
     inv_sum = tl.where(row_ok, 1.0 / tl.sum(e_sum, axis=1), 0.0)[:, None]
     s0 += tl.sum(e0 * inv_sum, axis=0)
@@ -323,7 +340,7 @@ def _split_stats(
         s2 += tl.sum(e2 * inv_sum, axis=0)
     if N_CHUNKS > 3:
         s3 += tl.sum(e3 * inv_sum, axis=0)
-    return s0, s1, s2, s3
+    return s0, s1, s2, s3, m0, m1, m2, m3
 
 
 @triton.jit
@@ -334,9 +351,21 @@ def _chunk_dual(g_ptr, n_labels, C: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _store_chunk(sum_ptr, out_row, n_labels, acc_sum, C: tl.constexpr, CHUNK: tl.constexpr):
+def _store_chunk(
+    sum_ptr,
+    max_ptr,
+    out_row,
+    n_labels,
+    acc_sum,
+    acc_max,
+    C: tl.constexpr,
+    CHUNK: tl.constexpr,
+    WITH_MAX: tl.constexpr,
+):
     cols = C * CHUNK + tl.arange(0, CHUNK)
     tl.store(sum_ptr + out_row + cols, acc_sum, mask=cols < n_labels)
+    if WITH_MAX:  # in natural units
+        tl.store(max_ptr + out_row + cols, acc_max * 0.6931471805599453, mask=cols < n_labels)
 
 
 @triton.jit
@@ -344,6 +373,7 @@ def _sweep_kernel_split(
     x_ptr,
     g_ptr,
     sum_ptr,
+    max_ptr,
     n_rows,
     n_labels,
     stride_row,
@@ -358,6 +388,7 @@ def _sweep_kernel_split(
     ROW_ALIGN: tl.constexpr,
     COL_ALIGN: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    WITH_MAX: tl.constexpr,
 ):
     """The ``"pipe"`` loop with each row held as N_CHUNKS chunks of CHUNK lanes.
 
@@ -366,11 +397,13 @@ def _sweep_kernel_split(
     NUM_STAGES = 1 prefetches the next tile into registers (two tiles in registers);
     NUM_STAGES = S >= 2 leaves the loads to Triton's software pipeliner instead (tiles in
     shared memory, S - 1 ahead): more bytes in flight per multiprocessor than registers
-    allow, which a bf16 row (half the bytes per register of fp32) needs.
+    allow, which a bf16 row (half the bytes per register of fp32) needs. WITH_MAX also
+    accumulates and writes the column maxima (``max_ptr``; unused otherwise).
     """
     pid = tl.program_id(0)
     g0 = _chunk_dual(g_ptr, n_labels, 0, CHUNK)
     s0 = tl.zeros([CHUNK], dtype=tl.float32)
+    m0 = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
     # absent chunks carry chunk 0's values, never read: the compiler drops them
     g1 = g0
     g2 = g0
@@ -378,6 +411,9 @@ def _sweep_kernel_split(
     s1 = s0
     s2 = s0
     s3 = s0
+    m1 = m0
+    m2 = m0
+    m3 = m0
     if N_CHUNKS > 1:
         g1 = _chunk_dual(g_ptr, n_labels, 1, CHUNK)
     if N_CHUNKS > 2:
@@ -405,9 +441,10 @@ def _sweep_kernel_split(
                 x_ptr, rows, row_ok, n_labels, stride_row, stride_col, CHUNK, N_CHUNKS,
                 ROW_ALIGN, COL_ALIGN,
             )  # fmt: skip
-        s0, s1, s2, s3 = _split_stats(
-            x0, x1, x2, x3, g0, g1, g2, g3, row_ok, scale, s0, s1, s2, s3, N_CHUNKS, IS_PROBS
-        )
+        s0, s1, s2, s3, m0, m1, m2, m3 = _split_stats(
+            x0, x1, x2, x3, g0, g1, g2, g3, row_ok, scale, s0, s1, s2, s3, m0, m1, m2, m3,
+            N_CHUNKS, IS_PROBS, WITH_MAX,
+        )  # fmt: skip
         if NUM_STAGES == 1:
             x0 = y0
             x1 = y1
@@ -416,13 +453,13 @@ def _sweep_kernel_split(
         rows = next_rows
         row_ok = next_ok
     out_row = pid.to(tl.int64) * n_labels
-    _store_chunk(sum_ptr, out_row, n_labels, s0, 0, CHUNK)
+    _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s0, m0, 0, CHUNK, WITH_MAX)
     if N_CHUNKS > 1:
-        _store_chunk(sum_ptr, out_row, n_labels, s1, 1, CHUNK)
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s1, m1, 1, CHUNK, WITH_MAX)
     if N_CHUNKS > 2:
-        _store_chunk(sum_ptr, out_row, n_labels, s2, 2, CHUNK)
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s2, m2, 2, CHUNK, WITH_MAX)
     if N_CHUNKS > 3:
-        _store_chunk(sum_ptr, out_row, n_labels, s3, 3, CHUNK)
+        _store_chunk(sum_ptr, max_ptr, out_row, n_labels, s3, m3, 3, CHUNK, WITH_MAX)
 
 
 VARIANTS = ("tile", "pipe", "async", "split")
@@ -521,16 +558,20 @@ def _check_config(n_labels: int, config: SweepConfig) -> None:
         raise ValueError(f"config: block_k={config.block_k} is narrower than K={n_labels}")
 
 
-def sweep_colsum(
+def sweep_stats(
     x: torch.Tensor,
     g: torch.Tensor,
     lam: float,
     is_probs: bool,
     config: SweepConfig | None = None,
-) -> torch.Tensor:
-    """Column sums of Q for one sweep over the (n, K) tensor ``x`` (float64, (K,)).
+    with_max: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Column statistics of one sweep over the (n, K) tensor ``x``.
 
-    ``g`` is the column dual as a float32 tensor on ``x``'s device (natural units). The
+    ``g`` is the column dual as a float32 tensor on ``x``'s device (natural units).
+    Returns (colsum float64 (K,), colmax float32 (K,) or None) on that device: the column
+    maxima of z - rowmax (natural units) only ``with_max``, from the ``"split"`` kernel
+    when that is the config's variant and from the ``"tile"`` kernel otherwise. The
     per-program partials are merged in a fixed order, so the result is deterministic for
     a given config and device.
     """
@@ -539,12 +580,19 @@ def sweep_colsum(
     if config is None:
         raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
     _check_config(n_labels, config)
+    if with_max and config.variant not in ("split", "tile"):
+        config = _generic_config(triton.next_power_of_2(max(n_labels, 16)), "tile")
+    elif with_max and config.variant == "split" and config.programs_per_sm > 1:
+        # the maxima take registers (ptxas, sm_90, K = 3000, 2 rows / 4 warps: bf16 126 ->
+        # 168, fp32 168 -> 248 per thread), so one program fewer per SM stays resident
+        config = dataclasses.replace(config, programs_per_sm=config.programs_per_sm - 1)
     n_tiles = triton.cdiv(n_rows, config.block_m)
     n_programs = _n_programs(x, n_tiles, config)
     sums = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
+    # the tile kernel always writes maxima; the split kernel only with_max
+    maxes = torch.empty_like(sums) if with_max or config.variant == "tile" else sums
     scale = float(lam) if is_probs else float(lam) * LOG2E
     grid = (n_programs,)
-    args = (x, g, sums)
     shape_args = (
         n_rows,
         n_labels,
@@ -559,20 +607,25 @@ def sweep_colsum(
     common = dict(IS_PROBS=is_probs, BLOCK_M=config.block_m, num_warps=config.num_warps)
     if config.variant == "split":
         _sweep_kernel_split[grid](
-            *args,
+            x,
+            g,
+            sums,
+            maxes,
             *shape_args,
             **common,
             **alignment,
             CHUNK=config.block_k,
             N_CHUNKS=triton.cdiv(n_labels, config.block_k),
             NUM_STAGES=config.num_stages,
+            WITH_MAX=with_max,
         )
     elif config.variant == "tile":
-        maxes = torch.empty_like(sums)  # the reference kernel writes both; colmax unused
-        _sweep_kernel[grid](*args, maxes, *shape_args, **common, BLOCK_K=config.block_k)
+        _sweep_kernel[grid](x, g, sums, maxes, *shape_args, **common, BLOCK_K=config.block_k)
     else:
         _sweep_kernel_pipe[grid](
-            *args,
+            x,
+            g,
+            sums,
             *shape_args,
             **common,
             **alignment,
@@ -580,37 +633,5 @@ def sweep_colsum(
             PREFETCH=config.prefetch,
             NUM_STAGES=config.num_stages,
         )
-    return sums.sum(dim=0, dtype=torch.float64)
-
-
-def sweep_colmax(x: torch.Tensor, g: torch.Tensor, lam: float, is_probs: bool) -> torch.Tensor:
-    """Column maxima max_i v_ij of one sweep (float32, (K,), natural units; see
-    ``equipart.backends.base``), by the ``"tile"`` kernel. The driver needs them only where
-    a column sum underflowed, so this runs only then: about the cost of a sweep."""
-    n_rows, n_labels = x.shape
-    block_k = triton.next_power_of_2(max(n_labels, 16))
-    if block_k > MAX_BLOCK_K:
-        raise ValueError(f"scores: K={n_labels} exceeds the kernel's {MAX_BLOCK_K} columns")
-    config = _generic_config(block_k, "tile")
-    n_tiles = triton.cdiv(n_rows, config.block_m)
-    n_programs = _n_programs(x, n_tiles, config)
-    sums = torch.empty((n_programs, n_labels), dtype=torch.float32, device=x.device)
-    maxes = torch.empty_like(sums)
-    _sweep_kernel[(n_programs,)](
-        x,
-        g,
-        sums,
-        maxes,
-        n_rows,
-        n_labels,
-        x.stride(0),
-        x.stride(1),
-        float(lam) if is_probs else float(lam) * LOG2E,
-        n_programs,
-        triton.cdiv(n_tiles, n_programs),
-        IS_PROBS=is_probs,
-        BLOCK_M=config.block_m,
-        BLOCK_K=block_k,
-        num_warps=config.num_warps,
-    )
-    return maxes.amax(dim=0)
+    colsum = sums.sum(dim=0, dtype=torch.float64)
+    return colsum, maxes.amax(dim=0) if with_max else None

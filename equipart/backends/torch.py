@@ -21,6 +21,7 @@ passed. Nothing here uses matrix units, so TF32 never enters a reduction.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -101,18 +102,23 @@ def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
 class _CapturedSweep:
     """The Triton sweep of one fixed CUDA tensor at one lam, captured as a CUDA graph.
 
-    g goes in and the column sums come out through fixed buffers (pinned on the host, so
-    both copies are asynchronous): a sweep then costs the host one graph launch, two small
-    copies and one synchronisation, instead of the Triton launcher's and torch's per-call
-    Python work, during which the GPU would idle (73 us for the launch alone on the H200
-    machine: benchmarks/results/gpu_round_trip_nvidia_h200.json). The graph reads the
-    tensor's memory at each replay, so it sees the tensor as it is then.
+    g goes in and the column statistics come out through fixed buffers (pinned on the
+    host, so both copies are asynchronous): a sweep then costs the host one graph launch,
+    two small copies and one synchronisation, instead of the Triton launcher's and torch's
+    per-call Python work, during which the GPU would idle (54-73 us for ``sweep_stats`` on
+    a 4-row tensor on the H200 machine: benchmarks/results/gpu_round_trip_nvidia_h200_run5
+    to _run8.json). The graph reads the tensor's memory at each replay, so it sees the
+    tensor as it is then. The graphs of one solve share one memory pool: each call
+    replays its graph and reads its outputs before any other graph runs, so a scratch
+    buffer of one graph overlapping the outputs of another is never observed.
     """
 
-    def __init__(self, x: torch.Tensor, lam: float, is_probs: bool) -> None:
+    def __init__(
+        self, x: torch.Tensor, lam: float, is_probs: bool, with_max: bool, pool: Any
+    ) -> None:
         n_labels = x.shape[1]
         self.g_host = torch.empty(n_labels, dtype=torch.float32, pin_memory=True)
-        self.colsum_host = torch.empty(n_labels, dtype=torch.float64, pin_memory=True)
+        self.out_host = torch.empty((2, n_labels), dtype=torch.float64, pin_memory=True)
         self.g = torch.zeros(n_labels, dtype=torch.float32, device=x.device)
         self.graph = torch.cuda.CUDAGraph()
         # capture on a side stream, without torch.cuda.graph's synchronise / gc /
@@ -121,45 +127,60 @@ class _CapturedSweep:
         side = torch.cuda.Stream(x.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            self.graph.capture_begin(capture_error_mode="thread_local")
+            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
-                self.colsum = _triton_kernels.sweep_colsum(x, self.g, lam, is_probs)
+                colsum, colmax = _triton_kernels.sweep_stats(
+                    x, self.g, lam, is_probs, with_max=with_max
+                )
+                if colmax is None:
+                    colmax = torch.full_like(colsum, -torch.inf)
+                self.out = torch.stack([colsum, colmax.to(torch.float64)])
             finally:
                 self.graph.capture_end()
         current.wait_stream(side)
 
     def __call__(self, g: np.ndarray) -> np.ndarray:
+        """(2, K) float64: column sums and column maxima (-inf where not computed)."""
         self.g_host.numpy()[:] = g  # rounded to float32, as the eager path does
         self.g.copy_(self.g_host, non_blocking=True)
         self.graph.replay()
-        self.colsum_host.copy_(self.colsum, non_blocking=True)
+        self.out_host.copy_(self.out, non_blocking=True)
         torch.cuda.current_stream(self.g.device).synchronize()
-        return self.colsum_host.numpy().copy()
+        return self.out_host.numpy().copy()
 
 
 class TorchBackend(Backend):
     """torch tensors on any device; the fused Triton sweep on CUDA where available.
 
-    ``capture_graphs``: sweeps of a CUDA tensor that was swept before with the same kind
-    and lam replay a captured CUDA graph (``_CapturedSweep``). ``for_solve`` returns such
-    an object for each solve, so the graphs live as long as that solve's loop.
+    ``for_solve`` returns a copy of this backend for one solve's loop, which keeps two
+    kinds of state for that solve only: captured CUDA graphs of its sweeps (a CUDA tensor
+    swept a second time with the same kind and lam replays one; ``capture_graphs=False``
+    turns this off) and, once a column sum has underflowed, the column maxima computed in
+    every later sweep of the solve instead of by a second pass.
     """
 
     name = "torch"
 
-    def __init__(self, kernel: str = "auto", capture_graphs: bool = False) -> None:
+    def __init__(self, kernel: str = "auto", capture_graphs: bool = True) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
         if kernel == "triton" and not triton_available():
             raise ValueError("kernel: 'triton' needs Triton installed; use 'auto' or 'torch'")
         self.kernel = kernel
         self.capture_graphs = capture_graphs
-        # (tensor, kind, lam) -> its captured sweep, None while seen once or if capture failed
+        self._per_solve = False
+        # (tensor, kind, lam, with_max) -> its captured sweep, None while seen once;
+        # keys whose capture failed stay eager
         self._graphs: dict[tuple, _CapturedSweep | None] = {}
         self._failed: set[tuple] = set()
+        self._pool: Any = None
+        self._with_max = False
 
     def for_solve(self) -> TorchBackend:
-        return TorchBackend(self.kernel, capture_graphs=True)
+        solve = copy.copy(self)  # subclasses and settings carry over
+        solve._per_solve = True
+        solve._graphs, solve._failed, solve._pool, solve._with_max = {}, set(), None, False
+        return solve
 
     @staticmethod
     def accepts(scores: Any) -> bool:
@@ -215,42 +236,56 @@ class TorchBackend(Backend):
         host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
         return ColumnStats(host[0].copy(), host[1].copy())
 
-    def _captured(self, x: torch.Tensor, kind: ScoreKind, lam: float) -> _CapturedSweep | None:
+    def _captured(
+        self, x: torch.Tensor, kind: ScoreKind, lam: float, with_max: bool
+    ) -> _CapturedSweep | None:
         """The captured sweep for this key, capturing it at the key's second sweep."""
-        if not (self.capture_graphs and x.is_cuda) or torch.cuda.is_current_stream_capturing():
+        if not (self._per_solve and self.capture_graphs and x.is_cuda):
             return None
-        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam))
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam), with_max)
         if key not in self._graphs:
-            if any(k[-1] != key[-1] for k in self._graphs):  # a new lam stage: drop the old
+            if any(k[-2] != key[-2] for k in self._graphs):  # a new lam stage: drop the old
                 self._graphs.clear()
             self._graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
             return None
         if self._graphs[key] is None and key not in self._failed:
             try:
-                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs")
-            except RuntimeError:  # capture unsupported here: stay eager for this key
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs", with_max, self._pool)
+            except Exception:  # capture unsupported here (torch, Triton, driver): stay eager
                 self._failed.add(key)
         return self._graphs[key]
+
+    def _stats(self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, with_max: bool):
+        """(colsum, colmax) on the host, float64; colmax -inf unless ``with_max``."""
+        captured = self._captured(x, kind, lam, with_max)
+        if captured is not None:
+            out = captured(g)
+            return out[0], out[1]
+        g_t = _dual(g, torch.float32, x.device)
+        colsum, colmax = _triton_kernels.sweep_stats(x, g_t, lam, kind == "probs", None, with_max)
+        if colmax is None:
+            return colsum.cpu().numpy(), np.full(x.shape[1], -np.inf)
+        host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
+        return host[0].copy(), host[1].copy()
 
     def _triton_sweep(
         self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
     ) -> ColumnStats:
-        """The fused kernel: column sums only, one (K,) copy to the host; the column
-        maxima (a second pass) only where a column sum underflowed to 0 with g finite,
-        the one place the driver reads them (``ColumnStats``); -inf elsewhere."""
-        is_probs = kind == "probs"
+        """The fused kernel: column sums, one (K,) copy to the host. The column maxima are
+        needed only where a column sum underflowed to 0 with g finite (``ColumnStats``):
+        then the sweep is rerun computing them, and a solve's backend computes them in
+        every later sweep instead of rerunning (one pass; its cost against the plain sweep
+        is what benchmarks/gpu_check.py reports as ``kernel_with_max_ms``)."""
         with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
-            captured = self._captured(x, kind, lam)
-            if captured is not None:
-                colsum = captured(g)
-            else:
-                g_t = _dual(g, torch.float32, x.device)
-                colsum = _triton_kernels.sweep_colsum(x, g_t, lam, is_probs).cpu().numpy()
-            colmax = np.full_like(colsum, -np.inf)
-            if np.any((colsum == 0.0) & np.isfinite(g)):
-                g_t = _dual(g, torch.float32, x.device)
-                colmax = _triton_kernels.sweep_colmax(x, g_t, lam, is_probs).cpu().numpy()
-        return ColumnStats(colsum, colmax.astype(np.float64))
+            colsum, colmax = self._stats(x, kind, lam, g, self._with_max)
+            if not self._with_max and np.any((colsum == 0.0) & np.isfinite(g)):
+                self._with_max = self._per_solve
+                colsum, colmax = self._stats(x, kind, lam, g, True)
+        return ColumnStats(colsum, colmax)
 
     def labels(
         self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
