@@ -251,12 +251,11 @@ def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
     if backend_name == "torch-triton":  # a solve's backend: in-sweep maxima from then on
         solving = TorchBackend().for_solve()
         tensor = torch.from_numpy(x).cuda()
-        for _ in range(4):  # rerun, then eager with maxima, then captured with maxima
+        for _ in range(3):  # a rerun with maxima, then maxima in every sweep
             again = solving.sweep(tensor, "logits", LAM, g)
             assert solving._with_max
             np.testing.assert_allclose(again.colmax[7], ref.colmax[7], rtol=1e-6)
             _assert_stats_close(ref, again)
-        assert any(k[-1] and v is not None for k, v in solving._graphs.items())
 
 
 def test_cupy_solve_agrees_with_numpy() -> None:

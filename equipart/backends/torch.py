@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = ["TorchBackend", "compute_dtype", "triton_available"]
 BLOCK_ELEMENTS = 1 << 19
 CUDA_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 per temporary: well under 1 GiB in all
 KERNELS = ("auto", "triton", "torch")
+MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); more stay eager
 
 
 def triton_available() -> bool:
@@ -102,23 +104,21 @@ def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
 class _CapturedSweep:
     """The Triton sweep of one fixed CUDA tensor at one lam, captured as a CUDA graph.
 
-    g goes in and the column statistics come out through fixed buffers (pinned on the
-    host, so both copies are asynchronous): a sweep then costs the host one graph launch,
-    two small copies and one synchronisation, instead of the Triton launcher's and torch's
-    per-call Python work, during which the GPU would idle (54-73 us for ``sweep_stats`` on
-    a 4-row tensor on the H200 machine: benchmarks/results/gpu_round_trip_nvidia_h200_run5
-    to _run8.json). The graph reads the tensor's memory at each replay, so it sees the
-    tensor as it is then. The graphs of one solve share one memory pool: each call
-    replays its graph and reads its outputs before any other graph runs, so a scratch
-    buffer of one graph overlapping the outputs of another is never observed.
+    g goes in and the column sums come out through fixed buffers (pinned on the host, so
+    both copies are asynchronous): a sweep then costs the host one graph launch, two small
+    copies and one synchronisation, instead of the Triton launcher's and torch's per-call
+    Python work, during which the GPU would idle (54-73 us for ``sweep_stats`` on a 4-row
+    tensor on the H200 machine: benchmarks/results/gpu_round_trip_nvidia_h200_run5 to
+    _run8.json). The graph reads the tensor's memory at each replay, so it sees the tensor
+    as it is then. Each graph keeps its scratch (the (P, K) float32 partials, 4.75 MB at
+    K = 3000 and P = 396) in its own memory pool until the solve's backend is dropped.
+    Sweeps that also compute the column maxima (after an underflow) are not captured.
     """
 
-    def __init__(
-        self, x: torch.Tensor, lam: float, is_probs: bool, with_max: bool, pool: Any
-    ) -> None:
+    def __init__(self, x: torch.Tensor, lam: float, is_probs: bool) -> None:
         n_labels = x.shape[1]
         self.g_host = torch.empty(n_labels, dtype=torch.float32, pin_memory=True)
-        self.out_host = torch.empty((2, n_labels), dtype=torch.float64, pin_memory=True)
+        self.colsum_host = torch.empty(n_labels, dtype=torch.float64, pin_memory=True)
         self.g = torch.zeros(n_labels, dtype=torch.float32, device=x.device)
         self.graph = torch.cuda.CUDAGraph()
         # capture on a side stream, without torch.cuda.graph's synchronise / gc /
@@ -127,26 +127,20 @@ class _CapturedSweep:
         side = torch.cuda.Stream(x.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            self.graph.capture_begin(capture_error_mode="thread_local")
             try:
-                colsum, colmax = _triton_kernels.sweep_stats(
-                    x, self.g, lam, is_probs, with_max=with_max
-                )
-                if colmax is None:
-                    colmax = torch.full_like(colsum, -torch.inf)
-                self.out = torch.stack([colsum, colmax.to(torch.float64)])
+                self.colsum = _triton_kernels.sweep_stats(x, self.g, lam, is_probs)[0]
             finally:
                 self.graph.capture_end()
         current.wait_stream(side)
 
     def __call__(self, g: np.ndarray) -> np.ndarray:
-        """(2, K) float64: column sums and column maxima (-inf where not computed)."""
         self.g_host.numpy()[:] = g  # rounded to float32, as the eager path does
         self.g.copy_(self.g_host, non_blocking=True)
         self.graph.replay()
-        self.out_host.copy_(self.out, non_blocking=True)
+        self.colsum_host.copy_(self.colsum, non_blocking=True)
         torch.cuda.current_stream(self.g.device).synchronize()
-        return self.out_host.numpy().copy()
+        return self.colsum_host.numpy().copy()
 
 
 class TorchBackend(Backend):
@@ -169,17 +163,16 @@ class TorchBackend(Backend):
         self.kernel = kernel
         self.capture_graphs = capture_graphs
         self._per_solve = False
-        # (tensor, kind, lam, with_max) -> its captured sweep, None while seen once;
+        # (tensor, kind, lam) -> its captured sweep, None while seen once;
         # keys whose capture failed stay eager
         self._graphs: dict[tuple, _CapturedSweep | None] = {}
         self._failed: set[tuple] = set()
-        self._pool: Any = None
         self._with_max = False
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
         solve._per_solve = True
-        solve._graphs, solve._failed, solve._pool, solve._with_max = {}, set(), None, False
+        solve._graphs, solve._failed, solve._with_max = {}, set(), False
         return solve
 
     @staticmethod
@@ -236,35 +229,37 @@ class TorchBackend(Backend):
         host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
         return ColumnStats(host[0].copy(), host[1].copy())
 
-    def _captured(
-        self, x: torch.Tensor, kind: ScoreKind, lam: float, with_max: bool
-    ) -> _CapturedSweep | None:
+    def _captured(self, x: torch.Tensor, kind: ScoreKind, lam: float) -> _CapturedSweep | None:
         """The captured sweep for this key, capturing it at the key's second sweep."""
         if not (self._per_solve and self.capture_graphs and x.is_cuda):
             return None
         if torch.cuda.is_current_stream_capturing():
             return None
-        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam), with_max)
+        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam))
         if key not in self._graphs:
-            if any(k[-2] != key[-2] for k in self._graphs):  # a new lam stage: drop the old
+            if any(k[-1] != key[-1] for k in self._graphs):  # a new lam stage: drop the old
                 self._graphs.clear()
             self._graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
             return None
-        if self._graphs[key] is None and key not in self._failed:
+        captured = sum(v is not None for v in self._graphs.values())
+        if self._graphs[key] is None and key not in self._failed and captured < MAX_GRAPHS:
             try:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs", with_max, self._pool)
-            except Exception:  # capture unsupported here (torch, Triton, driver): stay eager
+                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs")
+            except Exception as exc:  # capture unsupported here (torch, Triton, driver)
                 self._failed.add(key)
+                warnings.warn(
+                    f"CUDA graph capture of the sweep failed ({type(exc).__name__}: {exc}); "
+                    "this tensor's sweeps run eagerly (same results, more host time)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return self._graphs[key]
 
     def _stats(self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, with_max: bool):
         """(colsum, colmax) on the host, float64; colmax -inf unless ``with_max``."""
-        captured = self._captured(x, kind, lam, with_max)
+        captured = None if with_max else self._captured(x, kind, lam)
         if captured is not None:
-            out = captured(g)
-            return out[0], out[1]
+            return captured(g), np.full(x.shape[1], -np.inf)
         g_t = _dual(g, torch.float32, x.device)
         colsum, colmax = _triton_kernels.sweep_stats(x, g_t, lam, kind == "probs", None, with_max)
         if colmax is None:
