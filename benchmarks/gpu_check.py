@@ -71,7 +71,7 @@ POT_SAFE_LAM = 1.0
 # for K = 3000), 1024 = "split" into 3 chunks (3072 lanes). The first is the reference
 # ("tile", which also computes the column maxima); the second the untuned default rule.
 # Then the first split runs' winners (gpu_tune_nvidia_h200.json: 1/8/3 fp32, 1/4/4 bf16;
-# gpu_nvidia_h200.json: 2/4/3 both) and, for bf16, the software-pipelined split
+# gpu_nvidia_h200_run4.json: 2/4/3 both) and, for bf16, the software-pipelined split
 # (num_stages S >= 2, tiles staged in shared memory with cp.async): a bf16 tile holds half
 # the bytes of an fp32 one per register, so with register prefetch an SM keeps too few
 # bytes in flight (the bf16 kernel stayed at 1.30x the read while fp32 reached 0.98x).

@@ -23,7 +23,7 @@ with log m_j >= colmax_j - log K, which the driver uses where colsum_j underflow
 colmax_j must be exact where colsum_j == 0; elsewhere a backend may return any lower bound
 of it (-inf included), since there log colsum_j >= colmax_j - log K already (up to
 rounding) and the driver's max(log colsum_j, colmax_j - log K) does not read it. The
-Numba backend uses this to keep the column maximum out of its hot loop.
+Numba, Triton and CuPy sweeps use this to keep the column maximum out of their hot loops.
 """
 
 from __future__ import annotations
