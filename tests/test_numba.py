@@ -88,6 +88,51 @@ def test_sweep_matches_numpy_backend(kind, dtype, lam):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lam", [0.1, 25.0, 1e4])
+def test_warm_sweeps_of_a_solve_match_numpy(kind, dtype, lam):
+    """A solve's backend skips the row-maximum pass from a block's second sweep on,
+    shifting each row by its previous log-sum-exp plus the largest increase of g: the
+    statistics stay those of the NumPy backend, for small and large steps of g (a step
+    past the shift's slack redoes the row cold), zero-target labels and repeated lam."""
+    x = scores_for(kind, (700, 37), dtype)
+    rng = np.random.default_rng(5)
+    solve = NB.for_solve()
+    g = dual(37, dead=True)
+    for step in (0.0, 0.01, 1.0, 30.0, -50.0):
+        g = g + step * rng.standard_normal(37)
+        assert_same_stats(solve.sweep(x, kind, lam, g), NP.sweep(x, kind, lam, g), dtype)
+    assert len(solve._warm) == (0 if kind == "probs" else 1)  # probabilities stay cold
+    assert not NB._warm and not NB._per_solve  # the shared backend keeps no state
+
+
+def test_warm_sweep_survives_scores_changed_under_its_cache():
+    """Rows whose cached shift no longer bounds their maximum (the scores were changed in
+    place mid-solve) overflow and are redone cold: the result is still exact."""
+    x = scores_for("logits", (300, 20), np.float32)
+    g = dual(20)
+    solve = NB.for_solve()
+    solve.sweep(x, "logits", 25.0, g)
+    x[::3] += 20.0  # these rows' maxima rise by 20 * lam: 2^(z - shift) overflows
+    assert_same_stats(
+        solve.sweep(x, "logits", 25.0, g), NP.sweep(x, "logits", 25.0, g), np.float32
+    )
+
+
+def test_warm_state_is_per_block_and_not_kept_for_converted_blocks():
+    solve = NB.for_solve()
+    x16 = scores_for("logits", (200, 10), np.float16)
+    for _ in range(2):
+        solve.sweep(x16, "logits", 25.0, dual(10))
+    assert not solve._warm  # float16 is converted block by block: nothing to reuse
+    heads = scores_for("logits", (2, 200, 10), np.float32)
+    for _ in range(2):
+        for head in heads:
+            solve.sweep(head, "logits", 25.0, dual(10))
+    assert len(solve._warm) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["logits", "probs"])
 def test_underflowed_columns_get_their_exact_colmax(kind, dtype):
     """Where a column's mass underflows, the sweep's extra pass supplies the exact colmax,
