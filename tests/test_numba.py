@@ -92,44 +92,72 @@ def test_sweep_matches_numpy_backend(kind, dtype, lam):
 @pytest.mark.parametrize("lam", [0.1, 25.0, 1e4])
 def test_warm_sweeps_of_a_solve_match_numpy(kind, dtype, lam):
     """A solve's backend skips the row-maximum pass from a block's second sweep on,
-    shifting each row by its previous log-sum-exp plus the largest increase of g: the
-    statistics stay those of the NumPy backend, for small and large steps of g (a step
-    past the shift's slack redoes the row cold), zero-target labels and repeated lam."""
-    x = scores_for(kind, (700, 37), dtype)
+    shifting each row by its previous maximum plus the largest step of g: the statistics
+    stay those of the NumPy backend; small steps of g sweep warm, steps whose spread could
+    leave a row's terms too small sweep cold; probabilities always sweep cold."""
+    x = scores_for(kind, (700, 70), dtype)
     rng = np.random.default_rng(5)
     solve = NB.for_solve()
-    g = dual(37, dead=True)
-    for step in (0.0, 0.01, 1.0, 30.0, -50.0):
-        g = g + step * rng.standard_normal(37)
+    g = dual(70, dead=True)
+    for number, step in enumerate((0.0, 0.0, 1e-3 / lam, 30.0, -50.0)):
+        g = g + step * rng.standard_normal(70)
         assert_same_stats(solve.sweep(x, kind, lam, g), NP.sweep(x, kind, lam, g), dtype)
-    assert len(solve._warm) == (0 if kind == "probs" else 1)  # probabilities stay cold
+        warm, redone = solve.warm_rows
+        if kind == "probs" or number == 0:
+            assert warm == 0
+        elif number < 3:  # steps of g far below the slack: every row warm, none redone
+            assert (warm, redone) == (700, 0), (number, warm, redone)
+        else:  # 30 and 50 x N(0, 1) steps: the spread exceeds the slack
+            assert warm == 0
     assert not NB._warm and not NB._per_solve  # the shared backend keeps no state
 
 
-def test_warm_sweep_survives_scores_changed_under_its_cache():
-    """Rows whose cached shift no longer bounds their maximum (the scores were changed in
-    place mid-solve) overflow and are redone cold: the result is still exact."""
-    x = scores_for("logits", (300, 20), np.float32)
-    g = dual(20)
+def test_warm_rows_whose_shift_falls_short_are_redone_exactly():
+    """Rows whose cached maximum no longer bounds them (their scores were raised in place
+    mid-solve, or a loader refilled the same buffer) fail the per-row check and are swept
+    cold: the result is exact and the redone rows are counted."""
+    x = scores_for("logits", (300, 70), np.float32)
+    g = dual(70)
     solve = NB.for_solve()
     solve.sweep(x, "logits", 25.0, g)
-    x[::3] += 20.0  # these rows' maxima rise by 20 * lam: 2^(z - shift) overflows
-    assert_same_stats(
-        solve.sweep(x, "logits", 25.0, g), NP.sweep(x, "logits", 25.0, g), np.float32
-    )
+    x[::3] += np.float32(150.0 / (25.0 * np.log2(np.e)))  # 150 log2 units above the shift
+    got = solve.sweep(x, "logits", 25.0, g)
+    assert solve.warm_rows == (300, 100)
+    assert_same_stats(got, NP.sweep(x, "logits", 25.0, g), np.float32)
+    assert solve._warm and all(v is None for v in solve._warm.values())  # gave up: cold now
+
+
+def test_warm_sweep_keeps_columns_of_tiny_mass():
+    """A warm shift above a row's maximum would flush float32 terms that the cold sweep
+    keeps; a column whose whole mass is that small sends the block back to a cold sweep."""
+    x = np.full((1000, 64), -30.0, dtype=np.float32)
+    x[:, 0] = 0.0
+    x[:, 1] = -88.0  # 2^-127 of the shift after the step below, 2^-107 of the row maximum
+    g = np.zeros(64)
+    solve = NB.for_solve()
+    solve.sweep(x, "logits", 1.0, g)
+    g[0] = -14.0  # the row maximum drops by 14 nats: the warm shift overshoots by that
+    got, ref = solve.sweep(x, "logits", 1.0, g), NP.sweep(x, "logits", 1.0, g)
+    assert ref.colsum[1] > 1e-30 and got.colsum[1] > 0.0
+    assert_same_stats(got, ref, np.float32)
 
 
 def test_warm_state_is_per_block_and_not_kept_for_converted_blocks():
     solve = NB.for_solve()
-    x16 = scores_for("logits", (200, 10), np.float16)
+    x16 = scores_for("logits", (200, 70), np.float16)
     for _ in range(2):
-        solve.sweep(x16, "logits", 25.0, dual(10))
+        solve.sweep(x16, "logits", 25.0, dual(70))
     assert not solve._warm  # float16 is converted block by block: nothing to reuse
-    heads = scores_for("logits", (2, 200, 10), np.float32)
+    heads = scores_for("logits", (2, 200, 70), np.float32)
     for _ in range(2):
         for head in heads:
-            solve.sweep(head, "logits", 25.0, dual(10))
-    assert len(solve._warm) == 2
+            solve.sweep(head, "logits", 25.0, dual(70))
+            assert solve.warm_rows[0] in (0, 200)
+    assert len(solve._warm) == 2 and solve.warm_rows == (200, 0)
+    narrow = scores_for("logits", (200, 10), np.float32)
+    for _ in range(2):
+        solve.sweep(narrow, "logits", 25.0, dual(10))
+    assert solve.warm_rows[0] == 0 and len(solve._warm) == 2  # K < 64: no cache
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

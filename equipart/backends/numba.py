@@ -15,7 +15,9 @@ Memory
     Per chunk: a few K-vectors and, for inputs that are not C-contiguous, a buffer of
     ``SUB_ROWS`` rows (the row block is copied there, in the compute precision, in the
     order of the input's strides). Column partials: ``n_chunks x K`` float64, capped at
-    ``PARTIALS_BYTES``. Nothing of size N x K is ever allocated by a sweep.
+    ``PARTIALS_BYTES``. A solve's backend (``for_solve``) also keeps one number per row of
+    each block for its warm sweeps (``_sweep_kernel``). Nothing of size N x K is ever
+    allocated by a sweep.
 
 Precision
     float32 inputs compute in float32 (float16 too, converted block by block), everything
@@ -82,10 +84,20 @@ EXP2_FLOOR = _F32(-125.0)  # exp2 returns 0 below: 2^-125 = 2.4e-38, near float3
 WARM_SLACK = 30.0
 WARM_SLACK_UP = 1.0
 MAX_WARM_BLOCKS = 64  # row-maximum caches per solve (heads x blocks); more stay cold
-# Warm sweeps only up to this many labels: 0.79-0.80x the cold sweep's time at K = 100
-# and 1,000 but 1.11x at K = 3,000 (2-core AMD EPYC, float32, same process; the cold
-# path's cheap maximum pass brings a 12 KB row into cache for the costly exp pass)
+# Warm sweeps only for WARM_MIN_LABELS <= K <= WARM_MAX_LABELS: the cache is 1/K of a
+# float32 input (at most 1.6%), and a warm sweep took 0.78-0.84x the cold one's time at
+# K = 100 and 1,000 but 1.11x at K = 3,000 (2-core AMD EPYC, float32; the cold path's
+# cheap maximum loop brings a 12 KB row into cache for the costly exp loop)
+WARM_MIN_LABELS = 64
 WARM_MAX_LABELS = 2048
+# A block whose warm sweep had to redo more than this share of its rows (its memory held
+# other rows than last time: a loader reusing buffers) is swept cold for the rest of the
+# solve: a redone row costs about twice a cold one.
+WARM_GIVE_UP = 0.125
+# float32 terms below 2^-125 flush to 0, so a warm shift up to WARM_SLACK above a row's
+# maximum loses terms between 2^-125 and 2^-95 of it that the cold sweep keeps; they
+# matter only to a column whose whole mass is that small, which is then swept again cold.
+WARM_TINY_MASS = 2.0**-90
 _MANTISSA_BITS = np.int32(23)
 # 2^r on [-1/2, 1/2]: the degree-6 polynomial interpolating it at the Chebyshev nodes
 # (relative error 2.5e-9 = 0.04 float32 ulp; the middle node is r = 0, so p(0) = 1).
@@ -294,7 +306,7 @@ def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, warm, delta):
+def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm, delta, redone):
     """Per-chunk float64 column sums of Q for one sweep, and each row's maximum of z.
 
     Cold (``warm`` False): two passes over each row while it is in cache, the row maximum
@@ -306,10 +318,11 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, warm, delta
     max_j (z_j - c), which gives this sweep's maximum for free and checks the shift: a row
     where it is above WARM_SLACK_UP (the shift did not bound the row: not expected, but
     then nothing is assumed) or below -WARM_SLACK (too loose a shift) is redone cold.
-    Either way Q = e / sum e is the same up to rounding, and the row's maximum is written
-    to ``row_max``. Scores only (probabilities keep the cold path: their logarithm pass
-    is the costly one). The column maximum of v is not computed here (see
-    ``_colmax_kernel``).
+    Either way Q = e / sum e is the same up to rounding. With ``track`` the row's maximum
+    is written to ``row_max`` (N long; otherwise it may be a 1-element dummy), and each
+    chunk counts its warm rows that were redone cold in ``redone[c]``. Scores only
+    (probabilities keep the cold path: their logarithm pass is the costly one). The
+    column maximum of v is not computed here (see ``_colmax_kernel``).
     """
     n_rows, n_labels = x.shape
     zero, one, none = g.dtype.type(0.0), g.dtype.type(1.0), g.dtype.type(-np.inf)
@@ -321,6 +334,7 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, warm, delta
         e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
         acc = np.empty(n_labels, dtype=g.dtype)
         total = colsum_parts[c]
+        misses = 0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -336,14 +350,17 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, warm, delta
                         continue
                     e[:] = zero  # redo this row cold (the previous row is already folded)
                     weight = zero
+                    misses += 1
                 m = _row_max(rows[i], probs, lam, g, z)
-                row_max[b0 + i] = m
+                if track:
+                    row_max[b0 + i] = m
                 if m == -np.inf:  # no label reachable from this row: it carries no mass
                     continue  # (the pending row in e stays pending)
                 s, _ = _exp_fold_row(rows[i], probs, lam, g, z, m, e, acc, weight)
                 weight = one / s
             for j in range(n_labels):
                 total[j] += acc[j] + e[j] * weight
+        redone[c] = misses
 
 
 @njit(**_OPTS, fastmath=_FAST)
@@ -583,11 +600,16 @@ class NumbaBackend(NumpyBackend):
             deviation = max(deviation, float(dev.max()))
         return BlockCheck(all_finite, min_value, deviation)
 
+    # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
+    # gets its own dict in for_solve; the class-level one is never written)
+    _per_solve = False
+    _warm: dict = {}  # noqa: RUF012
+    warm_rows = (0, 0)  # a solve's last block: (rows swept warm, of those redone cold)
+
     def __init__(self) -> None:
-        self._per_solve = False
         # a solve's row maxima by block: (data address, shape, strides, dtype) -> (lam, g,
-        # row_max) of the block's last sweep, in kernel units
-        self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray]] = {}
+        # row_max) of the block's last sweep in kernel units, or None once it gave up
+        self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
 
     def for_solve(self) -> NumbaBackend:
         """A copy whose sweeps skip the row-maximum pass from a block's second sweep on
@@ -597,28 +619,63 @@ class NumbaBackend(NumpyBackend):
         solve._per_solve, solve._warm = True, {}
         return solve
 
-    def _row_state(
+    def _warm_plan(
         self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
-    ) -> tuple[np.ndarray, bool, Any]:
-        """(row maxima buffer, warm, delta) for one kernel block: warm when this solve
-        swept the same block at the same lam before, with delta = max_j (g_j - g_j then)."""
-        cold = np.empty(part.shape[0], dtype=g_c.dtype), False, g_c.dtype.type(0.0)
-        if not (self._per_solve and whole) or probs or part.shape[1] > WARM_MAX_LABELS:
-            return cold  # (converted blocks are new arrays at every sweep)
+    ) -> tuple[tuple | None, np.ndarray | None, Any]:
+        """(cache key or None, previous row maxima or None, delta) for one kernel block.
+
+        Warm (row maxima returned) when this solve swept the same block at the same lam
+        before and no row's shift can overshoot its maximum by more than WARM_SLACK:
+        with steps d_j = g_j - g_j(then), c_i - m_i <= max_j d_j - min_j d_j.
+        """
+        n_labels = part.shape[1]
+        usable = WARM_MIN_LABELS <= n_labels <= WARM_MAX_LABELS and not probs
+        if not (self._per_solve and whole and usable):  # (converted blocks are new arrays)
+            return None, None, 0.0
         key = (part.__array_interface__["data"][0], part.shape, part.strides, part.dtype.str)
+        if key not in self._warm and len(self._warm) >= MAX_WARM_BLOCKS:
+            return None, None, 0.0
         previous = self._warm.get(key)
-        if previous is None and len(self._warm) >= MAX_WARM_BLOCKS:
-            return cold
-        row_max = cold[0] if previous is None else previous[2]
-        self._warm[key] = (lam_c, g_c.copy(), row_max)
         if previous is None or previous[0] != lam_c:
-            return row_max, False, cold[2]
+            return (key if key not in self._warm or previous is not None else None), None, 0.0
         g_then = previous[1]
         moving = np.isfinite(g_then) & np.isfinite(g_c)
         if not np.array_equal(moving, np.isfinite(g_c)):  # a label came back from -inf
-            return row_max, False, cold[2]
-        delta = (g_c[moving].astype(np.float64) - g_then[moving]).max(initial=0.0)
-        return row_max, True, g_c.dtype.type(delta)
+            return key, None, 0.0
+        steps = g_c[moving].astype(np.float64) - g_then[moving]
+        if steps.size == 0 or steps.max() - steps.min() > WARM_SLACK - 1.0:
+            return key, None, 0.0
+        return key, previous[2], max(float(steps.max()), 0.0)
+
+    def _sweep_part(
+        self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
+    ) -> np.ndarray:
+        """Per-chunk column sums of one kernel block (warm where ``_warm_plan`` allows)."""
+        n_rows, n_labels = part.shape
+        n_chunks = _n_chunks(n_rows, n_labels)
+        sums = np.zeros((n_chunks, n_labels))
+        redone = np.zeros(n_chunks, dtype=np.int64)
+        key, row_max, delta = self._warm_plan(part, whole, probs, lam_c, g_c)
+        warm = row_max is not None
+        if key is not None and not warm:
+            row_max = np.full(n_rows, -np.inf, dtype=g_c.dtype)
+        elif key is None:
+            row_max = np.empty(1, dtype=g_c.dtype)  # not kept: nothing to write
+        kernel_args = (part, probs, lam_c, g_c, n_chunks, sums, row_max, key is not None)
+        _sweep_kernel(*kernel_args, warm, g_c.dtype.type(delta), redone)
+        part_sum = sums.sum(axis=0)
+        if warm and g_c.dtype == np.float32:
+            tiny = (part_sum < n_rows * WARM_TINY_MASS) & (g_c > -np.inf)
+            if tiny.any():  # terms a warm shift may have flushed: this sweep again, cold
+                sums[:] = 0.0
+                _sweep_kernel(*kernel_args, False, g_c.dtype.type(0.0), redone)
+                part_sum = sums.sum(axis=0)
+        if key is not None:
+            gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
+            self._warm[key] = None if gave_up else (lam_c, g_c.copy(), row_max)
+        if self._per_solve:  # (rows swept warm, of those redone cold) in this block
+            self.warm_rows = (int(warm) * n_rows, int(redone.sum()))
+        return part_sum
 
     def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         x = _as_array(block)
@@ -630,13 +687,10 @@ class NumbaBackend(NumpyBackend):
         colsum = np.zeros(n_labels)
         colmax = np.full(n_labels, -np.inf)  # exact where colsum_j == 0, see ColumnStats
         for part in _kernel_blocks(x):
-            n_chunks = _n_chunks(*part.shape)
-            sums = np.zeros((n_chunks, n_labels))
-            row_max, warm, delta = self._row_state(part, part is x, probs, lam_c, g_c)
-            _sweep_kernel(part, probs, lam_c, g_c, n_chunks, sums, row_max, warm, delta)
-            part_sum = sums.sum(axis=0)
+            part_sum = self._sweep_part(part, part is x, probs, lam_c, g_c)
             colsum += part_sum
             if np.any((part_sum == 0.0) & (g_c > -np.inf)):  # underflowed: one more read
+                n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
                 _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
                 np.maximum(colmax, maxima.max(axis=0), out=colmax)
