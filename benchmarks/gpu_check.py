@@ -520,7 +520,12 @@ def print_table() -> None:
     def fmt(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
 
-    rows.append(("plain read pass (floor)", fmt(f32.get("read_ms")), fmt(b16.get("read_ms")), "-"))
+    def equipart_row(label: str, key: str, memory: str | None = None) -> None:
+        """fp32 and bf16 figures of one bench-stage key (memory: an fp32 key)."""
+        peak = fmt(f32.get(memory)) if memory else "-"
+        rows.append((label, fmt(f32.get(key)), fmt(b16.get(key)), peak))
+
+    equipart_row("plain read pass (floor)", "read_ms")
     tuned = s.get("tune", {})
     reference = [
         tuned.get(d, {}).get("kernel_ms_by_config", {}) for d in ("torch.float32", "torch.bfloat16")
@@ -534,49 +539,14 @@ def print_table() -> None:
             "-",
         )
     )
-    rows.append(
-        (
-            "equipart sweep (Triton, tuned)",
-            fmt(f32.get("sweep_ms")),
-            fmt(b16.get("sweep_ms")),
-            fmt(f32.get("solve_peak_extra_gib")),
-        )
+    equipart_row("equipart sweep (Triton, tuned)", "sweep_ms", "solve_peak_extra_gib")
+    equipart_row("Triton kernel with column maxima (after an underflow)", "kernel_with_max_ms")
+    equipart_row("equipart sweep, captured CUDA graph (solves)", "captured_sweep_ms")
+    equipart_row("equipart solver iteration (sweep + driver)", "iteration_ms")
+    equipart_row(
+        "equipart pure-torch sweep", "torch_fallback_sweep_ms", "torch_fallback_peak_extra_gib"
     )
-    rows.append(
-        (
-            "Triton kernel with column maxima (after an underflow)",
-            fmt(f32.get("kernel_with_max_ms")),
-            fmt(b16.get("kernel_with_max_ms")),
-            "-",
-        )
-    )
-    rows.append(
-        (
-            "equipart sweep, captured CUDA graph (solves)",
-            fmt(f32.get("captured_sweep_ms")),
-            fmt(b16.get("captured_sweep_ms")),
-            "-",
-        )
-    )
-    rows.append(
-        (
-            "equipart solver iteration (sweep + driver)",
-            fmt(f32.get("iteration_ms")),
-            fmt(b16.get("iteration_ms")),
-            "-",
-        )
-    )
-    rows.append(
-        (
-            "equipart pure-torch sweep",
-            fmt(f32.get("torch_fallback_sweep_ms")),
-            "-",
-            fmt(f32.get("torch_fallback_peak_extra_gib")),
-        )
-    )
-    rows.append(
-        ("equipart CuPy sweep", fmt(f32.get("cupy_sweep_ms")), fmt(b16.get("cupy_sweep_ms")), "-")
-    )
+    equipart_row("equipart CuPy sweep", "cupy_sweep_ms")
     rows.append(
         (
             f"SeLa torch 2 mat-vecs (rows {base.get('sela_float32_rows', '-')})",

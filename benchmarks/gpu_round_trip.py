@@ -45,27 +45,30 @@ REPS = 200
 ITERATIONS = 40
 
 
-def host_us(fn: Callable[[], Any], reps: int = REPS) -> float:
-    """Mean host microseconds of ``fn`` (the GPU drained before and after)."""
+def _per_call_s(fn: Callable[[], Any], calls: int, drained: bool) -> float:
+    """Mean seconds per call of ``fn`` over ``calls`` calls after a warm-up call, the GPU
+    drained before; ``drained``: the final drain is inside the timing (GPU time), else
+    outside (host time only)."""
     fn()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(reps):
+    for _ in range(calls):
         fn()
+    if drained:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     torch.cuda.synchronize()
-    return 1e6 * elapsed / reps
+    return elapsed / calls
+
+
+def host_us(fn: Callable[[], Any], reps: int = REPS) -> float:
+    """Mean host microseconds of ``fn`` (the GPU drained before and after)."""
+    return 1e6 * _per_call_s(fn, reps, drained=False)
 
 
 def loop_ms(step: Callable[[], Any], iterations: int = ITERATIONS) -> float:
     """Wall milliseconds per call of ``step`` over ``iterations`` calls, GPU drained."""
-    step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - start) / iterations
+    return 1e3 * _per_call_s(step, iterations, drained=True)
 
 
 def call_costs() -> dict[str, float]:

@@ -68,6 +68,12 @@ class ColumnStats:
         return np.maximum(log_sum, self.colmax - np.log(n_labels), out=log_sum)
 
 
+def needs_exact_colmax(colsum: np.ndarray, g: np.ndarray) -> bool:
+    """Whether a sweep whose kernel left colmax out must supply it: some column sum
+    underflowed to 0 for a label with a finite dual (see ``ColumnStats``)."""
+    return bool(np.any((colsum == 0.0) & (g > -np.inf)))
+
+
 @dataclass(frozen=True)
 class BlockCheck:
     """What input validation learns from one block of scores."""

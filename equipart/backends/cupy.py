@@ -28,7 +28,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
 from .numpy import compute_dtype, row_blocks
 
 __all__ = ["CupyBackend"]
@@ -252,7 +252,7 @@ class CupyBackend(Backend):
                 return ColumnStats(host[0].copy(), host[1].copy())
             colsum = _kernel_colsum(block, kind, lam, g).get()
             colmax = np.full_like(colsum, -np.inf)
-            if np.any((colsum == 0.0) & np.isfinite(g)):  # the driver's underflow guard
+            if needs_exact_colmax(colsum, g):
                 colmax = _blockwise_stats(block, kind, lam, g)[1].astype(cp.float64).get()
         return ColumnStats(colsum, colmax)
 

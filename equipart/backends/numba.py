@@ -53,7 +53,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .base import BlockCheck, ColumnStats, ScoreKind
+from .base import BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
 from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["NumbaBackend"]
@@ -85,9 +85,10 @@ WARM_SLACK = 30.0
 WARM_SLACK_UP = 1.0
 MAX_WARM_BLOCKS = 64  # row-maximum caches per solve (heads x blocks); more stay cold
 # Warm sweeps only for WARM_MIN_LABELS <= K <= WARM_MAX_LABELS: the cache is 1/K of a
-# float32 input (at most 1.6%), and a warm sweep took 0.78-0.84x the cold one's time at
-# K = 100 and 1,000 but 1.11x at K = 3,000 (2-core AMD EPYC, float32; the cold path's
-# cheap maximum loop brings a 12 KB row into cache for the costly exp loop)
+# float32 input (at most 1.6%), and a warm sweep took 0.81-0.85x the cold one's time at
+# K = 100 and 1,000 (benchmarks/results/numba_cpu.json) but 1.11x at K = 3,000 (a side
+# test on the same 2-core AMD EPYC, not committed: the cold path's cheap maximum loop
+# brings a 12 KB row into cache for the costly exp loop)
 WARM_MIN_LABELS = 64
 WARM_MAX_LABELS = 2048
 # A block whose warm sweep had to redo more than this share of its rows (its memory held
@@ -633,11 +634,13 @@ class NumbaBackend(NumpyBackend):
         if not (self._per_solve and whole and usable):  # (converted blocks are new arrays)
             return None, None, 0.0
         key = (part.__array_interface__["data"][0], part.shape, part.strides, part.dtype.str)
+        if key in self._warm and self._warm[key] is None:  # this block gave up: cold
+            return None, None, 0.0
         if key not in self._warm and len(self._warm) >= MAX_WARM_BLOCKS:
             return None, None, 0.0
         previous = self._warm.get(key)
-        if previous is None or previous[0] != lam_c:
-            return (key if key not in self._warm or previous is not None else None), None, 0.0
+        if previous is None or previous[0] != lam_c:  # first sweep of this block or stage
+            return key, None, 0.0
         g_then = previous[1]
         moving = np.isfinite(g_then) & np.isfinite(g_c)
         if not np.array_equal(moving, np.isfinite(g_c)):  # a label came back from -inf
@@ -689,7 +692,7 @@ class NumbaBackend(NumpyBackend):
         for part in _kernel_blocks(x):
             part_sum = self._sweep_part(part, part is x, probs, lam_c, g_c)
             colsum += part_sum
-            if np.any((part_sum == 0.0) & (g_c > -np.inf)):  # underflowed: one more read
+            if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
                 _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)

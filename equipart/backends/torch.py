@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
 
 try:
     from . import _triton_kernels
@@ -241,8 +241,9 @@ class TorchBackend(Backend):
                 self._graphs.clear()
             self._graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
             return None
-        captured = sum(v is not None for v in self._graphs.values())
-        if self._graphs[key] is None and key not in self._failed and captured < MAX_GRAPHS:
+        if self._graphs[key] is not None or key in self._failed:
+            return self._graphs[key]
+        if sum(v is not None for v in self._graphs.values()) < MAX_GRAPHS:
             try:
                 self._graphs[key] = _CapturedSweep(x, lam, kind == "probs")
             except Exception as exc:  # capture unsupported here (torch, Triton, driver)
@@ -277,7 +278,7 @@ class TorchBackend(Backend):
         is what benchmarks/gpu_check.py reports as ``kernel_with_max_ms``)."""
         with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
             colsum, colmax = self._stats(x, kind, lam, g, self._with_max)
-            if not self._with_max and np.any((colsum == 0.0) & np.isfinite(g)):
+            if not self._with_max and needs_exact_colmax(colsum, g):
                 self._with_max = self._per_solve
                 colsum, colmax = self._stats(x, kind, lam, g, True)
         return ColumnStats(colsum, colmax)
