@@ -2,13 +2,18 @@
 
     python benchmarks/bench_rounding.py quality   # 20,000 x 200, three families, lam=25
     flock /tmp/equipart-heavy.lock python benchmarks/bench_rounding.py speed
+    python benchmarks/bench_rounding.py exact-time   # the LP's time against its size
 
 ``quality`` solves each SeLa-shaped family once, rounds the same dual with ``argmax`` and
 ``balanced``, solves the hard LP with ``exact_assign`` (POT's ``ot.emd``), and records
 every rounding's objective (mean log-probability of the assigned labels), its count range
 and its time. ``speed`` times the Sinkhorn solve of a 1,000,000 x 1,000 float32 problem
 and then the balanced rounding of its dual (the backend's ``top_labels`` pass and the host
-solve separately), with the peak resident memory. Results go to
+solve separately), with the peak resident memory. ``exact-time`` times ``exact_assign``
+(the dense LP through ``ot.emd``, after one small warm-up call) on the three families from
+10^5 to 4 x 10^6 arcs (N x K with K = 200, arcs counted as the size guard counts them) and
+fits seconds = s_4M (arcs / 4 x 10^6)^p by least squares on the logarithms of the slowest
+family at each size: the constants of the size guard in ``equipart/exact.py``. Results go to
 ``benchmarks/results/rounding_<mode>.json`` together with the machine's description.
 """
 
@@ -27,6 +32,7 @@ import numpy as np
 import equipart
 from equipart.backends import get_backend
 from equipart.balanced import FIRST_WIDTH, solve_candidates
+from equipart.exact import estimate_cost
 from equipart.marginals import Uniform
 
 RESULTS = Path(__file__).parent / "results"
@@ -155,9 +161,41 @@ def speed(args: argparse.Namespace) -> dict:
     }
 
 
+EXACT_ROWS = (500, 1_000, 2_500, 5_000, 10_000, 20_000)  # x 200 labels: 10^5 to 4 x 10^6 arcs
+
+
+def exact_time(args: argparse.Namespace) -> dict:
+    equipart.exact_assign(family("planted", 100, 10, seed=args.seed))  # imports, first call
+    rows = []
+    for n_rows in EXACT_ROWS:
+        lo, hi = Uniform().bind(n_rows, args.k).count_bounds()
+        arcs = (n_rows + 1) * int(np.count_nonzero(lo > 0) + np.count_nonzero(hi > lo))
+        _, estimate = estimate_cost(n_rows, lo, hi)
+        for name in ("near-uniform", "planted", "zipf"):
+            x = family(name, n_rows, args.k, seed=args.seed)
+            start = time.perf_counter()
+            equipart.exact_assign(x, max_seconds=None)
+            seconds = time.perf_counter() - start
+            row = {"family": name, "n": n_rows, "arcs": arcs, "seconds": seconds}
+            rows.append({**row, "guard_estimate_s": estimate})
+            print(json.dumps(rows[-1]), flush=True)
+    slowest = {}
+    for row in rows:
+        slowest[row["arcs"]] = max(slowest.get(row["arcs"], 0.0), row["seconds"])
+    arcs = np.array(sorted(slowest))
+    seconds = np.array([slowest[a] for a in arcs])
+    slope, intercept = np.polyfit(np.log(arcs / 4e6), np.log(seconds), 1)
+    return {
+        "mode": "exact-time",
+        "k": args.k,
+        "results": rows,
+        "fit": {"seconds_at_4M_arcs": float(np.exp(intercept)), "exponent": float(slope)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("quality", "speed"))
+    parser.add_argument("mode", choices=("quality", "speed", "exact-time"))
     parser.add_argument("--n", type=int)
     parser.add_argument("--k", type=int)
     parser.add_argument("--lam", type=float, default=25.0)
@@ -169,11 +207,14 @@ def main() -> None:
     if args.mode == "quality":
         args.n, args.k = args.n or 20_000, args.k or 200
         record = quality(args)
+    elif args.mode == "exact-time":
+        args.k = args.k or 200
+        record = exact_time(args)
     else:
         args.n, args.k = args.n or 1_000_000, args.k or 1_000
         record = speed(args)
     record["machine"] = machine()
-    out = args.out or RESULTS / f"rounding_{args.mode}.json"
+    out = args.out or RESULTS / f"rounding_{args.mode.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

@@ -10,16 +10,17 @@ import numpy as np
 from .backends.base import Backend, ScoreKind
 from .distributed import open_group
 from .exact import exact_assign
-from .marginals import ColumnConstraint, Marginal, Uniform, as_marginal
+from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS
 from .solver import RowSource, column_stats, run_sinkhorn
-from .sources import InMemory, open_source
+from .sources import InMemory, RowBlocks, open_source
 from .validation import (
     check_acceleration,
     check_kind,
     check_lam,
     check_positive_int,
+    check_positive_real,
     check_rounding,
     check_tol,
     check_values,
@@ -33,6 +34,50 @@ def _source(backend: str, scores: Any, allow_empty_rows: bool = False) -> tuple[
     """The backend and row source for ``scores``: an array, a memmap, a .npy path or a
     ``RowBlocks`` factory (see ``equipart.sources.open_source``)."""
     return open_source(scores, backend, allow_empty_rows=allow_empty_rows)
+
+
+def _check_solver_arguments(tol, max_iter, check_every, acceleration, callback) -> tuple:
+    """The Sinkhorn loop's settings, checked: (tol, max_iter, check_every, acceleration)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    return (
+        check_tol(tol),
+        check_positive_int(max_iter, "max_iter"),
+        check_positive_int(check_every, "check_every"),
+        check_acceleration(acceleration),
+    )
+
+
+def _exact_labels(
+    scores: Any,
+    lam: float,
+    *,
+    marginals: Marginal | None,
+    input: str,
+    backend: str,
+    warm_start: Any,
+    return_codes: bool,
+    solver_arguments: tuple,
+) -> Assignment:
+    """``assign_labels(..., rounding="exact")``: every argument checked as for a solve,
+    then ``exact_assign`` (which needs the whole matrix and no Sinkhorn loop)."""
+    check_kind(input)
+    check_lam(lam)
+    _check_solver_arguments(*solver_arguments)
+    if return_codes:
+        raise ValueError(
+            "return_codes: rounding='exact' solves the hard LP and has no transport plan Q; "
+            "pass return_codes=False, or use rounding='argmax' or 'balanced' for codes"
+        )
+    if isinstance(scores, RowBlocks) or (callable(scores) and not hasattr(scores, "shape")):
+        raise ValueError(
+            "scores: rounding='exact' reads every entry of the matrix at once (a dense LP); "
+            "pass an array, a memmap or a .npy path, or use rounding='balanced' on a stream"
+        )
+    spec = as_marginal(marginals)
+    _, source = _source(backend, scores)
+    initial_dual(warm_start, source.n_heads, source.n_labels, lam)  # checked; the LP needs none
+    return exact_assign(source.scores, spec, input, backend=backend)
 
 
 def _check_all_values(source: RowSource, backend: Backend, kind: ScoreKind) -> None:
@@ -167,7 +212,8 @@ def assign_labels(
     return_codes : bool, default False
         Also return Q (rows sum to 1) as ``codes``; this allocates an N x K array.
     callback : callable, optional
-        ``callback(iteration, error)`` at each check; returning True stops the solve.
+        ``callback(iteration, error)`` at each check; returning True (or ``numpy.True_``)
+        stops the solve.
         With ``group``, it runs on every rank and any rank's True stops all of them.
     group : None, "default" or torch.distributed.ProcessGroup
         ``None`` (default) solves in this process only, even when torch.distributed is
@@ -193,21 +239,32 @@ def assign_labels(
         ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
     """
     if rounding == "exact" and group is None:  # the hard LP needs no Sinkhorn solve
-        check_lam(lam)
-        return exact_assign(scores, marginals, input, backend=backend)
+        return _exact_labels(
+            scores,
+            lam,
+            marginals=marginals,
+            input=input,
+            backend=backend,
+            warm_start=warm_start,
+            return_codes=return_codes,
+            solver_arguments=(tol, max_iter, check_every, acceleration, callback),
+        )
     comm = open_group(group)
     with comm.validating():  # a rank whose inputs fail tells the others in the handshake
         engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
         kind = check_kind(input)
         lam = check_lam(lam)
-        tol = check_tol(tol)
-        max_iter = check_positive_int(max_iter, "max_iter")
-        check_every = check_positive_int(check_every, "check_every")
+        tol, max_iter, check_every, acceleration = _check_solver_arguments(
+            tol, max_iter, check_every, acceleration, callback
+        )
         rounding = check_rounding(rounding)
-        acceleration = check_acceleration(acceleration)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
         spec = as_marginal(marginals)
+        if rounding == "balanced" and isinstance(spec, Relaxed):
+            raise ValueError(
+                "rounding: 'balanced' enforces hard label counts, and a Relaxed marginal has "
+                "none (any count from 0 to N); use rounding='argmax', or Bounds(lo, hi) for "
+                "count limits"
+            )
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
             spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
@@ -314,8 +371,9 @@ def sinkhorn_codes(
     with comm.validating():
         engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
         kind = check_kind(input)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps: expected a temperature > 0 (SwAV uses 0.05), got {eps!r}")
+        eps = check_positive_real(eps, "eps", "a temperature; SwAV uses 0.05")
+        if not np.isfinite(1.0 / eps):
+            raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
         lam = check_lam(1.0 / eps)
         n_iter = check_positive_int(n_iter, "n_iter")
         _check_all_values(source, engine, kind)

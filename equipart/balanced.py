@@ -362,18 +362,21 @@ def balanced_labels(
     (``solve_candidates``) and returns the labels in the backend's library. When the
     certificate fails (a row's non-candidate label could be better at the final prices)
     it re-ranks with the final prices and ``WIDEN`` times as many candidates, up to all K.
+    Each pass reads the blocks afresh from ``source`` (a loader may reuse one buffer), so
+    one block is held at a time.
     """
     lo, hi = constraint.count_bounds()
     n_labels = lo.shape[0]
     width = min(FIRST_WIDTH, n_labels)
     prices = np.asarray(g, dtype=np.float64)
-    blocks = list(source.blocks(head))
+    like = None  # a block of this head: the library and device of the labels
     while True:
         cand, value = [], []
-        for block in blocks:
+        for block in source.blocks(head):
             idx, val = backend.top_labels(block, kind, lam, prices, width)
             cand.append(backend.to_numpy(idx))
             value.append(backend.to_numpy(val))
+            like = block
         solution = solve_candidates(
             np.concatenate(cand),
             np.concatenate(value),
@@ -391,9 +394,4 @@ def balanced_labels(
             "marginals: no labelling gives every label a count within its bounds using "
             "labels of non-zero probability; give impossible labels a zero size"
         )
-    parts, start = [], 0
-    for block in blocks:
-        stop = start + block.shape[0]
-        parts.append(backend.from_numpy(solution.labels[start:stop], like=block))
-        start = stop
-    return backend.concat(parts)
+    return backend.from_numpy(solution.labels, like=like)  # (the library of the blocks)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .api import assign_labels
-from .marginals import Counts, Marginal, Prior
+from .marginals import Counts, Marginal, Prior, Uniform
 from .result import Assignment
 from .solver import ConvergenceWarning
 
@@ -48,27 +48,71 @@ def _load_marginals(path: str | None) -> Marginal | None:
     if not Path(path).is_file():
         raise CliError(f"marginals file not found: {path}")
     values = _load_npy(path, "marginals")
-    if values.dtype.kind in "iu":
-        return Counts(values)
-    return Prior(values)
+    whole = values.dtype.kind in "iu" or (
+        values.dtype.kind == "f"
+        and np.all(np.isfinite(values))
+        and np.all(values == np.round(values))
+        and values.sum() > 1.0 + 1e-6
+    )
+    return Counts(values) if whole else Prior(values)
 
 
-def _summary(result: Assignment, seconds: float, n_labels: int) -> str:
-    labels = np.asarray(result.labels).reshape(-1, np.asarray(result.labels).shape[-1])
+def _summary(result: Assignment, seconds: float, marginals: Marginal | None, lam: float) -> str:
+    labels = _to_host(result.labels)
+    labels = labels.reshape(-1, labels.shape[-1])
+    n_rows, n_labels = labels.shape[1], result.state.shape[-1]
     sizes = np.stack([np.bincount(row, minlength=n_labels) for row in labels])
-    target = labels.shape[1] / n_labels
+    lo, hi = (marginals or Uniform()).bind(n_rows, n_labels, lam).count_bounds()
+    outside = np.maximum(sizes - hi, lo - sizes).clip(min=0)
     return "\n".join(
         [
             f"solved {result.state.shape} in {seconds:.2f} s: {result.n_iter} iterations, "
             f"converged={result.converged}, error={result.error:.3g}",
             f"objective (mean log-probability of the labels): {result.objective:.6g}",
-            f"label sizes: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()} "
-            f"(target {target:.6g}; max/target {sizes.max() / target:.4f})",
+            f"label sizes: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()}; "
+            f"{np.count_nonzero(outside)} of {sizes.size} outside their target's integer "
+            f"sizes (largest miss: {outside.max()})",
         ]
     )
 
 
+def _to_host(labels: object) -> np.ndarray:
+    """Labels from any backend as a NumPy array."""
+    if hasattr(labels, "get"):  # CuPy
+        return labels.get()
+    if hasattr(labels, "cpu"):  # torch
+        return labels.cpu().numpy()
+    return np.asarray(labels)
+
+
+def _out_path(out: str | None) -> Path | None:
+    """The file ``np.save`` will write (it appends .npy), checked before any work."""
+    if out is None:
+        return None
+    path = Path(out if out.endswith(".npy") else out + ".npy")
+    if not path.parent.is_dir():
+        raise CliError(f"--out: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise CliError(f"--out: {path} is a folder; give a file name")
+    return path
+
+
+def _for_backend(scores: np.ndarray, backend: str) -> object:
+    """The scores in the array library a named backend reads (a .npy file is opened as a
+    memmap, which the NumPy and Numba backends stream; torch and CuPy get a copy)."""
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.array(scores))
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(scores)
+    return scores
+
+
 def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
+    scores = _for_backend(scores, args.backend)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -83,18 +127,19 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
             backend=args.backend,
             acceleration=args.acceleration,
         )
-    print(_summary(result, time.perf_counter() - start, scores.shape[-1]))
+    print(_summary(result, time.perf_counter() - start, marginals, args.lam))
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     return result
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
+    out = _out_path(args.out)
     scores = _load_scores(args.scores)
     result = _solve_and_report(scores, args, _load_marginals(args.marginals))
-    if args.out:
-        np.save(args.out, np.asarray(result.labels))
-        print(f"labels written to {args.out}")
+    if out is not None:
+        np.save(out, _to_host(result.labels))
+        print(f"labels written to {out}")
     return 0
 
 

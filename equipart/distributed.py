@@ -50,6 +50,7 @@ import numpy as np
 
 from .backends.base import Backend, ColumnStats, ScoreKind
 from .result import Assignment
+from .solver import asks_to_stop
 
 __all__ = ["DistributedSolveError", "SingleProcess", "RankGroup", "open_group"]
 
@@ -371,7 +372,7 @@ class RankGroup:
             stop = 0.0
             if self.failure is None:
                 try:
-                    stop = 1.0 if callback(iteration, error) is True else 0.0
+                    stop = 1.0 if asks_to_stop(callback(iteration, error)) else 0.0
                 except Exception as exc:
                     self.record(exc)
             return bool(self._sum(np.array([stop]), f"callback at iteration {iteration}")[0])
@@ -414,16 +415,17 @@ class RankGroup:
         n_labels = lo.shape[0]
         width = min(FIRST_WIDTH, n_labels)
         prices = np.asarray(g, dtype=np.float64)
-        blocks = list(source.blocks(head))
+        like = None  # a block of this rank: the library and device of its labels
         while True:
             packed = np.zeros((0, 2 * width))
             if self.failure is None:
                 try:
-                    parts = [backend.top_labels(b, kind, lam, prices, width) for b in blocks]
-                    packed = np.concatenate(
-                        [np.zeros((0, 2 * width))]
-                        + [np.hstack([backend.to_numpy(i), backend.to_numpy(v)]) for i, v in parts]
-                    ).astype(np.float64)
+                    parts = [np.zeros((0, 2 * width))]
+                    for block in source.blocks(head):  # afresh: a loader may reuse a buffer
+                        idx, val = backend.top_labels(block, kind, lam, prices, width)
+                        parts.append(np.hstack([backend.to_numpy(idx), backend.to_numpy(val)]))
+                        like = block
+                    packed = np.concatenate(parts).astype(np.float64)
                 except Exception as exc:
                     self.record(exc)
             counts = np.zeros(self.world_size)
@@ -472,13 +474,7 @@ class RankGroup:
             )
         start = int(counts[: self.rank].sum())
         mine = shared[4 + n_labels + start : 4 + n_labels + start + int(counts[self.rank])]
-        labels = mine.astype(np.int64)
-        out, offset = [], 0
-        for block in blocks:
-            stop = offset + block.shape[0]
-            out.append(backend.from_numpy(labels[offset:stop], like=block))
-            offset = stop
-        return backend.concat(out)
+        return backend.from_numpy(mine.astype(np.int64), like=like)
 
     @contextmanager
     def rounding(self) -> Iterator[None]:

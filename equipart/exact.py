@@ -24,6 +24,7 @@ pointer to ``assign_labels(..., rounding="balanced")``, which gives the same opt
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any
 
@@ -31,8 +32,9 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.numpy import NumpyBackend
-from .marginals import Marginal, as_marginal
+from .marginals import Marginal, Relaxed, as_marginal
 from .result import Assignment, SolverState
+from .sources import load_npy
 from .validation import check_kind, check_shape, check_values
 
 __all__ = ["estimate_cost", "exact_assign"]
@@ -43,8 +45,11 @@ arrays of POT (arc endpoints, flows, costs, states), rounded up."""
 
 SECONDS_AT_4M_ARCS = 2.5
 TIME_EXPONENT = 1.15
-"""Measured on the reference machine (2-core x86-64): ot.emd takes about 2.5 s for a
-20,000 x 200 problem (4 M arcs), scaling about as arcs ** 1.15 (0.04 s at 0.1 M arcs)."""
+"""The guard's time model, seconds = SECONDS_AT_4M_ARCS * (arcs / 4e6) ** TIME_EXPONENT. On
+the 2-core development machine ``benchmarks/bench_rounding.py exact-time`` fits 1.64 s and
+an exponent of 1.14 over 2 x 10^5 to 4 x 10^6 arcs (``rounding_exact_time.json``, slowest
+family per size), while the same 4 M-arc problems took 3.8-7.0 s in the earlier quality
+run (``rounding_quality.json``); the guard's 2.5 s lies between the two."""
 
 
 def _columns(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,9 +75,10 @@ def _memory_limit() -> float:
 
 
 def _check_budget(value: Any, name: str) -> float | None:
+    """None or a positive real number (Python or NumPy; inf: no limit), as a float."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{name}: expected a positive number or None, got {value!r}")
     return float(value)
 
@@ -147,10 +153,12 @@ def exact_assign(
     Parameters
     ----------
     scores : array, shape (N, K) or (H, N, K)
-        Any array library ``assign_labels`` reads; copied once to the host as float64
-        (the dense LP needs every entry). Never modified.
+        Any array library ``assign_labels`` reads, a memmap or a ``.npy`` path (not a
+        ``RowBlocks`` stream); copied once to the host as float64 (the dense LP needs every
+        entry). Never modified.
     marginals : Marginal, optional
-        ``Uniform()`` (default), ``Counts(sizes)`` or ``Prior(p)``.
+        ``Uniform()`` (default), ``Counts(sizes)``, ``Prior(p)`` or ``Bounds(lo, hi)``
+        (not ``Relaxed``: it sets no hard counts).
     input : {"logits", "logprobs", "probs"}
         What ``scores`` hold; logits and log-probabilities give the same labels.
     backend : str, default "auto"
@@ -175,12 +183,20 @@ def exact_assign(
         When the estimated memory or time exceeds the budget; the message gives the
         estimate and points to ``rounding="balanced"``.
     """
+    if isinstance(scores, (str, os.PathLike)):
+        scores = load_npy(scores)
     engine = get_backend(backend, scores)
     n_heads, n_rows, n_labels, stacked = check_shape(engine, scores)
     kind = check_kind(input)
     memory_budget = _check_budget(max_memory, "max_memory") or _memory_limit()
     time_budget = _check_budget(max_seconds, "max_seconds")
-    lo, hi = as_marginal(marginals).bind(n_rows, n_labels).count_bounds()
+    spec = as_marginal(marginals)
+    if isinstance(spec, Relaxed):
+        raise ValueError(
+            "marginals: the exact LP needs hard label counts, and a Relaxed marginal has none "
+            "(any count from 0 to N); pass Uniform(), Counts, Prior or Bounds"
+        )
+    lo, hi = spec.bind(n_rows, n_labels).count_bounds()
     need_bytes, need_seconds = estimate_cost(n_rows, lo, hi)
     need_bytes *= n_heads
     need_seconds *= n_heads

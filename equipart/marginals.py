@@ -19,6 +19,7 @@ driver and the backends stay untouched.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
@@ -340,7 +341,7 @@ class RelaxedConstraint:
 
 def _band_array(value: object, name: str) -> np.ndarray:
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.array(value, dtype=np.float64)  # a copy: it is frozen below
     except (TypeError, ValueError) as exc:
         raise TypeError(f"marginals: Bounds {name} must be a number or an array of counts") from exc
     if array.ndim > 1:
@@ -392,8 +393,10 @@ class Bounds(Marginal):
         lo = np.broadcast_to(lo, (n_labels,)) if lo.ndim == 0 else lo
         hi = np.broadcast_to(hi, (n_labels,)) if hi.ndim == 0 else hi
         if lo.shape != (n_labels,) or hi.shape != (n_labels,):
+            given = lo.shape[0] if lo.shape != (n_labels,) else hi.shape[0]
             raise ValueError(
-                f"marginals: Bounds has {lo.shape[0]} labels but scores have K={n_labels}"
+                f"marginals: Bounds has {given} labels but scores have K={n_labels}; give "
+                "scalars or one limit per label"
             )
         if lo.sum() > n_rows * (1 + 1e-12):
             raise ValueError(
@@ -409,7 +412,7 @@ class Bounds(Marginal):
 
     def __repr__(self) -> str:
         if self.around is not None:
-            return f"Bounds.relative({float(self.lo)}, {float(self.hi)}, {self.around!r})"
+            return f"Bounds.relative({self.lo.tolist()!r}, {self.hi.tolist()!r}, {self.around!r})"
         return f"Bounds(lo={self.lo.tolist()!r}, hi={self.hi.tolist()!r})"
 
 
@@ -434,8 +437,9 @@ class Relaxed(Marginal):
                 "marginals: Relaxed(target, tau) needs a target with one mass per label: "
                 f"Uniform(), Counts or Prior, got {type(self.target).__name__}"
             )
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)):
+        if isinstance(self.tau, (bool, np.bool_)) or not isinstance(self.tau, numbers.Real):
             raise TypeError(f"marginals: Relaxed tau must be a number > 0, got {self.tau!r}")
+        object.__setattr__(self, "tau", float(self.tau))
         if not self.tau > 0:
             raise ValueError(f"marginals: Relaxed tau must be > 0 (inf: balanced), got {self.tau}")
 

@@ -78,6 +78,12 @@ def column_stats(
     return reduce(stats) if reduce is not None else stats
 
 
+def asks_to_stop(answer: Any) -> bool:
+    """Whether a callback's return value stops the solve: True (Python's or NumPy's); any
+    other value, None and 1 included, lets it go on."""
+    return answer is True or (isinstance(answer, np.bool_) and bool(answer))
+
+
 def _check_feasible(constraint: ColumnConstraint, log_mass: np.ndarray) -> None:
     dead = np.flatnonzero((log_mass == -np.inf) & (constraint.min_mass() > 0))
     if dead.size:
@@ -278,7 +284,7 @@ def _iterate(
         if is_check:
             current = float(error.max())
             history.append(current)
-            if callback is not None and callback(offset + iteration, current) is True:
+            if callback is not None and asks_to_stop(callback(offset + iteration, current)):
                 stopped_by_callback = True
                 break
             if not running.any():
@@ -287,6 +293,22 @@ def _iterate(
     final = np.where(running[:, None], best_g, g)
     final_error = float(np.where(running, best_error, error).max())
     return _Stage(final, n_iter, not running.any(), final_error, stopped_by_callback)
+
+
+def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
+    """A copy of g0 (H, K) that fits the constraint: labels that may receive no point
+    (upper count 0) start at g_j = -inf, so that no check passes while they hold mass;
+    labels that may receive points but are -inf in g0 (a warm start from another
+    marginal) start at the head's lowest finite dual (0 if none) instead of staying shut."""
+    g = np.array(g0, dtype=np.float64, copy=True)
+    closed = constraint.count_bounds()[1] == 0
+    g[:, closed] = -np.inf
+    for head in g:
+        shut = np.isneginf(head) & ~closed
+        if shut.any():
+            finite = head[np.isfinite(head)]
+            head[shut] = finite.min() if finite.size else 0.0
+    return g
 
 
 def run_sinkhorn(
@@ -317,7 +339,7 @@ def run_sinkhorn(
     """
     history: list[float] = []
     stages = lam_schedule(lam, anneal)
-    g, used = np.array(g0, dtype=np.float64, copy=True), 0
+    g, used = _starting_dual(g0, constraint), 0
     for position, stage_lam in enumerate(stages):
         is_final = position == len(stages) - 1
         remaining = max_iter - used

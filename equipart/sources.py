@@ -245,7 +245,7 @@ def open_source(
     ``allow_empty_rows`` admits N = 0 (a rank with no rows in a distributed solve).
     """
     if isinstance(scores, (str, os.PathLike)):
-        scores = _load_npy(scores)
+        scores = load_npy(scores)
     elif callable(scores) and not hasattr(scores, "shape"):
         scores = RowBlocks(scores)
     if isinstance(scores, RowBlocks):
@@ -260,7 +260,7 @@ def open_source(
     return engine, InMemory(engine, scores, **shape)
 
 
-def _load_npy(path: str | os.PathLike) -> np.memmap:
+def load_npy(path: str | os.PathLike) -> np.memmap:
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise ValueError(f"scores: {name!r} is not a file; pass an array or a path to a .npy file")

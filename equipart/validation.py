@@ -66,12 +66,17 @@ def check_kind(kind: Any) -> ScoreKind:
     return kind
 
 
+def check_positive_real(value: Any, name: str, example: str) -> float:
+    """A finite real number > 0 (Python or NumPy scalar), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive real number, got {type(value).__name__}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0 ({example}), got {value!r}")
+    return float(value)
+
+
 def check_lam(lam: Any) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(f"lam: expected a positive real number, got {type(lam).__name__}")
-    if not np.isfinite(lam) or lam <= 0:
-        raise ValueError(f"lam: expected a finite number > 0 (for example 25.0), got {lam!r}")
-    return float(lam)
+    return check_positive_real(lam, "lam", "for example 25.0")
 
 
 def check_positive_int(value: Any, name: str) -> int:
@@ -107,6 +112,9 @@ def check_rounding(rounding: Any) -> str:
     return rounding
 
 
+MAX_DUAL = 1e30  # largest |g_j| a warm start may hold (float32 kernels form lam * L + g)
+
+
 def initial_dual(warm_start: Any, n_heads: int, n_labels: int, lam: float) -> np.ndarray:
     """The (H, K) starting dual: zeros, or a checked copy of the warm start."""
     if warm_start is None:
@@ -138,12 +146,29 @@ def initial_dual(warm_start: Any, n_heads: int, n_labels: int, lam: float) -> np
             )
     if np.isnan(g).any() or np.isposinf(g).any():
         raise ValueError("warm_start: the dual holds NaN or +inf; start cold (None) instead")
+    if (np.abs(g[np.isfinite(g)]) > MAX_DUAL).any():
+        raise ValueError(
+            f"warm_start: the dual has entries beyond +-{MAX_DUAL:g} (in units of lam times "
+            "the scores; a solved dual is of the order of lam times their spread); start cold "
+            "(None) or pass the state of an earlier solve"
+        )
     if g.ndim == 2 and g.shape[0] != n_heads:
         raise ValueError(
             f"warm_start: the dual has {g.shape[0]} heads but scores have H={n_heads}; "
             "pass one row per head, or a single (K,) dual for all heads"
         )
     return np.broadcast_to(g, (n_heads, n_labels)).astype(np.float64, copy=True)
+
+
+# How far a row of probabilities may sum from 1: 1e-3, or 2 units in the last place of a
+# 16-bit float (its rounding alone moves a normalised row's sum by up to about 1 unit)
+ROW_SUM_TOLERANCE = 1e-3
+HALF_FLOAT_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def row_sum_tolerance(dtype: Any) -> float:
+    """The largest deviation of a probability row's sum from 1 accepted for ``dtype``."""
+    return max(ROW_SUM_TOLERANCE, 2.0 * HALF_FLOAT_EPSILON.get(str(dtype), 0.0))
 
 
 def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "scores") -> None:
@@ -163,7 +188,7 @@ def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "sc
                     f"{name}: input='probs' needs non-negative probabilities, found "
                     f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
                 )
-            if report.max_row_sum_deviation > 1e-3:
+            if report.max_row_sum_deviation > row_sum_tolerance(backend.shape_dtype(block)[1]):
                 raise ValueError(
                     f"{name}: input='probs' needs rows summing to 1, found a row off by "
                     f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "

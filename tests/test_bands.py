@@ -189,3 +189,35 @@ def test_balanced_rounding_honours_the_band():
     counts = np.bincount(result.labels, minlength=10)
     assert counts.sum() == 1003
     assert np.all(counts >= np.floor(0.9 * 100.3)) and np.all(counts <= np.ceil(1.1 * 100.3))
+
+
+@pytest.mark.parametrize(
+    "marginals",
+    [
+        Bounds(0.0, [0.0, 50.0, 50.0, 50.0, 50.0]),
+        Counts([0, 25, 25, 25, 25]),
+        Prior([0.0, 0.25, 0.25, 0.25, 0.25]),
+        Relaxed(Counts([0, 25, 25, 25, 25]), 1e-5),
+    ],
+    ids=["bounds", "counts", "prior", "relaxed"],
+)
+def test_labels_closed_by_the_marginal_get_no_point(backend_name, marginals):
+    """A label the marginal gives no point starts at g_j = -inf: a loose tol that the first
+    check would meet must not leave points on it."""
+    scores = np.random.default_rng(9).standard_normal((100, 5))
+    result, labels, _ = solve(scores, backend_name, marginals=marginals, tol=0.5)
+    assert result.converged
+    assert np.bincount(labels, minlength=5)[0] == 0
+    assert result.state.g[0] == -np.inf
+
+
+def test_warm_start_with_closed_labels_reopens_them(backend_name):
+    """A dual from a solve that shut label 0 warm-starts a solve that needs label 0."""
+    scores = np.random.default_rng(10).standard_normal((100, 5))
+    shut, _, _ = solve(scores, backend_name, marginals=Counts([0, 25, 25, 25, 25]))
+    assert shut.state.g[0] == -np.inf
+    cold, cold_labels, _ = solve(scores, backend_name, tol=1e-6)
+    warm, warm_labels, _ = solve(scores, backend_name, tol=1e-6, warm_start=shut.state)
+    assert warm.converged
+    np.testing.assert_array_equal(warm_labels, cold_labels)
+    np.testing.assert_allclose(warm.state.g, cold.state.g, atol=1e-4)

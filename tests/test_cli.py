@@ -56,6 +56,43 @@ def test_solve_with_counts_marginals(tmp_path, capsys):
     assert "converged=True" in capsys.readouterr().out
 
 
+def test_bad_out_folder_is_refused_before_the_solve(tmp_path, capsys, monkeypatch):
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    monkeypatch.setattr("equipart.cli.assign_labels", lambda *a, **k: pytest.fail("solved"))
+    status = main(["solve", str(tmp_path / "s.npy"), "--out", str(tmp_path / "no" / "o.npy")])
+    assert status == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_out_without_suffix_names_the_written_file(tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.random.default_rng(2).standard_normal((40, 4)))
+    assert main(["solve", str(tmp_path / "s.npy"), "--out", str(tmp_path / "labels")]) == 0
+    assert f"labels written to {tmp_path / 'labels.npy'}" in capsys.readouterr().out
+    assert np.load(tmp_path / "labels.npy").shape == (40,)
+
+
+def test_whole_number_float_marginals_are_counts(tmp_path, capsys):
+    """Sizes saved as floats (np.save of a float array) are counts, not a prior; the
+    summary measures the labels against those counts."""
+    np.save(tmp_path / "s.npy", np.random.default_rng(3).standard_normal((100, 3)))
+    np.save(tmp_path / "m.npy", np.array([20.0, 30.0, 50.0]))
+    args = ["solve", str(tmp_path / "s.npy"), "--marginals", str(tmp_path / "m.npy")]
+    assert main([*args, "--rounding", "balanced", "--out", str(tmp_path / "o.npy")]) == 0
+    assert "0 of 3 outside their target's integer sizes" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.bincount(np.load(tmp_path / "o.npy")), [20, 30, 50])
+
+
+def test_torch_backend_reads_a_npy_file(tmp_path, capsys):
+    pytest.importorskip("torch")
+    scores = np.random.default_rng(4).standard_normal((60, 3)).astype(np.float32)
+    np.save(tmp_path / "s.npy", scores)
+    for backend in ("numpy", "torch"):
+        out = tmp_path / f"{backend}.npy"
+        args = ["solve", str(tmp_path / "s.npy"), "--backend", backend, "--out", str(out)]
+        assert main(args) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "numpy.npy"), np.load(tmp_path / "torch.npy"))
+
+
 @pytest.mark.parametrize("content", [b"not an array", b"\x93NUMPY\x01\x00garbage", b""])
 def test_corrupt_file_is_one_line(tmp_path, capsys, content):
     bad = tmp_path / "bad.npy"

@@ -6,6 +6,7 @@ collection never imports a GPU library that is missing.
 
 from __future__ import annotations
 
+import warnings
 from importlib.util import find_spec
 
 import numpy as np
@@ -213,16 +214,20 @@ def test_captured_sweeps_are_the_eager_sweeps() -> None:
     x, g = _problem(12, 3000, 500)
     heads = torch.from_numpy(np.stack([x, x[::-1].copy()])).cuda()
     rng = np.random.default_rng(0)
-    for lam in (LAM, 2 * LAM):
-        for step in range(4):
-            dual = g + rng.standard_normal(g.shape) * 0.1
-            if step == 3:
-                heads.mul_(0.5)  # the graph reads the tensor as it is at each replay
-            for head in heads:
-                got = solving.sweep(head, "logits", lam, dual)
-                want = eager.sweep(head, "logits", lam, dual)
-                np.testing.assert_array_equal(got.colsum, want.colsum)
-                np.testing.assert_array_equal(got.colmax, want.colmax)
+    with warnings.catch_warnings():
+        # a failed capture warns and falls back to eager sweeps: here it must fail the
+        # test with the capture's own exception in the message
+        warnings.simplefilter("error", RuntimeWarning)
+        for lam in (LAM, 2 * LAM):
+            for step in range(4):
+                dual = g + rng.standard_normal(g.shape) * 0.1
+                if step == 3:
+                    heads.mul_(0.5)  # the graph reads the tensor as it is at each replay
+                for head in heads:
+                    got = solving.sweep(head, "logits", lam, dual)
+                    want = eager.sweep(head, "logits", lam, dual)
+                    np.testing.assert_array_equal(got.colsum, want.colsum)
+                    np.testing.assert_array_equal(got.colmax, want.colmax)
     assert sum(v is not None for v in solving._graphs.values()) == 2  # this lam's heads
 
 

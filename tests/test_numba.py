@@ -364,3 +364,16 @@ def test_extreme_lam_float32_stays_finite_and_agrees():
     assert abs(a.error - b.error) <= 1e-3
     counts = np.bincount(a.labels, minlength=16)
     assert counts.max() <= 1.1 * 2000 / 16 + 1, counts
+
+
+@pytest.mark.parametrize("scale", [1e7, 1e8, 1e30])
+def test_huge_scaled_scores_keep_finite_column_sums(scale):
+    """Past |lam L| = 2^24 a float32 z has ulp > 1, and z_j - max_k z_k must still be <= 0
+    exactly (else the exp overflows: NaN column sums at 3e7 before the fix), cold and warm."""
+    x = (np.random.default_rng(0).standard_normal((2000, 100)) * scale).astype(np.float32)
+    g = np.zeros(100)
+    want = NP.sweep(x, "logits", 25.0, g).colsum
+    solve = NumbaBackend().for_solve()
+    for shift in (0.0, 0.1):  # a first (cold) and a second (warm) sweep; a common shift of g
+        got = solve.sweep(x, "logits", 25.0, g + shift).colsum  # leaves Q unchanged
+        np.testing.assert_allclose(got, want, rtol=1e-6)

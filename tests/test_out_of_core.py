@@ -74,6 +74,24 @@ def test_block_factory_matches_in_memory_with_and_without_sizes(small_blocks):
     np.testing.assert_allclose(codes, sinkhorn_codes(scores, 0.5, 3, backend="numpy"), atol=1e-12)
 
 
+@pytest.mark.parametrize("rounding", ["argmax", "balanced"])
+def test_loader_reusing_one_buffer_gets_the_in_memory_labels(rounding):
+    """A loader that refills one buffer per block (as data loaders do): every pass, the
+    rounders' included, must use each block while it holds that block's rows."""
+    scores = _scores((250, 5), dtype=np.float64)
+    buffer = np.empty((50, 5))
+
+    def blocks():
+        for start in range(0, 250, 50):
+            buffer[:] = scores[start : start + 50]
+            yield buffer
+
+    reference = assign_labels(scores, LAM, backend="numpy", rounding=rounding)
+    streamed = assign_labels(RowBlocks(blocks), LAM, backend="numpy", rounding=rounding)
+    np.testing.assert_array_equal(streamed.labels, reference.labels)
+    assert streamed.objective == pytest.approx(reference.objective, rel=1e-9)
+
+
 def test_block_factory_rejects_inconsistent_blocks():
     scores = _scores((40, 4))
     passes = []

@@ -337,3 +337,15 @@ def test_triton_sweep_kernel_under_interpreter() -> None:
         timeout=300,
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_probabilities_are_accepted(dtype):
+    """A softmax rounded to 16 bits misses a row sum of 1 by its rounding (bfloat16: over
+    1e-3); that must pass the check, and a row off by 10% must not."""
+    probs = torch.softmax(torch.randn(500, 100, generator=torch.Generator().manual_seed(0)), 1)
+    half = probs.to(getattr(torch, dtype))
+    result = equipart.assign_labels(half, input="probs")
+    assert result.converged
+    with pytest.raises(ValueError, match="scores.*summing to 1"):
+        equipart.assign_labels(half * 1.1, input="probs")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from equipart import Counts, Prior, SolverState, assign_labels, sinkhorn_codes
+from equipart import (
+    Counts,
+    Prior,
+    Relaxed,
+    RowBlocks,
+    SolverState,
+    Uniform,
+    assign_labels,
+    sinkhorn_codes,
+)
 
 GOOD = np.random.default_rng(0).standard_normal((20, 4))
 
@@ -54,11 +63,43 @@ def test_bad_scores(scores, error, name):
         ({"warm_start": np.array([0.0, np.nan, 0.0, 0.0])}, ValueError, "warm_start"),
         ({"warm_start": "cold"}, TypeError, "warm_start"),
         ({"warm_start": np.zeros((2, 4))}, ValueError, "warm_start"),
+        ({"warm_start": np.array([1e300, 0.0, 0.0, 0.0])}, ValueError, "warm_start"),
+        ({"marginals": Relaxed(Uniform(), 1.0), "rounding": "balanced"}, ValueError, "rounding"),
     ],
 )
 def test_bad_arguments(kwargs, error, name):
     with pytest.raises(error, match=name):
         assign_labels(GOOD, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,name",
+    [
+        ({"tol": -1.0}, ValueError, "tol"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"check_every": 0}, ValueError, "check_every"),
+        ({"acceleration": "fast"}, ValueError, "acceleration"),
+        ({"callback": 3}, TypeError, "callback"),
+        ({"warm_start": "cold"}, TypeError, "warm_start"),
+        ({"warm_start": np.zeros(3)}, ValueError, "warm_start"),
+        ({"return_codes": True}, ValueError, "return_codes"),
+        ({"marginals": Relaxed(Uniform(), 1.0)}, ValueError, "marginals"),
+        ({"input": "logit"}, ValueError, "input"),
+    ],
+)
+def test_exact_rounding_checks_every_argument(kwargs, error, name):
+    """rounding="exact" skips the Sinkhorn loop, not the checks of its arguments."""
+    with pytest.raises(error, match=name):
+        assign_labels(GOOD, rounding="exact", **kwargs)
+
+
+def test_exact_rounding_reads_paths_and_refuses_streams(tmp_path):
+    path = tmp_path / "scores.npy"
+    np.save(path, GOOD)
+    from_path = assign_labels(str(path), rounding="exact")
+    np.testing.assert_array_equal(from_path.labels, assign_labels(GOOD, rounding="exact").labels)
+    with pytest.raises(ValueError, match="scores.*rounding='balanced'"):
+        assign_labels(RowBlocks(lambda: iter([GOOD])), rounding="exact")
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ CONVERT_ELEMENTS = 1 << 20  # block size when float16 / integer input is convert
 _FAST = {"nnan", "nsz", "arcp", "reassoc", "contract", "afn"}
 _EXACT_Z = {"nnan", "nsz", "arcp", "reassoc", "afn"}
 _CHECK = {"nsz", "reassoc", "contract"}  # values may be NaN or inf: no "nnan", "ninf"
+_NO_REASSOC = {"nnan", "nsz", "arcp", "contract", "afn"}
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 
 _F32 = np.float32
@@ -260,6 +261,15 @@ _scale_row = njit(fastmath=_FAST)(_scale_row_py)
 _scale_row_exact = njit(fastmath=_EXACT_Z)(_scale_row_py)
 
 
+@njit(fastmath=_NO_REASSOC)
+def _affine(lam, x, g):
+    """z = lam * x + g for scores, rounded the same way wherever the sweep forms it (one
+    FMA; a function of its own, without "reassoc", so that LLVM cannot fold the row
+    maximum's subtraction into it: then z_j - max_k z_k is exactly <= 0, which the exp
+    needs once ulp(z) exceeds 1, at |z| > 2^24)."""
+    return lam * x + g
+
+
 @njit
 def _chunk_bounds(c, n_chunks, n_rows):
     """Rows [start, stop) of chunk c out of n_chunks."""
@@ -275,7 +285,7 @@ def _row_max(row, probs, lam, g, z):
         return _scale_row(row, probs, lam, g, z)
     m = z.dtype.type(-np.inf)
     for j in range(row.shape[0]):
-        m = _fmax(m, lam * row[j] + g[j])
+        m = _fmax(m, _affine(lam, row[j], g[j]))
     return m
 
 
@@ -298,7 +308,7 @@ def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
     else:
         for j in range(row.shape[0]):
             acc[j] += e[j] * weight
-            w = lam * row[j] + g[j] - m
+            w = _affine(lam, row[j], g[j]) - m
             w_max = _fmax(w_max, w)
             ej = _exp_units(w)
             e[j] = ej
