@@ -6,7 +6,10 @@ For each backend, a fresh subprocess generates the README's SeLa-shaped problem
 * ``rss_scores_mib``: resident memory once the scores exist (the baseline),
 * ``rss_peak_mib``: the process's resident high-water mark after the solve,
 * ``extra_mib``: the difference, i.e. what the solve allocated beyond the input,
-* ``traced_peak_mib``: tracemalloc's peak of Python/NumPy allocations during the solve.
+* ``traced_peak_mib``: tracemalloc's peak of Python/NumPy allocations during the solve,
+  from a second subprocess: with tracemalloc running, torch's first pass over the tensor
+  raised the resident peak by about 400 MiB (a side effect of tracing; without it the
+  same solve stays within a few MiB), so the resident figures come from an untraced run.
 
 A second N x K array would add 763 MiB. Run: ``python benchmarks/bench_memory.py``; writes
 ``benchmarks/results/memory_200k.json``.
@@ -25,7 +28,7 @@ import numpy as np
 import equipart
 from equipart.cli import demo_scores
 
-backend, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+backend, n, k, traced = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 scores = demo_scores(n, k)
 if backend == "torch":
     import torch
@@ -33,11 +36,12 @@ if backend == "torch":
     scores = torch.from_numpy(scores)  # shares the memory: no copy
 equipart.assign_labels(scores[:2000], backend=backend)  # compile / warm up on a slice
 rss_scores = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-tracemalloc.start()
+if traced:
+    tracemalloc.start()
 start = time.perf_counter()
 result = equipart.assign_labels(scores, backend=backend)
 seconds = time.perf_counter() - start
-traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
+traced_peak = tracemalloc.get_traced_memory()[1] / 2**20 if traced else None
 tracemalloc.stop()
 rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({
@@ -56,14 +60,21 @@ def main() -> int:
     n_rows, n_labels = 200_000, 1000
     rows = []
     for backend in [b for b in ("numpy", "numba", "torch") if b in equipart.backends.available()]:
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, backend, str(n_rows), str(n_labels)],
-            capture_output=True,
-            text=True,
-            check=True,
+        untraced, traced = (
+            json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", CHILD, backend, str(n_rows), str(n_labels), flag],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            for flag in ("0", "1")
         )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        row = rows[-1]
+        row = {**untraced, "traced_peak_mib": traced["traced_peak_mib"]}
+        rows.append(row)
         print(
             f"{backend:>6}: scores {row['scores_mib']:.0f} MiB, peak RSS "
             f"{row['rss_peak_mib']:.0f} MiB (+{row['extra_mib']:.0f} MiB over the scores), "

@@ -175,12 +175,18 @@ class _Relaxation:
 # It needs nothing but the K-dim duals the driver already holds (opt-in:
 # ``acceleration="anderson"``; the least-squares step makes the iterates sensitive to
 # rounding, so two runs that differ only in rounding agree at convergence, not sweep by
-# sweep as with over-relaxation). Safeguards: the history
-# restarts with a plain step whenever the error exceeds ANDERSON_GUARD times the best
-# error of the stage, when the set of finite labels changes, or when the combination is
-# not finite. Sweep counts against the other modes: benchmarks/results/acceleration.json.
+# sweep as with over-relaxation). Safeguards: when the error exceeds ANDERSON_GUARD times
+# the best error of the stage, the next sweep goes back to the best dual seen and the
+# history restarts (after ANDERSON_RETREATS such returns, or ANDERSON_PATIENCE steps
+# without a new best error, the stage goes on from its best dual with the default
+# over-relaxed steps: at large lam an extrapolated step can land where the error stalls
+# far above tol); the
+# history also restarts when the set of finite labels changes or the combination is not
+# finite. Sweep counts against the other modes: benchmarks/results/acceleration.json.
 ANDERSON_MEMORY = 5
 ANDERSON_GUARD = 2.0
+ANDERSON_RETREATS = 3
+ANDERSON_PATIENCE = 300
 
 
 @dataclass
@@ -192,17 +198,31 @@ class _Anderson:
     residuals: list[np.ndarray] = field(default_factory=list)  # T(g_k) - g_k there
     finite: np.ndarray | None = None
     best_error: float = np.inf
+    best_g: np.ndarray | None = None
+    retreats: int = 0
+    since_best: int = 0
+    fallback: _Relaxation | None = None  # the stepper once Anderson has given up
 
     def _restart(self) -> None:
         self.images, self.residuals, self.finite = [], [], None
 
     def step(self, g: np.ndarray, target: np.ndarray, error: float) -> np.ndarray:
         """The next dual after g, given the plain Sinkhorn step ``target`` = T(g)."""
+        if self.fallback is not None:
+            return self.fallback.step(g, target, error)
         if not self.enabled:
             return target
-        if error > ANDERSON_GUARD * self.best_error:
+        if error < self.best_error:
+            self.best_error, self.best_g, self.since_best = error, g.copy(), 0
+        else:
+            self.since_best += 1
+        if error > ANDERSON_GUARD * self.best_error or self.since_best > ANDERSON_PATIENCE:
             self._restart()
-        self.best_error = min(self.best_error, error)
+            self.retreats += 1
+            self.since_best = 0
+            if self.retreats > ANDERSON_RETREATS or error <= ANDERSON_GUARD * self.best_error:
+                self.fallback = _Relaxation(enabled=True)  # over-relaxed steps from here on
+            return self.best_g.copy()
         finite = np.isfinite(target) & np.isfinite(g)
         if self.finite is not None and not np.array_equal(finite, self.finite):
             self._restart()

@@ -86,7 +86,7 @@ WARM_SLACK = 30.0
 WARM_SLACK_UP = 1.0
 MAX_WARM_BLOCKS = 64  # row-maximum caches per solve (heads x blocks); more stay cold
 # Warm sweeps only for WARM_MIN_LABELS <= K <= WARM_MAX_LABELS: the cache is 1/K of a
-# float32 input (at most 1.6%), and a warm sweep took 0.81-0.85x the cold one's time at
+# float32 input (at most 1.6%), and a warm sweep took 0.70-0.86x the cold one's time at
 # K = 100 and 1,000 (benchmarks/results/numba_cpu.json) but 1.11x at K = 3,000 (a side
 # test on the same 2-core AMD EPYC, not committed: the cold path's cheap maximum loop
 # brings a 12 KB row into cache for the costly exp loop)
