@@ -194,7 +194,10 @@ def assign_labels(
         How hard labels are made. ``"argmax"`` is SeLa's rule. ``"balanced"`` gives every
         label exactly its size (floor/ceil of N b_j), a certified optimum of the hard LP
         (``equipart.balanced``). ``"exact"`` skips the solve and calls ``exact_assign``
-        (POT's network simplex; refuses problems too big for it).
+        (POT's network simplex; refuses problems too big for it, ``RowBlocks`` streams and
+        ``return_codes=True``; the other arguments are checked as for a solve, a
+        ``warm_start`` included, though the LP does not use it). ``"balanced"`` and
+        ``"exact"`` need hard counts, so they refuse ``Relaxed`` marginals.
     tol : float, default 1e-3
         Stop when max_j |m_j / b_j - 1| <= tol, m_j being label j's mass in Q.
     max_iter : int, default 1000

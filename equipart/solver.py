@@ -216,6 +216,8 @@ class _Anderson:
             self.best_error, self.best_g, self.since_best = error, g.copy(), 0
         else:
             self.since_best += 1
+        if self.best_g is None:  # no finite error yet (nothing to return to)
+            return target
         if error > ANDERSON_GUARD * self.best_error or self.since_best > ANDERSON_PATIENCE:
             self._restart()
             self.retreats += 1
@@ -317,11 +319,14 @@ def _iterate(
 
 def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
     """A copy of g0 (H, K) that fits the constraint: labels that may receive no point
-    (upper count 0) start at g_j = -inf, so that no check passes while they hold mass;
-    labels that may receive points but are -inf in g0 (a warm start from another
-    marginal) start at the head's lowest finite dual (0 if none) instead of staying shut."""
+    (upper count 0, no mass required) start at g_j = -inf, so that no check passes while
+    they hold mass; labels that may receive points but are -inf in g0 (a warm start from
+    another marginal) start at the head's lowest finite dual (0 if none) instead of
+    staying shut."""
     g = np.array(g0, dtype=np.float64, copy=True)
-    closed = constraint.count_bounds()[1] == 0
+    # (a positive mass too small for one point, N p_j < 1, has an upper count of 0 but
+    # stays open: its column step needs a finite dual)
+    closed = (constraint.count_bounds()[1] == 0) & ~(constraint.min_mass() > 0)
     g[:, closed] = -np.inf
     for head in g:
         shut = np.isneginf(head) & ~closed

@@ -144,9 +144,11 @@ class RowBlocks:
     """Scores given as a factory of row blocks: ``factory()`` yields (n_b, K) arrays.
 
     Pass an instance (or a bare callable) as ``scores``. The factory is called once per pass
-    over the rows (one per Sinkhorn iteration, plus one for validation and one per output)
-    and must yield the same rows in the same order every time; only one block is held at
-    once, so memory is O(block + N + K). Blocks may be any array the chosen backend reads.
+    over the rows (one per Sinkhorn iteration, plus one for validation, one per output and
+    one per widening round of ``rounding="balanced"``) and must yield the same rows in the
+    same order every time; it may refill one buffer for every block, since only one block
+    is held at once, so memory is O(block + N + K). Blocks may be any array the chosen
+    backend reads.
     ``n_rows`` and ``n_labels`` are optional: when omitted, one extra pass counts them.
     """
 

@@ -100,9 +100,7 @@ ACCELERATIONS = ("overrelax", "anderson", "none")
 
 def check_acceleration(acceleration: Any) -> str:
     if acceleration not in ACCELERATIONS:
-        raise ValueError(
-            f"acceleration: expected one of {ACCELERATIONS}, got {acceleration!r}"
-        )
+        raise ValueError(f"acceleration: expected one of {ACCELERATIONS}, got {acceleration!r}")
     return acceleration
 
 
@@ -160,15 +158,16 @@ def initial_dual(warm_start: Any, n_heads: int, n_labels: int, lam: float) -> np
     return np.broadcast_to(g, (n_heads, n_labels)).astype(np.float64, copy=True)
 
 
-# How far a row of probabilities may sum from 1: 1e-3, or 2 units in the last place of a
-# 16-bit float (its rounding alone moves a normalised row's sum by up to about 1 unit)
-ROW_SUM_TOLERANCE = 1e-3
+# How far a row of probabilities may sum from 1, and a log-probability may exceed 0: 1e-3,
+# or 2 units in the last place of a 16-bit float (its rounding alone moves a normalised
+# row's sum by up to about 1 unit)
+INPUT_TOLERANCE = 1e-3
 HALF_FLOAT_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
-def row_sum_tolerance(dtype: Any) -> float:
-    """The largest deviation of a probability row's sum from 1 accepted for ``dtype``."""
-    return max(ROW_SUM_TOLERANCE, 2.0 * HALF_FLOAT_EPSILON.get(str(dtype), 0.0))
+def input_tolerance(dtype: Any) -> float:
+    """The rounding slack accepted in probabilities and log-probabilities of ``dtype``."""
+    return max(INPUT_TOLERANCE, 2.0 * HALF_FLOAT_EPSILON.get(str(dtype), 0.0))
 
 
 def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "scores") -> None:
@@ -182,13 +181,18 @@ def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "sc
                 f"{name}: contains NaN or infinite values; clean them (for example "
                 "np.nan_to_num) or mask those labels with a large negative finite logit"
             )
+        if kind == "logprobs" and report.max_value > input_tolerance(backend.shape_dtype(block)[1]):
+            raise ValueError(
+                f"{name}: input='logprobs' needs log-probabilities (<= 0), found "
+                f"{report.max_value:.3g}; pass input='logits' for unnormalised scores"
+            )
         if kind == "probs":
             if report.min_value < 0:
                 raise ValueError(
                     f"{name}: input='probs' needs non-negative probabilities, found "
                     f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
                 )
-            if report.max_row_sum_deviation > row_sum_tolerance(backend.shape_dtype(block)[1]):
+            if report.max_row_sum_deviation > input_tolerance(backend.shape_dtype(block)[1]):
                 raise ValueError(
                     f"{name}: input='probs' needs rows summing to 1, found a row off by "
                     f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "

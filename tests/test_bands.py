@@ -221,3 +221,14 @@ def test_warm_start_with_closed_labels_reopens_them(backend_name):
     assert warm.converged
     np.testing.assert_array_equal(warm_labels, cold_labels)
     np.testing.assert_allclose(warm.state.g, cold.state.g, atol=1e-4)
+
+
+def test_target_below_one_point_stays_open(backend_name):
+    """A positive target too small for one point (N p_j < 1) has an upper count of 0 but is
+    not closed: its column step needs a finite dual, and the solve must converge."""
+    scores = np.random.default_rng(11).standard_normal((100, 3))
+    prior = Prior([0.5, 0.5 - 1e-12, 1e-12])
+    for marginals in (prior, Bounds.relative(0.9, 1.1, prior)):
+        result, labels, _ = solve(scores, backend_name, lam=10.0, marginals=marginals)
+        assert result.converged
+        assert np.bincount(labels, minlength=3)[2] == 0

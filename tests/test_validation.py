@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import backend_of, to_backend
 
 from equipart import (
     Counts,
@@ -135,6 +136,14 @@ def test_probabilities_are_checked():
         assign_labels(probs - 0.3, input="probs")
     with pytest.raises(ValueError, match="scores.*sum"):
         assign_labels(probs * 1.5, input="probs")
+
+
+def test_log_probabilities_are_checked(backend_name):
+    logp = GOOD - np.log(np.exp(GOOD).sum(axis=1, keepdims=True))
+    backend = backend_of(backend_name)
+    assign_labels(to_backend(logp, backend_name), input="logprobs", backend=backend)
+    with pytest.raises(ValueError, match="scores.*log-probabilities"):
+        assign_labels(to_backend(logp + 0.5, backend_name), input="logprobs", backend=backend)
 
 
 def test_label_impossible_everywhere_is_infeasible():

@@ -81,6 +81,7 @@ class BlockCheck:
     all_finite: bool
     min_value: float
     max_row_sum_deviation: float  # max_i |sum_j x_ij - 1|, only computed for probs
+    max_value: float = float("nan")  # the largest entry (NaN: not reported by this backend)
 
 
 class Backend(ABC):

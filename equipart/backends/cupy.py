@@ -231,18 +231,19 @@ class CupyBackend(Backend):
     def check(self, block: cp.ndarray, kind: ScoreKind) -> BlockCheck:
         with block.device:
             finite = cp.ones((), dtype=cp.bool_)
-            lows, deviations = [], []
+            lows, highs, deviations = [], [], []
             for rows in _row_blocks(*block.shape):
                 x = block[rows]
                 finite &= cp.isfinite(x).all()
                 lows.append(x.min().astype(cp.float64))
+                highs.append(x.max().astype(cp.float64))
                 if kind == "probs":
                     sums = x.sum(axis=1, dtype=cp.float64)
                     deviations.append(cp.abs(sums - 1.0).max())
-            low = cp.stack(lows).min()
+            low, high = cp.stack(lows).min(), cp.stack(highs).max()
             deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
-            host = cp.stack([finite.astype(cp.float64), low, deviation]).get()
-        return BlockCheck(bool(host[0]), float(host[1]), float(host[2]))
+            host = cp.stack([finite.astype(cp.float64), low, deviation, high]).get()
+        return BlockCheck(bool(host[0]), float(host[1]), float(host[2]), float(host[3]))
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         with block.device:

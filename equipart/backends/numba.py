@@ -516,8 +516,9 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
 
 
 @njit(**_OPTS, fastmath=_CHECK)
-def _check_kernel(x, probs, n_chunks, finite, minima, deviation):
-    """Per chunk: all finite, the minimum, and max_i |sum_j x_ij - 1| (for probabilities).
+def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation):
+    """Per chunk: all finite, the minimum, the maximum, and max_i |sum_j x_ij - 1| (for
+    probabilities).
 
     Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
     fast-math here, so the product is kept); the minimum is then only read when finite.
@@ -527,7 +528,7 @@ def _check_kernel(x, probs, n_chunks, finite, minima, deviation):
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
         buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
         poison = 0.0
-        low = np.inf
+        low, high = np.inf, -np.inf
         dev = 0.0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
@@ -540,10 +541,12 @@ def _check_kernel(x, probs, n_chunks, finite, minima, deviation):
                     s += value
                     poison += value * 0.0
                     low = _fmin(low, value)
+                    high = _fmax(high, value)
                 if probs:
                     dev = max(dev, abs(s - 1.0))
         finite[c] = math.isfinite(poison)
         minima[c] = low
+        maxima[c] = high
         deviation[c] = dev
 
 
@@ -599,17 +602,18 @@ class NumbaBackend(NumpyBackend):
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
-        all_finite, min_value, deviation = True, np.inf, 0.0
+        all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
         for part in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
-            minima = np.empty(n_chunks)
+            minima, maxima = np.empty(n_chunks), np.empty(n_chunks)
             dev = np.empty(n_chunks)
-            _check_kernel(part, kind == "probs", n_chunks, finite, minima, dev)
+            _check_kernel(part, kind == "probs", n_chunks, finite, minima, maxima, dev)
             all_finite = all_finite and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
+            max_value = max(max_value, float(maxima.max()))
             deviation = max(deviation, float(dev.max()))
-        return BlockCheck(all_finite, min_value, deviation)
+        return BlockCheck(all_finite, min_value, deviation, max_value)
 
     # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
     # gets its own dict in for_solve; the class-level one is never written)

@@ -200,19 +200,20 @@ class TorchBackend(Backend):
     def check(self, block: torch.Tensor, kind: ScoreKind) -> BlockCheck:
         x_all = block.detach()
         finite = torch.ones((), dtype=torch.bool, device=x_all.device)
-        lows, deviations = [], []
+        lows, highs, deviations = [], [], []
         for rows in _row_blocks(x_all):
             x = x_all[rows]
             if x.is_floating_point():
                 finite &= torch.isfinite(x).all()
             lows.append(x.amin().to(torch.float64))
+            highs.append(x.amax().to(torch.float64))
             if kind == "probs":
                 sums = x.sum(dim=1, dtype=torch.float64)
                 deviations.append((sums - 1.0).abs().amax())
-        low = torch.stack(lows).amin()
+        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
-        host = torch.stack([finite.to(torch.float64), low, deviation]).cpu().tolist()
-        return BlockCheck(bool(host[0]), host[1], host[2])
+        host = torch.stack([finite.to(torch.float64), low, deviation, high]).cpu().tolist()
+        return BlockCheck(bool(host[0]), host[1], host[2], host[3])
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         x_all = block.detach()
@@ -362,7 +363,10 @@ class TorchBackend(Backend):
 
     def to_numpy(self, array: Any) -> np.ndarray:
         if isinstance(array, torch.Tensor):
-            return array.detach().cpu().numpy()
+            array = array.detach()
+            if array.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen, exactly
+                array = array.float()
+            return array.cpu().numpy()
         return np.asarray(array)
 
     def from_numpy(self, array: np.ndarray, like: Any) -> torch.Tensor:
