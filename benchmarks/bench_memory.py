@@ -1,15 +1,15 @@
 """Peak memory of one assign_labels solve next to the scores it reads.
 
-For each backend, a fresh subprocess generates the README's SeLa-shaped problem
+For each backend (and ``torch-pure``, the torch backend's blockwise torch path, which
+CPU tensors take without Numba), a fresh subprocess generates the README's SeLa-shaped problem
 (200,000 x 1,000 float32 logits, 763 MiB), then solves it, and reports:
 
 * ``rss_scores_mib``: resident memory once the scores exist (the baseline),
 * ``rss_peak_mib``: the process's resident high-water mark after the solve,
 * ``extra_mib``: the difference, i.e. what the solve allocated beyond the input,
 * ``traced_peak_mib``: tracemalloc's peak of Python/NumPy allocations during the solve,
-  from a second subprocess: with tracemalloc running, torch's first pass over the tensor
-  raised the resident peak by about 400 MiB (a side effect of tracing; without it the
-  same solve stays within a few MiB), so the resident figures come from an untraced run.
+  from a second subprocess, so that tracing costs neither the time nor the resident
+  figures, which come from an untraced run.
 
 A second N x K array would add 763 MiB. Run: ``python benchmarks/bench_memory.py``; writes
 ``benchmarks/results/memory_200k.json``.
@@ -30,10 +30,21 @@ from equipart.cli import demo_scores
 
 backend, n, k, traced = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 scores = demo_scores(n, k)
-if backend == "torch":
+if backend.startswith("torch"):
     import torch
 
     scores = torch.from_numpy(scores)  # shares the memory: no copy
+if backend == "torch-pure":  # the torch backend's blockwise torch path (kernel="torch")
+    from equipart.backends import register
+    from equipart.backends.torch import TorchBackend
+
+    class TorchPure(TorchBackend):
+        name = "torch-pure"
+
+        def __init__(self):
+            super().__init__(kernel="torch")
+
+    register("torch-pure", TorchPure)
 equipart.assign_labels(scores[:2000], backend=backend)  # compile / warm up on a slice
 rss_scores = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 if traced:
@@ -59,7 +70,10 @@ def main() -> int:
 
     n_rows, n_labels = 200_000, 1000
     rows = []
-    for backend in [b for b in ("numpy", "numba", "torch") if b in equipart.backends.available()]:
+    names = [b for b in ("numpy", "numba", "torch") if b in equipart.backends.available()]
+    # "torch" runs CPU tensors on the Numba kernels where Numba is installed; "torch-pure"
+    # is its blockwise torch path
+    for backend in names + (["torch-pure"] if "torch" in names else []):
         untraced, traced = (
             json.loads(
                 subprocess.run(

@@ -1,7 +1,9 @@
 """Shared fixtures: every core test runs on every backend installed here.
 
 ``backend_name`` is parametrised over ``equipart.backends.available()`` (plus the torch
-backend's CUDA device and CuPy when a GPU is present). ``to_backend(array, name)`` moves a
+backend's CUDA device and CuPy when a GPU is present, and ``torch-pure``: the torch
+backend with ``kernel="torch"``, its blockwise torch path, which ``"auto"`` replaces on
+CPU tensors by the Numba kernels where Numba is installed). ``to_backend(array, name)`` moves a
 NumPy array into that backend's array library; ``to_numpy`` brings any result back.
 """
 
@@ -21,11 +23,26 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _register_torch_pure() -> None:
+    from equipart.backends.torch import TorchBackend
+
+    class TorchPureBackend(TorchBackend):
+        name = "torch-pure"
+
+        def __init__(self) -> None:
+            super().__init__(kernel="torch")
+
+    equipart.backends.register("torch-pure", TorchPureBackend)
+
+
 def _backend_params() -> list:
     names = equipart.backends.available()
     params = [pytest.param(name, id=name) for name in names]
-    if "torch" in names and _cuda_available():
-        params.append(pytest.param("torch-cuda", id="torch-cuda", marks=pytest.mark.gpu))
+    if "torch" in names:
+        _register_torch_pure()
+        params.append(pytest.param("torch-pure", id="torch-pure"))
+        if _cuda_available():
+            params.append(pytest.param("torch-cuda", id="torch-cuda", marks=pytest.mark.gpu))
     return params
 
 
@@ -34,7 +51,7 @@ BACKENDS = _backend_params()
 
 def backend_of(name: str) -> str:
     """The registry name behind a fixture name ("torch-cuda" runs the torch backend)."""
-    return name.split("-", 1)[0]
+    return "torch" if name == "torch-cuda" else name
 
 
 def to_backend(array: np.ndarray, name: str):

@@ -318,7 +318,8 @@ def test_sharded_solve_equals_single_process(tmp_path):
     heads = np.stack([scores, _scores(seed=1)])
     reference = assign_labels(scores, LAM, tol=1e-7, backend="numpy", return_codes=True)
     sizes = np.array([60, 40, 50, 30, 40, 37])
-    multi_reference = assign_labels(heads, LAM, tol=1e-7, backend="numpy", marginals=Counts(sizes))
+    # the ranks pass torch tensors (Numba kernels on CPU where installed): the reference too
+    multi_reference = assign_labels(torch.from_numpy(heads), LAM, tol=1e-7, marginals=Counts(sizes))
     swav_reference = sinkhorn_codes(scores, 0.5, 3, backend="numpy")
     balanced_reference = assign_labels(
         scores, LAM, tol=1e-7, backend="numpy", rounding="balanced", marginals=Counts(sizes)
@@ -344,7 +345,9 @@ def test_sharded_solve_equals_single_process(tmp_path):
         np.testing.assert_array_equal(
             np.concatenate([p["multi_labels"] for p in parts], axis=1), multi_reference.labels
         )
-        np.testing.assert_allclose(parts[0]["multi_g"], multi_reference.state.g, atol=1e-9)
+        # float32 tensors on the CPU run the Numba kernels, whose float32 partial sums over
+        # 64-row sub-blocks group rows by shard: duals agree to float32 round-off there
+        np.testing.assert_allclose(parts[0]["multi_g"], multi_reference.state.g, atol=2e-6)
         np.testing.assert_allclose(
             np.concatenate([p["swav"] for p in parts]), swav_reference, atol=1e-6
         )
