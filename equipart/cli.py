@@ -71,7 +71,8 @@ def _summary(result: Assignment, seconds: float, marginals: Marginal | None, lam
             f"objective (mean log-probability of the labels): {result.objective:.6g}",
             f"label sizes: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()}; "
             f"{np.count_nonzero(outside)} of {sizes.size} outside their target's integer "
-            f"sizes (largest miss: {outside.max()})",
+            f"sizes (largest miss: {outside.max()})"
+            + ("; --rounding balanced meets them exactly" if outside.any() else ""),
         ]
     )
 

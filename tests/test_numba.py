@@ -377,3 +377,29 @@ def test_huge_scaled_scores_keep_finite_column_sums(scale):
     for shift in (0.0, 0.1):  # a first (cold) and a second (warm) sweep; a common shift of g
         got = solve.sweep(x, "logits", 25.0, g + shift).colsum  # leaves Q unchanged
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_threads_solving_at_once_under_the_workqueue_layer():
+    """Numba's workqueue threading layer (no TBB, no OpenMP) aborts the process when two
+    threads run parallel kernels at once; the backend serialises its kernels there."""
+    script = (
+        "import threading, numpy as np, equipart\n"
+        "x = [np.random.default_rng(i).standard_normal((3000, 100)) for i in range(3)]\n"
+        "def solve(a):\n"
+        "    for _ in range(2):\n"
+        "        equipart.assign_labels(a, backend='numba', return_codes=True)\n"
+        "threads = [threading.Thread(target=solve, args=(a,)) for a in x]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "import numba\n"
+        "assert numba.threading_layer() == 'workqueue'\n"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+
+
+def test_logprob_sum_refuses_labels_out_of_range():
+    x = np.zeros((4, 3), dtype=np.float32)
+    for bad in ([0, 1, 2, 3], [0, -1, 1, 2]):
+        with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
+            NB.logprob_sum(x, "logits", np.array(bad))

@@ -377,3 +377,18 @@ def test_bfloat16_probabilities_are_accepted():
     assert set(torch.bincount(exact.labels, minlength=6).tolist()) == {83, 84}  # 500 / 6
     with pytest.raises(ValueError, match="scores.*summing to 1"):
         equipart.assign_labels(half * 1.1, input="probs")
+
+
+def test_cpu_tensors_fall_back_to_torch_when_numba_cannot_run():
+    """With Numba installed but unable to run (here NUMBA_DISABLE_JIT=1), CPU tensors take
+    the torch path with a warning instead of failing."""
+    script = (
+        "import warnings, torch, equipart\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    result = equipart.assign_labels(torch.randn(200, 10))\n"
+        "assert result.converged\n"
+        "assert any('Numba kernels for CPU tensors' in str(w.message) for w in caught)\n"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)

@@ -45,9 +45,12 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -173,6 +176,25 @@ def _minmax_intrinsic(llvm_name: str):
 # a vector reduction here). Their operands are never NaN where the kernels use them.
 _fmax = _minmax_intrinsic("llvm.maxnum")
 _fmin = _minmax_intrinsic("llvm.minnum")
+
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _parallel_section() -> Iterator[None]:
+    """Around every parallel kernel call: exclusive under Numba's workqueue threading layer
+    (used where neither TBB nor OpenMP is available), which aborts the process when two
+    threads run parallel code at once; other layers take concurrent calls as they are."""
+    try:
+        exclusive = numba.threading_layer() == "workqueue"
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        exclusive = True
+    if not exclusive:
+        yield
+        return
+    with _PARALLEL_LOCK:
+        yield
 
 
 def _unit(dtype: np.dtype) -> float:
@@ -608,7 +630,8 @@ class NumbaBackend(NumpyBackend):
             finite = np.empty(n_chunks, dtype=np.bool_)
             minima, maxima = np.empty(n_chunks), np.empty(n_chunks)
             dev = np.empty(n_chunks)
-            _check_kernel(part, kind == "probs", n_chunks, finite, minima, maxima, dev)
+            with _parallel_section():
+                _check_kernel(part, kind == "probs", n_chunks, finite, minima, maxima, dev)
             all_finite = all_finite and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
@@ -679,13 +702,15 @@ class NumbaBackend(NumpyBackend):
         elif key is None:
             row_max = np.empty(1, dtype=g_c.dtype)  # not kept: nothing to write
         kernel_args = (part, probs, lam_c, g_c, n_chunks, sums, row_max, key is not None)
-        _sweep_kernel(*kernel_args, warm, g_c.dtype.type(delta), redone)
+        with _parallel_section():
+            _sweep_kernel(*kernel_args, warm, g_c.dtype.type(delta), redone)
         part_sum = sums.sum(axis=0)
         if warm and g_c.dtype == np.float32:
             tiny = (part_sum < n_rows * WARM_TINY_MASS) & (g_c > -np.inf)
             if tiny.any():  # terms a warm shift may have flushed: this sweep again, cold
                 sums[:] = 0.0
-                _sweep_kernel(*kernel_args, False, g_c.dtype.type(0.0), redone)
+                with _parallel_section():
+                    _sweep_kernel(*kernel_args, False, g_c.dtype.type(0.0), redone)
                 part_sum = sums.sum(axis=0)
         if key is not None:
             gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
@@ -709,7 +734,8 @@ class NumbaBackend(NumpyBackend):
             if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
-                _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
+                with _parallel_section():
+                    _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
                 np.maximum(colmax, maxima.max(axis=0), out=colmax)
         return ColumnStats(colsum, colmax / unit)
 
@@ -727,7 +753,8 @@ class NumbaBackend(NumpyBackend):
         for part in _kernel_blocks(x):
             stop = start + part.shape[0]
             views = [out[start:stop] for out in outs]
-            kernel(part, kind == "probs", lam_c, g_c, _n_chunks(*part.shape), *views)
+            with _parallel_section():
+                kernel(part, kind == "probs", lam_c, g_c, _n_chunks(*part.shape), *views)
             start = stop
 
     def labels(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
@@ -753,6 +780,10 @@ class NumbaBackend(NumpyBackend):
     def logprob_sum(self, block: np.ndarray, kind: ScoreKind, labels: np.ndarray) -> float:
         x = _as_array(block)
         picks = np.ascontiguousarray(labels, dtype=np.int64)
+        if picks.size and (picks.min() < 0 or picks.max() >= x.shape[1]):
+            raise ValueError(
+                f"labels: expected values in [0, {x.shape[1]}), got {picks.min()} to {picks.max()}"
+            )
         kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
         total, start = 0.0, 0
         for part in _kernel_blocks(x):
@@ -761,7 +792,8 @@ class NumbaBackend(NumpyBackend):
             parts = np.empty(n_chunks)
             dtype = compute_dtype(part.dtype)
             unit = np.array([_unit(dtype)], dtype=dtype)
-            _logprob_kernel(part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            with _parallel_section():
+                _logprob_kernel(part, kind_code, unit, picks[start:stop], n_chunks, parts)
             total += float(parts.sum())
             start = stop
         return total

@@ -32,6 +32,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
@@ -57,12 +58,26 @@ HOST_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def _numba_backend() -> Backend | None:
-    """The Numba backend for CPU tensors, or None where Numba is not installed."""
-    try:
-        from .numba import NumbaBackend
-    except ImportError:
+    """The Numba backend for CPU tensors, or None (with a warning where Numba is installed
+    but cannot run: no writable kernel cache, ``NUMBA_DISABLE_JIT=1``, ...)."""
+    if find_spec("numba") is None:
         return None
-    return NumbaBackend()
+    try:
+        import numba
+
+        if numba.config.DISABLE_JIT:
+            raise RuntimeError("NUMBA_DISABLE_JIT is set")
+        from .numba import NumbaBackend
+
+        return NumbaBackend()
+    except Exception as exc:  # any failure of the optional fast path: the torch path
+        warnings.warn(
+            f"the Numba kernels for CPU tensors are unavailable ({type(exc).__name__}: "
+            f"{exc}); the torch backend uses its blockwise torch path",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def triton_available() -> bool:
@@ -187,7 +202,8 @@ class TorchBackend(Backend):
         self._graphs: dict[tuple, _CapturedSweep | None] = {}
         self._failed: set[tuple] = set()
         self._with_max = False
-        self._host = _numba_backend() if kernel == "auto" else None
+        self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
+        self._host_tried = kernel != "auto"
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
@@ -199,8 +215,16 @@ class TorchBackend(Backend):
 
     def _host_view(self, block: torch.Tensor) -> np.ndarray | None:
         """A NumPy view of a CPU block for the Numba kernels, or None for the torch path."""
-        if self._host is None or block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
+        if self._host_tried and self._host is None:
             return None
+        if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
+            return None
+        if not self._host_tried:  # first CPU tensor: load Numba now (CUDA users never do)
+            host = _numba_backend()
+            self._host = host.for_solve() if host is not None and self._per_solve else host
+            self._host_tried = True  # (after _host: a concurrent call sees None or both)
+            if self._host is None:
+                return None
         return block.detach().resolve_conj().resolve_neg().numpy()
 
     @staticmethod
