@@ -403,3 +403,17 @@ def test_logprob_sum_refuses_labels_out_of_range():
     for bad in ([0, 1, 2, 3], [0, -1, 1, 2]):
         with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
             NB.logprob_sum(x, "logits", np.array(bad))
+
+
+def test_disabled_jit_leaves_auto_on_the_numpy_backend():
+    """With NUMBA_DISABLE_JIT=1 the kernels cannot run: "auto" picks NumPy for arrays and
+    asking for "numba" is refused by name, instead of failing inside a kernel."""
+    script = (
+        "import numpy as np, equipart, pytest\n"
+        "assert 'numba' not in equipart.backends.available()\n"
+        "assert equipart.assign_labels(np.random.default_rng(0).random((50, 4))).converged\n"
+        "with pytest.raises(ValueError, match=\"backend: 'numba' is not available here\"):\n"
+        "    equipart.assign_labels(np.zeros((5, 2)), backend='numba')\n"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)

@@ -75,8 +75,11 @@ def _load(name: str) -> Backend:
     module_name, _, class_name = entry.target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f"pip install 'equipart[{entry.extra}]'" if entry.extra else "install it"
+    except Exception as exc:  # not installed, or installed but unable to run here
+        if isinstance(exc, ModuleNotFoundError):
+            hint = f"pip install 'equipart[{entry.extra}]'" if entry.extra else "install it"
+        else:
+            hint = "it is installed but cannot run in this environment"
         raise ValueError(
             f"backend: {name!r} is not available here ({exc}); {hint}, or pick another "
             "(equipart.backends.available() lists those that run here)"

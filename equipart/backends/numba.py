@@ -61,6 +61,9 @@ from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["NumbaBackend"]
 
+if numba.config.DISABLE_JIT:  # the kernels' LLVM intrinsics cannot run as Python
+    raise ImportError("Numba's JIT is disabled (NUMBA_DISABLE_JIT=1)")
+
 SUB_ROWS = 64  # rows per sub-block: column sums flush to float64 once per sub-block
 MIN_CHUNK_ROWS = 128  # fewest rows per chunk: float64 partials stay <= 3.2% of float32 rows
 MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)

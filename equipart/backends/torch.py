@@ -63,10 +63,6 @@ def _numba_backend() -> Backend | None:
     if find_spec("numba") is None:
         return None
     try:
-        import numba
-
-        if numba.config.DISABLE_JIT:
-            raise RuntimeError("NUMBA_DISABLE_JIT is set")
         from .numba import NumbaBackend
 
         return NumbaBackend()
