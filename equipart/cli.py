@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .api import assign_labels
+from .backends import get_backend
 from .marginals import Counts, Marginal, Prior, Uniform
 from .result import Assignment
 from .solver import ConvergenceWarning
@@ -78,12 +79,8 @@ def _summary(result: Assignment, seconds: float, marginals: Marginal | None, lam
 
 
 def _to_host(labels: object) -> np.ndarray:
-    """Labels from any backend as a NumPy array."""
-    if hasattr(labels, "get"):  # CuPy
-        return labels.get()
-    if hasattr(labels, "cpu"):  # torch
-        return labels.cpu().numpy()
-    return np.asarray(labels)
+    """Labels from any backend as a NumPy array (through that backend's ``to_numpy``)."""
+    return get_backend("auto", labels).to_numpy(labels)
 
 
 def _out_path(out: str | None) -> Path | None:

@@ -9,6 +9,10 @@ NumPy array into that backend's array library; ``to_numpy`` brings any result ba
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,6 +72,14 @@ def to_backend(array: np.ndarray, name: str):
 
         return cupy.asarray(array)
     raise ValueError(f"unknown test backend {name!r}")
+
+
+def run_python(script: str, **env: str) -> None:
+    """Run ``script`` in a fresh interpreter with ``env`` added to the environment (for
+    settings read at import, such as NUMBA_*); fails the test if the script fails."""
+    subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **env}, check=True, timeout=300
+    )
 
 
 def to_numpy(array) -> np.ndarray:

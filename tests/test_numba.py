@@ -10,9 +10,6 @@ wherever the two best labels of a row are further apart than the duals' differen
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -21,6 +18,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from column_stats_checks import assert_column_stats  # noqa: E402
+from conftest import run_python  # noqa: E402
 
 from equipart import ConvergenceWarning, Counts, assign_labels  # noqa: E402
 from equipart.backends.numba import EXP2_FLOOR, NumbaBackend, _exp_units  # noqa: E402
@@ -305,8 +303,7 @@ def test_more_threads_than_cores_gives_the_same_bits(tmp_path):
         "s = NumbaBackend().sweep(x, 'logits', 25.0, g)\n"
         f"np.save(r'{tmp_path / 'out.npy'}', np.stack([s.colsum, s.colmax]))\n"
     )
-    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    run_python(script, NUMBA_NUM_THREADS="3")
     other = np.load(tmp_path / "out.npy")
     here = NB.sweep(x, "logits", 25.0, g)
     assert np.array_equal(other[0], here.colsum) and np.array_equal(other[1], here.colmax)
@@ -394,8 +391,7 @@ def test_threads_solving_at_once_under_the_workqueue_layer():
         "import numba\n"
         "assert numba.threading_layer() == 'workqueue'\n"
     )
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    run_python(script, NUMBA_THREADING_LAYER="workqueue")
 
 
 def test_logprob_sum_refuses_labels_out_of_range():
@@ -415,5 +411,4 @@ def test_disabled_jit_leaves_auto_on_the_numpy_backend():
         "with pytest.raises(ValueError, match=\"backend: 'numba' is not available here\"):\n"
         "    equipart.assign_labels(np.zeros((5, 2)), backend='numba')\n"
     )
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    run_python(script, NUMBA_DISABLE_JIT="1")

@@ -15,6 +15,7 @@ from importlib.util import find_spec
 
 import numpy as np
 import pytest
+from conftest import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -166,7 +167,7 @@ def test_solve_agrees_with_numpy_backend(backend) -> None:
 
 
 def test_cpu_tensors_run_the_numba_kernels_where_installed() -> None:
-    """"auto" hands float16/32/64 CPU tensors to the Numba backend through a NumPy view
+    """ "auto" hands float16/32/64 CPU tensors to the Numba backend through a NumPy view
     (no copy; same results as NumbaBackend on tensor.numpy()); bfloat16 keeps the torch
     path; kernel="torch" always does."""
     pytest.importorskip("numba")
@@ -203,7 +204,7 @@ def test_unknown_kernel_is_named() -> None:
 
 def test_importing_equipart_does_not_import_torch() -> None:
     code = "import sys, equipart; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(code)
 
 
 @settings(max_examples=25, deadline=None)
@@ -390,5 +391,4 @@ def test_cpu_tensors_fall_back_to_torch_when_numba_cannot_run():
         "assert result.converged\n"
         "assert any('Numba kernels for CPU tensors' in str(w.message) for w in caught)\n"
     )
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    run_python(script, NUMBA_DISABLE_JIT="1")
