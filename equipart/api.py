@@ -22,6 +22,7 @@ from .validation import (
     check_positive_int,
     check_positive_real,
     check_rounding,
+    check_support,
     check_tol,
     check_values,
     initial_dual,
@@ -80,8 +81,17 @@ def _exact_labels(
     return exact_assign(source.scores, spec, input, backend=backend)
 
 
-def _check_all_values(source: RowSource, backend: Backend, kind: ScoreKind) -> None:
-    check_values(backend, (b for h in range(source.n_heads) for b in source.blocks(h)), kind)
+def _check_all_values(
+    source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
+) -> list[np.ndarray | None]:
+    """``check_values`` over every head; per head, its labels' support (probs only; zero
+    for a rank without rows)."""
+    if source.n_rows == 0:
+        return [np.zeros(source.n_labels, dtype=np.int64)] * source.n_heads
+    return [
+        check_values(backend, source.blocks(head), kind, lam=lam, lam_name=lam_name)
+        for head in range(source.n_heads)
+    ]
 
 
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
@@ -276,7 +286,7 @@ def assign_labels(
                 f"rounding: {rounding!r} does not run across ranks (group=...); use "
                 "'balanced', which gives exact global counts"
             )
-        _check_all_values(source, engine, kind)
+        supports = _check_all_values(source, engine, kind, lam)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -294,6 +304,9 @@ def assign_labels(
         acceleration=acceleration,
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
+    if kind == "probs":
+        for support in comm.total_support(supports, source.n_labels):
+            check_support(support, constraint.min_mass(), tol)
     source, engine = comm.shard(source, engine, n_rows)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
@@ -379,7 +392,7 @@ def sinkhorn_codes(
             raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
         lam = check_lam(1.0 / eps)
         n_iter = check_positive_int(n_iter, "n_iter")
-        _check_all_values(source, engine, kind)
+        _check_all_values(source, engine, kind, lam, lam_name="eps")
     n_rows = comm.agree(
         source.n_rows,
         entry="sinkhorn_codes",

@@ -121,6 +121,9 @@ class SingleProcess:
     def same_dual(self, g: np.ndarray) -> np.ndarray:
         return g
 
+    def total_support(self, supports: list[np.ndarray | None], n_labels: int) -> list:
+        return supports
+
     @contextmanager
     def rounding(self) -> Iterator[None]:
         yield
@@ -362,6 +365,14 @@ class RankGroup:
         colsum = self._sum(stats.colsum, what)
         colmax = self._max(stats.colmax, what)
         return ColumnStats(colsum, colmax)
+
+    def total_support(self, supports: list[np.ndarray | None], n_labels: int) -> list:
+        """Each head's label support summed over the ranks (one all-reduce; every rank
+        calls it for probabilities). A rank whose backend did not count (None) sends NaN,
+        which turns that head's check off on every rank."""
+        payload = [np.full(n_labels, np.nan) if s is None else s for s in supports]
+        total = self._sum(np.concatenate(payload), "label-support all-reduce")
+        return [None if np.isnan(t).any() else t for t in np.split(total, len(supports))]
 
     def wrap_callback(self, callback: Callable[[int, float], Any] | None) -> Any:
         """A callback that stops every rank when any rank's callback returns True."""

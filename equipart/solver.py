@@ -399,10 +399,16 @@ def run_sinkhorn(
         reason = (
             "its callback asked to stop" if stage.stopped_by_callback else f"max_iter={max_iter}"
         )
+        advice = "Raise max_iter, loosen tol, or warm-start from this result's state."
+        if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
+            advice += (
+                f" At large lam (here {lam:g}) Sinkhorn needs of the order of lam sweeps:"
+                " a smaller lam converges sooner, acceleration='anderson' often needs fewer"
+                " sweeps, and rounding='balanced' gives exact label counts from any dual."
+            )
         warnings.warn(
             f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "
-            f"error {stage.error:.3g} > tol={tol:g}; returning the best state seen. Raise "
-            "max_iter, loosen tol, or warm-start from this result's state.",
+            f"error {stage.error:.3g} > tol={tol:g}; returning the best state seen. {advice}",
             ConvergenceWarning,
             stacklevel=3,
         )

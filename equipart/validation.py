@@ -6,12 +6,13 @@ and says what would be valid.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, ScoreKind
+from .backends.base import Backend, BlockCheck, ScoreKind
 from .result import SolverState
 
 SCORE_KINDS: tuple[ScoreKind, ...] = ("logits", "logprobs", "probs")
@@ -170,8 +171,59 @@ def input_tolerance(dtype: Any) -> float:
     return max(INPUT_TOLERANCE, 2.0 * HALF_FLOAT_EPSILON.get(str(dtype), 0.0))
 
 
-def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "scores") -> None:
-    """Read every block once: finite values, and valid probabilities for ``input="probs"``."""
+SINGLE_PRECISION = ("float16", "bfloat16", "float32")  # scores the sweeps read into float32
+
+
+def check_lam_scale(lam: float, report: BlockCheck, kind: ScoreKind, dtype: str, name: str) -> None:
+    """Refuse a lam at which lam * L overflows the sweep's floating-point type.
+
+    The sweeps form lam * L + g in float32 for 16- and 32-bit scores (float64 otherwise),
+    and a solved g is of the order of lam * max|L|: a quarter of the largest float keeps
+    both and their sum finite. L is the log-probability form of the scores (the logits
+    themselves for ``input="logits"``).
+    """
+    if kind == "logits":
+        magnitude = max(abs(report.min_value), abs(report.max_value))
+    elif kind == "logprobs":
+        magnitude = abs(report.min_value)
+    else:  # log of the smallest positive value the block holds (or can hold, with zeros)
+        tiny = report.min_value if report.min_value > 0 else _smallest_positive(dtype)
+        magnitude = abs(math.log(tiny))
+    if not math.isfinite(magnitude):  # NaN: the backend did not report the maximum
+        return
+    precision = "float32" if dtype in SINGLE_PRECISION else "float64"
+    limit = float(np.finfo(precision).max) / 4
+    if lam * magnitude > limit:
+        bound = limit / magnitude
+        if name == "eps":
+            fix = f"pass eps above {1 / bound:.3g}"
+        else:
+            fix = f"pass lam below {bound:.3g}, or rounding='exact' for the hard assignment"
+        raise ValueError(
+            f"{name}: lam * max|L| = {lam * magnitude:.3g} overflows the {precision} sweep "
+            f"(max|L| = {magnitude:.3g} for these scores, limit {limit:.3g}); {fix}"
+        )
+
+
+def _smallest_positive(dtype: str) -> float:
+    return {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149}.get(dtype, 5e-324)
+
+
+def check_values(
+    backend: Backend,
+    blocks: Any,
+    kind: ScoreKind,
+    name: str = "scores",
+    lam: float | None = None,
+    lam_name: str = "lam",
+) -> np.ndarray | None:
+    """Read every block once: finite values, valid probabilities for ``input="probs"``,
+    and, given ``lam``, that lam times the scores stays finite in the sweep.
+
+    Returns, for probabilities, the number of rows giving each label a positive
+    probability over all the blocks (None if a backend did not report it).
+    """
+    support, reported = None, True
     for block in blocks:
         if block.shape[0] == 0:
             continue
@@ -198,3 +250,33 @@ def check_values(backend: Backend, blocks: Any, kind: ScoreKind, name: str = "sc
                     f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
                     "input='logits'"
                 )
+        if lam is not None:
+            check_lam_scale(lam, report, kind, str(backend.shape_dtype(block)[1]), lam_name)
+        if kind == "probs":
+            reported = reported and report.support is not None
+            if reported:
+                support = report.support if support is None else support + report.support
+    return support if reported else None
+
+
+def check_support(support: np.ndarray | None, min_mass: np.ndarray, tol: float) -> None:
+    """Refuse probabilities whose zeros leave a label fewer rows than its least mass.
+
+    Each row carries mass 1, so label j can receive at most support_j, the number of rows
+    where its probability is positive; below min_mass_j (1 - tol) no solve meets the
+    marginals within tol (a necessary condition only: rows shared by several short labels
+    can still make a problem infeasible, which the solve then reports).
+    """
+    if support is None:
+        return
+    short = np.flatnonzero(support < min_mass * (1.0 - tol))
+    if short.size:
+        listed = "; ".join(
+            f"label {j}: {int(support[j])} rows for {min_mass[j]:.6g}" for j in short[:5].tolist()
+        )
+        more = f" and {short.size - 5} more" if short.size > 5 else ""
+        raise ValueError(
+            f"scores: {short.size} label(s) have non-zero probability at fewer rows than "
+            f"their target mass ({listed}{more}), so no assignment meets the marginals; "
+            "give them smaller targets (Counts, Bounds), use Relaxed, or check the scores"
+        )

@@ -245,6 +245,21 @@ def test_max_iter_one_warns_and_reports_not_converged(backend_name):
     assert not result.converged and result.n_iter == 1 and result.error > 1e-3
 
 
+def test_large_lam_warning_says_what_to_do():
+    """At lam 1e4 plain sweeps need of the order of lam iterations: the warning points to
+    a smaller lam, Anderson and balanced rounding, which then gives exact counts."""
+    scores = np.random.default_rng(0).standard_normal((2000, 10))
+    with pytest.warns(ConvergenceWarning, match="large lam.*anderson.*balanced") as caught:
+        assign_labels(scores, lam=1e4, max_iter=200, backend="numpy")
+    assert len(caught) == 1
+    with pytest.warns(ConvergenceWarning, match="max_iter=200"):
+        balanced = assign_labels(scores, lam=1e4, max_iter=200, rounding="balanced")
+    assert np.bincount(balanced.labels, minlength=10).tolist() == [200] * 10
+    with pytest.warns(ConvergenceWarning) as caught:  # lam 25: the generic advice only
+        assign_labels(scores, lam=25.0, max_iter=1, backend="numpy")
+    assert "large lam" not in str(caught[0].message)
+
+
 def test_callback_sees_every_check_and_can_stop(backend_name):
     scores = np.random.default_rng(0).standard_normal((500, 20)) * 3
     seen = []

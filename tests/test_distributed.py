@@ -265,6 +265,17 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
         lambda: assign_labels(scores, LAM, group="default", callback=bad_callback, tol=0)
     )
     out["exact"] = _outcome(lambda: assign_labels(scores, LAM, group="default", rounding="exact"))
+    # one-hot probabilities: label 5 has 10 rows in all, short of N/K; with Counts of the
+    # global label sizes every label is supported, though no rank's rows alone support them
+    onehot_labels = np.where(np.arange(257) < 247, np.arange(257) % 5, 5)
+    onehot = _shard(np.eye(N_LABELS)[onehot_labels], SHARDS[3], rank)
+    out["support"] = _outcome(
+        lambda: assign_labels(onehot, LAM, group="default", input="probs", backend="numpy")
+    )
+    out["support_ok"] = assign_labels(
+        onehot, LAM, group="default", input="probs", rounding="balanced",
+        marginals=Counts(np.bincount(onehot_labels)),
+    ).labels.tolist()  # fmt: skip
     # the group is still usable after all of that
     out["after"] = assign_labels(scores, LAM, group="default", backend="numpy").n_iter
     return out
@@ -390,6 +401,11 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
             assert kind == "DistributedSolveError" and "rank 0" in message
         kind, message = out["exact"]
         assert kind == "NotImplementedError" and message.startswith("rounding:")
+        kind, message = out["support"]
+        assert kind == "ValueError" and "label 5: 10 rows for 42.8333" in message, message
+        onehot_labels = np.where(np.arange(257) < 247, np.arange(257) % 5, 5)
+        start = sum(SHARDS[3][:rank])
+        assert out["support_ok"] == onehot_labels[start : start + SHARDS[3][rank]].tolist()
         assert out["after"] == results[0]["after"]
     assert sorted(worlds["death"]) == [0, 1]
     for out in worlds["death"].values():

@@ -10,6 +10,7 @@ wherever the two best labels of a row are further apart than the duals' differen
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -219,6 +220,15 @@ def test_codes_logprob_and_check_match_numpy(kind, dtype):
     assert ca.all_finite and cb.all_finite
     assert ca.min_value == cb.min_value
     assert ca.max_row_sum_deviation == pytest.approx(cb.max_row_sum_deviation, abs=1e-12)
+    if kind == "probs":
+        y = x.copy()
+        y[::7, 3] = 0.0  # zeros on every 7th row of column 3, and all of column 5
+        y[:, 5] = 0.0
+        expected = (y > 0).sum(axis=0)
+        np.testing.assert_array_equal(NB.check(y, kind).support, expected)
+        np.testing.assert_array_equal(NP.check(y, kind).support, expected)
+    else:
+        assert ca.support is None and cb.support is None
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -412,3 +422,43 @@ def test_disabled_jit_leaves_auto_on_the_numpy_backend():
         "    equipart.assign_labels(np.zeros((5, 2)), backend='numba')\n"
     )
     run_python(script, NUMBA_DISABLE_JIT="1")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_after_gnu_openmp_gets_a_clear_error_not_a_kill():
+    """Under Numba's omp layer with GNU OpenMP, a parallel kernel in a child forked after
+    one ran in the parent kills the child ("fork() called from a process already using GNU
+    OpenMP"). There "auto" picks NumPy, naming "numba" raises ValueError with the way out,
+    torch CPU tensors raise unless torch runs on one thread; with any other layer the
+    child just solves."""
+    pytest.importorskip("torch")
+    script = (
+        "import os, sys, warnings, numba, numpy as np, pytest, torch, equipart\n"
+        "x = np.random.default_rng(0).standard_normal((2000, 20))\n"
+        "want = equipart.assign_labels(x, backend='numba').labels\n"
+        "blocked = numba.threading_layer() == 'omp' and __import__(\n"
+        "    'numba.np.ufunc.omppool', fromlist=['x']).openmp_vendor == 'GNU'\n"
+        "pid = os.fork()\n"
+        "if pid:\n"
+        "    _, status = os.waitpid(pid, 0)\n"
+        "    sys.exit(os.waitstatus_to_exitcode(status))\n"
+        "try:\n"
+        "    auto = equipart.assign_labels(x)\n"
+        "    assert (auto.labels == want).all()\n"
+        "    assert ('numba' in equipart.backends.available()) != blocked\n"
+        "    if blocked:\n"
+        "        with pytest.raises(ValueError, match=\"'numba' cannot run.*'spawn'\"):\n"
+        "            equipart.assign_labels(x, backend='numba')\n"
+        "        with pytest.raises(RuntimeError, match='torch.set_num_threads'):\n"
+        "            equipart.assign_labels(torch.from_numpy(x))\n"
+        "        torch.set_num_threads(1)\n"
+        "        with pytest.warns(RuntimeWarning, match='torch path on one thread'):\n"
+        "            tensor = equipart.assign_labels(torch.from_numpy(x))\n"
+        "        assert (tensor.labels.numpy() == want).all()\n"
+        "    else:\n"
+        "        assert (equipart.assign_labels(x, backend='numba').labels == want).all()\n"
+        "except BaseException:\n"
+        "    import traceback; traceback.print_exc(); os._exit(1)\n"
+        "os._exit(0)\n"
+    )
+    run_python(script)

@@ -123,8 +123,10 @@ def test_top_labels_negative_zero_and_infinite_dual() -> None:
 def test_check_reports_what_numpy_does() -> None:
     x, _ = _problem(5, 90, 11, "probs")
     x[3, 2] = 0.5
+    x[4, 3] = 0.0  # one zero: column 3 is supported by 89 of the 90 rows
     tensor = torch.from_numpy(x)
     assert TORCH.check(tensor, "probs") == NUMPY.check(x, "probs")
+    np.testing.assert_array_equal(TORCH.check(tensor, "probs").support, (x > 0).sum(axis=0))
     bad = tensor.clone()
     bad[7, 1] = float("nan")
     assert not TORCH.check(bad, "logits").all_finite

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
-from conftest import backend_of, to_backend
+from conftest import backend_of, to_backend, to_numpy
 
 from equipart import (
+    ConvergenceWarning,
     Counts,
     Prior,
     Relaxed,
@@ -146,6 +150,36 @@ def test_log_probabilities_are_checked(backend_name):
         assign_labels(to_backend(logp + 0.5, backend_name), input="logprobs", backend=backend)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
+    """lam * L beyond the sweep's float range: refused naming lam (and eps for codes),
+    with the bound for these scores; just below it the solve runs without overflow."""
+    scores = (GOOD / np.abs(GOOD).max() * 4).astype(dtype)  # max |L| = 4
+    limit = float(np.finfo(dtype).max) / 4
+    backend = backend_of(backend_name)
+    bound = re.escape(f"{limit / 4:.3g}")
+    with pytest.raises(ValueError, match=f"lam: .*{dtype} sweep.*lam below {bound}"):
+        assign_labels(to_backend(scores, backend_name), lam=limit / 3, backend=backend)
+    with pytest.raises(ValueError, match="eps: .*pass eps above"):
+        sinkhorn_codes(to_backend(scores, backend_name), eps=3 / limit, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow inside the sweeps
+        warnings.simplefilter("ignore", ConvergenceWarning)  # an LP-like lam: may not converge
+        result = assign_labels(
+            to_backend(scores, backend_name), lam=limit / 5, backend=backend, max_iter=20
+        )
+    assert np.isfinite(result.state.g).all()
+
+
+def test_probabilities_with_zeros_bound_lam_by_the_dtype():
+    """For probabilities, log 0 is masked, and the smallest positive value of the dtype
+    bounds |L|: about 103 for float32."""
+    probs = np.full((8, 4), 0.25, dtype=np.float32)
+    probs[0] = [0.5, 0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"lam: .*max\|L\| = 103"):
+        assign_labels(probs, input="probs", lam=1e36)
+
+
 def test_label_impossible_everywhere_is_infeasible():
     probs = np.full((10, 4), 1 / 3)
     probs[:, 3] = 0.0
@@ -153,6 +187,38 @@ def test_label_impossible_everywhere_is_infeasible():
         assign_labels(probs, input="probs")
     # giving that label a zero target makes it feasible
     assign_labels(probs, input="probs", marginals=Counts([4, 3, 3, 0]))
+
+
+def _one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    probs = np.zeros((labels.size, n_labels))
+    probs[np.arange(labels.size), labels] = 1.0
+    return probs
+
+
+def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatch):
+    """One-hot probabilities with 2 rows of label 1 cannot give it N/K = 5 points:
+    refused from the input check, naming the label and its counts, before any solve."""
+    import equipart.api
+
+    probs = _one_hot(np.array([0] * 6 + [1] * 2 + [2] * 6 + [3] * 6), 4)
+    backend = backend_of(backend_name)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the solve started before the support check")
+
+    monkeypatch.setattr(equipart.api, "run_sinkhorn", fail)
+    with pytest.raises(ValueError, match="scores: 1 label.*label 1: 2 rows for 5"):
+        assign_labels(to_backend(probs, backend_name), input="probs", backend=backend)
+    with pytest.raises(ValueError, match="label 1: 2 rows for 5"):  # a second head
+        stacked = np.stack([_one_hot(np.arange(20) % 4, 4), probs])
+        assign_labels(to_backend(stacked, backend_name), input="probs", backend=backend)
+    monkeypatch.undo()
+    # a target the support meets exactly is solved
+    result = assign_labels(
+        to_backend(probs, backend_name), input="probs", backend=backend,
+        marginals=Counts([6, 2, 6, 6]), rounding="balanced",
+    )  # fmt: skip
+    assert np.bincount(to_numpy(result.labels), minlength=4).tolist() == [6, 2, 6, 6]
 
 
 def test_uninstalled_backend_names_the_extra(monkeypatch):

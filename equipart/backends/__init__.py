@@ -98,9 +98,11 @@ def get_backend(name: str, scores: Any) -> Backend:
     if name == "auto":
         for candidate in _AUTO.get(_library(scores), ()):
             try:
-                return _load(candidate)
+                backend = _load(candidate)
             except ValueError:
                 continue
+            if _unavailable_reason(backend) is None:
+                return backend
         for custom in _CUSTOM.values():
             if custom.accepts(scores):
                 return _load(custom.name)
@@ -110,6 +112,11 @@ def get_backend(name: str, scores: Any) -> Backend:
             "CuPy array (or convert with np.asarray)"
         )
     backend = _load(name)
+    if (reason := _unavailable_reason(backend)) is not None:
+        raise ValueError(
+            f"backend: {name!r} cannot run in this process ({reason}); pick another, or "
+            "'auto' (equipart.backends.available() lists those that run here)"
+        )
     if not backend.accepts(scores):
         raise TypeError(
             f"backend: {name!r} does not read {type(scores).__module__}."
@@ -118,13 +125,21 @@ def get_backend(name: str, scores: Any) -> Backend:
     return backend
 
 
+def _unavailable_reason(backend: Any) -> str | None:
+    """``Backend.unavailable_reason``, also for entry-point classes that do not subclass."""
+    check = getattr(backend, "unavailable_reason", None)
+    return check() if check is not None else None
+
+
 def available() -> list[str]:
-    """Names of the backends that can run here (their libraries import)."""
+    """Names of the backends that can run here (their libraries import, and nothing about
+    this process stops them, such as a fork after GNU OpenMP started)."""
     names = []
     for name in sorted(set(_all_entries()) | set(_CUSTOM)):
         try:
-            _load(name)
+            backend = _load(name)
         except (ValueError, ImportError, AttributeError):
             continue
-        names.append(name)
+        if _unavailable_reason(backend) is None:
+            names.append(name)
     return names

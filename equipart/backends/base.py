@@ -29,7 +29,7 @@ Numba, Triton and CuPy sweeps use this to keep the column maximum out of their h
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -82,6 +82,10 @@ class BlockCheck:
     min_value: float
     max_row_sum_deviation: float  # max_i |sum_j x_ij - 1|, only computed for probs
     max_value: float = float("nan")  # the largest entry (NaN: not reported by this backend)
+    # for probs: per label, the number of rows giving it a positive probability, int64
+    # (K,); None for other kinds or where the backend does not report it (an array: left
+    # out of ==, compare it with np.array_equal)
+    support: np.ndarray | None = field(default=None, compare=False)
 
 
 class Backend(ABC):
@@ -140,6 +144,11 @@ class Backend(ABC):
     @abstractmethod
     def stack(self, parts: list[Any]) -> Any:
         """Stack per-head results along a new first axis."""
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run in this process now (None: it can). ``"auto"``
+        passes over a backend with a reason; naming it raises ValueError with the reason."""
+        return None
 
     def for_solve(self) -> Backend:
         """The backend object one solve's Sinkhorn loop uses: this one, or, for a backend

@@ -232,6 +232,7 @@ class CupyBackend(Backend):
         with block.device:
             finite = cp.ones((), dtype=cp.bool_)
             lows, highs, deviations = [], [], []
+            support = cp.zeros(block.shape[1], dtype=cp.int64)
             for rows in _row_blocks(*block.shape):
                 x = block[rows]
                 finite &= cp.isfinite(x).all()
@@ -240,10 +241,12 @@ class CupyBackend(Backend):
                 if kind == "probs":
                     sums = x.sum(axis=1, dtype=cp.float64)
                     deviations.append(cp.abs(sums - 1.0).max())
+                    support += cp.count_nonzero(x > 0, axis=0)
             low, high = cp.stack(lows).min(), cp.stack(highs).max()
             deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
             host = cp.stack([finite.astype(cp.float64), low, deviation, high]).get()
-        return BlockCheck(bool(host[0]), float(host[1]), float(host[2]), float(host[3]))
+            counts = support.get() if kind == "probs" else None
+        return BlockCheck(bool(host[0]), float(host[1]), float(host[2]), float(host[3]), counts)
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         with block.device:

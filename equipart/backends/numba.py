@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,13 +183,41 @@ _fmin = _minmax_intrinsic("llvm.minnum")
 
 
 _PARALLEL_LOCK = threading.Lock()
+# Set in a child process forked after GNU OpenMP (Numba's "omp" layer with libgomp) had
+# started in the parent: any parallel kernel there would abort the child ("fork() called
+# from a process already using GNU OpenMP"). Such a child gets this message instead.
+_FORK_BLOCKED: str | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_BLOCKED
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel code ran in the parent: the child picks its own layer
+        return
+    if layer == "omp":
+        from numba.np.ufunc import omppool
+
+        if omppool.openmp_vendor == "GNU":
+            _FORK_BLOCKED = (
+                "Numba's threading layer in this process is GNU OpenMP, started before the "
+                "process was forked, and GNU OpenMP cannot run in a forked child; start "
+                "workers with multiprocessing's 'spawn' or 'forkserver' method, or set "
+                "NUMBA_THREADING_LAYER=workqueue (or install TBB) before the first solve"
+            )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
 def _parallel_section() -> Iterator[None]:
-    """Around every parallel kernel call: exclusive under Numba's workqueue threading layer
+    """Around every parallel kernel call: refused in a child forked from a GNU OpenMP
+    process (see ``_FORK_BLOCKED``); exclusive under Numba's workqueue threading layer
     (used where neither TBB nor OpenMP is available), which aborts the process when two
     threads run parallel code at once; other layers take concurrent calls as they are."""
+    if _FORK_BLOCKED is not None:
+        raise RuntimeError(f"backend: 'numba' cannot run here: {_FORK_BLOCKED}")
     try:
         exclusive = numba.threading_layer() == "workqueue"
     except ValueError:  # no parallel kernel has run yet: the layer is not chosen
@@ -541,9 +570,10 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
 
 
 @njit(**_OPTS, fastmath=_CHECK)
-def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation):
-    """Per chunk: all finite, the minimum, the maximum, and max_i |sum_j x_ij - 1| (for
-    probabilities).
+def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation, support):
+    """Per chunk: all finite, the minimum, the maximum, and for probabilities max_i
+    |sum_j x_ij - 1| and the number of positive entries of each column (``support``, (C,
+    K); unused otherwise).
 
     Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
     fast-math here, so the product is kept); the minimum is then only read when finite.
@@ -569,6 +599,8 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation):
                     high = _fmax(high, value)
                 if probs:
                     dev = max(dev, abs(s - 1.0))
+                    for j in range(n_labels):
+                        support[c, j] += row[j] > 0
         finite[c] = math.isfinite(poison)
         minima[c] = low
         maxima[c] = high
@@ -627,19 +659,24 @@ class NumbaBackend(NumpyBackend):
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
+        probs = kind == "probs"
         all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
         for part in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
             minima, maxima = np.empty(n_chunks), np.empty(n_chunks)
             dev = np.empty(n_chunks)
+            counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
             with _parallel_section():
-                _check_kernel(part, kind == "probs", n_chunks, finite, minima, maxima, dev)
+                _check_kernel(part, probs, n_chunks, finite, minima, maxima, dev, counts)
             all_finite = all_finite and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
             deviation = max(deviation, float(dev.max()))
-        return BlockCheck(all_finite, min_value, deviation, max_value)
+            if support is not None:
+                support += counts.sum(axis=0)
+        return BlockCheck(all_finite, min_value, deviation, max_value, support)
 
     # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
     # gets its own dict in for_solve; the class-level one is never written)
@@ -651,6 +688,9 @@ class NumbaBackend(NumpyBackend):
         # a solve's row maxima by block: (data address, shape, strides, dtype) -> (lam, g,
         # row_max) of the block's last sweep in kernel units, or None once it gave up
         self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
+
+    def unavailable_reason(self) -> str | None:
+        return _FORK_BLOCKED
 
     def for_solve(self) -> NumbaBackend:
         """A copy whose sweeps skip the row-maximum pass from a block's second sweep on

@@ -89,15 +89,17 @@ class NumpyBackend(Backend):
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        support = np.zeros(block.shape[1], dtype=np.int64) if kind == "probs" else None
         for rows in row_blocks(block.shape[0], block.shape[1]):
             x = block[rows]
             all_finite = all_finite and bool(np.isfinite(x).all())
             min_value = min(min_value, float(x.min()))
             max_value = max(max_value, float(x.max()))
-            if kind == "probs":
+            if support is not None:
                 sums = x.sum(axis=1, dtype=np.float64)
                 deviation = max(deviation, float(np.abs(sums - 1.0).max()))
-        return BlockCheck(all_finite, min_value, deviation, max_value)
+                support += np.count_nonzero(x > 0, axis=0)
+        return BlockCheck(all_finite, min_value, deviation, max_value, support)
 
     def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         colsum = np.zeros(block.shape[1])

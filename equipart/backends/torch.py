@@ -221,6 +221,21 @@ class TorchBackend(Backend):
             self._host_tried = True  # (after _host: a concurrent call sees None or both)
             if self._host is None:
                 return None
+        if (reason := self._host.unavailable_reason()) is not None:
+            # the same GNU OpenMP runtime also hangs torch's own parallel loops in this
+            # child, so the torch path runs only on one thread
+            if torch.get_num_threads() > 1:
+                raise RuntimeError(
+                    f"backend: 'torch' cannot sweep CPU tensors here: {reason}; or call "
+                    "torch.set_num_threads(1) in this process to use its torch path"
+                )
+            warnings.warn(
+                f"the Numba kernels for CPU tensors cannot run here ({reason}); the torch "
+                "backend uses its blockwise torch path on one thread",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
         return block.detach().resolve_conj().resolve_neg().numpy()
 
     @staticmethod
@@ -250,6 +265,7 @@ class TorchBackend(Backend):
             return self._host.check(view, kind)
         x_all = block.detach()
         lows, highs, deviations = [], [], []
+        support = torch.zeros(x_all.shape[1], dtype=torch.int64, device=x_all.device)
         for rows in _row_blocks(x_all):
             x = x_all[rows]
             lows.append(x.amin().to(torch.float64))
@@ -257,6 +273,7 @@ class TorchBackend(Backend):
             if kind == "probs":
                 sums = x.sum(dim=1, dtype=torch.float64)
                 deviations.append((sums - 1.0).abs().amax())
+                support += (x > 0).sum(dim=0)
         # amin / amax propagate NaN, and an infinity is the minimum or the maximum: all
         # values are finite iff both extremes are. (torch.isfinite's block temporaries
         # left 12 to 495 MiB more resident after this check of the 200k x 1k demo, varying
@@ -264,7 +281,8 @@ class TorchBackend(Backend):
         low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
         host = torch.stack([low, deviation, high]).cpu().tolist()
-        return BlockCheck(math.isfinite(host[0]) and math.isfinite(host[2]), *host)
+        counts = support.cpu().numpy() if kind == "probs" else None
+        return BlockCheck(math.isfinite(host[0]) and math.isfinite(host[2]), *host, counts)
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if (view := self._host_view(block)) is not None:
