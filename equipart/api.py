@@ -17,6 +17,7 @@ from .solver import RowSource, column_stats, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
     check_acceleration,
+    check_flag,
     check_kind,
     check_lam,
     check_positive_int,
@@ -251,6 +252,7 @@ def assign_labels(
         ``labels`` (int64, in the input's library and device), ``state``, ``n_iter``,
         ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
     """
+    return_codes = check_flag(return_codes, "return_codes")
     if rounding == "exact" and group is None:  # the hard LP needs no Sinkhorn solve
         return _exact_labels(
             scores,

@@ -184,6 +184,7 @@ class FactoryStream:
     def blocks(self, head: int) -> Iterator[Any]:
         seen = 0
         for block in self.factory():
+            _check_block_type(self.backend, block)
             shape, _ = self.backend.shape_dtype(block)
             if len(shape) != 2 or shape[1] != self.n_labels:
                 raise ValueError(
@@ -202,20 +203,32 @@ class FactoryStream:
             )
 
 
+def _check_block_type(backend: Backend, block: Any) -> None:
+    """Every block of a stream: an array of the first block's library, of a real dtype."""
+    if not backend.accepts(block):
+        raise TypeError(
+            f"scores: the RowBlocks factory yielded a {type(block).__module__}."
+            f"{type(block).__name__}; every block must be an array of the same library as "
+            f"the first (the {backend.name!r} backend reads it)"
+        )
+    check_shape(backend, block, allow_empty_rows=True)  # dtype and dimensions
+
+
 def _open_factory(spec: RowBlocks, backend: str, allow_empty_rows: bool) -> tuple[Backend, Any]:
     """Pick the backend from the first block; count rows (one pass) unless N and K are given."""
     known = spec.n_rows is not None and spec.n_labels is not None
-    first, n_rows = None, 0
+    first, n_rows, engine = None, 0, None
     for block in spec.factory():
-        first = block if first is None else first
+        if first is None:
+            first, engine = block, get_backend(backend, block)
+        _check_block_type(engine, block)
         if known:
             break
-        n_rows += int(block.shape[0])
+        n_rows += int(engine.shape_dtype(block)[0][0])
     if first is None:
         raise ValueError(
             "scores: the RowBlocks factory yielded no blocks; give it at least one (n, K) block"
         )
-    engine = get_backend(backend, first)
     _, _, n_labels, stacked = check_shape(engine, first, allow_empty_rows=True)
     if stacked:
         raise ValueError(

@@ -61,10 +61,24 @@ def check_shape(
     return n_heads, shape[-2], shape[-1], stacked
 
 
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """One of the strings ``choices`` (a str, not an array or other look-alike)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {choices} (a str), got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return str(value)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """True or False (Python's or NumPy's)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
+
+
 def check_kind(kind: Any) -> ScoreKind:
-    if kind not in SCORE_KINDS:
-        raise ValueError(f"input: expected one of {SCORE_KINDS}, got {kind!r}")
-    return kind
+    return check_choice(kind, "input", SCORE_KINDS)
 
 
 def check_positive_real(value: Any, name: str, example: str) -> float:
@@ -100,15 +114,11 @@ ACCELERATIONS = ("overrelax", "anderson", "none")
 
 
 def check_acceleration(acceleration: Any) -> str:
-    if acceleration not in ACCELERATIONS:
-        raise ValueError(f"acceleration: expected one of {ACCELERATIONS}, got {acceleration!r}")
-    return acceleration
+    return check_choice(acceleration, "acceleration", ACCELERATIONS)
 
 
 def check_rounding(rounding: Any) -> str:
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
-    return rounding
+    return check_choice(rounding, "rounding", ROUNDINGS)
 
 
 MAX_DUAL = 1e30  # largest |g_j| a warm start may hold (float32 kernels form lam * L + g)

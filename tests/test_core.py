@@ -277,6 +277,19 @@ def test_callback_sees_every_check_and_can_stop(backend_name):
     assert stopped.n_iter == 2 and not stopped.converged
 
 
+def test_objective_keeps_its_digits_under_a_large_row_offset(backend_name):
+    """log P = (x - max) - log sum: with the max added to the log-sum first, an offset of
+    2^36 (exact in float64, as is 25 times it) lost digits of the log-sum, and a constant
+    row of -1e30 gave an objective of 0 instead of -log K."""
+    scores = np.random.default_rng(3).integers(-3, 4, size=(300, 10)).astype(np.float64)
+    result, labels, _ = solve(scores, backend_name, lam=25.0)
+    offset = solve(scores + 2.0**36, backend_name, lam=25.0)[0]
+    assert (to_numpy(offset.labels) == labels).all()
+    assert offset.objective == pytest.approx(result.objective, rel=1e-12)
+    masked = solve(np.full((20, 10), -1e30), backend_name, lam=25.0)[0]
+    assert masked.objective == pytest.approx(-np.log(10), rel=1e-12)
+
+
 def test_objective_is_mean_logprob_of_labels(backend_name):
     scores = np.random.default_rng(2).standard_normal((300, 9))
     result, labels, _ = solve(scores, backend_name, lam=25.0)

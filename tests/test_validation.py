@@ -56,7 +56,11 @@ def test_bad_scores(scores, error, name):
         ({"max_iter": 2.5}, TypeError, "max_iter"),
         ({"check_every": 0}, ValueError, "check_every"),
         ({"input": "logit"}, ValueError, "input"),
+        ({"input": np.array("logits")}, TypeError, "input"),
         ({"rounding": "round"}, ValueError, "rounding"),
+        ({"rounding": np.array("argmax")}, TypeError, "rounding"),
+        ({"acceleration": None}, TypeError, "acceleration"),
+        ({"return_codes": "yes"}, TypeError, "return_codes"),
         ({"backend": "fortran"}, ValueError, "backend"),
         ({"backend": 3}, TypeError, "backend"),
         ({"callback": 3}, TypeError, "callback"),
@@ -219,6 +223,25 @@ def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatc
         marginals=Counts([6, 2, 6, 6]), rounding="balanced",
     )  # fmt: skip
     assert np.bincount(to_numpy(result.labels), minlength=4).tolist() == [6, 2, 6, 6]
+
+
+@pytest.mark.parametrize(
+    "convert,error,message",
+    [
+        (lambda b: b + 1j, TypeError, "complex"),
+        (lambda b: b > 0, TypeError, "dtype, got bool"),
+        (lambda b: b.tolist(), TypeError, "yielded a builtins.list"),
+        (lambda b: b[:, :3], ValueError, "K=4"),
+    ],
+)
+@pytest.mark.parametrize("counted", [True, False])
+def test_every_streamed_block_is_checked(convert, error, message, counted):
+    """A RowBlocks block after the first gets the checks the first gets, whether the
+    stream's rows are counted by a pass or given."""
+    blocks = [GOOD[:10], convert(GOOD[10:])]
+    size = {} if counted else {"n_rows": 20, "n_labels": 4}
+    with pytest.raises(error, match=f"scores: .*{message}"):
+        assign_labels(RowBlocks(lambda: iter(blocks), **size), backend="numpy")
 
 
 def test_uninstalled_backend_names_the_extra(monkeypatch):

@@ -310,7 +310,7 @@ class CupyBackend(Backend):
                 elif kind == "logits":
                     z = x.astype(cp.float64)
                     top = z.max(axis=1)
-                    picked = picked - (top + cp.log(cp.exp(z - top[:, None]).sum(axis=1)))
+                    picked = (picked - top) - cp.log(cp.exp(z - top[:, None]).sum(axis=1))
                 total += picked.sum()
             return float(total.get())
 

@@ -324,6 +324,13 @@ def _affine(lam, x, g):
     return lam * x + g
 
 
+@njit(fastmath=False)
+def _log_softmax_at(picked, m, s):
+    """log P = (x - m) - log s in float64, in that order (no fast-math, so "reassoc" in the
+    caller cannot regroup it as x - (m + log s), which loses log s next to a large m)."""
+    return (picked - m) - math.log(s)
+
+
 @njit
 def _chunk_bounds(c, n_chunks, n_rows):
     """Rows [start, stop) of chunk c out of n_chunks."""
@@ -565,7 +572,7 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
                 for j in range(n_labels):
                     s += _exp_units((row[j] - m) * unit[0])
                 picked = np.float64(row[labels[b0 + i]])
-                total += picked - np.float64(m) - math.log(np.float64(s))
+                total += _log_softmax_at(picked, np.float64(m), np.float64(s))
         parts[c] = total
 
 

@@ -149,7 +149,9 @@ class NumpyBackend(Backend):
             elif kind == "logits":
                 z = x.astype(np.float64)
                 top = z.max(axis=1)
-                picked -= top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+                # (x - top) first: top + log(sum) would lose the sum next to a large top
+                picked -= top
+                picked -= np.log(np.exp(z - top[:, None]).sum(axis=1))
             total += float(picked.sum())
         return total
 

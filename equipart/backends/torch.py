@@ -431,7 +431,7 @@ class TorchBackend(Backend):
             elif kind == "logits":
                 z = x.to(torch.float64)
                 top = z.amax(dim=1)
-                picked = picked - (top + torch.log(torch.exp(z - top[:, None]).sum(dim=1)))
+                picked = (picked - top) - torch.log(torch.exp(z - top[:, None]).sum(dim=1))
             total += picked.sum()
         return float(total.item())
 
