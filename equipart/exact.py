@@ -10,10 +10,11 @@ with L the log-probabilities and [lo, hi] the integer label sizes of the margina
 one label per point. ``ot.emd`` solves a transportation problem with equality masses, so
 the bands are written as one: label j gets a *base* column of mass lo_j and, where
 hi_j > lo_j, an *extra* column of mass hi_j - lo_j; a dummy row of mass sum(hi) - N may
-fill extra columns at cost 0 and base columns only at a cost larger than any saving
-(max C - min C + 1), so the real points fill every base column and choose, optimally,
-which labels get their larger size. Uniform with K > N is the same rule (sizes 0 or 1:
-every point gets its own label, the rectangular assignment problem).
+fill extra columns at cost 0 and base columns only at a cost above every other cost, so
+the real points fill every base column and choose, optimally, which labels get their
+larger size. Uniform with K > N is the same rule (sizes 0 or 1: every point gets its own
+label, the rectangular assignment problem). Masked labels (log-probability far below the
+row's best) and zero probabilities are costed in tiers (``_solve_head``).
 
 The dense network simplex needs the whole (N + 1) x K' cost matrix in float64 and its
 plan, and its time grows faster than N K, so a size guard estimates both before any work
@@ -83,42 +84,84 @@ def _check_budget(value: Any, name: str) -> float | None:
     return float(value)
 
 
+MASK_DEPTH = 1e6
+"""Log-probability below a row's best beyond which a label counts as masked (a logit of
+-1e9, -1e30 or float32's lowest, as ``masked_fill`` writes): the LP treats such entries
+like zero probabilities, as one tier of equal cost, since beside costs of 1e16 and more the
+network simplex's float64 potentials lose the O(1) differences between the other labels
+(a non-optimal labelling, reported optimal, before this tier)."""
+
+
 def _cost_matrix(x: np.ndarray, kind: str) -> np.ndarray:
-    """C = -log P up to a per-row constant, float64; impossible labels get +inf."""
+    """C = -log P shifted so that each row's best label costs 0, float64; labels of zero
+    probability get +inf (a row of zeros stays +inf)."""
     if kind == "probs":
         with np.errstate(divide="ignore"):
-            return -np.log(x.astype(np.float64))
-    return -x.astype(np.float64)
+            cost = -np.log(x.astype(np.float64))
+    else:
+        cost = -x.astype(np.float64)
+    best = cost.min(axis=1, keepdims=True)
+    cost -= np.where(np.isfinite(best), best, 0.0)
+    return cost
 
 
-def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
-    """Labels (int64, N) and label prices (float64, K) of one head."""
-    n_rows, n_labels = x.shape
-    col_label, col_mass, col_extra = _columns(lo, hi)
-    cost = _cost_matrix(x, kind)[:, col_label]
-    finite = np.isfinite(cost)
-    span = float(cost[finite].max() - cost[finite].min()) if finite.any() else 0.0
-    impossible = float(cost[finite].max()) + span + 1.0
-    cost[~finite] = impossible
-    spare = int(hi.sum()) - n_rows
-    if spare > 0:
-        dummy = np.where(col_extra, 0.0, span + 1.0)
-        cost = np.vstack((cost, dummy[None, :]))
-    rows = np.ones(cost.shape[0])
-    if spare > 0:
-        rows[-1] = spare
-    if col_label.size == 1:  # one column takes every point (ot.emd rejects 1 x 1 problems)
-        prices = np.full(n_labels, -np.inf)
-        prices[col_label[0]] = 0.0
-        return np.full(n_rows, col_label[0], dtype=np.int64), prices
+def _run_emd(rows: np.ndarray, col_mass: np.ndarray, cost: np.ndarray) -> tuple:
     import ot  # imported here: POT imports torch (an optional library) when installed
 
     max_iter = int(min(2**62, max(100_000, 100 * cost.size)))
     plan, log = ot.emd(rows, col_mass, cost, numItermax=max_iter, log=True)
     if log.get("warning"):
         raise RuntimeError(f"exact_assign: ot.emd did not reach the optimum: {log['warning']}")
+    return plan, log
+
+
+def _transport_problem(
+    cost: np.ndarray, col_mass: np.ndarray, col_extra: np.ndarray, spare: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row masses, column masses, costs) for ``ot.emd``: the N rows of mass 1 and, where
+    the bands leave room (``spare`` > 0), a dummy row of that mass that fills extra
+    columns at cost 0 and base columns only above every other cost, so that the base
+    sizes are met by real points whenever the marginals allow."""
+    rows = np.ones(cost.shape[0] + (spare > 0))
+    if spare > 0:
+        dummy = np.where(col_extra, 0.0, 2.0 * float(cost.max()) + 1.0)
+        cost = np.vstack((cost, dummy[None, :]))
+        rows[-1] = spare
+    return rows, col_mass, cost
+
+
+def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
+    """Labels (int64, N) and label prices (float64, K) of one head.
+
+    Costs come in tiers: the regular ones (within ``MASK_DEPTH`` of the row's best,
+    spread over [0, span]), then masked and impossible (zero-probability) labels at
+    M = (N + 1)(span + 1), more than any exchange of regular labels can save, so an
+    optimum uses as few of them as the marginals allow. If it needs an impossible one
+    while masked ones exist, the impossible ones go up a tier and it is solved again; if
+    it still does, no assignment meets the marginals.
+    """
+    n_rows, n_labels = x.shape
+    col_label, col_mass, col_extra = _columns(lo, hi)
+    cost = _cost_matrix(x, kind)[:, col_label]
+    impossible = ~np.isfinite(cost)
+    beyond = impossible | (cost > MASK_DEPTH)
+    span = float(cost[~beyond].max()) if (~beyond).any() else 0.0
+    tier = (n_rows + 1) * (span + 1.0)
+    cost[beyond] = tier
+    if col_label.size == 1:  # one column takes every point (ot.emd rejects 1 x 1 problems)
+        prices = np.full(n_labels, -np.inf)
+        prices[col_label[0]] = 0.0
+        return np.full(n_rows, col_label[0], dtype=np.int64), prices
+    spare = int(hi.sum()) - n_rows
+    plan, log = _run_emd(*_transport_problem(cost, col_mass, col_extra, spare))
     columns = plan[:n_rows].argmax(axis=1)
-    if np.any(~finite[np.arange(n_rows), columns]):
+    used_impossible = impossible[np.arange(n_rows), columns]
+    if used_impossible.any() and (beyond & ~impossible).any():
+        cost[impossible] = (n_rows + 1) * (tier + 1.0)
+        plan, log = _run_emd(*_transport_problem(cost, col_mass, col_extra, spare))
+        columns = plan[:n_rows].argmax(axis=1)
+        used_impossible = impossible[np.arange(n_rows), columns]
+    if used_impossible.any():
         raise ValueError(
             "scores: no assignment meets the marginals using labels of non-zero probability; "
             "give impossible labels a zero size (Counts) or check the scores"

@@ -104,6 +104,36 @@ def test_probs_input_with_zero_probabilities():
     assert result.labels.tolist() == [0, 1, 1, 0]
 
 
+def test_a_forced_unlikely_label_is_not_mistaken_for_infeasibility():
+    """The only assignment avoiding zero probabilities uses two unlikely labels (cost
+    6.9 + 9.2); zero probabilities cost just above the largest finite cost plus the
+    spread before, so the LP took one of them and the solve said 'infeasible'."""
+    probs = np.array(
+        [[0.0, 0.39, 0.001, 0.609], [1e-4, 0.9999, 0.0, 0.0], [0.92, 0.07, 0.0, 0.01], [0, 1, 0, 0]]
+    )
+    result = exact_assign(probs, input="probs", backend="numpy")
+    assert result.labels.tolist() == [2, 0, 3, 1]
+
+
+@pytest.mark.parametrize("mask", [-1e8, -1e16, -1e30, float(np.finfo(np.float32).min)])
+def test_masked_logits_are_optimal(mask):
+    """Labels masked with a very negative finite logit: the LP's answer is optimal for the
+    unmasked log-probabilities (with masks of -1e16 and below, the float64 network simplex
+    lost the O(1) differences beside them and returned worse labellings)."""
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x = rng.normal(size=(12, 12))
+        masked = rng.random((12, 12)) < 0.3
+        masked[np.arange(12), rng.permutation(12)] = False  # a perfect unmasked matching
+        logp = np.where(masked, -1e6, _logp(np.where(masked, -np.inf, x)))
+        rows, cols = linear_sum_assignment(logp, maximize=True)
+        result = exact_assign(np.where(masked, mask, x), backend="numpy")
+        assert not masked[np.arange(12), result.labels].any()
+        assert logp[np.arange(12), result.labels].sum() == pytest.approx(
+            logp[rows, cols].sum(), abs=1e-9
+        )
+
+
 def test_logprobs_and_logits_agree():
     x = _scores(50, 5, seed=8)
     a = exact_assign(x, backend="numpy")
