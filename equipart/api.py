@@ -95,6 +95,31 @@ def _check_all_values(
     ]
 
 
+def _check_rows_have_open_labels(source: RowSource, backend: Backend, closed: np.ndarray) -> None:
+    """Refuse probabilities with a row that is positive only on labels the marginals close
+    (size 0): no assignment can place it. One more pass, only when labels are closed: the
+    row's best of log p_ij + g_j with g_j = -inf on closed labels is -inf exactly there."""
+    if not closed.any():
+        return
+    g = np.where(closed, -np.inf, 0.0)
+    for head in range(source.n_heads):
+        start = 0
+        for block in source.blocks(head):
+            if block.shape[0]:
+                best = backend.to_numpy(backend.top_labels(block, "probs", 1.0, g, 1)[1])[:, 0]
+                stranded = np.flatnonzero(best == -np.inf)
+                if stranded.size:
+                    where = f" of head {head}" if source.n_heads > 1 else ""
+                    shut = np.flatnonzero(closed)[:10].tolist()
+                    raise ValueError(
+                        f"scores: row {start + stranded[0]}{where} has non-zero probability "
+                        f"only on labels the marginals give no point ({shut}), so no "
+                        "assignment can place it; give one of its labels a size or check "
+                        "the scores"
+                    )
+            start += block.shape[0]
+
+
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
     total, start = 0.0, 0
     for block in source.blocks(head):
@@ -280,8 +305,9 @@ def assign_labels(
                 "none (any count from 0 to N); use rounding='argmax', or Bounds(lo, hi) for "
                 "count limits"
             )
+        local = None
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
-            spec.bind(source.n_rows, source.n_labels, lam)
+            local = spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
         if rounding not in ROUNDERS:
             raise NotImplementedError(
@@ -289,6 +315,8 @@ def assign_labels(
                 "'balanced', which gives exact global counts"
             )
         supports = _check_all_values(source, engine, kind, lam)
+        if kind == "probs" and local is not None:
+            _check_rows_have_open_labels(source, engine, local.count_bounds()[1] == 0)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",

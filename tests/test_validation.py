@@ -199,6 +199,29 @@ def _one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
     return probs
 
 
+def test_row_only_on_closed_labels_is_infeasible(backend_name):
+    """A row whose probability sits only on labels of size 0 cannot be placed: refused
+    naming the row, before the solve (it used to run all max_iter on NaN and then give
+    that row a closed label)."""
+    probs = np.full((30, 3), 1 / 3)
+    probs[17] = [1.0, 0.0, 0.0]
+    backend = backend_of(backend_name)
+    stacked = np.stack([np.full((30, 3), 1 / 3), probs])
+    for scores, where in ((probs, ""), (stacked, " of head 1")):
+        with pytest.raises(ValueError, match=f"scores: row 17{where} .*no point \\(\\[0\\]\\)"):
+            assign_labels(
+                to_backend(scores, backend_name), input="probs", backend=backend,
+                marginals=Counts([0, 15, 15]),
+            )  # fmt: skip
+    probs[17] = [0.5, 0.0, 0.5]  # one open label left: solved, the row on label 2
+    result = assign_labels(
+        to_backend(probs, backend_name), input="probs", backend=backend,
+        marginals=Counts([0, 15, 15]), rounding="balanced",
+    )  # fmt: skip
+    labels = to_numpy(result.labels)
+    assert labels[17] == 2 and np.bincount(labels, minlength=3).tolist() == [0, 15, 15]
+
+
 def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatch):
     """One-hot probabilities with 2 rows of label 1 cannot give it N/K = 5 points:
     refused from the input check, naming the label and its counts, before any solve."""
