@@ -245,9 +245,10 @@ def assign_labels(
         A previous result's ``state`` (same K and lam), or a dual g of shape (K,)/(H, K).
     input : {"logits", "logprobs", "probs"}
         What ``scores`` hold. Logits and log-probabilities give the same solution.
-    backend : str, default "auto"
+    backend : str or Backend, default "auto"
         ``"auto"`` picks by the array's library; or ``"numpy"``, ``"numba"``,
-        ``"torch"``, ``"cupy"`` (see ``equipart.backends.available()``).
+        ``"torch"``, ``"cupy"`` (see ``equipart.backends.available()``); or a backend
+        object with settings, such as ``TorchBackend(kernel="torch")``.
     return_codes : bool, default False
         Also return Q (rows sum to 1) as ``codes``; this allocates an N x K array.
     callback : callable, optional

@@ -87,6 +87,8 @@ def _out_path(out: str | None) -> Path | None:
     """The file ``np.save`` will write (it appends .npy), checked before any work."""
     if out is None:
         return None
+    if Path(out).is_dir() or out.endswith(("/", "\\")):
+        raise CliError(f"--out: {out} is a folder; give a file name")
     path = Path(out if out.endswith(".npy") else out + ".npy")
     if not path.parent.is_dir():
         raise CliError(f"--out: folder {path.parent} does not exist")
@@ -98,19 +100,35 @@ def _out_path(out: str | None) -> Path | None:
 def _for_backend(scores: np.ndarray, backend: str) -> object:
     """The scores in the array library a named backend reads (a .npy file is opened as a
     memmap, which the NumPy and Numba backends stream; torch and CuPy get a copy)."""
-    if backend == "torch":
-        import torch
+    if backend not in ("torch", "cupy"):
+        return scores
+    try:
+        library = __import__(backend)
+    except ImportError as exc:
+        raise CliError(
+            f"--backend: {backend!r} is not available here ({exc}); pip install "
+            f"'equipart[{backend}]', or use --backend auto"
+        ) from exc
+    return library.from_numpy(np.array(scores)) if backend == "torch" else library.asarray(scores)
 
-        return torch.from_numpy(np.array(scores))
-    if backend == "cupy":
-        import cupy
 
-        return cupy.asarray(scores)
-    return scores
+def _warm_up(scores: object, args: argparse.Namespace) -> float:
+    """Solve the first rows once, untimed: Numba compiles its kernels at first use (then
+    caches them on disk), which would otherwise be counted as solve time. Seconds spent."""
+    start = time.perf_counter()
+    head = scores[..., : min(256, scores.shape[-2]), :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assign_labels(head, lam=args.lam, max_iter=2, input=args.input, backend=args.backend)
+    return time.perf_counter() - start
 
 
 def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
     scores = _for_backend(scores, args.backend)
+    engine = get_backend(args.backend, scores)
+    warm_up = _warm_up(scores, args)
+    note = f", first-use compile and warm-up {warm_up:.1f} s before the timing" * (warm_up > 0.5)
+    print(f"backend: {engine.name}{note}")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -134,7 +152,16 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
 def _cmd_solve(args: argparse.Namespace) -> int:
     out = _out_path(args.out)
     scores = _load_scores(args.scores)
-    result = _solve_and_report(scores, args, _load_marginals(args.marginals))
+    marginals = _load_marginals(args.marginals)
+    if isinstance(marginals, Counts) and scores.ndim >= 2:
+        total, n_rows = int(np.sum(marginals.sizes)), scores.shape[-2]
+        if total != n_rows:
+            raise CliError(
+                f"--marginals: whole-number values are read as label sizes, which must sum "
+                f"to N={n_rows} (these sum to {total}); for proportions, save values that "
+                "sum to 1"
+            )
+    result = _solve_and_report(scores, args, marginals)
     if out is not None:
         np.save(out, _to_host(result.labels))
         print(f"labels written to {out}")
@@ -188,12 +215,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_solver_options(parser: argparse.ArgumentParser) -> None:
+def _add_solver_options(parser: argparse.ArgumentParser, scores_kind: bool = True) -> None:
     parser.add_argument("--lam", type=float, default=25.0, help="inverse temperature (25)")
     parser.add_argument("--tol", type=float, default=1e-3, help="max relative mass error")
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--rounding", default="argmax", help="argmax, balanced or exact")
-    parser.add_argument("--input", default="logits", help="logits, logprobs or probs")
+    if scores_kind:  # (the demo's generated scores are logits)
+        parser.add_argument("--input", default="logits", help="logits, logprobs or probs")
+    else:
+        parser.set_defaults(input="logits")
     parser.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
     parser.add_argument(
         "--acceleration", default="overrelax", help="overrelax (default), anderson or none"
@@ -220,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=200_000, help="points (200000)")
     demo.add_argument("--k", type=int, default=1000, help="labels (1000)")
     demo.add_argument("--seed", type=int, default=0)
-    _add_solver_options(demo)
+    _add_solver_options(demo, scores_kind=False)
     demo.set_defaults(run=_cmd_demo)
 
     info = commands.add_parser("info", help="versions, backends and devices")

@@ -204,7 +204,7 @@ def exact_assign(
         (not ``Relaxed``: it sets no hard counts).
     input : {"logits", "logprobs", "probs"}
         What ``scores`` hold; logits and log-probabilities give the same labels.
-    backend : str, default "auto"
+    backend : str or Backend, default "auto"
         Which backend reads the array (for the conversion and the returned labels).
     max_memory : float, optional
         Refuse problems whose estimated memory (bytes) exceeds this; default half the
@@ -248,8 +248,9 @@ def exact_assign(
             f"scores: an exact LP of {n_heads} x {n_rows} x {n_labels} needs about "
             f"{need_bytes / 2**30:.3g} GiB and {need_seconds:.3g} s through ot.emd (limits: "
             f"max_memory={memory_budget / 2**30:.3g} GiB, max_seconds={time_budget}); use "
-            "assign_labels(scores, rounding='balanced') for certified exact-count labels at "
-            "this scale, or raise max_memory / max_seconds"
+            "rounding='balanced' (assign_labels; --rounding balanced on the command line) "
+            "for certified exact-count labels at this scale, or raise exact_assign's "
+            "max_memory / max_seconds"
         )
     heads = [engine.head(scores, h) if stacked else scores for h in range(n_heads)]
     check_values(engine, heads, kind)

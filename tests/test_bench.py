@@ -180,10 +180,43 @@ def test_runner_records_skips_and_timeouts(tmp_path):
     assert record["status"] == "timeout" and record["contender"] == "sela-ref"
 
 
-def test_runner_rejects_bad_arguments(capsys):
+def test_runner_rejects_bad_arguments(capsys, tmp_path, monkeypatch):
     assert runner.main(["--families", "nope"]) == 2
     assert "--families" in capsys.readouterr().err
     assert runner.main(["--contenders", "nope"]) == 2
+
+    def no_jobs(*args, **kwargs):
+        raise AssertionError("a job ran before the arguments were checked")
+
+    monkeypatch.setattr(runner, "_run_jobs", no_jobs)
+    assert runner.main(["--lams", "-1", "--out", str(tmp_path)]) == 2
+    assert "--lams" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert runner.main(["--sizes", "40x4", "--out", str(blocker / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_custom_sizes_get_their_own_file_stem(tmp_path):
+    """A run with --sizes writes bench_custom_<device>, never over a mode's files."""
+    args = ["--sizes", "60x4", "--families", "zipf", "--contenders", "equipart-numpy"]
+    assert runner.main([*args, "--out", str(tmp_path), "--no-plots"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["bench_custom_cpu.json"]
+    document = json.loads((tmp_path / "bench_custom_cpu.json").read_text())
+    assert document["mode"] == "custom"
+    assert document["machine"]["git_commit"] == runner_commit()
+
+
+def runner_commit() -> str | None:
+    """The equipart checkout's commit, as the runner should record it from any folder."""
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(runner.__file__).resolve().parent
+    done = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
 
 
 def test_equipart_bench_command_passes_options_through(capsys):

@@ -64,6 +64,42 @@ def test_bad_out_folder_is_refused_before_the_solve(tmp_path, capsys, monkeypatc
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("folder", [".", "sub/", "sub"])
+def test_out_naming_a_folder_is_refused(tmp_path, capsys, monkeypatch, folder):
+    """`--out .` used to write a hidden '..npy'; any folder is refused before the solve."""
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("equipart.cli.assign_labels", lambda *a, **k: pytest.fail("solved"))
+    assert main(["solve", "s.npy", "--out", folder]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "sub"]
+
+
+def test_missing_array_library_is_one_line(tmp_path, capsys, monkeypatch):
+    """--backend cupy (or torch) without the library: the install hint, exit 2."""
+    import builtins
+
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    real_import = builtins.__import__
+
+    def no_cupy(name, *args, **kwargs):
+        if name == "cupy":
+            raise ModuleNotFoundError("No module named 'cupy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cupy)
+    assert main(["solve", str(tmp_path / "s.npy"), "--backend", "cupy"]) == 2
+    assert "equipart[cupy]" in capsys.readouterr().err
+
+
+def test_sizes_that_do_not_sum_to_n_say_how_to_give_proportions(tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.zeros((40, 4)))
+    np.save(tmp_path / "m.npy", np.full(4, 25.0))  # percentages
+    assert main(["solve", str(tmp_path / "s.npy"), "--marginals", str(tmp_path / "m.npy")]) == 2
+    assert "sum to N=40 (these sum to 100)" in capsys.readouterr().err
+
+
 def test_out_without_suffix_names_the_written_file(tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.random.default_rng(2).standard_normal((40, 4)))
     assert main(["solve", str(tmp_path / "s.npy"), "--out", str(tmp_path / "labels")]) == 0
@@ -133,4 +169,10 @@ def test_info_and_demo_run_as_console_script():
         text=True,
         check=True,
     )
-    assert "converged=True" in demo.stdout
+    assert "converged=True" in demo.stdout and "backend: numpy" in demo.stdout
+    no_input = subprocess.run(  # the demo's scores are logits: no --input to get wrong
+        [sys.executable, "-m", "equipart.cli", "demo", "--input", "probs"],
+        capture_output=True,
+        text=True,
+    )
+    assert no_input.returncode == 2 and "unrecognized arguments: --input" in no_input.stderr

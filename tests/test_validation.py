@@ -281,8 +281,30 @@ def test_uninstalled_backend_names_the_extra(monkeypatch):
 
 def test_backend_that_cannot_read_the_array():
     pytest.importorskip("torch")
+    from equipart.backends.torch import TorchBackend
+
     with pytest.raises(TypeError, match="backend.*torch"):
         assign_labels(GOOD, backend="torch")
+    with pytest.raises(TypeError, match="backend: TorchBackend does not read numpy"):
+        assign_labels(GOOD, backend=TorchBackend(kernel="torch"))
+
+
+def test_backend_object_with_settings_is_used():
+    """backend= takes a Backend object too: its settings (here the torch path) apply."""
+    torch = pytest.importorskip("torch")
+    from equipart.backends.torch import TorchBackend
+
+    class Counting(TorchBackend):
+        sweeps = 0
+
+        def sweep(self, *args, **kwargs):
+            Counting.sweeps += 1
+            return super().sweep(*args, **kwargs)
+
+    tensor = torch.from_numpy(GOOD)
+    result = assign_labels(tensor, backend=Counting(kernel="torch"))
+    assert Counting.sweeps == result.n_iter and result.labels.dtype == torch.int64
+    np.testing.assert_array_equal(result.labels.numpy(), assign_labels(GOOD).labels)
 
 
 def test_sinkhorn_codes_arguments():

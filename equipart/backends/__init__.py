@@ -91,10 +91,23 @@ def _library(array: Any) -> str:
     return type(array).__module__.split(".", 1)[0]
 
 
-def get_backend(name: str, scores: Any) -> Backend:
-    """The backend called ``name`` (or picked for ``scores`` when ``name == "auto"``)."""
+def get_backend(name: str | Backend, scores: Any) -> Backend:
+    """The backend called ``name`` (or picked for ``scores`` when ``name == "auto"``), or
+    ``name`` itself when it is a Backend object (``TorchBackend(kernel="torch")``, say)."""
+    if isinstance(name, Backend):
+        if (reason := name.unavailable_reason()) is not None:
+            raise ValueError(f"backend: {name.name!r} cannot run in this process ({reason})")
+        if not name.accepts(scores):
+            raise TypeError(
+                f"backend: {type(name).__name__} does not read {type(scores).__module__}."
+                f"{type(scores).__name__} arrays; use backend='auto' or convert the scores"
+            )
+        return name
     if not isinstance(name, str):
-        raise TypeError(f"backend: expected a backend name (str), got {type(name).__name__}")
+        raise TypeError(
+            "backend: expected a backend name (str) or an equipart.backends.Backend, got "
+            f"{type(name).__name__}"
+        )
     if name == "auto":
         for candidate in _AUTO.get(_library(scores), ()):
             try:

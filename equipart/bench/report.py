@@ -49,9 +49,10 @@ def _gpu() -> str | None:
 
 
 def _git_commit() -> str | None:
+    """The commit of the equipart checkout that runs (None for an installed copy)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import queue
 import shutil
@@ -344,6 +345,17 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{c.name:28s} {c.missing() or 'available':30s} {c.description}")
         return 0
     mode = "quick" if args.quick else "full"
+    label = "custom" if args.sizes else mode  # the JSON's mode and the default file stem
+    bad_lams = [lam for lam in args.lams or () if not (math.isfinite(lam) and lam > 0)]
+    if bad_lams:
+        raise ValueError(f"--lams: expected finite numbers > 0, got {bad_lams}")
+    out = Path(args.out)
+    try:  # before any work: a run whose results cannot be written is not started
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out: the folder {str(out)!r} is not writable")
     here = available_families()
     families = args.families or here
     absent = [f for f in families if f not in here]
@@ -393,12 +405,10 @@ def _main(args: argparse.Namespace) -> int:
     load["end"] = list(os.getloadavg())
     order = {c.name: i for i, c in enumerate(contenders)}
     results.sort(key=lambda r: (r["n"] * r["k"], r["family"], r["lam"], order[r["contender"]]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / (args.name or f"bench_{mode}_{args.device}")
+    stem = out / (args.name or f"bench_{label}_{args.device}")
     document = {
         "schema": 1,
-        "mode": "custom" if args.sizes else mode,
+        "mode": label,
         "device": args.device,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
@@ -423,7 +433,7 @@ def _main(args: argparse.Namespace) -> int:
     print(table)
     written = [json_path]
     if not args.no_plots:
-        written += plot_results(results, stem, f"equipart bench ({mode}, {args.device})")
+        written += plot_results(results, stem, f"equipart bench ({label}, {args.device})")
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
