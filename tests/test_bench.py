@@ -143,6 +143,10 @@ def test_runner_end_to_end_writes_json_and_table(tmp_path, capsys):
     assert (tmp_path / "t_time.png").exists() and (tmp_path / "t_lam.png").exists()
     table = capsys.readouterr().out
     assert "| zipf 400x8 | 25 | sela-ref-tol | ok |" in table
+    # a rerun at one lam has no lam plot: the previous run's one is removed, not left stale
+    args = ["--sizes", "400x8", "--families", "zipf", "--contenders", "equipart-numpy"]
+    assert runner.main([*args, "--out", str(tmp_path), "--name", "t"]) == 0
+    assert (tmp_path / "t_time.png").exists() and not (tmp_path / "t_lam.png").exists()
 
 
 def test_runner_records_skips_and_timeouts(tmp_path):

@@ -159,6 +159,8 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for suffix in ("time", "memory", "lam"):  # a previous run's plot must not stay beside
+        stem.with_name(f"{stem.name}_{suffix}.png").unlink(missing_ok=True)
     written = []
     ran = [r for r in results if r.get("total_s") is not None]
     # time and memory against N: one panel per K, one line per contender, failures as x
