@@ -290,6 +290,18 @@ def test_objective_keeps_its_digits_under_a_large_row_offset(backend_name):
     assert masked.objective == pytest.approx(-np.log(10), rel=1e-12)
 
 
+def test_logprob_sum_refuses_labels_out_of_range(backend_name):
+    """Every backend (on CUDA a bad index would be a device-side assert; NumPy wrapped -1
+    round to the last label)."""
+    from equipart.backends import get_backend
+
+    x = to_backend(np.zeros((4, 3), dtype=np.float32), backend_name)
+    engine = get_backend(backend_of(backend_name), x)
+    for bad in ([0, 1, 2, 3], [0, -1, 1, 2]):
+        with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
+            engine.logprob_sum(x, "logits", np.array(bad))
+
+
 def test_objective_is_mean_logprob_of_labels(backend_name):
     scores = np.random.default_rng(2).standard_normal((300, 9))
     result, labels, _ = solve(scores, backend_name, lam=25.0)

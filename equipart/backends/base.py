@@ -74,6 +74,12 @@ def needs_exact_colmax(colsum: np.ndarray, g: np.ndarray) -> bool:
     return bool(np.any((colsum == 0.0) & (g > -np.inf)))
 
 
+def check_label_range(low: int, high: int, n_labels: int) -> None:
+    """Refuse labels outside [0, K) (given their smallest and largest value)."""
+    if low < 0 or high >= n_labels:
+        raise ValueError(f"labels: expected values in [0, {n_labels}), got {low} to {high}")
+
+
 @dataclass(frozen=True)
 class BlockCheck:
     """What input validation learns from one block of scores."""

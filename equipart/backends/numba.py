@@ -57,7 +57,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .base import BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
+from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
 from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["NumbaBackend"]
@@ -830,10 +830,8 @@ class NumbaBackend(NumpyBackend):
     def logprob_sum(self, block: np.ndarray, kind: ScoreKind, labels: np.ndarray) -> float:
         x = _as_array(block)
         picks = np.ascontiguousarray(labels, dtype=np.int64)
-        if picks.size and (picks.min() < 0 or picks.max() >= x.shape[1]):
-            raise ValueError(
-                f"labels: expected values in [0, {x.shape[1]}), got {picks.min()} to {picks.max()}"
-            )
+        if picks.size:
+            check_label_range(int(picks.min()), int(picks.max()), x.shape[1])
         kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
         total, start = 0.0, 0
         for part in _kernel_blocks(x):

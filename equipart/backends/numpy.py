@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind, check_label_range
 
 BLOCK_ELEMENTS = 1 << 19
 
@@ -139,6 +139,8 @@ class NumpyBackend(Backend):
         return indices, values
 
     def logprob_sum(self, block: np.ndarray, kind: ScoreKind, labels: np.ndarray) -> float:
+        if labels.size:  # (take_along_axis would wrap -1 round to the last label)
+            check_label_range(int(labels.min()), int(labels.max()), block.shape[1])
         total = 0.0
         for rows in row_blocks(block.shape[0], block.shape[1]):
             x = block[rows]

@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
+from .base import (
+    Backend,
+    BlockCheck,
+    ColumnStats,
+    ScoreKind,
+    check_label_range,
+    needs_exact_colmax,
+)
 
 try:
     from . import _triton_kernels
@@ -422,6 +429,8 @@ class TorchBackend(Backend):
             return self._host.logprob_sum(view, kind, self.to_numpy(labels))
         x_all = block.detach()
         labels = torch.as_tensor(labels, device=x_all.device).to(torch.int64)
+        if labels.numel():  # (on CUDA an index out of range is a device-side assert)
+            check_label_range(*torch.stack([labels.min(), labels.max()]).tolist(), x_all.shape[1])
         total = torch.zeros((), dtype=torch.float64, device=x_all.device)
         for rows in _row_blocks(x_all):
             x = x_all[rows]

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .config import PRESETS, Config
-from .data import DATASETS
+from .config import PRESETS, Config, ConfigError, check_config
+from .data import DATASETS, DataError
 from .models import ARCHS
 
 __all__ = ["eval_main", "main", "train_main"]
@@ -51,8 +51,19 @@ _HELP = {
     "knn_sigma": "temperature of the kNN votes exp(sim / sigma) (paper: 0.1)",
     "amp": "bfloat16 autocast on CUDA",
     "ckpt_every_steps": "also checkpoint every this many steps (0: at epoch ends only)",
-    "device": "cpu or cuda",
+    "device": "cpu, cuda or cuda:N",
 }
+
+# The errors that are the user's to fix: reported in one line, exit status 2.
+USER_ERRORS = (ConfigError, DataError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``PROG: error: ...``) and
+    exit status 2, without the long usage text (``-h`` shows it)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _base_type(tp: Any) -> Any:
@@ -63,7 +74,7 @@ def _base_type(tp: Any) -> Any:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sela-train",
         description="Train a network by self-labelling (SeLa) with equipart's optimal transport.",
     )
@@ -95,19 +106,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sela-train``."""
-    args = _train_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    from .train import Trainer
+    """Entry point of ``sela-train``.
 
-    summary = Trainer(cfg, args.out).run(resume=args.resume)
+    Every setting is checked before any work (nothing is written to ``--out`` before the
+    data has loaded); a bad flag, missing or unreadable data files, an unusable device or
+    a ``--resume`` against a checkpoint made with other settings exits with status 2 and
+    one line ``sela-train: error: --FLAG: ...`` on stderr.
+    """
+    parser = _train_parser()
+    args = parser.parse_args(argv)
+    from .train import Trainer, check_resume
+
+    try:
+        cfg = config_from_args(args)
+        check_config(cfg)
+        if args.resume:
+            check_resume(cfg, args.out)
+        trainer = Trainer(cfg, args.out)
+        summary = trainer.run(resume=args.resume)
+    except USER_ERRORS as exc:
+        parser.error(str(exc))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of ``sela-eval CHECKPOINT``: every metric of a saved model."""
-    p = argparse.ArgumentParser(prog="sela-eval", description="Evaluate a SeLa checkpoint.")
+    p = _Parser(prog="sela-eval", description="Evaluate a SeLa checkpoint.")
     p.add_argument("checkpoint", type=Path, help="a checkpoint.pt written by sela-train")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
     p.add_argument("--data-dir", default=None, help="where the dataset lives, if moved")
@@ -124,8 +149,13 @@ def eval_main(argv: list[str] | None = None) -> int:
         cfg.device = args.device
     if args.data_dir:
         cfg.data_dir = args.data_dir
-    device = resolve_device(cfg.device)
-    data = prepare_data(cfg)
+    try:
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+            raise ConfigError(f"--data-dir: {cfg.data_dir} is not a folder")
+        device = resolve_device(cfg.device)
+        data = prepare_data(cfg)
+    except USER_ERRORS as exc:
+        p.error(str(exc))
     model = build_model(
         cfg.arch, data.channels, data.image_size, cfg.heads, cfg.clusters, cfg.width, cfg.fc
     )

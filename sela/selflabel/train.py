@@ -37,13 +37,21 @@ from equipart import SolverState
 from sklearn.metrics import normalized_mutual_info_score
 
 from .augment import Augment
-from .config import Config
+from .config import Config, ConfigError, check_config, check_device
 from .data import Dataset, imbalance, load_dataset, subsample
 from .evaluate import cluster_scores, knn_accuracy, linear_probe
 from .labels import balanced_random_labels, cluster_balance, kmeans_labels, sinkhorn_labels
 from .models import build_model
 
-__all__ = ["Trainer", "evaluate_model", "extract", "opt_schedule", "prepare_data", "save_atomic"]
+__all__ = [
+    "Trainer",
+    "check_resume",
+    "evaluate_model",
+    "extract",
+    "opt_schedule",
+    "prepare_data",
+    "save_atomic",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -72,11 +80,35 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; use cpu")
+    """``torch.device(name)``; :class:`ConfigError` naming ``--device`` if unusable here."""
+    check_device(name)
     return torch.device(name)
+
+
+def _resume_diff(saved: dict[str, Any], cfg: Config, out: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings (device and progress aside)."""
+    try:
+        old = Config.from_dict(saved)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--resume: the checkpoint in {out} cannot be resumed: {exc}") from exc
+    old.device, old.progress = cfg.device, cfg.progress
+    if old != cfg:
+        diff = sorted(k for k, v in old.to_dict().items() if cfg.to_dict()[k] != v)
+        raise ConfigError(
+            f"--resume: the checkpoint in {out} was made with other settings ({diff}); "
+            "use another --out or the same settings"
+        )
+
+
+def check_resume(cfg: Config, out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds a checkpoint to resume; :class:`ConfigError` if it was made
+    with other settings. Reads only the checkpoint's settings (memory-mapped)."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        return False
+    blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    _resume_diff(blob["config"], cfg, Path(out))
+    return True
 
 
 def prepare_data(cfg: Config) -> Dataset:
@@ -170,18 +202,24 @@ class Trainer:
 
     def __init__(self, cfg: Config, out: str | os.PathLike) -> None:
         self.cfg, self.out = cfg, Path(out)
+        check_config(cfg)  # ConfigError naming the flag; nothing is written before this
         self.device = resolve_device(cfg.device)
-        if cfg.assign not in ("sinkhorn", "kmeans"):
-            raise ValueError(f"assign: expected 'sinkhorn' or 'kmeans', got {cfg.assign!r}")
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out: {self.out} exists and is not a folder")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.data = prepare_data(cfg)
+        self.data = prepare_data(cfg)  # DataError if the files are missing or unreadable
         self.n = len(self.data.train)
+        if cfg.assign == "kmeans" and self.n < cfg.clusters:
+            raise ConfigError(
+                f"--clusters: k-means needs at least K={cfg.clusters} training images, the "
+                f"training set has {self.n}; lower --clusters or raise --train-size"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
         self.images = self.data.train.images.to(self.device)
         self.augment = make_augment(cfg, self.data)
         self.model = build_model(
@@ -259,14 +297,7 @@ class Trainer:
         if not path.exists():
             return False
         blob = torch.load(path, map_location="cpu", weights_only=False)
-        saved = Config.from_dict(blob["config"])
-        saved.device, saved.progress = self.cfg.device, self.cfg.progress
-        if saved != self.cfg:
-            diff = sorted(k for k, v in saved.to_dict().items() if self.cfg.to_dict()[k] != v)
-            raise ValueError(
-                f"resume: the checkpoint in {self.out} was made with other "
-                f"settings ({diff}); use another --out or the same settings"
-            )
+        _resume_diff(blob["config"], self.cfg, self.out)
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.labels = blob["labels"].to(self.device)
