@@ -95,29 +95,29 @@ def _check_all_values(
     ]
 
 
-def _check_rows_have_open_labels(source: RowSource, backend: Backend, closed: np.ndarray) -> None:
-    """Refuse probabilities with a row that is positive only on labels the marginals close
-    (size 0): no assignment can place it. One more pass, only when labels are closed: the
-    row's best of log p_ij + g_j with g_j = -inf on closed labels is -inf exactly there."""
-    if not closed.any():
-        return
+def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> list[tuple]:
+    """(head, row) of every row positive only on labels the marginals close (size 0): no
+    assignment can place them. One pass, run only when labels are closed: a row's best
+    of log p_ij + g_j, with g_j = -inf on closed labels, is -inf exactly there."""
     g = np.where(closed, -np.inf, 0.0)
+    found = []
     for head in range(source.n_heads):
         start = 0
         for block in source.blocks(head):
             if block.shape[0]:
                 best = backend.to_numpy(backend.top_labels(block, "probs", 1.0, g, 1)[1])[:, 0]
-                stranded = np.flatnonzero(best == -np.inf)
-                if stranded.size:
-                    where = f" of head {head}" if source.n_heads > 1 else ""
-                    shut = np.flatnonzero(closed)[:10].tolist()
-                    raise ValueError(
-                        f"scores: row {start + stranded[0]}{where} has non-zero probability "
-                        f"only on labels the marginals give no point ({shut}), so no "
-                        "assignment can place it; give one of its labels a size or check "
-                        "the scores"
-                    )
+                found += [(head, start + int(i)) for i in np.flatnonzero(best == -np.inf)]
             start += block.shape[0]
+    return found
+
+
+def _refuse_stranded(count: int, closed: np.ndarray, where: str) -> None:
+    shut = np.flatnonzero(closed)[:10].tolist()
+    raise ValueError(
+        f"scores: {where} non-zero probability only on labels the marginals give no point "
+        f"({shut}), so no assignment can place {'it' if count == 1 else 'them'}; give one of "
+        "their labels a size or check the scores"
+    )
 
 
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
@@ -310,14 +310,13 @@ def assign_labels(
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
             local = spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-        if rounding not in ROUNDERS:
-            raise NotImplementedError(
-                f"rounding: {rounding!r} does not run across ranks (group=...); use "
-                "'balanced', which gives exact global counts"
-            )
         supports = _check_all_values(source, engine, kind, lam)
-        if kind == "probs" and local is not None:
-            _check_rows_have_open_labels(source, engine, local.count_bounds()[1] == 0)
+        if kind == "probs" and local is not None and (local.count_bounds()[1] == 0).any():
+            closed = local.count_bounds()[1] == 0
+            if stranded := _stranded_rows(source, engine, closed):
+                (head, row), heads = stranded[0], source.n_heads > 1
+                where = f"row {row}{f' of head {head}' if heads else ''} has"
+                _refuse_stranded(len(stranded), closed, where)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -330,15 +329,23 @@ def assign_labels(
         check_every=check_every,
         rounding=rounding,
         marginals=spec,
-        warm_start=g0,
+        warm_start=None if warm_start is None else g0,  # a cold start anneals lam: not zeros
         callback=callback is not None,
         acceleration=acceleration,
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
-    if kind == "probs":
-        for support in comm.total_support(supports, source.n_labels):
-            check_support(support, constraint.min_mass(), tol)
     source, engine = comm.shard(source, engine, n_rows)
+    if kind == "probs":
+        least, most = constraint.count_bounds()
+        stranded = 0  # (found before the handshake in one process; here, over the ranks)
+        if comm.sharded and (most == 0).any():
+            with comm.rounding():  # a failing read is announced by the all-reduce
+                stranded = len(_stranded_rows(source, engine, most == 0))
+        totals, stranded = comm.total_support(supports, source.n_labels, stranded)
+        if stranded:
+            _refuse_stranded(stranded, most == 0, f"{stranded:g} row(s) of the ranks have")
+        for head, support in enumerate(totals):
+            check_support(support, least, head if source.stacked else None)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
@@ -441,6 +448,8 @@ def sinkhorn_codes(
         for _ in range(n_iter):
             stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)
             g = constraint.update(g, stats.log_mass())
-        parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
-        codes.append(engine.concat(parts))
+        with comm.rounding():  # a rank failing here is named by the collective below
+            parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
+            codes.append(engine.concat(parts))
+    comm.raise_failures("codes pass")
     return _per_head(engine, codes, source.stacked)

@@ -121,8 +121,13 @@ class SingleProcess:
     def same_dual(self, g: np.ndarray) -> np.ndarray:
         return g
 
-    def total_support(self, supports: list[np.ndarray | None], n_labels: int) -> list:
-        return supports
+    def total_support(
+        self, supports: list[np.ndarray | None], n_labels: int, stranded: int
+    ) -> tuple[list, int]:
+        return supports, stranded
+
+    def raise_failures(self, what: str) -> None:
+        pass
 
     @contextmanager
     def rounding(self) -> Iterator[None]:
@@ -366,13 +371,17 @@ class RankGroup:
         colmax = self._max(stats.colmax, what)
         return ColumnStats(colsum, colmax)
 
-    def total_support(self, supports: list[np.ndarray | None], n_labels: int) -> list:
-        """Each head's label support summed over the ranks (one all-reduce; every rank
-        calls it for probabilities). A rank whose backend did not count (None) sends NaN,
-        which turns that head's check off on every rank."""
+    def total_support(
+        self, supports: list[np.ndarray | None], n_labels: int, stranded: int
+    ) -> tuple[list, int]:
+        """Each head's label support and the count of rows stranded on closed labels,
+        summed over the ranks (one all-reduce; every rank calls it for probabilities). A
+        rank whose backend did not count a support (None) sends NaN, which turns that
+        head's check off on every rank."""
         payload = [np.full(n_labels, np.nan) if s is None else s for s in supports]
-        total = self._sum(np.concatenate(payload), "label-support all-reduce")
-        return [None if np.isnan(t).any() else t for t in np.split(total, len(supports))]
+        total = self._sum(np.concatenate([*payload, [stranded]]), "label-support all-reduce")
+        heads = np.split(total[:-1], len(supports))
+        return [None if np.isnan(t).any() else t for t in heads], int(total[-1])
 
     def wrap_callback(self, callback: Callable[[int, float], Any] | None) -> Any:
         """A callback that stops every rank when any rank's callback returns True."""
@@ -494,6 +503,11 @@ class RankGroup:
             yield
         except Exception as exc:
             self.record(exc)
+
+    def raise_failures(self, what: str) -> None:
+        """A collective after local work with no collective of its own (the codes pass):
+        this rank's recorded failure is raised here, the others get DistributedSolveError."""
+        self._sum(np.zeros(0), what)
 
     def finish(self, result: Assignment | None) -> Assignment:
         """Sum the objective's per-rank parts (each divided by the global N already)."""

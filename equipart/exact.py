@@ -84,12 +84,14 @@ def _check_budget(value: Any, name: str) -> float | None:
     return float(value)
 
 
-MASK_DEPTH = 1e6
+MASK_DEPTH = 1e9
 """Log-probability below a row's best beyond which a label counts as masked (a logit of
--1e9, -1e30 or float32's lowest, as ``masked_fill`` writes): the LP treats such entries
+-1e10, -1e30 or float32's lowest, as ``masked_fill`` writes): the LP treats such entries
 like zero probabilities, as one tier of equal cost, since beside costs of 1e16 and more the
 network simplex's float64 potentials lose the O(1) differences between the other labels
-(a non-optimal labelling, reported optimal, before this tier)."""
+(a non-optimal labelling, reported optimal, before this tier). Up to 1e9 the costs stay
+regular: their potentials keep about 1e-7 of absolute resolution, so the LP is exact
+for any spread of real scores (a label 1e6 below another is still worse by 1e6)."""
 
 
 def _cost_matrix(x: np.ndarray, kind: str) -> np.ndarray:

@@ -129,6 +129,9 @@ class StreamedArray:
 
     def blocks(self, head: int) -> Iterator[np.ndarray]:
         rows = self.scores[head] if self.stacked else self.scores
+        if self.n_rows == 0:  # a rank's empty shard: one (0, K) block, as an array gives
+            yield rows
+            return
         step = self.block_rows
         for start in range(0, self.n_rows, step):
             block = rows[start : start + step]

@@ -184,22 +184,24 @@ def input_tolerance(dtype: Any) -> float:
 SINGLE_PRECISION = ("float16", "bfloat16", "float32")  # scores the sweeps read into float32
 
 
-def check_lam_scale(lam: float, report: BlockCheck, kind: ScoreKind, dtype: str, name: str) -> None:
-    """Refuse a lam at which lam * L overflows the sweep's floating-point type.
+def check_lam_scale(
+    lam: float, report: BlockCheck, kind: ScoreKind, dtype: str, n_labels: int, name: str
+) -> None:
+    """Refuse a lam at which the best entries of the rows, lam * L, overflow the sweep.
 
-    The sweeps form lam * L + g in float32 for 16- and 32-bit scores (float64 otherwise),
-    and a solved g is of the order of lam * max|L|: a quarter of the largest float keeps
-    both and their sum finite. L is the log-probability form of the scores (the logits
-    themselves for ``input="logits"``).
+    The sweeps form z = lam * L + g in float32 for 16- and 32-bit scores (float64
+    otherwise) and subtract each row's maximum. Entries far below their row's best may go
+    to -inf (that is how a mask such as ``masked_fill(mask, finfo.min)`` works: they get
+    no mass); the row's best must stay finite, with room for g (a solved g is of the order
+    of lam times the spread of the rows' best entries): |lam * best| below a quarter of
+    the largest float. For logits the largest entry bounds that from above; for
+    (log-)probabilities a row's best is between log(1/K) and 0.
     """
     if kind == "logits":
-        magnitude = max(abs(report.min_value), abs(report.max_value))
-    elif kind == "logprobs":
-        magnitude = abs(report.min_value)
-    else:  # log of the smallest positive value the block holds (or can hold, with zeros)
-        tiny = report.min_value if report.min_value > 0 else _smallest_positive(dtype)
-        magnitude = abs(math.log(tiny))
-    if not math.isfinite(magnitude):  # NaN: the backend did not report the maximum
+        magnitude = abs(report.max_value)
+    else:
+        magnitude = math.log(max(n_labels, 2))
+    if not math.isfinite(magnitude) or magnitude == 0:  # NaN: the maximum was not reported
         return
     precision = "float32" if dtype in SINGLE_PRECISION else "float64"
     limit = float(np.finfo(precision).max) / 4
@@ -209,14 +211,12 @@ def check_lam_scale(lam: float, report: BlockCheck, kind: ScoreKind, dtype: str,
             fix = f"pass eps above {1 / bound:.3g}"
         else:
             fix = f"pass lam below {bound:.3g}, or rounding='exact' for the hard assignment"
+        what = "the largest logit" if kind == "logits" else "log K"
+        value = f"1/eps = {lam:.3g}" if name == "eps" else f"{lam:.3g}"
         raise ValueError(
-            f"{name}: lam * max|L| = {lam * magnitude:.3g} overflows the {precision} sweep "
-            f"(max|L| = {magnitude:.3g} for these scores, limit {limit:.3g}); {fix}"
+            f"{name}: {value} times {what}, {magnitude:.3g}, overflows the {precision} "
+            f"sweep (limit {limit:.3g}); {fix}"
         )
-
-
-def _smallest_positive(dtype: str) -> float:
-    return {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149}.get(dtype, 5e-324)
 
 
 def check_values(
@@ -261,7 +261,8 @@ def check_values(
                     "input='logits'"
                 )
         if lam is not None:
-            check_lam_scale(lam, report, kind, str(backend.shape_dtype(block)[1]), lam_name)
+            shape, dtype = backend.shape_dtype(block)
+            check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
         if kind == "probs":
             reported = reported and report.support is not None
             if reported:
@@ -269,24 +270,28 @@ def check_values(
     return support if reported else None
 
 
-def check_support(support: np.ndarray | None, min_mass: np.ndarray, tol: float) -> None:
-    """Refuse probabilities whose zeros leave a label fewer rows than its least mass.
+def check_support(support: np.ndarray | None, least: np.ndarray, head: int | None = None) -> None:
+    """Refuse probabilities whose zeros leave a label fewer rows than its least count.
 
-    Each row carries mass 1, so label j can receive at most support_j, the number of rows
-    where its probability is positive; below min_mass_j (1 - tol) no solve meets the
-    marginals within tol (a necessary condition only: rows shared by several short labels
-    can still make a problem infeasible, which the solve then reports).
+    Each row carries mass 1 and can go only to labels of positive probability, so label j
+    gets at most support_j rows; below its least integer size (``count_bounds()[0]``: the
+    floor of its target for Uniform and Prior) no labelling meets the marginals. A
+    necessary condition only: rows shared by several short labels can still make a
+    problem infeasible, which the solve then reports. (Between the floor and a fractional
+    target the Sinkhorn solve cannot converge and says so, while rounding="balanced"
+    still meets the integer sizes.)
     """
     if support is None:
         return
-    short = np.flatnonzero(support < min_mass * (1.0 - tol))
+    short = np.flatnonzero(support < least)
     if short.size:
         listed = "; ".join(
-            f"label {j}: {int(support[j])} rows for {min_mass[j]:.6g}" for j in short[:5].tolist()
+            f"label {j}: {int(support[j])} rows, needs {int(least[j])}" for j in short[:5].tolist()
         )
         more = f" and {short.size - 5} more" if short.size > 5 else ""
+        where = f" of head {head}" if head is not None else ""
         raise ValueError(
-            f"scores: {short.size} label(s) have non-zero probability at fewer rows than "
-            f"their target mass ({listed}{more}), so no assignment meets the marginals; "
-            "give them smaller targets (Counts, Bounds), use Relaxed, or check the scores"
+            f"scores: {short.size} label(s){where} have non-zero probability at fewer rows "
+            f"than their least size ({listed}{more}), so no assignment meets the marginals; "
+            "give them smaller sizes (Counts, Bounds), use Relaxed, or check the scores"
         )

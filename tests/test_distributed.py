@@ -276,6 +276,45 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
         onehot, LAM, group="default", input="probs", rounding="balanced",
         marginals=Counts(np.bincount(onehot_labels)),
     ).labels.tolist()  # fmt: skip
+    # a row (on rank 2) positive only on a label of size 0: refused on every rank
+    closed = np.full((scores.shape[0], N_LABELS), 1.0 / N_LABELS)
+    if rank == 2:
+        closed[3] = np.eye(N_LABELS)[0]
+    sizes = np.r_[0, np.full(N_LABELS - 1, 257 // (N_LABELS - 1))]
+    sizes[1] += 257 - sizes.sum()
+    out["stranded"] = _outcome(
+        lambda: assign_labels(closed, LAM, group="default", input="probs", marginals=Counts(sizes))
+    )
+    # a cold start anneals lam, a zero warm start does not: a mismatch, named
+    out["cold_warm"] = _outcome(
+        lambda: assign_labels(
+            scores, 300.0, group="default", warm_start=np.zeros(N_LABELS) if rank == 1 else None
+        )
+    )
+    out["exact_one_rank"] = _outcome(
+        lambda: assign_labels(
+            scores, LAM, group="default", rounding="exact" if rank == 0 else "argmax"
+        )
+    )
+    # rank 1 holds no rows: as an empty .npy file it solves like an empty array
+    empty = os.path.join(workdir, f"empty_{rank}.npy")
+    np.save(empty, scores[:0] if rank == 1 else scores)
+    out["empty_npy"] = assign_labels(empty, LAM, group="default").labels.tolist()
+    out["empty_codes"] = np.asarray(sinkhorn_codes(empty, 0.5, 3, group="default")).shape
+
+    code_passes = []
+
+    def failing_codes():  # rank 1's read fails on the last pass (the codes, after 3 sweeps)
+        code_passes.append(1)
+        if rank == 1 and len(code_passes) == 5:
+            raise OSError("codes read failed")
+        yield scores
+
+    out["codes_read"] = _outcome(
+        lambda: sinkhorn_codes(
+            RowBlocks(failing_codes, scores.shape[0], N_LABELS), 0.5, 3, group="default"
+        )
+    )
     # the group is still usable after all of that
     out["after"] = assign_labels(scores, LAM, group="default", backend="numpy").n_iter
     return out
@@ -402,10 +441,23 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
         kind, message = out["exact"]
         assert kind == "NotImplementedError" and message.startswith("rounding:")
         kind, message = out["support"]
-        assert kind == "ValueError" and "label 5: 10 rows for 42.8333" in message, message
+        assert kind == "ValueError" and "label 5: 10 rows, needs 42" in message, message
         onehot_labels = np.where(np.arange(257) < 247, np.arange(257) % 5, 5)
         start = sum(SHARDS[3][:rank])
         assert out["support_ok"] == onehot_labels[start : start + SHARDS[3][rank]].tolist()
+        kind, message = out["stranded"]
+        assert kind == "ValueError" and "1 row(s) of the ranks have" in message, message
+        kind, message = out["cold_warm"]
+        assert kind == "ValueError" and message.startswith("warm_start:"), message
+        kind, message = out["exact_one_rank"]
+        assert kind == "ValueError" and message.startswith("rounding:"), message
+        assert len(out["empty_npy"]) == SHARDS[3][rank]
+        assert out["empty_codes"] == (SHARDS[3][rank], N_LABELS)
+        kind, message = out["codes_read"]
+        if rank == 1:
+            assert (kind, message) == ("OSError", "codes read failed")
+        else:
+            assert kind == "DistributedSolveError" and "rank 1" in message, message
         assert out["after"] == results[0]["after"]
     assert sorted(worlds["death"]) == [0, 1]
     for out in worlds["death"].values():

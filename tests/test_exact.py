@@ -115,6 +115,13 @@ def test_a_forced_unlikely_label_is_not_mistaken_for_infeasibility():
     assert result.labels.tolist() == [2, 0, 3, 1]
 
 
+def test_spreads_below_the_mask_depth_are_exact():
+    """Finite logits millions apart are scores, not masks: the LP still compares them."""
+    x = np.array([[0.0, -2e6, -9e6], [0.0, -8e6, -3e6], [0.0, -1.0, -1.0]])
+    result = exact_assign(x, Counts([1, 1, 1]), backend="numpy")
+    assert result.labels.tolist() == [1, 0, 2]  # -2e6 - 1 in all: the optimum
+
+
 @pytest.mark.parametrize("mask", [-1e8, -1e16, -1e30, float(np.finfo(np.float32).min)])
 def test_masked_logits_are_optimal(mask):
     """Labels masked with a very negative finite logit: the LP's answer is optimal for the

@@ -156,13 +156,15 @@ def test_log_probabilities_are_checked(backend_name):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
-    """lam * L beyond the sweep's float range: refused naming lam (and eps for codes),
-    with the bound for these scores; just below it the solve runs without overflow."""
-    scores = (GOOD / np.abs(GOOD).max() * 4).astype(dtype)  # max |L| = 4
+    """lam times the largest logit beyond the sweep's float range: refused naming lam (and
+    eps for codes), with the bound for these scores; just below it the solve runs
+    without overflow."""
+    scores = (GOOD / np.abs(GOOD).max() * 4).astype(dtype)
+    scores[0, 0] = 4.0  # the largest logit
     limit = float(np.finfo(dtype).max) / 4
     backend = backend_of(backend_name)
     bound = re.escape(f"{limit / 4:.3g}")
-    with pytest.raises(ValueError, match=f"lam: .*{dtype} sweep.*lam below {bound}"):
+    with pytest.raises(ValueError, match=f"lam: .*largest logit.*{dtype} sweep.*below {bound}"):
         assign_labels(to_backend(scores, backend_name), lam=limit / 3, backend=backend)
     with pytest.raises(ValueError, match="eps: .*pass eps above"):
         sinkhorn_codes(to_backend(scores, backend_name), eps=3 / limit, backend=backend)
@@ -175,28 +177,57 @@ def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
     assert np.isfinite(result.state.g).all()
 
 
-def test_probabilities_with_zeros_bound_lam_by_the_dtype():
-    """For probabilities, log 0 is masked, and the smallest positive value of the dtype
-    bounds |L|: about 103 for float32."""
+@pytest.mark.parametrize("input_kind", ["logits", "logprobs"])
+def test_masks_at_the_lowest_float_are_not_an_overflow(backend_name, input_kind):
+    """Labels masked with float32's lowest value (masked_fill(mask, finfo.min)): lam times
+    them is -inf, which only gives them no mass; solved as with a mask of -1e9."""
+    x = np.random.default_rng(5).standard_normal((60, 4)).astype(np.float32)
+    if input_kind == "logprobs":
+        x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
+    masked = np.zeros_like(x, dtype=bool)
+    masked[::3, 1] = True
+    backend = backend_of(backend_name)
+    results = [
+        assign_labels(
+            to_backend(np.where(masked, fill, x), backend_name),
+            input=input_kind,
+            backend=backend,
+            rounding="balanced",
+        )
+        for fill in (np.finfo(np.float32).min, -1e9)
+    ]
+    labels = [to_numpy(r.labels) for r in results]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    assert not masked[np.arange(60), labels[0]].any()
+
+
+def test_probabilities_bound_lam_by_log_k():
+    """For probabilities every row's best log-probability lies in [-log K, 0]."""
     probs = np.full((8, 4), 0.25, dtype=np.float32)
     probs[0] = [0.5, 0.5, 0.0, 0.0]
-    with pytest.raises(ValueError, match=r"lam: .*max\|L\| = 103"):
-        assign_labels(probs, input="probs", lam=1e36)
-
-
-def test_label_impossible_everywhere_is_infeasible():
-    probs = np.full((10, 4), 1 / 3)
-    probs[:, 3] = 0.0
-    with pytest.raises(ValueError, match="scores.*label.*3"):
-        assign_labels(probs, input="probs")
-    # giving that label a zero target makes it feasible
-    assign_labels(probs, input="probs", marginals=Counts([4, 3, 3, 0]))
+    with pytest.raises(ValueError, match=r"lam: .*log K, 1.39"):
+        assign_labels(probs, input="probs", lam=1e38)
+    with pytest.warns(ConvergenceWarning):  # lam * log p = -inf for the zeros: no mass
+        assign_labels(probs, input="probs", lam=1e36, max_iter=5)
 
 
 def _one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
     probs = np.zeros((labels.size, n_labels))
     probs[np.arange(labels.size), labels] = 1.0
     return probs
+
+
+def test_support_between_floor_and_target_is_not_refused():
+    """N=10, K=3: targets 3.33, integer sizes 3 or 4. A label positive on exactly 3 rows
+    can meet its floor: balanced rounding solves it (the Sinkhorn solve cannot reach the
+    fractional target, and warns)."""
+    probs = np.tile([0.5, 0.5, 0.0], (10, 1))
+    probs[:3] = [0.2, 0.2, 0.6]
+    with pytest.warns(ConvergenceWarning):
+        result = assign_labels(probs, input="probs", rounding="balanced", max_iter=200)
+    counts = np.bincount(result.labels, minlength=3)
+    assert counts[2] == 3 and sorted(counts[:2].tolist()) == [3, 4]
+    assert (result.labels[:3] == 2).all()
 
 
 def test_row_only_on_closed_labels_is_infeasible(backend_name):
@@ -234,9 +265,9 @@ def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatc
         raise AssertionError("the solve started before the support check")
 
     monkeypatch.setattr(equipart.api, "run_sinkhorn", fail)
-    with pytest.raises(ValueError, match="scores: 1 label.*label 1: 2 rows for 5"):
+    with pytest.raises(ValueError, match="scores: 1 label.*label 1: 2 rows, needs 5"):
         assign_labels(to_backend(probs, backend_name), input="probs", backend=backend)
-    with pytest.raises(ValueError, match="label 1: 2 rows for 5"):  # a second head
+    with pytest.raises(ValueError, match="of head 1 .*label 1: 2 rows, needs 5"):
         stacked = np.stack([_one_hot(np.arange(20) % 4, 4), probs])
         assign_labels(to_backend(stacked, backend_name), input="probs", backend=backend)
     monkeypatch.undo()

@@ -31,14 +31,16 @@ def row_blocks(n_rows: int, n_labels: int, block_elements: int = BLOCK_ELEMENTS)
 
 
 def _scaled(x: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
-    """A new block z = lam * L + g in the compute precision."""
+    """A new block z = lam * L + g in the compute precision. Entries whose lam * L is below
+    the float range become -inf (a mask at the dtype's lowest value): no mass, no warning
+    (input validation keeps every row's best entry finite)."""
     dtype = compute_dtype(x.dtype)
-    if kind == "probs":
-        with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
+        if kind == "probs":
             z = np.log(x, dtype=dtype)
-        z *= dtype.type(lam)
-    else:
-        z = np.multiply(x, dtype.type(lam), dtype=dtype)
+            z *= dtype.type(lam)
+        else:
+            z = np.multiply(x, dtype.type(lam), dtype=dtype)
     z += g.astype(dtype)
     return z
 
