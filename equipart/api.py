@@ -32,7 +32,9 @@ from .validation import (
 __all__ = ["assign_labels", "sinkhorn_codes"]
 
 
-def _source(backend: str, scores: Any, allow_empty_rows: bool = False) -> tuple[Backend, RowSource]:
+def _source(
+    backend: str | Backend, scores: Any, allow_empty_rows: bool = False
+) -> tuple[Backend, RowSource]:
     """The backend and row source for ``scores``: an array, a memmap, a .npy path or a
     ``RowBlocks`` factory (see ``equipart.sources.open_source``)."""
     return open_source(scores, backend, allow_empty_rows=allow_empty_rows)
@@ -56,13 +58,14 @@ def _exact_labels(
     *,
     marginals: Marginal | None,
     input: str,
-    backend: str,
+    backend: str | Backend,
     warm_start: Any,
     return_codes: bool,
     solver_arguments: tuple,
 ) -> Assignment:
     """``assign_labels(..., rounding="exact")``: every argument checked as for a solve,
     then ``exact_assign`` (which needs the whole matrix and no Sinkhorn loop)."""
+    return_codes = check_flag(return_codes, "return_codes")
     check_kind(input)
     check_lam(lam)
     _check_solver_arguments(*solver_arguments)
@@ -95,28 +98,31 @@ def _check_all_values(
     ]
 
 
-def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> list[tuple]:
-    """(head, row) of every row positive only on labels the marginals close (size 0): no
-    assignment can place them. One pass, run only when labels are closed: a row's best
-    of log p_ij + g_j, with g_j = -inf on closed labels, is -inf exactly there."""
+def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> tuple:
+    """(count, (head, row) of the first) of the rows positive only on labels the marginals
+    close (size 0): no assignment can place them. One pass, run only when labels are
+    closed: a row's best of log p_ij + g_j, with g_j = -inf on closed labels, is -inf
+    exactly there."""
     g = np.where(closed, -np.inf, 0.0)
-    found = []
+    count, first = 0, None
     for head in range(source.n_heads):
         start = 0
         for block in source.blocks(head):
             if block.shape[0]:
                 best = backend.to_numpy(backend.top_labels(block, "probs", 1.0, g, 1)[1])[:, 0]
-                found += [(head, start + int(i)) for i in np.flatnonzero(best == -np.inf)]
+                rows = np.flatnonzero(best == -np.inf)
+                if rows.size and first is None:
+                    first = (head, start + int(rows[0]))
+                count += rows.size
             start += block.shape[0]
-    return found
+    return count, first
 
 
 def _refuse_stranded(count: int, closed: np.ndarray, where: str) -> None:
-    shut = np.flatnonzero(closed)[:10].tolist()
     raise ValueError(
         f"scores: {where} non-zero probability only on labels the marginals give no point "
-        f"({shut}), so no assignment can place {'it' if count == 1 else 'them'}; give one of "
-        "their labels a size or check the scores"
+        f"(closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can place "
+        f"{'it' if count == 1 else 'them'}; give one of their labels a size or check the scores"
     )
 
 
@@ -195,7 +201,7 @@ def assign_labels(
     check_every: int = 1,
     warm_start: SolverState | np.ndarray | None = None,
     input: str = "logits",
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     return_codes: bool = False,
     callback: Callable[[int, float], Any] | None = None,
     group: Any = None,
@@ -278,7 +284,6 @@ def assign_labels(
         ``labels`` (int64, in the input's library and device), ``state``, ``n_iter``,
         ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
     """
-    return_codes = check_flag(return_codes, "return_codes")
     if rounding == "exact" and group is None:  # the hard LP needs no Sinkhorn solve
         return _exact_labels(
             scores,
@@ -292,6 +297,7 @@ def assign_labels(
         )
     comm = open_group(group)
     with comm.validating():  # a rank whose inputs fail tells the others in the handshake
+        return_codes = check_flag(return_codes, "return_codes")
         engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
         kind = check_kind(input)
         lam = check_lam(lam)
@@ -311,12 +317,14 @@ def assign_labels(
             local = spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
         supports = _check_all_values(source, engine, kind, lam)
-        if kind == "probs" and local is not None and (local.count_bounds()[1] == 0).any():
-            closed = local.count_bounds()[1] == 0
-            if stranded := _stranded_rows(source, engine, closed):
-                (head, row), heads = stranded[0], source.n_heads > 1
-                where = f"row {row}{f' of head {head}' if heads else ''} has"
-                _refuse_stranded(len(stranded), closed, where)
+        closed = None if local is None else local.count_bounds()[1] == 0
+        if kind == "probs" and closed is not None and closed.any():
+            count, first = _stranded_rows(source, engine, closed)
+            if count:
+                head, row = first
+                where = f"row {row}" + (f" of head {head}" if source.n_heads > 1 else "")
+                more = f" (and {count - 1} more rows)" if count > 1 else ""
+                _refuse_stranded(count, closed, f"{where}{more} has")
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -340,10 +348,10 @@ def assign_labels(
         stranded = 0  # (found before the handshake in one process; here, over the ranks)
         if comm.sharded and (most == 0).any():
             with comm.rounding():  # a failing read is announced by the all-reduce
-                stranded = len(_stranded_rows(source, engine, most == 0))
+                stranded = _stranded_rows(source, engine, most == 0)[0]
         totals, stranded = comm.total_support(supports, source.n_labels, stranded)
         if stranded:
-            _refuse_stranded(stranded, most == 0, f"{stranded:g} row(s) of the ranks have")
+            _refuse_stranded(stranded, most == 0, f"{stranded} row(s) of the ranks have")
         for head, support in enumerate(totals):
             check_support(support, least, head if source.stacked else None)
 
@@ -391,7 +399,7 @@ def sinkhorn_codes(
     n_iter: int = 3,
     *,
     input: str = "logits",
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     group: Any = None,
 ) -> Any:
     """Soft batch codes of SwAV / DINOv2: a fixed number of Sinkhorn steps, no tolerance.

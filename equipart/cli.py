@@ -113,13 +113,18 @@ def _for_backend(scores: np.ndarray, backend: str) -> object:
 
 
 def _warm_up(scores: object, args: argparse.Namespace) -> float:
-    """Solve the first rows once, untimed: Numba compiles its kernels at first use (then
-    caches them on disk), which would otherwise be counted as solve time. Seconds spent."""
+    """Sweep the first rows twice, untimed: Numba compiles its kernels at first use (then
+    caches them on disk), which would otherwise be counted as solve time. Best effort: the
+    rows are read as logits under Uniform (whatever the input and marginals), and any
+    error is left to the real solve, which checks everything. Seconds spent."""
     start = time.perf_counter()
     head = scores[..., : min(256, scores.shape[-2]), :]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assign_labels(head, lam=args.lam, max_iter=2, input=args.input, backend=args.backend)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assign_labels(head, lam=args.lam, max_iter=2, backend=args.backend)
+    except (ValueError, TypeError):
+        pass
     return time.perf_counter() - start
 
 
@@ -127,7 +132,9 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
     scores = _for_backend(scores, args.backend)
     engine = get_backend(args.backend, scores)
     warm_up = _warm_up(scores, args)
-    note = f", first-use compile and warm-up {warm_up:.1f} s before the timing" * (warm_up > 0.5)
+    note = ""
+    if warm_up > 0.5:
+        note = f", first-use compile and warm-up {warm_up:.1f} s before the timing"
     print(f"backend: {engine.name}{note}")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

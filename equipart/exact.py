@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import Backend, get_backend
 from .backends.numpy import NumpyBackend
 from .marginals import Marginal, Relaxed, as_marginal
 from .result import Assignment, SolverState
@@ -90,8 +90,10 @@ MASK_DEPTH = 1e9
 like zero probabilities, as one tier of equal cost, since beside costs of 1e16 and more the
 network simplex's float64 potentials lose the O(1) differences between the other labels
 (a non-optimal labelling, reported optimal, before this tier). Up to 1e9 the costs stay
-regular: their potentials keep about 1e-7 of absolute resolution, so the LP is exact
-for any spread of real scores (a label 1e6 below another is still worse by 1e6)."""
+regular: their potentials keep about 1e-7 of absolute resolution, so the LP is exact for
+spreads of real scores up to there (a label 1e6 below another is still worse by 1e6); with
+masks present the tier cost is (N + 1)(span + 1), which for spans near 1e9 and large N
+reaches the range where that resolution is lost again."""
 
 
 def _cost_matrix(x: np.ndarray, kind: str) -> np.ndarray:
@@ -135,12 +137,13 @@ def _transport_problem(
 def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
     """Labels (int64, N) and label prices (float64, K) of one head.
 
-    Costs come in tiers: the regular ones (within ``MASK_DEPTH`` of the row's best,
-    spread over [0, span]), then masked and impossible (zero-probability) labels at
-    M = (N + 1)(span + 1), more than any exchange of regular labels can save, so an
-    optimum uses as few of them as the marginals allow. If it needs an impossible one
-    while masked ones exist, the impossible ones go up a tier and it is solved again; if
-    it still does, no assignment meets the marginals.
+    Costs come in two tiers: the regular ones (within ``MASK_DEPTH`` of the row's best,
+    spread over [0, span]), and masked (logits or log-probabilities, finite) or impossible
+    (zero probabilities; the two never occur together: after the row shift a probability
+    costs at most -log of the smallest float, 745) labels at M = (N + 1)(span + 1), more
+    than any exchange of regular labels can save, so an optimum uses as few of them as
+    the marginals allow. An impossible one it still needs means no assignment meets the
+    marginals.
     """
     n_rows, n_labels = x.shape
     col_label, col_mass, col_extra = _columns(lo, hi)
@@ -148,35 +151,36 @@ def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
     impossible = ~np.isfinite(cost)
     beyond = impossible | (cost > MASK_DEPTH)
     span = float(cost[~beyond].max()) if (~beyond).any() else 0.0
-    tier = (n_rows + 1) * (span + 1.0)
-    cost[beyond] = tier
+    cost[beyond] = (n_rows + 1) * (span + 1.0)
     if col_label.size == 1:  # one column takes every point (ot.emd rejects 1 x 1 problems)
+        columns = np.zeros(n_rows, dtype=np.int64)
         prices = np.full(n_labels, -np.inf)
         prices[col_label[0]] = 0.0
-        return np.full(n_rows, col_label[0], dtype=np.int64), prices
-    spare = int(hi.sum()) - n_rows
-    plan, log = _run_emd(*_transport_problem(cost, col_mass, col_extra, spare))
-    columns = plan[:n_rows].argmax(axis=1)
-    used_impossible = impossible[np.arange(n_rows), columns]
-    if used_impossible.any() and (beyond & ~impossible).any():
-        cost[impossible] = (n_rows + 1) * (tier + 1.0)
+    else:
+        spare = int(hi.sum()) - n_rows
         plan, log = _run_emd(*_transport_problem(cost, col_mass, col_extra, spare))
         columns = plan[:n_rows].argmax(axis=1)
-        used_impossible = impossible[np.arange(n_rows), columns]
-    if used_impossible.any():
+        prices = _label_prices(np.asarray(log["v"]), col_label, col_extra, n_labels)
+    if impossible[np.arange(n_rows), columns].any():
         raise ValueError(
             "scores: no assignment meets the marginals using labels of non-zero probability; "
             "give impossible labels a zero size (Counts) or check the scores"
         )
-    labels = col_label[columns].astype(np.int64)
+    return col_label[columns].astype(np.int64), prices
+
+
+def _label_prices(
+    column_duals: np.ndarray, col_label: np.ndarray, col_extra: np.ndarray, n_labels: int
+) -> np.ndarray:
+    """Each label's price from ``ot.emd``'s column duals, shifted so the largest is 0."""
     prices = np.full(n_labels, -np.inf)
-    duals = -np.asarray(log["v"])
+    duals = -column_duals
     prices[col_label[col_extra]] = duals[col_extra]
     prices[col_label[~col_extra]] = duals[~col_extra]  # the base column's dual where both
     finite_prices = np.isfinite(prices)
     if finite_prices.any():
         prices[finite_prices] -= prices[finite_prices].max()
-    return labels, prices
+    return prices
 
 
 def exact_assign(
@@ -184,7 +188,7 @@ def exact_assign(
     marginals: Marginal | None = None,
     input: str = "logits",
     *,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     max_memory: float | None = None,
     max_seconds: float | None = 600.0,
 ) -> Assignment:

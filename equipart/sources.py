@@ -217,7 +217,9 @@ def _check_block_type(backend: Backend, block: Any) -> None:
     check_shape(backend, block, allow_empty_rows=True)  # dtype and dimensions
 
 
-def _open_factory(spec: RowBlocks, backend: str, allow_empty_rows: bool) -> tuple[Backend, Any]:
+def _open_factory(
+    spec: RowBlocks, backend: str | Backend, allow_empty_rows: bool
+) -> tuple[Backend, Any]:
     """Pick the backend from the first block; count rows (one pass) unless N and K are given."""
     known = spec.n_rows is not None and spec.n_labels is not None
     first, n_rows, engine = None, 0, None
@@ -248,7 +250,7 @@ def _open_factory(spec: RowBlocks, backend: str, allow_empty_rows: bool) -> tupl
 
 
 def open_source(
-    scores: Any, backend: str = "auto", *, allow_empty_rows: bool = False
+    scores: Any, backend: str | Backend = "auto", *, allow_empty_rows: bool = False
 ) -> tuple[Backend, Any]:
     """The backend and ``RowSource`` for anything accepted as ``scores``.
 

@@ -192,17 +192,14 @@ def check_lam_scale(
     The sweeps form z = lam * L + g in float32 for 16- and 32-bit scores (float64
     otherwise) and subtract each row's maximum. Entries far below their row's best may go
     to -inf (that is how a mask such as ``masked_fill(mask, finfo.min)`` works: they get
-    no mass); the row's best must stay finite, with room for g (a solved g is of the order
-    of lam times the spread of the rows' best entries): |lam * best| below a quarter of
-    the largest float. For logits the largest entry bounds that from above; for
-    (log-)probabilities a row's best is between log(1/K) and 0.
+    no mass); every row's best must stay finite, with room for g (a solved g is of the
+    order of lam times the spread of the rows' best entries): |lam * best| below a
+    quarter of the largest float, for the largest entry and the lowest row maximum (a row
+    masked everywhere fails there). For probabilities a row's best is at least 1/K.
     """
-    if kind == "logits":
-        magnitude = abs(report.max_value)
-    else:
-        magnitude = math.log(max(n_labels, 2))
-    if not math.isfinite(magnitude) or magnitude == 0:  # NaN: the maximum was not reported
-        return
+    bests = [report.max_value, report.min_row_max] if kind != "probs" else []
+    bests = [abs(b) for b in bests if math.isfinite(b)]  # NaN: not reported
+    magnitude = max([*bests, math.log(max(n_labels, 2))])
     precision = "float32" if dtype in SINGLE_PRECISION else "float64"
     limit = float(np.finfo(precision).max) / 4
     if lam * magnitude > limit:
@@ -211,11 +208,11 @@ def check_lam_scale(
             fix = f"pass eps above {1 / bound:.3g}"
         else:
             fix = f"pass lam below {bound:.3g}, or rounding='exact' for the hard assignment"
-        what = "the largest logit" if kind == "logits" else "log K"
         value = f"1/eps = {lam:.3g}" if name == "eps" else f"{lam:.3g}"
         raise ValueError(
-            f"{name}: {value} times {what}, {magnitude:.3g}, overflows the {precision} "
-            f"sweep (limit {limit:.3g}); {fix}"
+            f"{name}: {value} times a row's best score, {magnitude:.3g} in size, overflows "
+            f"the {precision} sweep (limit {limit:.3g}; a row masked everywhere at the "
+            f"dtype's lowest value has no label to take); {fix}"
         )
 
 
@@ -228,7 +225,7 @@ def check_values(
     lam_name: str = "lam",
 ) -> np.ndarray | None:
     """Read every block once: finite values, valid probabilities for ``input="probs"``,
-    and, given ``lam``, that lam times the scores stays finite in the sweep.
+    and, given ``lam``, that lam times every row's best score stays finite in the sweep.
 
     Returns, for probabilities, the number of rows giving each label a positive
     probability over all the blocks (None if a backend did not report it).

@@ -93,6 +93,16 @@ def test_missing_array_library_is_one_line(tmp_path, capsys, monkeypatch):
     assert "equipart[cupy]" in capsys.readouterr().err
 
 
+def test_warm_up_rows_do_not_decide_feasibility(tmp_path, capsys):
+    """One-hot probabilities sorted by class: the first 256 rows hold only a few labels
+    (infeasible on their own), the whole file is feasible and is solved."""
+    labels = np.repeat(np.arange(10), 100)
+    np.save(tmp_path / "p.npy", np.eye(10)[labels])
+    args = ["solve", str(tmp_path / "p.npy"), "--input", "probs", "--rounding", "balanced"]
+    assert main([*args, "--out", str(tmp_path / "o.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), labels)
+
+
 def test_sizes_that_do_not_sum_to_n_say_how_to_give_proportions(tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.zeros((40, 4)))
     np.save(tmp_path / "m.npy", np.full(4, 25.0))  # percentages

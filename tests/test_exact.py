@@ -98,6 +98,16 @@ def test_single_label():
     assert result.labels.tolist() == [0] * 7
 
 
+def test_single_open_label_with_a_zero_probability_is_infeasible():
+    """One LP column (Counts([3, 0, 0])) takes every point: a row with probability 0 for it
+    cannot, and the one-column shortcut used to return it anyway (objective -inf)."""
+    probs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    with pytest.raises(ValueError, match="no assignment meets the marginals"):
+        exact_assign(probs, Counts([3, 0, 0]), input="probs", backend="numpy")
+    probs[1] = [0.5, 0.5, 0.0]
+    assert exact_assign(probs, Counts([3, 0, 0]), input="probs").labels.tolist() == [0, 0, 0]
+
+
 def test_probs_input_with_zero_probabilities():
     probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.9, 0.1]])
     result = exact_assign(probs, input="probs", backend="numpy")

@@ -218,7 +218,8 @@ def test_codes_logprob_and_check_match_numpy(kind, dtype):
     )
     ca, cb = NB.check(x, kind), NP.check(x, kind)
     assert ca.all_finite and cb.all_finite
-    assert ca.min_value == cb.min_value
+    assert ca.min_value == cb.min_value and ca.max_value == cb.max_value
+    assert ca.min_row_max == cb.min_row_max == x.max(axis=1).min()
     assert ca.max_row_sum_deviation == pytest.approx(cb.max_row_sum_deviation, abs=1e-12)
     if kind == "probs":
         y = x.copy()

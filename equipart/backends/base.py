@@ -92,6 +92,8 @@ class BlockCheck:
     # (K,); None for other kinds or where the backend does not report it (an array: left
     # out of ==, compare it with np.array_equal)
     support: np.ndarray | None = field(default=None, compare=False)
+    # min_i max_j x_ij: the lowest of the rows' best entries (NaN: not reported)
+    min_row_max: float = float("nan")
 
 
 class Backend(ABC):

@@ -28,7 +28,14 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from .base import Backend, BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
+from .base import (
+    Backend,
+    BlockCheck,
+    ColumnStats,
+    ScoreKind,
+    check_label_range,
+    needs_exact_colmax,
+)
 from .numpy import compute_dtype, row_blocks
 
 __all__ = ["CupyBackend"]
@@ -231,22 +238,25 @@ class CupyBackend(Backend):
     def check(self, block: cp.ndarray, kind: ScoreKind) -> BlockCheck:
         with block.device:
             finite = cp.ones((), dtype=cp.bool_)
-            lows, highs, deviations = [], [], []
+            lows, highs, lowest_bests, deviations = [], [], [], []
             support = cp.zeros(block.shape[1], dtype=cp.int64)
             for rows in _row_blocks(*block.shape):
                 x = block[rows]
                 finite &= cp.isfinite(x).all()
                 lows.append(x.min().astype(cp.float64))
-                highs.append(x.max().astype(cp.float64))
+                row_max = x.max(axis=1)
+                highs.append(row_max.max().astype(cp.float64))
+                lowest_bests.append(row_max.min().astype(cp.float64))
                 if kind == "probs":
                     sums = x.sum(axis=1, dtype=cp.float64)
                     deviations.append(cp.abs(sums - 1.0).max())
                     support += cp.count_nonzero(x > 0, axis=0)
             low, high = cp.stack(lows).min(), cp.stack(highs).max()
+            lowest_best = cp.stack(lowest_bests).min()
             deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
-            host = cp.stack([finite.astype(cp.float64), low, deviation, high]).get()
+            host = cp.stack([finite.astype(cp.float64), low, deviation, high, lowest_best]).get()
             counts = support.get() if kind == "probs" else None
-        return BlockCheck(bool(host[0]), float(host[1]), float(host[2]), float(host[3]), counts)
+        return BlockCheck(bool(host[0]), *map(float, host[1:4]), counts, min_row_max=float(host[4]))
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         with block.device:
@@ -300,6 +310,9 @@ class CupyBackend(Backend):
     def logprob_sum(self, block: cp.ndarray, kind: ScoreKind, labels: Any) -> float:
         with block.device:
             labels = cp.asarray(labels, dtype=cp.int64)
+            if labels.size:  # (take_along_axis would wrap -1 round to the last label)
+                low, high = cp.stack([labels.min(), labels.max()]).get().tolist()
+                check_label_range(low, high, block.shape[1])
             total = cp.zeros((), dtype=cp.float64)
             for rows in _row_blocks(*block.shape):
                 x = block[rows]

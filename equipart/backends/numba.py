@@ -577,10 +577,10 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
 
 
 @njit(**_OPTS, fastmath=_CHECK)
-def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation, support):
-    """Per chunk: all finite, the minimum, the maximum, and for probabilities max_i
-    |sum_j x_ij - 1| and the number of positive entries of each column (``support``, (C,
-    K); unused otherwise).
+def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support):
+    """Per chunk: all finite, the minimum, the maximum, the lowest row maximum, and for
+    probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each column
+    (``support``, (C, K); unused otherwise).
 
     Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
     fast-math here, so the product is kept); the minimum is then only read when finite.
@@ -590,7 +590,7 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation, support
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
         buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
         poison = 0.0
-        low, high = np.inf, -np.inf
+        low, high, lowest_best = np.inf, -np.inf, np.inf
         dev = 0.0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
@@ -598,12 +598,15 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation, support
             for i in range(b1 - b0):
                 row = rows[i]
                 s = 0.0
+                best = -np.inf
                 for j in range(n_labels):
                     value = np.float64(row[j])
                     s += value
                     poison += value * 0.0
                     low = _fmin(low, value)
-                    high = _fmax(high, value)
+                    best = _fmax(best, value)
+                high = _fmax(high, best)
+                lowest_best = _fmin(lowest_best, best)
                 if probs:
                     dev = max(dev, abs(s - 1.0))
                     for j in range(n_labels):
@@ -611,6 +614,7 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, deviation, support
         finite[c] = math.isfinite(poison)
         minima[c] = low
         maxima[c] = high
+        row_best[c] = lowest_best
         deviation[c] = dev
 
 
@@ -668,22 +672,26 @@ class NumbaBackend(NumpyBackend):
         x = _as_array(block)
         probs = kind == "probs"
         all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        min_row_max = np.inf
         support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
         for part in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
-            minima, maxima = np.empty(n_chunks), np.empty(n_chunks)
+            minima, maxima, row_best = (np.empty(n_chunks) for _ in range(3))
             dev = np.empty(n_chunks)
             counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
             with _parallel_section():
-                _check_kernel(part, probs, n_chunks, finite, minima, maxima, dev, counts)
+                _check_kernel(part, probs, n_chunks, finite, minima, maxima, row_best, dev, counts)
             all_finite = all_finite and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
+            min_row_max = min(min_row_max, float(row_best.min()))
             deviation = max(deviation, float(dev.max()))
             if support is not None:
                 support += counts.sum(axis=0)
-        return BlockCheck(all_finite, min_value, deviation, max_value, support)
+        return BlockCheck(
+            all_finite, min_value, deviation, max_value, support, min_row_max=min_row_max
+        )
 
     # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
     # gets its own dict in for_solve; the class-level one is never written)

@@ -91,17 +91,22 @@ class NumpyBackend(Backend):
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        min_row_max = np.inf
         support = np.zeros(block.shape[1], dtype=np.int64) if kind == "probs" else None
         for rows in row_blocks(block.shape[0], block.shape[1]):
             x = block[rows]
             all_finite = all_finite and bool(np.isfinite(x).all())
             min_value = min(min_value, float(x.min()))
-            max_value = max(max_value, float(x.max()))
+            row_max = x.max(axis=1)
+            max_value = max(max_value, float(row_max.max()))
+            min_row_max = min(min_row_max, float(row_max.min()))
             if support is not None:
                 sums = x.sum(axis=1, dtype=np.float64)
                 deviation = max(deviation, float(np.abs(sums - 1.0).max()))
                 support += np.count_nonzero(x > 0, axis=0)
-        return BlockCheck(all_finite, min_value, deviation, max_value, support)
+        return BlockCheck(
+            all_finite, min_value, deviation, max_value, support, min_row_max=min_row_max
+        )
 
     def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         colsum = np.zeros(block.shape[1])

@@ -271,12 +271,14 @@ class TorchBackend(Backend):
         if (view := self._host_view(block)) is not None:
             return self._host.check(view, kind)
         x_all = block.detach()
-        lows, highs, deviations = [], [], []
+        lows, highs, lowest_bests, deviations = [], [], [], []
         support = torch.zeros(x_all.shape[1], dtype=torch.int64, device=x_all.device)
         for rows in _row_blocks(x_all):
             x = x_all[rows]
             lows.append(x.amin().to(torch.float64))
-            highs.append(x.amax().to(torch.float64))
+            row_max = x.amax(dim=1)
+            highs.append(row_max.amax().to(torch.float64))
+            lowest_bests.append(row_max.amin().to(torch.float64))
             if kind == "probs":
                 sums = x.sum(dim=1, dtype=torch.float64)
                 deviations.append((sums - 1.0).abs().amax())
@@ -286,10 +288,12 @@ class TorchBackend(Backend):
         # left 12 to 495 MiB more resident after this check of the 200k x 1k demo, varying
         # from run to run; without them, 5 MiB in four runs.)
         low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
+        lowest_best = torch.stack(lowest_bests).amin()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
-        host = torch.stack([low, deviation, high]).cpu().tolist()
+        host = torch.stack([low, deviation, high, lowest_best]).cpu().tolist()
         counts = support.cpu().numpy() if kind == "probs" else None
-        return BlockCheck(math.isfinite(host[0]) and math.isfinite(host[2]), *host, counts)
+        finite = math.isfinite(host[0]) and math.isfinite(host[2])
+        return BlockCheck(finite, *host[:3], counts, min_row_max=host[3])
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if (view := self._host_view(block)) is not None:

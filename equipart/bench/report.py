@@ -49,7 +49,8 @@ def _gpu() -> str | None:
 
 
 def _git_commit() -> str | None:
-    """The commit of the equipart checkout that runs (None for an installed copy)."""
+    """The commit of the git checkout holding the running equipart package (None outside
+    any repository; an installed copy inside another repository reports that one's)."""
     try:
         out = subprocess.run(
             ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],

@@ -106,8 +106,14 @@ def check_resume(cfg: Config, out: str | os.PathLike) -> bool:
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         return False
-    blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    _resume_diff(blob["config"], cfg, Path(out))
+    try:
+        settings = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"]
+    except Exception as exc:  # corrupt, truncated, or not a checkpoint of this trainer
+        raise ConfigError(
+            f"--resume: {path} is not a readable sela-train checkpoint "
+            f"({type(exc).__name__}: {exc}); remove it or pick another --out"
+        ) from exc
+    _resume_diff(settings, cfg, Path(out))
     return True
 
 

@@ -127,6 +127,18 @@ def test_resume_with_other_settings_is_refused_and_touches_nothing(tmp_path, cap
     assert (run / METRICS_LOG).read_bytes() == log
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_resume_from_an_unreadable_checkpoint_is_one_line(tmp_path, capsys, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is None:  # a torch file, but not a sela-train checkpoint
+        torch.save({"weights": 1}, run / CHECKPOINT)
+    else:
+        (run / CHECKPOINT).write_bytes(content)
+    line = _refused(train_main, ["--out", str(run), *BASE, "--resume"], capsys)
+    assert line.startswith("sela-train: error: --resume:") and "not a readable" in line
+
+
 def test_eval_device_and_data_errors_are_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     _fake_run(run, Config(dataset="digits", epochs=1, progress=False))
