@@ -291,6 +291,11 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
             scores, 300.0, group="default", warm_start=np.zeros(N_LABELS) if rank == 1 else None
         )
     )
+    out["return_codes"] = _outcome(  # a bad flag on one rank: named there, no hang
+        lambda: assign_labels(
+            scores, LAM, group="default", return_codes="yes" if rank == 1 else False
+        )
+    )
     out["exact_one_rank"] = _outcome(
         lambda: assign_labels(
             scores, LAM, group="default", rounding="exact" if rank == 0 else "argmax"
@@ -449,6 +454,11 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
         assert kind == "ValueError" and "1 row(s) of the ranks have" in message, message
         kind, message = out["cold_warm"]
         assert kind == "ValueError" and message.startswith("warm_start:"), message
+        kind, message = out["return_codes"]
+        if rank == 1:
+            assert kind == "TypeError" and message.startswith("return_codes:"), message
+        else:
+            assert kind == "DistributedSolveError" and "rank 1" in message, message
         kind, message = out["exact_one_rank"]
         assert kind == "ValueError" and message.startswith("rounding:"), message
         assert len(out["empty_npy"]) == SHARDS[3][rank]
