@@ -143,8 +143,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     from .models import build_model
     from .train import evaluate_model, prepare_data, resolve_device
 
-    blob = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    cfg = Config.from_dict(blob["config"])
+    try:
+        blob = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        cfg = Config.from_dict(blob["config"])
+    except Exception as exc:  # corrupt, truncated, or not a checkpoint of this trainer
+        p.error(
+            f"checkpoint: {args.checkpoint} is not a readable sela-train checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        )
     if args.device:
         cfg.device = args.device
     if args.data_dir:
@@ -156,6 +162,9 @@ def eval_main(argv: list[str] | None = None) -> int:
         data = prepare_data(cfg)
     except USER_ERRORS as exc:
         p.error(str(exc))
+    missing = [key for key in ("model", "labels", "step") if key not in blob]
+    if missing:
+        p.error(f"checkpoint: {args.checkpoint} has no {', '.join(missing)} (not from sela-train)")
     model = build_model(
         cfg.arch, data.channels, data.image_size, cfg.heads, cfg.clusters, cfg.width, cfg.fc
     )

@@ -139,6 +139,19 @@ def test_resume_from_an_unreadable_checkpoint_is_one_line(tmp_path, capsys, cont
     assert line.startswith("sela-train: error: --resume:") and "not a readable" in line
 
 
+@pytest.mark.parametrize("blob", [b"garbage", {"weights": 1}, {"config": {"dataset": "digits"}}])
+def test_eval_of_an_unreadable_checkpoint_is_one_line(tmp_path, capsys, blob):
+    path = tmp_path / CHECKPOINT
+    if isinstance(blob, bytes):
+        path.write_bytes(blob)
+    else:
+        torch.save(blob, path)
+    line = _refused(eval_main, [str(path)], capsys)
+    assert line.startswith("sela-eval: error: checkpoint:")
+    has_settings = isinstance(blob, dict) and "config" in blob
+    assert ("has no model" if has_settings else "not a readable") in line
+
+
 def test_eval_device_and_data_errors_are_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     _fake_run(run, Config(dataset="digits", epochs=1, progress=False))
