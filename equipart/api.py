@@ -118,12 +118,34 @@ def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> t
     return count, first
 
 
-def _refuse_stranded(count: int, closed: np.ndarray, where: str) -> None:
-    raise ValueError(
-        f"scores: {where} non-zero probability only on labels the marginals give no point "
-        f"(closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can place "
-        f"{'it' if count == 1 else 'them'}; give one of their labels a size or check the scores"
-    )
+def _check_probability_support(
+    comm: Any, source: RowSource, backend: Backend, constraint: Any, supports: list
+) -> None:
+    """Before the solve, for probabilities: refuse rows positive only on labels the
+    marginals close (size 0; a pass only when labels are closed) and labels whose support
+    is below their least size, from counts summed over the ranks in one all-reduce."""
+    least, most = constraint.count_bounds()
+    closed = most == 0
+    count, first = 0, None
+    if closed.any():
+        with comm.rounding():  # across ranks, a failing read is announced by the all-reduce
+            count, first = _stranded_rows(source, backend, closed)
+    totals, total = comm.total_support(supports, source.n_labels, count)
+    if total:
+        if comm.sharded:
+            where = f"{total} row(s) of the ranks have"
+        else:  # the first one by its index
+            head, row = first
+            where = f"row {row}" + (f" of head {head}" if source.n_heads > 1 else "")
+            where += (f" (and {total - 1} more rows)" if total > 1 else "") + " has"
+        raise ValueError(
+            f"scores: {where} non-zero probability only on labels the marginals give no "
+            f"point (closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can "
+            f"place {'it' if total == 1 else 'them'}; give one of their labels a size or "
+            "check the scores"
+        )
+    for head, support in enumerate(totals):
+        check_support(support, least, head if source.stacked else None)
 
 
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
@@ -312,19 +334,10 @@ def assign_labels(
                 "none (any count from 0 to N); use rounding='argmax', or Bounds(lo, hi) for "
                 "count limits"
             )
-        local = None
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
-            local = spec.bind(source.n_rows, source.n_labels, lam)
+            spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
         supports = _check_all_values(source, engine, kind, lam)
-        closed = None if local is None else local.count_bounds()[1] == 0
-        if kind == "probs" and closed is not None and closed.any():
-            count, first = _stranded_rows(source, engine, closed)
-            if count:
-                head, row = first
-                where = f"row {row}" + (f" of head {head}" if source.n_heads > 1 else "")
-                more = f" (and {count - 1} more rows)" if count > 1 else ""
-                _refuse_stranded(count, closed, f"{where}{more} has")
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -344,16 +357,7 @@ def assign_labels(
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
     if kind == "probs":
-        least, most = constraint.count_bounds()
-        stranded = 0  # (found before the handshake in one process; here, over the ranks)
-        if comm.sharded and (most == 0).any():
-            with comm.rounding():  # a failing read is announced by the all-reduce
-                stranded = _stranded_rows(source, engine, most == 0)[0]
-        totals, stranded = comm.total_support(supports, source.n_labels, stranded)
-        if stranded:
-            _refuse_stranded(stranded, most == 0, f"{stranded} row(s) of the ranks have")
-        for head, support in enumerate(totals):
-            check_support(support, least, head if source.stacked else None)
+        _check_probability_support(comm, source, engine, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine

@@ -187,14 +187,14 @@ class FactoryStream:
     def blocks(self, head: int) -> Iterator[Any]:
         seen = 0
         for block in self.factory():
-            _check_block_type(self.backend, block)
-            shape, _ = self.backend.shape_dtype(block)
-            if len(shape) != 2 or shape[1] != self.n_labels:
+            n_block, n_labels, stacked = _check_block(self.backend, block)
+            if stacked or n_labels != self.n_labels:
                 raise ValueError(
-                    f"scores: the RowBlocks factory yielded a block of shape {tuple(shape)}; "
-                    f"every block must be 2-D with K={self.n_labels} columns"
+                    f"scores: the RowBlocks factory yielded a block of shape "
+                    f"{tuple(self.backend.shape_dtype(block)[0])}; every block must be 2-D "
+                    f"with K={self.n_labels} columns"
                 )
-            seen += shape[0]
+            seen += n_block
             if seen > self.n_rows:
                 break
             yield block
@@ -206,15 +206,17 @@ class FactoryStream:
             )
 
 
-def _check_block_type(backend: Backend, block: Any) -> None:
-    """Every block of a stream: an array of the first block's library, of a real dtype."""
+def _check_block(backend: Backend, block: Any) -> tuple[int, int, bool]:
+    """(rows, K, stacked) of a stream's block, checked as the first one is: an array of
+    the first block's library, of a real dtype, with 2 or 3 non-empty dimensions."""
     if not backend.accepts(block):
         raise TypeError(
             f"scores: the RowBlocks factory yielded a {type(block).__module__}."
             f"{type(block).__name__}; every block must be an array of the same library as "
             f"the first (the {backend.name!r} backend reads it)"
         )
-    check_shape(backend, block, allow_empty_rows=True)  # dtype and dimensions
+    _, n_rows, n_labels, stacked = check_shape(backend, block, allow_empty_rows=True)
+    return n_rows, n_labels, stacked
 
 
 def _open_factory(
@@ -226,15 +228,16 @@ def _open_factory(
     for block in spec.factory():
         if first is None:
             first, engine = block, get_backend(backend, block)
-        _check_block_type(engine, block)
+            n_block, n_labels, stacked = _check_block(engine, block)
+        else:
+            n_block = _check_block(engine, block)[0]
         if known:
             break
-        n_rows += int(engine.shape_dtype(block)[0][0])
+        n_rows += n_block
     if first is None:
         raise ValueError(
             "scores: the RowBlocks factory yielded no blocks; give it at least one (n, K) block"
         )
-    _, _, n_labels, stacked = check_shape(engine, first, allow_empty_rows=True)
     if stacked:
         raise ValueError(
             f"scores: RowBlocks blocks must be 2-D (rows, K), got shape {tuple(first.shape)}; "

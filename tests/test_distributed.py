@@ -243,18 +243,20 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
         nan[0, 0] = np.nan
     out["nan"] = _outcome(lambda: assign_labels(nan, LAM, group="default", backend="numpy"))
 
-    passes = []
+    def failing_on_rank_1(failing_pass: int, message: str) -> RowBlocks:
+        """``scores`` as a stream whose read fails on rank 1 at pass ``failing_pass``."""
+        passes = []
 
-    def failing_blocks():  # rank 1's disk "fails" on its 4th pass (mid-solve)
-        passes.append(1)
-        if rank == 1 and len(passes) == 4:
-            raise OSError("disk read failed")
-        yield scores
+        def blocks():
+            passes.append(1)
+            if rank == 1 and len(passes) == failing_pass:
+                raise OSError(message)
+            yield scores
 
-    out["read"] = _outcome(
-        lambda: assign_labels(
-            RowBlocks(failing_blocks, scores.shape[0], N_LABELS), LAM, group="default", tol=0
-        )
+        return RowBlocks(blocks, scores.shape[0], N_LABELS)
+
+    out["read"] = _outcome(  # the 4th pass: mid-solve
+        lambda: assign_labels(failing_on_rank_1(4, "disk read failed"), LAM, group="default", tol=0)
     )
 
     def bad_callback(iteration, error):
@@ -307,18 +309,8 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
     out["empty_npy"] = assign_labels(empty, LAM, group="default").labels.tolist()
     out["empty_codes"] = np.asarray(sinkhorn_codes(empty, 0.5, 3, group="default")).shape
 
-    code_passes = []
-
-    def failing_codes():  # rank 1's read fails on the last pass (the codes, after 3 sweeps)
-        code_passes.append(1)
-        if rank == 1 and len(code_passes) == 5:
-            raise OSError("codes read failed")
-        yield scores
-
-    out["codes_read"] = _outcome(
-        lambda: sinkhorn_codes(
-            RowBlocks(failing_codes, scores.shape[0], N_LABELS), 0.5, 3, group="default"
-        )
+    out["codes_read"] = _outcome(  # the 5th pass: the codes, after validation and 3 sweeps
+        lambda: sinkhorn_codes(failing_on_rank_1(5, "codes read failed"), 0.5, 3, group="default")
     )
     # the group is still usable after all of that
     out["after"] = assign_labels(scores, LAM, group="default", backend="numpy").n_iter

@@ -13,19 +13,11 @@ from typing import Any
 
 import torch
 
-from .config import PRESETS, Config, ConfigError, check_config
-from .data import DATASETS, DataError
-from .models import ARCHS
+from .config import PRESETS, Config, ConfigError, check_config, choices
+from .data import DataError
 
 __all__ = ["eval_main", "main", "train_main"]
 
-_CHOICES = {
-    "dataset": DATASETS,
-    "arch": ARCHS,
-    "assign": ("sinkhorn", "kmeans"),
-    "imbalance": ("none", "light", "heavy"),
-    "opt_schedule": ("quadratic", "linear"),
-}
 _HELP = {
     "dataset": "training data (read offline from disk)",
     "data_dir": "folder holding the dataset's files (default: the dataset's standard place)",
@@ -81,7 +73,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, plots)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    hints = typing.get_type_hints(Config)
+    hints, fixed = typing.get_type_hints(Config), choices()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
@@ -91,7 +83,7 @@ def _train_parser() -> argparse.ArgumentParser:
         elif f.name == "crop_scale":
             p.add_argument(flag, type=float, nargs=2, metavar=("MIN", "MAX"), **kw)
         else:
-            p.add_argument(flag, type=tp, choices=_CHOICES.get(f.name), **kw)
+            p.add_argument(flag, type=tp, choices=fixed.get(f.name), **kw)
     return p
 
 

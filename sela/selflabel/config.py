@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "Config", "ConfigError", "check_config", "check_device", "solver_backends"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "check_config",
+    "check_device",
+    "choices",
+    "solver_backends",
+]
 
 # Datasets that have no default location: their files must be in --data-dir.
 NEEDS_DATA_DIR = {
@@ -128,6 +136,20 @@ def check_device(name: str) -> None:
             )
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """The settings with a fixed set of values, and those values."""
+    from .data import DATASETS
+    from .models import ARCHS
+
+    return {
+        "dataset": DATASETS,
+        "arch": ARCHS,
+        "assign": ("sinkhorn", "kmeans"),
+        "imbalance": ("none", "light", "heavy"),
+        "opt_schedule": ("quadratic", "linear"),
+    }
+
+
 def check_config(cfg: Config) -> None:
     """Refuse every setting that cannot work, before any work is done.
 
@@ -136,20 +158,11 @@ def check_config(cfg: Config) -> None:
     solver backend (against ``equipart.backends.available()``), the device, and that
     ``--data-dir`` exists (and is given for the datasets that have no default place).
     """
-    from .data import DATASETS
-    from .models import ARCHS
 
     def bad(name: str, expected: str) -> ConfigError:
         return ConfigError(f"{flag(name)}: expected {expected}, got {getattr(cfg, name)!r}")
 
-    choices = {
-        "dataset": DATASETS,
-        "arch": ARCHS,
-        "assign": ("sinkhorn", "kmeans"),
-        "imbalance": ("none", "light", "heavy"),
-        "opt_schedule": ("quadratic", "linear"),
-    }
-    for name, valid in choices.items():
+    for name, valid in choices().items():
         if getattr(cfg, name) not in valid:
             raise bad(name, "one of " + ", ".join(valid))
     at_least = {
