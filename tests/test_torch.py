@@ -170,8 +170,8 @@ def test_solve_agrees_with_numpy_backend(backend) -> None:
 
 def test_cpu_tensors_run_the_numba_kernels_where_installed() -> None:
     """ "auto" hands float16/32/64 CPU tensors to the Numba backend through a NumPy view
-    (no copy; same results as NumbaBackend on tensor.numpy()); bfloat16 keeps the torch
-    path; kernel="torch" always does."""
+    (no copy; same results as NumbaBackend on tensor.numpy()); kernel="torch" keeps the
+    torch path."""
     pytest.importorskip("numba")
     from equipart.backends.numba import NumbaBackend
 
@@ -184,9 +184,60 @@ def test_cpu_tensors_run_the_numba_kernels_where_installed() -> None:
     labels = auto.labels(tensor, "logits", LAM, g)
     assert isinstance(labels, torch.Tensor)
     np.testing.assert_array_equal(labels.numpy(), NumbaBackend().labels(x, "logits", LAM, g))
-    assert auto._host_view(tensor.to(torch.bfloat16)) is None
     assert TORCH._host_view(tensor) is None
+    assert TORCH._host_view(tensor.to(torch.bfloat16)) is None
     assert auto._host_view(tensor).__array_interface__["data"][0] == tensor.data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_cpu_bfloat16_runs_the_numba_kernels_on_float32_parts(monkeypatch, kind) -> None:
+    """bfloat16 CPU tensors (no NumPy view exists) go to the Numba kernels as float32
+    copies of one row block at a time, into one reused buffer: every pass gives what the
+    Numba backend gives on the whole float32 upcast (column sums up to the order of
+    summation), here over 9 parts of 7 rows and a strided view."""
+    numba_backend = pytest.importorskip("equipart.backends.numba")
+    monkeypatch.setattr(numba_backend, "CONVERT_ELEMENTS", 7 * 40)
+    host = numba_backend.NumbaBackend()
+    x, g = _problem(11, 61, 40, kind)
+    g[3] = -np.inf  # a closed label
+    for tensor in (
+        torch.from_numpy(x).to(torch.bfloat16),
+        torch.from_numpy(x).to(torch.bfloat16).T.contiguous().T,
+    ):
+        upcast = tensor.float().numpy()
+        auto = TorchBackend()
+        assert isinstance(auto._host_view(tensor), numba_backend.ConvertedRows)
+        _assert_stats_close(
+            host.sweep(upcast, kind, LAM, g), auto.sweep(tensor, kind, LAM, g), 1e-6
+        )
+        for method in ("labels", "codes"):
+            got, want = (
+                getattr(auto, method)(tensor, kind, LAM, g),
+                getattr(host, method)(upcast, kind, LAM, g),
+            )
+            assert isinstance(got, torch.Tensor)
+            np.testing.assert_array_equal(got.numpy(), want)
+        indices, values = auto.top_labels(tensor, kind, LAM, g, 3)
+        want_indices, want_values = host.top_labels(upcast, kind, LAM, g, 3)
+        np.testing.assert_array_equal(indices.numpy(), want_indices)
+        np.testing.assert_array_equal(values.numpy(), want_values)
+        labels = host.labels(upcast, kind, LAM, g)
+        assert auto.logprob_sum(tensor, kind, torch.from_numpy(labels)) == pytest.approx(
+            host.logprob_sum(upcast, kind, labels), rel=1e-6
+        )
+        got_check, want_check = auto.check(tensor, kind), host.check(upcast, kind)
+        assert got_check == want_check
+        if kind == "probs":
+            np.testing.assert_array_equal(got_check.support, want_check.support)
+    original = torch.from_numpy(x).to(torch.bfloat16)
+    assert torch.equal(tensor, original)  # read, never written
+    if kind == "probs":  # (bfloat16 row sums pass a looser check than their upcast)
+        return
+    got = equipart.assign_labels(tensor, input=kind)
+    want = equipart.assign_labels(original.float().numpy(), input=kind, backend="numba")
+    assert got.converged and got.n_iter == want.n_iter
+    np.testing.assert_array_equal(got.labels.numpy(), want.labels)
+    np.testing.assert_allclose(got.state.g, want.state.g, atol=1e-5)
 
 
 def test_multi_head_stack() -> None:

@@ -47,8 +47,9 @@ import copy
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -60,7 +61,7 @@ from numba.extending import intrinsic, overload
 from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
 from .numpy import NumpyBackend, compute_dtype
 
-__all__ = ["NumbaBackend"]
+__all__ = ["ConvertedRows", "NumbaBackend"]
 
 if numba.config.DISABLE_JIT:  # the kernels' LLVM intrinsics cannot run as Python
     raise ImportError("Numba's JIT is disabled (NUMBA_DISABLE_JIT=1)")
@@ -625,26 +626,46 @@ def _n_chunks(n_rows: int, n_labels: int) -> int:
     return int(min(by_rows, MAX_CHUNKS, by_memory))
 
 
-def _kernel_blocks(x: np.ndarray) -> Iterator[np.ndarray]:
+@dataclass(frozen=True)
+class ConvertedRows:
+    """Scores that NumPy cannot view (the torch backend's CPU bfloat16 tensors), handed to
+    the kernels part by part: ``rows(start, stop)`` returns rows start:stop as an array of
+    ``dtype`` (float32 or float64), which may be overwritten by the next call. The kernels
+    ask for ``CONVERT_ELEMENTS`` at a time, as they convert float16 arrays, and finish
+    with a part before asking for the next, so no N x K copy exists; parts are swept cold
+    (no warm row maxima)."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+    rows: Callable[[int, int], np.ndarray]
+
+
+def _kernel_blocks(x: np.ndarray | ConvertedRows) -> Iterator[np.ndarray]:
     """x itself when the kernels read its dtype (float32/float64, any strides); otherwise
-    (float16, integers, bool) consecutive row blocks converted to the compute precision."""
-    if x.dtype in (np.float32, np.float64):
+    (float16, integers, bool, ``ConvertedRows``) consecutive row blocks converted to the
+    compute precision."""
+    if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
         yield x
         return
     dtype = compute_dtype(x.dtype)
     step = max(1, CONVERT_ELEMENTS // max(x.shape[1], 1))
     for start in range(0, x.shape[0], step):
-        part = np.asarray(x[start : start + step], dtype=dtype)
+        stop = min(start + step, x.shape[0])
+        rows = x.rows(start, stop) if isinstance(x, ConvertedRows) else x[start:stop]
+        part = np.asarray(rows, dtype=dtype)
         part.flags.writeable = False
         yield part
 
 
-def _as_array(block: Any) -> np.ndarray:
-    """A read-only plain ndarray view of the block (memmaps included), checked to be 2-D.
+def _as_array(block: Any) -> np.ndarray | ConvertedRows:
+    """A read-only plain ndarray view of the block (memmaps included), checked to be 2-D;
+    ``ConvertedRows`` as they are.
 
     Read-only for every input, so that writable and read-only arrays share one compiled
     specialisation of each kernel (the kernels never write to the scores).
     """
+    if isinstance(block, ConvertedRows):
+        return block
     x = np.asarray(block).view(np.ndarray)
     if x.ndim != 2:
         raise ValueError(f"block: expected a 2-D (n, K) array, got shape {x.shape}")

@@ -15,12 +15,14 @@ Two sweep strategies (``TorchBackend(kernel=...)``):
   It reads each block a few times (max, exp, sums), which costs bandwidth on a GPU.
 
 ``"auto"`` (the registry's default) uses Triton where it applies on CUDA, and on the CPU
-the Numba backend's kernels where Numba is installed and the scores are float16, float32
-or float64 (they read the tensor's memory through a NumPy view, without a copy, and
-return tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k
-demo solves in 1.3 s this way against 26.9 s on the torch path, 2-core CPU,
-benchmarks/results/memory_200k.json),
-and the blockwise torch path otherwise (bfloat16 on the CPU, no Numba).
+the Numba backend's kernels where Numba is installed (float16, float32 and float64 scores
+they read through a NumPy view of the tensor's memory, without a copy, and return
+tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k demo
+solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
+benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read as float32
+copies of one row block at a time, with the same results as on ``tensor.float()``: 2.0 s
+against 24.5 s),
+and the blockwise torch path otherwise (no Numba).
 Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
 passed. Nothing here uses matrix units, so TF32 never enters a reduction.
 """
@@ -60,7 +62,8 @@ KERNELS = ("auto", "triton", "torch")
 MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); more stay eager
 
 
-# CPU dtypes that the Numba kernels read through a NumPy view (NumPy has no bfloat16)
+# CPU dtypes that the Numba kernels read through a NumPy view; bfloat16 (which NumPy
+# lacks) they read as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
 HOST_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
@@ -207,20 +210,24 @@ class TorchBackend(Backend):
         self._with_max = False
         self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
         self._host_tried = kernel != "auto"
+        self._rows_buffer: torch.Tensor | None = None  # a solve's bfloat16 rows as float32
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
         solve._per_solve = True
         solve._graphs, solve._failed, solve._with_max = {}, set(), False
+        solve._rows_buffer = torch.empty(0, dtype=torch.float32)
         if self._host is not None:  # its warm sweeps, for this solve only
             solve._host = self._host.for_solve()
         return solve
 
-    def _host_view(self, block: torch.Tensor) -> np.ndarray | None:
-        """A NumPy view of a CPU block for the Numba kernels, or None for the torch path."""
+    def _host_view(self, block: torch.Tensor) -> Any:
+        """A CPU block as the Numba kernels read it (a NumPy view; for bfloat16, a
+        ``ConvertedRows`` giving float32 copies of its row blocks), or None for the torch
+        path."""
         if self._host_tried and self._host is None:
             return None
-        if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
+        if block.device.type != "cpu" or block.dtype not in (*HOST_DTYPES, torch.bfloat16):
             return None
         if not self._host_tried:  # first CPU tensor: load Numba now (CUDA users never do)
             host = _numba_backend()
@@ -243,7 +250,26 @@ class TorchBackend(Backend):
                 stacklevel=3,
             )
             return None
-        return block.detach().resolve_conj().resolve_neg().numpy()
+        x = block.detach()
+        if x.dtype == torch.bfloat16:  # widening to float32 is exact
+            from .numba import ConvertedRows
+
+            # one part's rows; a solve's passes (sequential) share one buffer, which
+            # keeps the allocator from holding a new one per pass (+30 MiB resident for
+            # the 200k x 1k demo in bfloat16)
+            buffer = self._rows_buffer
+            if buffer is None:
+                buffer = torch.empty(0, dtype=torch.float32)
+
+            def rows(start: int, stop: int) -> np.ndarray:
+                shape = (stop - start, x.shape[1])
+                if buffer.numel() < math.prod(shape):
+                    buffer.resize_(math.prod(shape))
+                part = buffer[: math.prod(shape)].view(shape)
+                return part.copy_(x[start:stop]).numpy()
+
+            return ConvertedRows(tuple(x.shape), np.dtype(np.float32), rows)
+        return x.resolve_conj().resolve_neg().numpy()
 
     @staticmethod
     def accepts(scores: Any) -> bool:
