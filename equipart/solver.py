@@ -336,6 +336,32 @@ def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
     return g
 
 
+# A solve that ends unconverged is called stalled (in its warning only: it never stops a
+# solve) when its error has been within STALL_RTOL of its final best for the last
+# STALL_SWEEPS sweeps or more: infeasible sizes leave the error at the gap they cannot
+# close. (Feasible solves at large lam can plateau for a few hundred sweeps too, hence
+# the warning's "may".)
+STALL_SWEEPS = 100
+STALL_RTOL = 1e-6
+
+
+def _stalled_since(history: list[float], check_every: int) -> int | None:
+    """The first iteration since which the error stayed within STALL_RTOL of its final
+    best, where that is at least STALL_SWEEPS sweeps before the end, else None."""
+    if not history:
+        return None
+    errors = np.asarray(history)
+    best = errors.min()
+    if not np.isfinite(best):
+        return None
+    # the first check of the final run of checks all within the tolerance of the best
+    outside = np.flatnonzero(errors > best * (1.0 + STALL_RTOL))
+    first = int(outside[-1]) + 1 if outside.size else 0
+    if (len(errors) - 1 - first) * check_every < STALL_SWEEPS:
+        return None
+    return first * check_every + 1
+
+
 def run_sinkhorn(
     source: RowSource,
     backend: Backend,
@@ -400,6 +426,16 @@ def run_sinkhorn(
             "its callback asked to stop" if stage.stopped_by_callback else f"max_iter={max_iter}"
         )
         advice = "Raise max_iter, loosen tol, or warm-start from this result's state."
+        stalled_since = _stalled_since(history, check_every)
+        if stalled_since is not None and not stage.stopped_by_callback:
+            advice = (
+                f"The error has not decreased since iteration {stalled_since}: the sizes may "
+                "be out of reach of the labels the scores allow (rows with zero probability "
+                "or masked scores on the labels that need them; for example more rows "
+                "that can take only one label than its size), where more sweeps do not "
+                "help and rounding='balanced' names an impossible problem; or tol is below "
+                "what these scores' precision allows."
+            )
         if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
             advice += (
                 f" At large lam (here {lam:g}) Sinkhorn needs of the order of lam sweeps:"

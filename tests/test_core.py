@@ -260,6 +260,26 @@ def test_large_lam_warning_says_what_to_do():
     assert "large lam" not in str(caught[0].message)
 
 
+def test_unreachable_sizes_warn_that_the_error_stalled():
+    """40 of 99 rows can take only label 0, whose size is 33: no assignment exists. The
+    error stays at the gap (7/33) from early on, and the warning says so and names the
+    likely cause instead of asking for more sweeps; a solve still converging does not."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=99)
+    probs[:40] = [1.0, 0.0, 0.0]
+    with pytest.warns(ConvergenceWarning, match="has not decreased since iteration") as caught:
+        result = assign_labels(probs, input="probs", max_iter=400, backend="numpy")
+    assert "out of reach" in str(caught[0].message)
+    assert result.error == pytest.approx(7 / 33)
+    with pytest.raises(ValueError, match="no labelling gives every label a count"):
+        with pytest.warns(ConvergenceWarning, match="has not decreased"):
+            assign_labels(probs, input="probs", max_iter=400, rounding="balanced")
+    scores = rng.standard_normal((2000, 10))
+    with pytest.warns(ConvergenceWarning) as caught:  # still decreasing at max_iter
+        assign_labels(scores, lam=1e3, max_iter=300, backend="numpy")
+    assert "has not decreased" not in str(caught[0].message)
+
+
 def test_callback_sees_every_check_and_can_stop(backend_name):
     scores = np.random.default_rng(0).standard_normal((500, 20)) * 3
     seen = []
