@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,10 +11,10 @@ import numpy as np
 from .backends.base import Backend, ScoreKind
 from .distributed import open_group
 from .exact import exact_assign
-from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal
+from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal, normalise_dual
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS
-from .solver import RowSource, column_stats, run_sinkhorn
+from .solver import MASK_DEPTH, RowSource, check_feasible, column_stats, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
     check_acceleration,
@@ -82,7 +83,10 @@ def _exact_labels(
     spec = as_marginal(marginals)
     _, source = _source(backend, scores)
     initial_dual(warm_start, source.n_heads, source.n_labels, lam)  # checked; the LP needs none
-    return exact_assign(source.scores, spec, input, backend=backend)
+    result = exact_assign(source.scores, spec, input, backend=backend)
+    # the LP's prices are the lam -> infinity limit of g / lam: at this lam, g = lam * prices
+    state = SolverState(g=result.state.g * lam, lam=lam, shape=result.state.shape)
+    return replace(result, state=state)
 
 
 def _check_all_values(
@@ -98,19 +102,25 @@ def _check_all_values(
     ]
 
 
-def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> tuple:
-    """(count, (head, row) of the first) of the rows positive only on labels the marginals
-    close (size 0): no assignment can place them. One pass, run only when labels are
-    closed: a row's best of log p_ij + g_j, with g_j = -inf on closed labels, is -inf
-    exactly there."""
-    g = np.where(closed, -np.inf, 0.0)
+def _stranded_rows(source: RowSource, backend: Backend, kind: ScoreKind, closed: np.ndarray):
+    """(count, (head, row) of the first) of the rows that can take only labels the
+    marginals close (size 0): no assignment can place them. A row's best of L_ij + g_j,
+    with g_j = -inf on closed labels, is -inf there for probabilities (zero elsewhere),
+    and for logits more than ``MASK_DEPTH`` below the row's best (masked elsewhere; a
+    second pass gives the row's best). Run only when labels are closed."""
+    g_open = np.where(closed, -np.inf, 0.0)
     count, first = 0, None
     for head in range(source.n_heads):
         start = 0
         for block in source.blocks(head):
             if block.shape[0]:
-                best = backend.to_numpy(backend.top_labels(block, "probs", 1.0, g, 1)[1])[:, 0]
-                rows = np.flatnonzero(best == -np.inf)
+                best_open = _best_values(backend, block, kind, g_open)
+                if kind == "probs":
+                    stranded = best_open == -np.inf
+                else:
+                    best = _best_values(backend, block, kind, np.zeros(closed.shape))
+                    stranded = best_open < best - MASK_DEPTH
+                rows = np.flatnonzero(stranded)
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size
@@ -118,18 +128,29 @@ def _stranded_rows(source: RowSource, backend: Backend, closed: np.ndarray) -> t
     return count, first
 
 
-def _check_probability_support(
-    comm: Any, source: RowSource, backend: Backend, constraint: Any, supports: list
+def _best_values(backend: Backend, block: Any, kind: ScoreKind, g: np.ndarray) -> np.ndarray:
+    """Each row's max_j (L_ij + g_j), float64 on the host."""
+    values = backend.top_labels(block, kind, 1.0, g, 1)[1]
+    return backend.to_numpy(values)[:, 0].astype(np.float64)
+
+
+def _check_placeable(
+    comm: Any,
+    source: RowSource,
+    backend: Backend,
+    kind: ScoreKind,
+    constraint: Any,
+    supports: list,
 ) -> None:
-    """Before the solve, for probabilities: refuse rows positive only on labels the
-    marginals close (size 0; a pass only when labels are closed) and labels whose support
+    """Before the solve: refuse rows that can take only labels the marginals close (size
+    0; a pass only when labels are closed) and, for probabilities, labels whose support
     is below their least size, from counts summed over the ranks in one all-reduce."""
     least, most = constraint.count_bounds()
     closed = most == 0
     count, first = 0, None
     if closed.any():
         with comm.rounding():  # across ranks, a failing read is announced by the all-reduce
-            count, first = _stranded_rows(source, backend, closed)
+            count, first = _stranded_rows(source, backend, kind, closed)
     totals, total = comm.total_support(supports, source.n_labels, count)
     if total:
         if comm.sharded:
@@ -138,8 +159,13 @@ def _check_probability_support(
             head, row = first
             where = f"row {row}" + (f" of head {head}" if source.n_heads > 1 else "")
             where += (f" (and {total - 1} more rows)" if total > 1 else "") + " has"
+        allowed = (
+            "non-zero probability"
+            if kind == "probs"
+            else f"unmasked scores (within {MASK_DEPTH:.0e} of the row's best)"
+        )
         raise ValueError(
-            f"scores: {where} non-zero probability only on labels the marginals give no "
+            f"scores: {where} {allowed} only on labels the marginals give no "
             f"point (closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can "
             f"place {'it' if total == 1 else 'them'}; give one of their labels a size or "
             "check the scores"
@@ -184,11 +210,14 @@ def finish_assignment(
     rounder = ROUNDERS[rounding] if rounder is None else rounder
     labels, codes, total = [], [], 0.0
     for head in range(source.n_heads):
-        head_labels = rounder(source, backend, head, kind, lam, g[head], constraint)
+        # labels and codes do not depend on a common shift of g, but their float32 passes
+        # keep the digits of lam * L only beside a small g (see ``column_stats``)
+        shifted = normalise_dual(g[head])
+        head_labels = rounder(source, backend, head, kind, lam, shifted, constraint)
         labels.append(head_labels)
         total += _logprob_sum(source, backend, head, kind, head_labels)
         if return_codes:
-            parts = [backend.codes(b, kind, lam, g[head]) for b in source.blocks(head)]
+            parts = [backend.codes(b, kind, lam, shifted) for b in source.blocks(head)]
             codes.append(backend.concat(parts))
     shape = (
         (source.n_heads, source.n_rows, source.n_labels)
@@ -260,7 +289,9 @@ def assign_labels(
         (``equipart.balanced``). ``"exact"`` skips the solve and calls ``exact_assign``
         (POT's network simplex; refuses problems too big for it, ``RowBlocks`` streams and
         ``return_codes=True``; the other arguments are checked as for a solve, a
-        ``warm_start`` included, though the LP does not use it). ``"balanced"`` and
+        ``warm_start`` included, though the LP does not use it; its ``state`` holds lam
+        times the LP's label prices at the lam passed, so that a training loop can pass it
+        back as ``warm_start``). ``"balanced"`` and
         ``"exact"`` need hard counts, so they refuse ``Relaxed`` marginals.
     tol : float, default 1e-3
         Stop when max_j |m_j / b_j - 1| <= tol, m_j being label j's mass in Q.
@@ -356,8 +387,8 @@ def assign_labels(
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
-    if kind == "probs":
-        _check_probability_support(comm, source, engine, constraint, supports)
+    if kind == "probs" or (constraint.count_bounds()[1] == 0).any():  # (same on every rank)
+        _check_placeable(comm, source, engine, kind, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
@@ -457,8 +488,15 @@ def sinkhorn_codes(
     codes = []
     for head in range(source.n_heads):
         g = np.zeros(source.n_labels)
-        for _ in range(n_iter):
+        for step in range(n_iter):
             stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)
+            if step == 0:  # (the same on every rank: the statistics are reduced)
+                check_feasible(
+                    constraint,
+                    stats.log_mass(),
+                    lam,
+                    remedy="leave those prototypes out of the scores, or check the scores",
+                )
             g = constraint.update(g, stats.log_mass())
         with comm.rounding():  # a rank failing here is named by the collective below
             parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]

@@ -6,8 +6,9 @@ Conventions (L is the log-probability form of the scores, lam the inverse temper
     labels_i = argmax_j (lam * L_ij + g_j)    the argmax hard labels
 
 f (N) is a function of g (K), so g is the solver's whole state. It is kept in float64 on
-the host, normalised so that its largest finite entry is 0 (labels with a zero target
-hold -inf).
+the host (labels with a zero target hold -inf). For equality targets (``Uniform``,
+``Counts``, ``Prior``) it is normalised so that its largest finite entry is 0; bands and
+relaxed targets, whose updates depend on g's level, keep the level they converged to.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class SolverState:
         The inverse temperature the dual belongs to.
     shape : tuple of int
         Shape of the scores solved, (N, K) or (H, N, K).
+
+    Immutable (``g`` is read-only, also after pickling or copying); states compare equal
+    when lam, shape and g are equal.
     """
 
     g: np.ndarray
@@ -39,11 +43,29 @@ class SolverState:
     shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        g = np.array(self.g, dtype=np.float64)
-        g.setflags(write=False)
-        object.__setattr__(self, "g", g)
+        # a read-only view of a read-only copy: the view cannot be made writeable again
+        # (``setflags(write=True)`` raises), so a state cannot change after it is made
+        owner = np.array(self.g, dtype=np.float64)
+        owner.setflags(write=False)
+        object.__setattr__(self, "g", owner.view())
         object.__setattr__(self, "lam", float(self.lam))
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    def __reduce__(self) -> tuple:
+        """Pickling and deep copies rebuild the state through its constructor (read-only)."""
+        return (type(self), (self.g, self.lam, self.shape))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SolverState):
+            return NotImplemented
+        return (
+            self.lam == other.lam
+            and self.shape == other.shape
+            and np.array_equal(self.g, other.g)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.lam, self.shape, (self.g + 0.0).tobytes()))  # -0.0 == 0.0
 
     @property
     def n_labels(self) -> int:

@@ -67,7 +67,14 @@ def column_stats(
     g: np.ndarray,
     reduce: StatsReducer | None,
 ) -> ColumnStats:
-    """One sweep over every block of ``head``, merged (and reduced across ranks)."""
+    """One sweep over every block of ``head``, merged (and reduced across ranks).
+
+    The sweep reads g shifted so that its largest finite entry is 0: Q and the column
+    statistics do not depend on a common shift of g, but a float32 sweep's lam * L + g_j
+    keeps the digits of L only beside a small g (a warm start offset by 1e20 gave every
+    point the same label). Equality targets keep g so already (no change there).
+    """
+    g = normalise_dual(g)
     stats = None
     for block in source.blocks(head):
         if block.shape[0]:
@@ -84,13 +91,30 @@ def asks_to_stop(answer: Any) -> bool:
     return answer is True or (isinstance(answer, np.bool_) and bool(answer))
 
 
-def _check_feasible(constraint: ColumnConstraint, log_mass: np.ndarray) -> None:
-    dead = np.flatnonzero((log_mass == -np.inf) & (constraint.min_mass() > 0))
+MASK_DEPTH = 1e8
+"""Log-probability below a row's best beyond which an entry counts as masked (logits of
+-1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores): a label
+masked at every point gets no mass. (Beside a dual of lam times that, a float32 sweep
+keeps no digits of the other labels' scores. The exact LP's cost tier starts at 1e9,
+``equipart.exact``: there the question is which costs its potentials resolve.)"""
+
+
+def check_feasible(
+    constraint: ColumnConstraint,
+    log_mass: np.ndarray,
+    lam: float,
+    remedy: str = "give those labels a zero target (Counts) or check the scores",
+) -> None:
+    """Refuse, at the first sweep, labels with a positive target and no mass at any point:
+    zero probabilities, or scores masked at every point (log m_j is then below -lam times
+    ``MASK_DEPTH``; a dual compensating that would leave no precision for the scores of
+    the other labels, and the float32 sweep would give every point to one label)."""
+    dead = np.flatnonzero((log_mass < -lam * MASK_DEPTH) & (constraint.min_mass() > 0))
     if dead.size:
         raise ValueError(
-            f"scores: label(s) {dead[:10].tolist()} have zero probability at every point but a "
-            "positive target mass, so no assignment meets the marginals; give those labels a "
-            "zero target (Counts) or check the scores"
+            f"scores: label(s) {dead[:10].tolist()} have zero probability (or a score more "
+            f"than {MASK_DEPTH:.0e} below the row's best: a mask) at every point but a "
+            f"positive target mass, so no assignment meets the marginals; {remedy}"
         )
 
 
@@ -293,7 +317,7 @@ def _iterate(
             stats = column_stats(source, backend, head, kind, lam, g[head], reduce)
             log_mass = stats.log_mass()
             if iteration == 1:
-                _check_feasible(constraint, log_mass)
+                check_feasible(constraint, log_mass, lam)
             error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]

@@ -136,23 +136,26 @@ def initial_dual(warm_start: Any, n_heads: int, n_labels: int, lam: float) -> np
             )
         if not np.isclose(warm_start.lam, lam, rtol=1e-12, atol=0.0):
             raise ValueError(
-                f"warm_start: the state was solved at lam={warm_start.lam:g} but lam={lam:g} "
-                "was passed; its dual is only meaningful at the same lam"
+                f"warm_start: the state was solved at lam={warm_start.lam!r} but "
+                f"lam={lam!r} was passed; its dual is only meaningful at the same lam"
             )
         g = warm_start.g
     else:
         try:
-            g = np.asarray(warm_start, dtype=np.float64)
+            given = np.asarray(warm_start)
+            if given.dtype.kind not in "biuf":  # complex, strings, objects: no real dual
+                raise TypeError(f"dtype {given.dtype}")
+            g = given.astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(
-                "warm_start: expected None, a SolverState, or a dual vector g of shape (K,) "
-                f"or (H, K); got {type(warm_start).__name__}"
+                "warm_start: expected None, a SolverState, or a real dual vector g of shape "
+                f"(K,) or (H, K); got {type(warm_start).__name__} ({exc})"
             ) from exc
-        if g.shape[-1:] != (n_labels,) or g.ndim not in (1, 2):
-            raise ValueError(
-                f"warm_start: expected a dual of shape ({n_labels},) or ({n_heads}, "
-                f"{n_labels}), got shape {g.shape}"
-            )
+    if g.shape[-1:] != (n_labels,) or g.ndim not in (1, 2):
+        raise ValueError(
+            f"warm_start: expected a dual of shape ({n_labels},) or ({n_heads}, "
+            f"{n_labels}), got shape {g.shape}"
+        )
     if np.isnan(g).any() or np.isposinf(g).any():
         raise ValueError("warm_start: the dual holds NaN or +inf; start cold (None) instead")
     if (np.abs(g[np.isfinite(g)]) > MAX_DUAL).any():

@@ -149,6 +149,15 @@ def test_corrupt_file_is_one_line(tmp_path, capsys, content):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("array", [np.float32(1.0), np.zeros(10, np.float32)])
+def test_scores_of_fewer_than_two_dimensions_are_one_line(tmp_path, capsys, array):
+    """0-d and 1-d files reached the warm-up's row slice first (IndexError traceback)."""
+    np.save(tmp_path / "flat.npy", array)
+    assert main(["solve", str(tmp_path / "flat.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("equipart solve: error: scores: expected an (N, K) array")
+
+
 def test_missing_file_and_bad_scores(tmp_path, capsys):
     assert main(["solve", str(tmp_path / "nope.npy")]) == 2
     assert "not found" in capsys.readouterr().err

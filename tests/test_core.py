@@ -355,7 +355,25 @@ def test_state_is_picklable_and_roundtrips(tmp_path):
     from_dict = equipart.SolverState.from_dict(result.state.to_dict())
     np.testing.assert_array_equal(from_dict.g, result.state.g)
     assert from_dict.lam == result.state.lam and from_dict.shape == result.state.shape
+    assert restored == result.state == from_dict and hash(restored) == hash(result.state)
     pickle.loads(pickle.dumps(result))
+
+
+def test_state_stays_immutable_after_pickling_and_copying():
+    """A state's g was writeable after pickle or deepcopy (a checkpoint round trip), and
+    setflags(write=True) reopened a fresh one: a corrupted state then warm-started a solve
+    that stopped after one sweep."""
+    import copy
+    import pickle
+
+    state = assign_labels(np.random.default_rng(0).standard_normal((100, 4))).state
+    for twin in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state), copy.copy(state)):
+        assert twin == state and not twin.g.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            twin.g[0] = 1e29
+    with pytest.raises(ValueError):
+        state.g.setflags(write=True)
+    assert state != equipart.SolverState(g=state.g + 1.0, lam=state.lam, shape=state.shape)
 
 
 def test_importing_equipart_imports_no_optional_library():

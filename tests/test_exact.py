@@ -197,3 +197,18 @@ def test_caller_array_is_untouched():
     copy = x.copy()
     exact_assign(x, Uniform(), backend="numpy")
     assert np.array_equal(x, copy)
+
+
+def test_exact_rounding_state_feeds_the_next_solve():
+    """The README's loop with rounding="exact": its state is lam times the LP's prices at
+    the lam passed, so it is accepted back as warm_start (it was stored at lam 1 and the
+    second epoch was refused), and a Sinkhorn solve can start from it too."""
+    rng = np.random.default_rng(0)
+    state = None
+    for _ in range(2):
+        scores = rng.standard_normal((300, 6)).astype(np.float32)
+        result = equipart.assign_labels(scores, lam=25.0, warm_start=state, rounding="exact")
+        state = result.state
+        assert state.lam == 25.0
+        np.testing.assert_allclose(state.g, 25.0 * exact_assign(scores).state.g)
+    assert equipart.assign_labels(scores, lam=25.0, warm_start=state).converged

@@ -260,6 +260,24 @@ def test_row_only_on_closed_labels_is_infeasible(backend_name):
     assert labels[17] == 2 and np.bincount(labels, minlength=3).tolist() == [0, 15, 15]
 
 
+@pytest.mark.parametrize("mask", [-1e9, float(np.finfo(np.float32).min)])
+def test_logits_row_masked_except_on_closed_labels_is_infeasible(backend_name, mask):
+    """The logits form of the test above: a row whose unmasked scores are all on closed
+    labels is refused naming it (it ran max_iter sweeps on NaN and gave the row a masked
+    label); a row keeping one open label is solved, and a low but real score is no mask."""
+    x = np.random.default_rng(16).standard_normal((12, 3)).astype(np.float32)
+    x[0, :2] = mask
+    backend, closed = backend_of(backend_name), Counts([6, 6, 0])
+    with pytest.raises(ValueError, match=r"row 0 has unmasked scores .*closed: \[2\]"):
+        assign_labels(to_backend(x, backend_name), marginals=closed, backend=backend)
+    x[0, 1] = -50.0  # far below, not a mask: the row can go to label 1
+    result = assign_labels(
+        to_backend(x, backend_name), marginals=closed, backend=backend, rounding="balanced"
+    )
+    labels = to_numpy(result.labels)
+    assert labels[0] == 1 and np.bincount(labels, minlength=3).tolist() == [6, 6, 0]
+
+
 def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatch):
     """One-hot probabilities with 2 rows of label 1 cannot give it N/K = 5 points:
     refused from the input check, naming the label and its counts, before any solve."""
@@ -376,3 +394,82 @@ def test_marginals_are_checked_before_the_data_pass(monkeypatch):
     monkeypatch.setattr(NumpyBackend, "check", fail)
     with pytest.raises(ValueError, match="marginals"):
         assign_labels(GOOD, backend="numpy", marginals=Counts([5, 5, 5, 4]))
+
+
+@pytest.mark.parametrize("mask", [-1e9, -1e30, float(np.finfo(np.float32).min)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_label_masked_at_every_point_is_refused(backend_name, mask, dtype):
+    """A finite mask (-1e9, -1e30, float32's lowest) on one label's whole column leaves it
+    no mass: refused at the first sweep like zero probabilities.
+    (A dual compensating 2.5e31 nats left float32 sweeps no digits for the other labels:
+    every point went to one label, reported converged.) The same in sinkhorn_codes, whose
+    codes were all NaN."""
+    x = np.random.default_rng(0).standard_normal((400, 8)).astype(dtype)
+    x[:, 3] = mask
+    scores = to_backend(x, backend_name)
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] have zero probability .*a mask"):
+        assign_labels(scores, backend=backend_of(backend_name))
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] .*leave those prototypes out"):
+        sinkhorn_codes(scores, backend=backend_of(backend_name))
+    x[:10, 3] = 0.0  # ten rows allow it: not refused (too few for its 50; the solve says so)
+    with pytest.warns(ConvergenceWarning, match="has not decreased"):
+        result = assign_labels(x, max_iter=300, backend="numpy")
+    assert np.bincount(result.labels, minlength=8)[3] == 10
+
+
+def test_sinkhorn_codes_refuse_a_label_with_zero_probability_everywhere():
+    probs = np.zeros((8, 4))
+    probs[np.arange(8), np.arange(8) % 3] = 1.0  # label 3 is never positive
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] have zero probability"):
+        sinkhorn_codes(probs, input="probs")
+
+
+def test_a_warm_start_with_a_common_offset_is_the_same_problem(backend_name):
+    """Q, labels and codes do not depend on a common shift of g; float32 sweeps and labels
+    read g shifted to a largest finite entry of 0, so an offset of 1e8 (a state someone
+    shifted, or a dual from elsewhere) gives the cold solve's labels (it gave 92/100/96/...
+    of 500 instead of 83 each, reported converged)."""
+    x = np.random.default_rng(0).standard_normal((500, 6)).astype(np.float32)
+    scores = to_backend(x, backend_name)
+    cold = assign_labels(scores, backend=backend_of(backend_name))
+    for offset in (1e4, 1e8):
+        warm = assign_labels(
+            scores, warm_start=cold.state.g + offset, backend=backend_of(backend_name)
+        )
+        assert warm.converged and warm.n_iter == 1
+        np.testing.assert_array_equal(to_numpy(warm.labels), to_numpy(cold.labels))
+
+
+def test_array_forms_the_solver_cannot_read_are_refused():
+    """A masked array's mask was ignored (the masked label took every point) and a sparse
+    tensor failed inside torch: both are refused naming scores and the way out."""
+    x = np.random.default_rng(10).standard_normal((30, 6)).astype(np.float32)
+    masked = np.ma.masked_array(x, mask=np.zeros_like(x, dtype=bool))
+    with pytest.raises(TypeError, match=r"scores: a masked array's mask is not read.*filled"):
+        assign_labels(masked)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"scores: torch.sparse_coo tensors .*to_dense"):
+        assign_labels(torch.from_numpy(x).to_sparse())
+    # a negative-bit view (torch's lazy negation) reads as its values on every path
+    from equipart import exact_assign
+
+    want, got = exact_assign(-x), exact_assign(torch.from_numpy(x)._neg_view())
+    np.testing.assert_array_equal(got.labels.numpy(), want.labels)
+
+
+@pytest.mark.parametrize(
+    "warm_start,error,match",
+    [
+        (np.zeros(4) + 1j, TypeError, r"warm_start: .*real dual .*complex128"),
+        (np.array(["a"] * 4), TypeError, r"warm_start: .*real dual"),
+        (SolverState(g=np.zeros((1, 1, 4)), lam=25.0, shape=(20, 4)), ValueError,
+         r"warm_start: expected a dual of shape \(4,\)"),
+        (SolverState(g=np.zeros(4), lam=25.0 + 1e-9, shape=(20, 4)), ValueError,
+         r"solved at lam=25.000000001 but lam=25.0"),
+    ],
+)  # fmt: skip
+def test_warm_starts_that_are_not_real_duals_are_refused(warm_start, error, match):
+    """Complex duals lost their imaginary part with only a NumPy warning, a state's 3-D g
+    failed in NumPy's broadcasting, and nearly equal lams printed as equal."""
+    with pytest.raises(error, match=match):
+        assign_labels(GOOD, lam=25.0, warm_start=warm_start)

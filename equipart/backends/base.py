@@ -108,7 +108,8 @@ class Backend(ABC):
 
     @abstractmethod
     def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype | str]:
-        """The shape and a NumPy-style dtype (or its name) of ``scores``, reading no data."""
+        """The shape and a NumPy-style dtype (or its name) of ``scores``, reading no data;
+        TypeError naming ``scores`` for a form of array the backend cannot read."""
 
     @abstractmethod
     def head(self, scores: Any, index: int) -> Any:

@@ -84,6 +84,12 @@ class NumpyBackend(Backend):
         return isinstance(scores, np.ndarray)
 
     def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype]:
+        if isinstance(scores, np.ma.MaskedArray):  # its mask would be silently ignored
+            raise TypeError(
+                "scores: a masked array's mask is not read; fill the masked entries with a "
+                "mask value (scores.filled(-1e9) for logits, .filled(0) for probabilities) "
+                "or pass scores.data"
+            )
         return tuple(scores.shape), scores.dtype
 
     def head(self, scores: np.ndarray, index: int) -> np.ndarray:

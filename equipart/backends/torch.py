@@ -276,6 +276,11 @@ class TorchBackend(Backend):
         return isinstance(scores, torch.Tensor)
 
     def shape_dtype(self, scores: torch.Tensor) -> tuple[tuple[int, ...], str]:
+        if scores.layout != torch.strided:
+            raise TypeError(
+                f"scores: {scores.layout} tensors are not supported; pass a dense tensor "
+                "(scores.to_dense())"
+            )
         return tuple(scores.shape), str(scores.dtype).removeprefix("torch.")
 
     def head(self, scores: torch.Tensor, index: int) -> torch.Tensor:
@@ -485,7 +490,7 @@ class TorchBackend(Backend):
             array = array.detach()
             if array.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen, exactly
                 array = array.float()
-            return array.cpu().numpy()
+            return array.cpu().resolve_conj().resolve_neg().numpy()
         return np.asarray(array)
 
     def from_numpy(self, array: np.ndarray, like: Any) -> torch.Tensor:
