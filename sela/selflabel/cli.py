@@ -30,7 +30,7 @@ _HELP = {
     "heads": "number of clustering heads H",
     "clusters": "clusters per head K",
     "lr_drop_every": "multiply the learning rate by --lr-gamma every this many epochs "
-    "(0: once, at 3/4 of training)",
+    "(0: once, at the first step at or after 3/4 of training)",
     "assign": "label step: optimal transport (equipart) or the k-means ablation",
     "lam": "inverse temperature of the transport problem (SeLa: 25; CIFAR setting 10)",
     "solver_backend": "equipart backend of the label step: auto (torch on the scores' device "

@@ -26,6 +26,9 @@ NEEDS_DATA_DIR = {
     "(http://ufldl.stanford.edu/housenumbers/)",
 }
 
+# Why batches (and the training set) must hold two images or more.
+BATCHNORM_NEEDS_TWO = "BatchNorm in training mode needs 2+ images per batch"
+
 
 class ConfigError(ValueError):
     """A setting the user must change; the message starts with its flag (``--lam: ...``)."""
@@ -37,10 +40,12 @@ class Config:
 
     Units: ``epochs`` are passes over the (possibly imbalanced/subsampled) training set;
     ``lr_drop_every`` is in epochs (the learning rate is multiplied by ``lr_gamma`` every
-    that many epochs, SeLa's step schedule; 0 means once, at 3/4 of training);
-    ``n_opts`` is the number of label optimisations over the whole run, the first at
-    step 0 (on the untrained network), then spaced quadratically in time
-    (t_k = T (k / n_opts)^2, denser early, as in SeLa's reference code) or linearly.
+    that many epochs, SeLa's step schedule; 0 means once, from the first step at or after
+    3/4 of training, mid-epoch if need be); ``batch_size`` and ``eval_batch_size`` are at
+    least 2 (train-mode BatchNorm); ``n_opts`` is the number of label optimisations over
+    the whole run, the first at step 0 (on the untrained network), then spaced
+    quadratically in time (t_k = T (k / n_opts)^2, denser early, as in SeLa's reference
+    code) or linearly.
     """
 
     dataset: str = "mnist"
@@ -166,8 +171,8 @@ def check_config(cfg: Config) -> None:
         if getattr(cfg, name) not in valid:
             raise bad(name, "one of " + ", ".join(valid))
     at_least = {
-        "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 1, "fc": 1, "n_opts": 1,
-        "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "eval_batch_size": 1,
+        "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 2, "fc": 1, "n_opts": 1,
+        "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "eval_batch_size": 2,
         "knn_k": 1, "probe_epochs": 0, "lr_drop_every": 0, "ckpt_every_steps": 0, "seed": 0,
     }  # fmt: skip
 
@@ -176,13 +181,15 @@ def check_config(cfg: Config) -> None:
 
     for name, low in at_least.items():
         if not integer(getattr(cfg, name)) or getattr(cfg, name) < low:
-            raise bad(name, f"an integer >= {low}")
+            why = f" ({BATCHNORM_NEEDS_TWO})" if name in ("batch_size", "eval_batch_size") else ""
+            raise bad(name, f"an integer >= {low}{why}")
     if cfg.seed >= 2**63:
         raise bad("seed", "an integer below 2**63")
-    for name in ("train_size", "test_size"):
+    for name, low in (("train_size", 2), ("test_size", 1)):
         value = getattr(cfg, name)
-        if value is not None and (not integer(value) or value < 1):
-            raise bad(name, "a positive number of images (or no flag, for all of them)")
+        if value is not None and (not integer(value) or value < low):
+            why = f" ({BATCHNORM_NEEDS_TWO})" if low == 2 else ""
+            raise bad(name, f"a number of images >= {low}{why}, or no flag for all of them")
 
     def number(name: str) -> float:
         value = getattr(cfg, name)

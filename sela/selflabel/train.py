@@ -17,7 +17,8 @@ A checkpoint (model, optimiser, labels, solver state, RNG states, schedule posit
 epoch's batch order, and the metrics log's length) is written atomically (temporary file,
 fsync, rename) at every epoch end and every ``ckpt_every_steps`` steps, so a run killed at
 any moment resumes from the last checkpoint as if it had not stopped; the metrics log is
-cut back to the checkpoint's length on resume so no record appears twice.
+cut back to the checkpoint's length on resume so no record appears twice (a log that is
+missing or shorter than that is refused: its records cannot be restored).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from equipart import SolverState
 from sklearn.metrics import normalized_mutual_info_score
 
 from .augment import Augment
-from .config import Config, ConfigError, check_config, check_device
+from .config import BATCHNORM_NEEDS_TWO, Config, ConfigError, check_config, check_device
 from .data import Dataset, imbalance, load_dataset, subsample
 from .evaluate import cluster_scores, knn_accuracy, linear_probe
 from .labels import balanced_random_labels, cluster_balance, kmeans_labels, sinkhorn_labels
@@ -46,6 +47,7 @@ from .models import build_model
 __all__ = [
     "Trainer",
     "check_resume",
+    "chunk_sizes",
     "evaluate_model",
     "extract",
     "opt_schedule",
@@ -100,20 +102,36 @@ def _resume_diff(saved: dict[str, Any], cfg: Config, out: Path) -> None:
         )
 
 
+def _check_log(out: Path, log_bytes: int) -> None:
+    """Refuse to resume when ``out``'s metrics log is missing or shorter than the
+    ``log_bytes`` it held at the checkpoint: its records cannot be restored."""
+    log = out / METRICS_LOG
+    size = log.stat().st_size if log.is_file() else None
+    if size is None or size < log_bytes:
+        found = "is missing" if size is None else f"holds {size} bytes"
+        raise ConfigError(
+            f"--resume: {log} {found}, but held {log_bytes} bytes at the checkpoint, so the "
+            "run's records cannot be restored; put the log back or start afresh in another --out"
+        )
+
+
 def check_resume(cfg: Config, out: str | os.PathLike) -> bool:
     """Whether ``out`` holds a checkpoint to resume; :class:`ConfigError` if it was made
-    with other settings. Reads only the checkpoint's settings (memory-mapped)."""
+    with other settings or its metrics log is gone or cut short. Reads only the
+    checkpoint's settings and log length (memory-mapped)."""
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         return False
     try:
-        settings = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"]
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        settings = blob["config"]
     except Exception as exc:  # corrupt, truncated, or not a checkpoint of this trainer
         raise ConfigError(
             f"--resume: {path} is not a readable sela-train checkpoint "
             f"({type(exc).__name__}: {exc}); remove it or pick another --out"
         ) from exc
     _resume_diff(settings, cfg, Path(out))
+    _check_log(Path(out), blob.get("log_bytes", 0))
     return True
 
 
@@ -138,6 +156,14 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def chunk_sizes(n: int, most: int) -> list[int]:
+    """Sizes of the fewest near-equal chunks of ``n`` images with at most ``most`` each, but
+    never fewer than 2 each when ``n >= 2`` (``most = 2`` and odd ``n`` give one chunk of 3):
+    train-mode BatchNorm fails on one image and is noisy on a small tail."""
+    count = max(1, min(math.ceil(n / most), n // 2))
+    return [n // count + (i < n % count) for i in range(count)]
+
+
 @torch.no_grad()
 def extract(
     model: torch.nn.Module,
@@ -147,12 +173,13 @@ def extract(
     train_mode: bool = False,
     augmented: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-softmax scores (H, N, K) float32, features (N, D) float32) for ``images``."""
+    """(log-softmax scores (H, N, K) float32, features (N, D) float32) for ``images``,
+    computed in the near-equal chunks of :func:`chunk_sizes` (at most ``eval_batch_size``)."""
     device = next(model.parameters()).device
     model.train(train_mode)
     scores, feats = [], []
-    for start in range(0, images.shape[0], cfg.eval_batch_size):
-        x = augment(images[start : start + cfg.eval_batch_size].to(device), train=augmented)
+    for chunk in torch.split(images, chunk_sizes(images.shape[0], cfg.eval_batch_size)):
+        x = augment(chunk.to(device), train=augmented)
         with _autocast(cfg, device):
             logits, f = model(x, with_features=True)
         scores.append(F.log_softmax(logits.float(), dim=-1).transpose(0, 1))
@@ -220,6 +247,11 @@ class Trainer:
         random.seed(cfg.seed)
         self.data = prepare_data(cfg)  # DataError if the files are missing or unreadable
         self.n = len(self.data.train)
+        if self.n < 2:
+            raise ConfigError(
+                f"--train-size: the training set holds {self.n} image(s) after --train-size "
+                f"and --imbalance; {BATCHNORM_NEEDS_TWO}"
+            )
         if cfg.assign == "kmeans" and self.n < cfg.clusters:
             raise ConfigError(
                 f"--clusters: k-means needs at least K={cfg.clusters} training images, the "
@@ -243,6 +275,7 @@ class Trainer:
         self.batch = min(cfg.batch_size, self.n)
         self.steps_per_epoch = self.n // self.batch
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.drop_step = math.ceil(0.75 * self.total_steps)
         self.opt_steps = opt_schedule(self.total_steps, cfg.n_opts, cfg.opt_schedule)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.labels = balanced_random_labels(cfg.heads, self.n, cfg.clusters, self.gen).to(
@@ -264,9 +297,16 @@ class Trainer:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def lr_at(self, epoch: int) -> float:
-        every = self.cfg.lr_drop_every or max(1, math.ceil(0.75 * self.cfg.epochs))
-        return self.cfg.lr * self.cfg.lr_gamma ** (epoch // every)
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step``: ``lr`` times ``lr_gamma`` once every
+        ``lr_drop_every`` epochs or, if that is 0, once from :attr:`drop_step` (the first
+        step at or after 3/4 of training, mid-epoch if need be) on."""
+        cfg = self.cfg
+        if cfg.lr_drop_every:
+            drops = step // self.steps_per_epoch // cfg.lr_drop_every
+        else:
+            drops = int(step >= self.drop_step)
+        return cfg.lr * cfg.lr_gamma**drops
 
     def checkpoint(self, done: bool = False) -> None:
         rng = {
@@ -304,6 +344,7 @@ class Trainer:
             return False
         blob = torch.load(path, map_location="cpu", weights_only=False)
         _resume_diff(blob["config"], self.cfg, self.out)
+        _check_log(self.out, blob["log_bytes"])
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.labels = blob["labels"].to(self.device)
@@ -320,9 +361,8 @@ class Trainer:
         self.perm = None if blob["perm"] is None else blob["perm"].to(self.device)
         self.loss_sum = torch.tensor(blob["loss_sum"], device=self.device)
         self.loss_count, self.elapsed = blob["loss_count"], blob["elapsed"]
-        if self.log_path.exists():
-            with open(self.log_path, "r+b") as f:
-                f.truncate(blob["log_bytes"])
+        with open(self.log_path, "r+b") as f:  # no longer than it is (_check_log)
+            f.truncate(blob["log_bytes"])
         return True
 
     # ---------------------------------------------------------------- the algorithm
@@ -406,8 +446,8 @@ class Trainer:
                 self.next_opt += 1
             if self.perm is None:
                 self.perm = torch.randperm(self.n, device=self.device)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(self.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
             idx = self.perm[self.pos * self.batch : (self.pos + 1) * self.batch]
             self.train_step(idx)
             self.step, self.pos = self.step + 1, self.pos + 1
@@ -420,7 +460,7 @@ class Trainer:
                         "epoch": self.epoch + 1,
                         "step": self.step,
                         "loss": float(self.loss_sum) / max(1, self.loss_count),
-                        "lr": self.lr_at(self.epoch),
+                        "lr": self.lr_at(self.step - 1),
                         "time_s": self.elapsed + time.perf_counter() - self._t0,
                     }
                 )

@@ -41,8 +41,12 @@ def _refused(main, argv, capsys) -> str:
         (["--lam", "nan"], "--lam", "finite"),
         (["--heads", "0"], "--heads", ">= 1"),
         (["--clusters", "1"], "--clusters", ">= 2"),
-        (["--train-size", "0"], "--train-size", "positive"),
-        (["--batch-size", "0"], "--batch-size", ">= 1"),
+        (["--train-size", "0"], "--train-size", ">= 2"),
+        (["--train-size", "1"], "--train-size", "BatchNorm in training mode needs 2+"),
+        (["--test-size", "0"], "--test-size", ">= 1"),
+        (["--batch-size", "0"], "--batch-size", ">= 2"),
+        (["--batch-size", "1"], "--batch-size", "BatchNorm in training mode needs 2+"),
+        (["--eval-batch-size", "1"], "--eval-batch-size", "BatchNorm in training mode needs 2+"),
         (["--n-opts", "0"], "--n-opts", ">= 1"),
         (["--solver-tol", "0"], "--solver-tol", "positive"),
         (["--momentum", "1.5"], "--momentum", "[0, 1)"),
@@ -96,6 +100,21 @@ def test_errors_found_after_loading_the_data_still_write_nothing(tmp_path, capsy
     argv = ["--out", str(run), *BASE, "--assign", "kmeans", "--clusters", "5000"]
     line = _refused(train_main, argv, capsys)
     assert line.startswith("sela-train: error: --clusters: k-means needs at least K=5000")
+    # --imbalance heavy leaves 1 of 2 images: too few for train-mode BatchNorm.
+    argv = ["--out", str(run), *BASE, "--train-size", "2", "--imbalance", "heavy"]
+    line = _refused(train_main, argv, capsys)
+    assert line.startswith("sela-train: error: --train-size: the training set holds 1 image")
+    assert not run.exists()
+
+
+def test_unreadable_data_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    data, run = tmp_path / "svhn", tmp_path / "run"
+    data.mkdir()
+    (data / "train_32x32.mat").write_bytes(b"")  # an interrupted download
+    (data / "test_32x32.mat").write_bytes(b"")
+    argv = ["--out", str(run), *BASE, "--dataset", "svhn", "--data-dir", str(data)]
+    line = _refused(train_main, argv, capsys)
+    assert line.startswith("sela-train: error: data: ") and "train_32x32.mat" in line
     assert not run.exists()
 
 
@@ -109,8 +128,8 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 def _fake_run(folder, cfg: Config) -> bytes:
     """A run folder holding a checkpoint of ``cfg``'s settings and a log; returns the log."""
     folder.mkdir()
-    torch.save({"config": cfg.to_dict()}, folder / CHECKPOINT)
     log = b'{"event": "start"}\n'
+    torch.save({"config": cfg.to_dict(), "log_bytes": len(log)}, folder / CHECKPOINT)
     (folder / METRICS_LOG).write_bytes(log)
     return log
 
@@ -125,6 +144,21 @@ def test_resume_with_other_settings_is_refused_and_touches_nothing(tmp_path, cap
     assert line.startswith("sela-train: error: --resume:") and "'lam'" in line
     assert sorted(p.name for p in run.iterdir()) == before
     assert (run / METRICS_LOG).read_bytes() == log
+
+
+@pytest.mark.parametrize(("log", "found"), [(None, "is missing"), (b"{", "holds 1 bytes")])
+def test_resume_without_the_whole_log_is_one_line_and_touches_nothing(tmp_path, capsys, log, found):
+    run = tmp_path / "run"
+    _fake_run(run, Config(dataset="digits", epochs=1, progress=False))
+    if log is None:
+        (run / METRICS_LOG).unlink()
+    else:
+        (run / METRICS_LOG).write_bytes(log)
+    line = _refused(train_main, ["--out", str(run), *BASE, "--resume"], capsys)
+    assert line.startswith(f"sela-train: error: --resume: {run / METRICS_LOG} {found}")
+    assert "cannot be restored" in line
+    left = (run / METRICS_LOG).read_bytes() if (run / METRICS_LOG).exists() else None
+    assert left == log  # neither created nor padded
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])

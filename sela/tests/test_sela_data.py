@@ -11,7 +11,15 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from selflabel.data import Split, imbalance, load_dataset, mnist_dir, read_idx, subsample
+from selflabel.data import (
+    BadDataError,
+    Split,
+    imbalance,
+    load_dataset,
+    mnist_dir,
+    read_idx,
+    subsample,
+)
 
 
 def _write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -58,11 +66,24 @@ def test_missing_files_name_the_file_and_the_fix(tmp_path):
         load_dataset("imagenet", tmp_path)
 
 
-def _cifar_batch(path, n: int, key: bytes, seed: int) -> np.ndarray:
+def test_idx_with_a_corrupt_compressed_body_is_bad_data(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_idx(path, np.tile(np.arange(28, dtype=np.uint8), (50, 28, 1)), compress=True)
+    raw = bytearray(path.read_bytes())
+    raw[20:60] = bytes(b ^ 0xFF for b in raw[20:60])  # inside the deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BadDataError, match="cannot read .*train-images-idx3-ubyte.gz"):
+        read_idx(path)
+
+
+def _cifar_batch(path, n: int, key: bytes, seed: int, **replace) -> np.ndarray:
+    """A CIFAR batch of ``n`` images; ``replace`` overrides its entries (b"data" as "data")."""
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=(n, 3072)).astype(np.uint8)
+    batch = {b"data": data, key: list(range(n)), b"batch_label": b"x"}
+    batch.update({name.encode(): value for name, value in replace.items()})
     with open(path, "wb") as f:
-        pickle.dump({b"data": data, key: list(range(n)), b"batch_label": b"x"}, f)
+        pickle.dump(batch, f)
     return data
 
 
@@ -87,6 +108,77 @@ def test_cifar100_fine_labels(tmp_path):
     _cifar_batch(folder / "test", 2, b"fine_labels", 1)
     data = load_dataset("cifar100", tmp_path)
     assert data.n_classes == 100 and data.train.labels.tolist() == list(range(6))
+
+
+def _cifar10_folder(root, **replace):
+    """A CIFAR-10 folder of 4-image batches; ``replace`` overrides data_batch_3's entries."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        _cifar_batch(folder / f"data_batch_{i}", 4, b"labels", i, **(replace if i == 3 else {}))
+    _cifar_batch(folder / "test_batch", 3, b"labels", 9)
+    return folder / "data_batch_3"
+
+
+@pytest.mark.parametrize(
+    ("replace", "expected"),
+    [
+        ({"data": np.zeros((4, 3, 32, 32), np.uint8)}, r"shape \(4, 3, 32, 32\).*N x 3072"),
+        ({"data": np.zeros((4, 3000), np.uint8)}, r"shape \(4, 3000\).*N x 3072"),
+        ({"data": np.zeros((0, 3072), np.uint8), "labels": []}, r"N x 3072 \(N >= 1\)"),
+        ({"data": np.zeros((4, 3072), np.int64)}, "type int64.*uint8"),
+        ({"data": [[1, 2], [3]]}, "images that are not an array"),
+        ({"labels": [0, 1, 2]}, "3 labels for 4 images"),
+        ({"labels": [0, 1, 2, -1]}, r"labels -1..2, expected 0..9"),
+        ({"labels": [0, 1, 2, 10]}, r"labels 0..10, expected 0..9"),
+        ({"labels": [0.5, 1, 2, 3]}, "not whole numbers"),
+    ],
+)
+def test_cifar_batches_with_wrong_shapes_or_labels_are_bad_data(tmp_path, replace, expected):
+    path = _cifar10_folder(tmp_path, **replace)
+    with pytest.raises(BadDataError, match=f"{path}.*{expected}"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar100_labels_are_checked_against_100_classes(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    _cifar_batch(folder / "train", 2, b"fine_labels", 0, fine_labels=[99, 100])
+    _cifar_batch(folder / "test", 2, b"fine_labels", 1)
+    with pytest.raises(BadDataError, match=r"labels 99..100, expected 0..99"):
+        load_dataset("cifar100", tmp_path)
+
+
+def _svhn_folder(root, x: np.ndarray, y: np.ndarray) -> None:
+    """SVHN's two .mat files: the training one holding ``x`` and ``y``, a valid test one."""
+    savemat(root / "train_32x32.mat", {"X": x, "y": y})
+    test_x = np.zeros((32, 32, 3, 2), np.uint8)
+    savemat(root / "test_32x32.mat", {"X": test_x, "y": np.array([[1], [10]], np.uint8)})
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "x_dtype", "y", "expected"),
+    [
+        ((4, 32, 32, 3), np.uint8, [1, 2, 3, 4], r"shape \(4, 32, 32, 3\).*32 x 32 x 3 x N"),
+        ((32, 32, 3), np.uint8, [1], r"shape \(32, 32, 3\).*32 x 32 x 3 x N"),
+        ((32, 32, 3, 4), np.float64, [1, 2, 3, 4], "type float64.*uint8"),
+        ((32, 32, 3, 4), np.uint8, [1, 2, 3], "3 labels for 4 images"),
+        ((32, 32, 3, 4), np.uint8, [0, 1, 2, 3], r"labels 0..3, expected 1..10"),
+        ((32, 32, 3, 4), np.uint8, [1, 2, 3, 11], r"labels 1..11, expected 1..10"),
+    ],
+)
+def test_svhn_with_wrong_shapes_or_labels_is_bad_data(tmp_path, x_shape, x_dtype, y, expected):
+    _svhn_folder(tmp_path, np.zeros(x_shape, x_dtype), np.array(y, np.uint8)[:, None])
+    with pytest.raises(BadDataError, match=f"train_32x32.mat.*{expected}"):
+        load_dataset("svhn", tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"MATLAB 5.0", b"\x00" * 200])
+def test_svhn_empty_or_truncated_mat_is_bad_data(tmp_path, content):
+    _svhn_folder(tmp_path, np.zeros((32, 32, 3, 2), np.uint8), np.array([[1], [2]], np.uint8))
+    (tmp_path / "train_32x32.mat").write_bytes(content)
+    with pytest.raises(BadDataError, match="train_32x32.mat is not a readable .mat file"):
+        load_dataset("svhn", tmp_path)
 
 
 def test_svhn_mat_files(tmp_path):

