@@ -11,10 +11,10 @@ import numpy as np
 from .backends.base import Backend, ScoreKind
 from .distributed import open_group
 from .exact import exact_assign
-from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal, normalise_dual
+from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS
-from .solver import MASK_DEPTH, RowSource, check_feasible, column_stats, run_sinkhorn
+from .solver import RowSource, check_feasible, column_stats, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
     check_acceleration,
@@ -28,6 +28,7 @@ from .validation import (
     check_tol,
     check_values,
     initial_dual,
+    sweep_precision,
 )
 
 __all__ = ["assign_labels", "sinkhorn_codes"]
@@ -102,25 +103,25 @@ def _check_all_values(
     ]
 
 
-def _stranded_rows(source: RowSource, backend: Backend, kind: ScoreKind, closed: np.ndarray):
+def _stranded_rows(
+    source: RowSource, backend: Backend, kind: ScoreKind, closed: np.ndarray, lam: float
+) -> tuple:
     """(count, (head, row) of the first) of the rows that can take only labels the
     marginals close (size 0): no assignment can place them. A row's best of L_ij + g_j,
-    with g_j = -inf on closed labels, is -inf there for probabilities (zero elsewhere),
-    and for logits more than ``MASK_DEPTH`` below the row's best (masked elsewhere; a
-    second pass gives the row's best). Run only when labels are closed."""
+    with g_j = -inf on closed labels, times lam, is -inf in the sweep's float type there:
+    zero probabilities, or masks at the dtype's lowest value (a finite mask such as -1e9
+    still lets the row take one of those labels, as the exact LP would). One pass, run
+    only when labels are closed."""
     g_open = np.where(closed, -np.inf, 0.0)
     count, first = 0, None
     for head in range(source.n_heads):
         start = 0
         for block in source.blocks(head):
             if block.shape[0]:
-                best_open = _best_values(backend, block, kind, g_open)
-                if kind == "probs":
-                    stranded = best_open == -np.inf
-                else:
-                    best = _best_values(backend, block, kind, np.zeros(closed.shape))
-                    stranded = best_open < best - MASK_DEPTH
-                rows = np.flatnonzero(stranded)
+                precision = sweep_precision(backend.shape_dtype(block)[1])
+                values = backend.top_labels(block, kind, 1.0, g_open, 1)[1]
+                best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
+                rows = np.flatnonzero(best_open < -np.finfo(precision).max / lam)
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size
@@ -128,17 +129,12 @@ def _stranded_rows(source: RowSource, backend: Backend, kind: ScoreKind, closed:
     return count, first
 
 
-def _best_values(backend: Backend, block: Any, kind: ScoreKind, g: np.ndarray) -> np.ndarray:
-    """Each row's max_j (L_ij + g_j), float64 on the host."""
-    values = backend.top_labels(block, kind, 1.0, g, 1)[1]
-    return backend.to_numpy(values)[:, 0].astype(np.float64)
-
-
 def _check_placeable(
     comm: Any,
     source: RowSource,
     backend: Backend,
     kind: ScoreKind,
+    lam: float,
     constraint: Any,
     supports: list,
 ) -> None:
@@ -150,7 +146,7 @@ def _check_placeable(
     count, first = 0, None
     if closed.any():
         with comm.rounding():  # across ranks, a failing read is announced by the all-reduce
-            count, first = _stranded_rows(source, backend, kind, closed)
+            count, first = _stranded_rows(source, backend, kind, closed, lam)
     totals, total = comm.total_support(supports, source.n_labels, count)
     if total:
         if comm.sharded:
@@ -162,7 +158,7 @@ def _check_placeable(
         allowed = (
             "non-zero probability"
             if kind == "probs"
-            else f"unmasked scores (within {MASK_DEPTH:.0e} of the row's best)"
+            else "scores above the dtype's lowest values (masks), at this lam,"
         )
         raise ValueError(
             f"scores: {where} {allowed} only on labels the marginals give no "
@@ -210,14 +206,11 @@ def finish_assignment(
     rounder = ROUNDERS[rounding] if rounder is None else rounder
     labels, codes, total = [], [], 0.0
     for head in range(source.n_heads):
-        # labels and codes do not depend on a common shift of g, but their float32 passes
-        # keep the digits of lam * L only beside a small g (see ``column_stats``)
-        shifted = normalise_dual(g[head])
-        head_labels = rounder(source, backend, head, kind, lam, shifted, constraint)
+        head_labels = rounder(source, backend, head, kind, lam, g[head], constraint)
         labels.append(head_labels)
         total += _logprob_sum(source, backend, head, kind, head_labels)
         if return_codes:
-            parts = [backend.codes(b, kind, lam, shifted) for b in source.blocks(head)]
+            parts = [backend.codes(b, kind, lam, g[head]) for b in source.blocks(head)]
             codes.append(backend.concat(parts))
     shape = (
         (source.n_heads, source.n_rows, source.n_labels)
@@ -388,7 +381,7 @@ def assign_labels(
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
     if kind == "probs" or (constraint.count_bounds()[1] == 0).any():  # (same on every rank)
-        _check_placeable(comm, source, engine, kind, constraint, supports)
+        _check_placeable(comm, source, engine, kind, lam, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
@@ -493,8 +486,9 @@ def sinkhorn_codes(
             if step == 0:  # (the same on every rank: the statistics are reduced)
                 check_feasible(
                     constraint,
-                    stats.log_mass(),
+                    stats,
                     lam,
+                    g,
                     remedy="leave those prototypes out of the scores, or check the scores",
                 )
             g = constraint.update(g, stats.log_mass())

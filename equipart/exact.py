@@ -172,9 +172,14 @@ def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
 def _label_prices(
     column_duals: np.ndarray, col_label: np.ndarray, col_extra: np.ndarray, n_labels: int
 ) -> np.ndarray:
-    """Each label's price from ``ot.emd``'s column duals, shifted so the largest is 0."""
+    """Each label's price from ``ot.emd``'s column duals, shifted so the largest is 0.
+
+    With costs C = -L (shifted per row), the LP dual has u_i + v_j <= C_ij, tight where
+    point i takes label j; the entropic solve has lam L_ij + f_i + g_j <= 0 there in the
+    limit, so v_j is the limit of g_j / lam as lam grows (not its negation, as before: a
+    state built from it was a worse warm start than none)."""
     prices = np.full(n_labels, -np.inf)
-    duals = -column_duals
+    duals = column_duals
     prices[col_label[col_extra]] = duals[col_extra]
     prices[col_label[~col_extra]] = duals[~col_extra]  # the base column's dual where both
     finite_prices = np.isfinite(prices)
@@ -223,7 +228,7 @@ def exact_assign(
     Assignment
         ``labels`` in the input's library; ``objective`` the mean log-probability of the
         assigned labels; ``state.g`` the LP's label prices in log-probability units
-        (negated ``ot.emd`` column duals, max 0; the lam -> infinity limit of g / lam),
+        (``ot.emd``'s column duals, max 0; the lam -> infinity limit of g / lam),
         stored with ``lam=1.0``; ``converged=True``, ``error=0.0``, ``rounding="exact"``.
 
     Raises

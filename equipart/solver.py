@@ -67,14 +67,7 @@ def column_stats(
     g: np.ndarray,
     reduce: StatsReducer | None,
 ) -> ColumnStats:
-    """One sweep over every block of ``head``, merged (and reduced across ranks).
-
-    The sweep reads g shifted so that its largest finite entry is 0: Q and the column
-    statistics do not depend on a common shift of g, but a float32 sweep's lam * L + g_j
-    keeps the digits of L only beside a small g (a warm start offset by 1e20 gave every
-    point the same label). Equality targets keep g so already (no change there).
-    """
-    g = normalise_dual(g)
+    """One sweep over every block of ``head``, merged (and reduced across ranks)."""
     stats = None
     for block in source.blocks(head):
         if block.shape[0]:
@@ -93,23 +86,31 @@ def asks_to_stop(answer: Any) -> bool:
 
 MASK_DEPTH = 1e8
 """Log-probability below a row's best beyond which an entry counts as masked (logits of
--1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores): a label
-masked at every point gets no mass. (Beside a dual of lam times that, a float32 sweep
-keeps no digits of the other labels' scores. The exact LP's cost tier starts at 1e9,
-``equipart.exact``: there the question is which costs its potentials resolve.)"""
+-1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores)."""
 
 
 def check_feasible(
     constraint: ColumnConstraint,
-    log_mass: np.ndarray,
+    stats: ColumnStats,
     lam: float,
+    g: np.ndarray,
     remedy: str = "give those labels a zero target (Counts) or check the scores",
 ) -> None:
-    """Refuse, at the first sweep, labels with a positive target and no mass at any point:
-    zero probabilities, or scores masked at every point (log m_j is then below -lam times
-    ``MASK_DEPTH``; a dual compensating that would leave no precision for the scores of
-    the other labels, and the float32 sweep would give every point to one label)."""
-    dead = np.flatnonzero((log_mass < -lam * MASK_DEPTH) & (constraint.min_mass() > 0))
+    """Refuse, from the first sweep, labels with a positive target and no mass at any
+    point: zero probabilities, or scores more than ``MASK_DEPTH`` below the row's best at
+    every point (a dual compensating lam times that would leave a float32 sweep no digits
+    of the other labels' scores: every point went to one label).
+
+    Judged in score units, whatever g the sweep ran at: where a column sum underflowed its
+    maximum is exact (``ColumnStats``), and since every row's maximum of lam * L + g is at
+    most lam times its best score plus max(g), lam (L_ij - best_i) <= colmax_j - g_j +
+    max(g) for every point i.
+    """
+    top = g[np.isfinite(g)].max(initial=0.0)
+    with np.errstate(invalid="ignore"):  # -inf - -inf for closed labels (not required)
+        bound = stats.colmax - g + top
+    dead = (stats.colsum == 0) & (bound < -lam * MASK_DEPTH) & (constraint.min_mass() > 0)
+    dead = np.flatnonzero(dead)
     if dead.size:
         raise ValueError(
             f"scores: label(s) {dead[:10].tolist()} have zero probability (or a score more "
@@ -317,7 +318,7 @@ def _iterate(
             stats = column_stats(source, backend, head, kind, lam, g[head], reduce)
             log_mass = stats.log_mass()
             if iteration == 1:
-                check_feasible(constraint, log_mass, lam)
+                check_feasible(constraint, stats, lam, g[head])
             error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]
@@ -357,6 +358,11 @@ def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
         if shut.any():
             finite = head[np.isfinite(head)]
             head[shut] = finite.min() if finite.size else 0.0
+    if constraint.overrelax:
+        # equality targets: a common shift of g changes nothing but the float32 sweep's
+        # digits of lam * L next to g (a warm start offset by 1e8 gave wrong labels after
+        # one "converged" sweep), so start from the normalised dual every update keeps
+        g = np.stack([normalise_dual(head) for head in g])
     return g
 
 

@@ -187,6 +187,11 @@ def input_tolerance(dtype: Any) -> float:
 SINGLE_PRECISION = ("float16", "bfloat16", "float32")  # scores the sweeps read into float32
 
 
+def sweep_precision(dtype: str) -> str:
+    """The float type the sweeps compute in for scores of this dtype (name)."""
+    return "float32" if str(dtype) in SINGLE_PRECISION else "float64"
+
+
 def check_lam_scale(
     lam: float, report: BlockCheck, kind: ScoreKind, dtype: str, n_labels: int, name: str
 ) -> None:
@@ -203,7 +208,7 @@ def check_lam_scale(
     bests = [report.max_value, report.min_row_max] if kind != "probs" else []
     bests = [abs(b) for b in bests if math.isfinite(b)]  # NaN: not reported
     magnitude = max([*bests, math.log(max(n_labels, 2))])
-    precision = "float32" if dtype in SINGLE_PRECISION else "float64"
+    precision = sweep_precision(dtype)
     limit = float(np.finfo(precision).max) / 4
     if lam * magnitude > limit:
         bound = limit / magnitude

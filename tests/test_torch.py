@@ -445,3 +445,16 @@ def test_cpu_tensors_fall_back_to_torch_when_numba_cannot_run():
         "assert any('Numba kernels for CPU tensors' in str(w.message) for w in caught)\n"
     )
     run_python(script, NUMBA_DISABLE_JIT="1")
+
+
+def test_cpu_bfloat16_blocks_of_growing_size_stream():
+    """Streamed bfloat16 blocks, the second larger than the first: the reused float32
+    buffer is replaced by a larger one (resizing it failed: NumPy views pin its storage)."""
+    pytest.importorskip("numba")
+    x = (torch.randn(600, 16, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16)
+    streamed = equipart.assign_labels(
+        equipart.RowBlocks(lambda: iter([x[:100], x[100:]])), backend="torch"
+    )
+    whole = equipart.assign_labels(x, backend="torch")
+    assert streamed.converged and streamed.n_iter == whole.n_iter
+    np.testing.assert_array_equal(streamed.labels.numpy(), whole.labels.numpy())

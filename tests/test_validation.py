@@ -260,22 +260,23 @@ def test_row_only_on_closed_labels_is_infeasible(backend_name):
     assert labels[17] == 2 and np.bincount(labels, minlength=3).tolist() == [0, 15, 15]
 
 
-@pytest.mark.parametrize("mask", [-1e9, float(np.finfo(np.float32).min)])
-def test_logits_row_masked_except_on_closed_labels_is_infeasible(backend_name, mask):
-    """The logits form of the test above: a row whose unmasked scores are all on closed
-    labels is refused naming it (it ran max_iter sweeps on NaN and gave the row a masked
-    label); a row keeping one open label is solved, and a low but real score is no mask."""
+def test_logits_row_masked_except_on_closed_labels_is_infeasible(backend_name):
+    """The logits form of the test above: a row masked at the dtype's lowest value on every
+    open label (lam times it is -inf in the sweep) is refused naming it (it ran max_iter
+    sweeps on NaN and gave the row a masked label). A finite mask such as -1e9, or a low
+    score, still lets the row take an open label, as the exact LP would."""
     x = np.random.default_rng(16).standard_normal((12, 3)).astype(np.float32)
-    x[0, :2] = mask
+    x[0, :2] = np.finfo(np.float32).min
     backend, closed = backend_of(backend_name), Counts([6, 6, 0])
-    with pytest.raises(ValueError, match=r"row 0 has unmasked scores .*closed: \[2\]"):
+    with pytest.raises(ValueError, match=r"row 0 has scores above the dtype's lowest .*\[2\]"):
         assign_labels(to_backend(x, backend_name), marginals=closed, backend=backend)
-    x[0, 1] = -50.0  # far below, not a mask: the row can go to label 1
-    result = assign_labels(
-        to_backend(x, backend_name), marginals=closed, backend=backend, rounding="balanced"
-    )
-    labels = to_numpy(result.labels)
-    assert labels[0] == 1 and np.bincount(labels, minlength=3).tolist() == [6, 6, 0]
+    for low in (-1e9, -50.0):
+        x[0, :2] = [low, 1.5 * low]
+        result = assign_labels(
+            to_backend(x, backend_name), marginals=closed, backend=backend, rounding="balanced"
+        )
+        labels = to_numpy(result.labels)
+        assert labels[0] == 0 and np.bincount(labels, minlength=3).tolist() == [6, 6, 0]
 
 
 def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatch):
@@ -473,3 +474,23 @@ def test_warm_starts_that_are_not_real_duals_are_refused(warm_start, error, matc
     failed in NumPy's broadcasting, and nearly equal lams printed as equal."""
     with pytest.raises(error, match=match):
         assign_labels(GOOD, lam=25.0, warm_start=warm_start)
+
+
+def test_the_dead_label_check_judges_scores_not_lam_or_the_warm_start():
+    """The first-sweep check refuses labels masked at every point, in score units: not a
+    label whose mass is merely small at a tiny lam (lam 1e-9 was refused on every label),
+    nor one a warm start pushed far down (g_j = -1e12), and with Relaxed targets (no
+    required mass) a fully masked label simply stays empty."""
+    rng = np.random.default_rng(0)
+    tiny = assign_labels(rng.standard_normal((5, 10)), lam=1e-9, backend="numpy")
+    assert tiny.converged
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    g0 = np.zeros(6)
+    g0[2] = -1e12
+    pushed = assign_labels(x, warm_start=g0, backend="numpy")
+    assert pushed.converged
+    assert np.bincount(pushed.labels, minlength=6).min() >= 60  # about 400 / 6 each
+    x[:, 3] = -1e9
+    relaxed = assign_labels(x, marginals=Relaxed(Uniform(), 1.0), backend="numba")
+    counts = np.bincount(relaxed.labels, minlength=6)
+    assert counts[3] == 0 and counts.min(initial=400, where=np.arange(6) != 3) > 60

@@ -20,8 +20,8 @@ they read through a NumPy view of the tensor's memory, without a copy, and retur
 tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k demo
 solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
 benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read as float32
-copies of one row block at a time, with the same results as on ``tensor.float()``: 2.0 s
-against 24.5 s),
+copies of one row block at a time, swept cold, so results match ``NumbaBackend`` on
+``tensor.float().numpy()`` up to summation order and warm sweeps: 2.0 s against 24.5 s),
 and the blockwise torch path otherwise (no Numba).
 Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
 passed. Nothing here uses matrix units, so TF32 never enters a reduction.
@@ -210,13 +210,15 @@ class TorchBackend(Backend):
         self._with_max = False
         self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
         self._host_tried = kernel != "auto"
-        self._rows_buffer: torch.Tensor | None = None  # a solve's bfloat16 rows as float32
+        # a solve's buffer for bfloat16 rows as float32 (in a list: it is replaced by a
+        # larger one when a part needs more room)
+        self._rows_buffer: list[torch.Tensor] | None = None
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
         solve._per_solve = True
         solve._graphs, solve._failed, solve._with_max = {}, set(), False
-        solve._rows_buffer = torch.empty(0, dtype=torch.float32)
+        solve._rows_buffer = [torch.empty(0, dtype=torch.float32)]
         if self._host is not None:  # its warm sweeps, for this solve only
             solve._host = self._host.for_solve()
         return solve
@@ -257,15 +259,14 @@ class TorchBackend(Backend):
             # one part's rows; a solve's passes (sequential) share one buffer, which
             # keeps the allocator from holding a new one per pass (+30 MiB resident for
             # the 200k x 1k demo in bfloat16)
-            buffer = self._rows_buffer
-            if buffer is None:
-                buffer = torch.empty(0, dtype=torch.float32)
+            holder = self._rows_buffer or [torch.empty(0, dtype=torch.float32)]
 
             def rows(start: int, stop: int) -> np.ndarray:
                 shape = (stop - start, x.shape[1])
-                if buffer.numel() < math.prod(shape):
-                    buffer.resize_(math.prod(shape))
-                part = buffer[: math.prod(shape)].view(shape)
+                if holder[0].numel() < math.prod(shape):  # a larger part (streamed blocks)
+                    # a new tensor: NumPy views of the old one fix its storage's size
+                    holder[0] = torch.empty(math.prod(shape), dtype=torch.float32)
+                part = holder[0][: math.prod(shape)].view(shape)
                 return part.copy_(x[start:stop]).numpy()
 
             return ConvertedRows(tuple(x.shape), np.dtype(np.float32), rows)
