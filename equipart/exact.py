@@ -35,6 +35,7 @@ from .backends import Backend, get_backend
 from .backends.numpy import NumpyBackend
 from .marginals import Marginal, Relaxed, as_marginal
 from .result import Assignment, SolverState
+from .solver import MASK_DEPTH
 from .sources import load_npy
 from .validation import check_kind, check_shape, check_values
 
@@ -84,16 +85,13 @@ def _check_budget(value: Any, name: str) -> float | None:
     return float(value)
 
 
-MASK_DEPTH = 1e9
-"""Log-probability below a row's best beyond which a label counts as masked (a logit of
--1e10, -1e30 or float32's lowest, as ``masked_fill`` writes): the LP treats such entries
-like zero probabilities, as one tier of equal cost, since beside costs of 1e16 and more the
-network simplex's float64 potentials lose the O(1) differences between the other labels
-(a non-optimal labelling, reported optimal, before this tier). Up to 1e9 the costs stay
-regular: their potentials keep about 1e-7 of absolute resolution, so the LP is exact for
-spreads of real scores up to there (a label 1e6 below another is still worse by 1e6); with
-masks present the tier cost is (N + 1)(span + 1), which for spans near 1e9 and large N
-reaches the range where that resolution is lost again."""
+# Masks (``equipart.solver.MASK_DEPTH``, the one definition the solver uses too: more
+# than 1e8 below the row's best) are costed as one tier of equal cost, like zero
+# probabilities: beside costs of 1e16 and more the network simplex's float64 potentials
+# lose the O(1) differences between the other labels (a non-optimal labelling, reported
+# optimal, before this tier). Below the depth the costs stay regular: their potentials
+# keep about 1e-8 of absolute resolution, so the LP is exact for spreads of real scores up
+# to there (a label 1e6 below another is still worse by 1e6).
 
 
 def _cost_matrix(x: np.ndarray, kind: str) -> np.ndarray:
@@ -176,12 +174,10 @@ def _label_prices(
 
     With costs C = -L (shifted per row), the LP dual has u_i + v_j <= C_ij, tight where
     point i takes label j; the entropic solve has lam L_ij + f_i + g_j <= 0 there in the
-    limit, so v_j is the limit of g_j / lam as lam grows (not its negation, as before: a
-    state built from it was a worse warm start than none)."""
+    limit, so v_j is the limit of g_j / lam as lam grows."""
     prices = np.full(n_labels, -np.inf)
-    duals = column_duals
-    prices[col_label[col_extra]] = duals[col_extra]
-    prices[col_label[~col_extra]] = duals[~col_extra]  # the base column's dual where both
+    prices[col_label[col_extra]] = column_duals[col_extra]
+    prices[col_label[~col_extra]] = column_duals[~col_extra]  # the base column's where both
     finite_prices = np.isfinite(prices)
     if finite_prices.any():
         prices[finite_prices] -= prices[finite_prices].max()

@@ -86,7 +86,8 @@ def asks_to_stop(answer: Any) -> bool:
 
 MASK_DEPTH = 1e8
 """Log-probability below a row's best beyond which an entry counts as masked (logits of
--1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores)."""
+-1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores): here a
+label masked at every point is refused, and ``equipart.exact`` costs masks as one tier."""
 
 
 def check_feasible(

@@ -95,47 +95,46 @@ def get_backend(name: str | Backend, scores: Any) -> Backend:
     """The backend called ``name`` (or picked for ``scores`` when ``name == "auto"``), or
     ``name`` itself when it is a Backend object (``TorchBackend(kernel="torch")``, say)."""
     if isinstance(name, Backend):
-        if (reason := name.unavailable_reason()) is not None:
-            raise ValueError(f"backend: {name.name!r} cannot run in this process ({reason})")
-        if not name.accepts(scores):
-            raise TypeError(
-                f"backend: {type(name).__name__} does not read {type(scores).__module__}."
-                f"{type(scores).__name__} arrays; use backend='auto' or convert the scores"
-            )
-        return name
-    if not isinstance(name, str):
+        backend, called = name, type(name).__name__
+    elif isinstance(name, str):
+        if name == "auto":
+            return _auto_backend(scores)
+        backend, called = _load(name), repr(name)
+    else:
         raise TypeError(
             "backend: expected a backend name (str) or an equipart.backends.Backend, got "
             f"{type(name).__name__}"
         )
-    if name == "auto":
-        for candidate in _AUTO.get(_library(scores), ()):
-            try:
-                backend = _load(candidate)
-            except ValueError:
-                continue
-            if _unavailable_reason(backend) is None:
-                return backend
-        for custom in _CUSTOM.values():
-            if custom.accepts(scores):
-                return _load(custom.name)
-        raise TypeError(
-            f"scores: no backend reads arrays of type {type(scores).__module__}."
-            f"{type(scores).__name__}; pass a NumPy array, a memmap, a torch tensor or a "
-            "CuPy array (or convert with np.asarray)"
-        )
-    backend = _load(name)
     if (reason := _unavailable_reason(backend)) is not None:
         raise ValueError(
-            f"backend: {name!r} cannot run in this process ({reason}); pick another, or "
+            f"backend: {called} cannot run in this process ({reason}); pick another, or "
             "'auto' (equipart.backends.available() lists those that run here)"
         )
     if not backend.accepts(scores):
         raise TypeError(
-            f"backend: {name!r} does not read {type(scores).__module__}."
+            f"backend: {called} does not read {type(scores).__module__}."
             f"{type(scores).__name__} arrays; use backend='auto' or convert the scores"
         )
     return backend
+
+
+def _auto_backend(scores: Any) -> Backend:
+    """The first backend of the array's library that loads and can run here."""
+    for candidate in _AUTO.get(_library(scores), ()):
+        try:
+            backend = _load(candidate)
+        except ValueError:
+            continue
+        if _unavailable_reason(backend) is None:
+            return backend
+    for custom in _CUSTOM.values():
+        if custom.accepts(scores):
+            return _load(custom.name)
+    raise TypeError(
+        f"scores: no backend reads arrays of type {type(scores).__module__}."
+        f"{type(scores).__name__}; pass a NumPy array, a memmap, a torch tensor or a "
+        "CuPy array (or convert with np.asarray)"
+    )
 
 
 def _unavailable_reason(backend: Any) -> str | None:

@@ -62,9 +62,9 @@ KERNELS = ("auto", "triton", "torch")
 MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); more stay eager
 
 
-# CPU dtypes that the Numba kernels read through a NumPy view; bfloat16 (which NumPy
-# lacks) they read as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
-HOST_DTYPES = (torch.float16, torch.float32, torch.float64)
+# CPU dtypes that the Numba kernels read: through a NumPy view, and bfloat16 (which NumPy
+# lacks) as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
+HOST_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 
 
 def _numba_backend() -> Backend | None:
@@ -229,7 +229,7 @@ class TorchBackend(Backend):
         path."""
         if self._host_tried and self._host is None:
             return None
-        if block.device.type != "cpu" or block.dtype not in (*HOST_DTYPES, torch.bfloat16):
+        if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
             return None
         if not self._host_tried:  # first CPU tensor: load Numba now (CUDA users never do)
             host = _numba_backend()
@@ -262,11 +262,11 @@ class TorchBackend(Backend):
             holder = self._rows_buffer or [torch.empty(0, dtype=torch.float32)]
 
             def rows(start: int, stop: int) -> np.ndarray:
-                shape = (stop - start, x.shape[1])
-                if holder[0].numel() < math.prod(shape):  # a larger part (streamed blocks)
+                size = (stop - start) * x.shape[1]
+                if holder[0].numel() < size:  # a larger part (streamed blocks)
                     # a new tensor: NumPy views of the old one fix its storage's size
-                    holder[0] = torch.empty(math.prod(shape), dtype=torch.float32)
-                part = holder[0][: math.prod(shape)].view(shape)
+                    holder[0] = torch.empty(size, dtype=torch.float32)
+                part = holder[0][:size].view(stop - start, x.shape[1])
                 return part.copy_(x[start:stop]).numpy()
 
             return ConvertedRows(tuple(x.shape), np.dtype(np.float32), rows)
