@@ -14,7 +14,7 @@ from .exact import exact_assign
 from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS
-from .solver import RowSource, check_feasible, column_stats, run_sinkhorn
+from .solver import RowSource, check_feasible, column_stats, mask_depth, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
     check_acceleration,
@@ -367,6 +367,7 @@ def assign_labels(
         entry="assign_labels",
         n_heads=source.n_heads,
         n_labels=source.n_labels,
+        dtype=source.dtype,
         lam=lam,
         input=kind,
         tol=tol,
@@ -399,6 +400,7 @@ def assign_labels(
         reduce=comm.reduce,
         anneal=warm_start is None,
         acceleration=acceleration,
+        depth=mask_depth(source.dtype),
     )
     g = comm.same_dual(outcome.g)
     result = None  # stays None on a rank whose rounding failed; comm.finish names it
@@ -472,11 +474,13 @@ def sinkhorn_codes(
         entry="sinkhorn_codes",
         n_heads=source.n_heads,
         n_labels=source.n_labels,
+        dtype=source.dtype,
         lam=lam,
         input=kind,
         n_iter=n_iter,
     )
     constraint = Uniform().bind(n_rows, source.n_labels)
+    depth = mask_depth(source.dtype)
     source, engine = comm.shard(source, engine, n_rows)
     codes = []
     for head in range(source.n_heads):
@@ -489,6 +493,7 @@ def sinkhorn_codes(
                     stats,
                     lam,
                     g,
+                    depth,
                     remedy="leave those prototypes out of the scores, or check the scores",
                 )
             g = constraint.update(g, stats.log_mass())

@@ -18,9 +18,9 @@ What else crosses ranks, once per call:
 
 * a handshake (all_gather of a fixed-length descriptor per rank) before any solver work:
   every rank's local row count N_r (the marginals bind to the global N = sum_r N_r), and
-  the arguments that must agree (K, H, lam, input, tol, max_iter, check_every, rounding,
-  marginals, warm start, whether a callback is given; eps and n_iter for codes). A mismatch
-  raises ValueError naming the argument on every rank;
+  the arguments that must agree (K, H, the scores' dtype, lam, input, tol, max_iter,
+  check_every, rounding, marginals, warm start, whether a callback is given; eps and
+  n_iter for codes). A mismatch raises ValueError naming the argument on every rank;
 * the final dual g, taken from group rank 0 (so the warm-start state is bit-identical);
 * the objective's partial sums.
 
@@ -60,6 +60,7 @@ FIELDS = (
     "entry",
     "n_heads",
     "n_labels",
+    "dtype",
     "lam",
     "input",
     "tol",
@@ -186,6 +187,7 @@ class _Shard:
         self.n_heads = source.n_heads
         self.n_labels = source.n_labels
         self.stacked = source.stacked
+        self.dtype = source.dtype
         self.n_rows = n_rows  # global N: the shape of the state and the objective's divisor
         self.local_rows = source.n_rows
 

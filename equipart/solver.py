@@ -40,6 +40,7 @@ class RowSource(Protocol):
     n_heads: int
     n_rows: int
     n_labels: int
+    dtype: str  # the scores' dtype, by name
 
     def blocks(self, head: int) -> Iterable[Any]:
         """The row blocks of head ``head``, in order, each an (n, K) array."""
@@ -89,18 +90,29 @@ MASK_DEPTH = 1e8
 -1e9, -1e30 or float32's lowest, as ``masked_fill`` writes, next to real scores): here a
 label masked at every point is refused, and ``equipart.exact`` costs masks as one tier."""
 
+HALF_MASK_DEPTH = float(np.finfo(np.float16).max) / 4
+"""The same for float16 scores, whose masks (``torch.finfo(torch.float16).min``, -65504,
+or -1e4) cannot lie 1e8 below anything: a quarter of float16's range (16376)."""
+
+
+def mask_depth(dtype: str) -> float:
+    """How far below a row's best a score of this dtype (name) counts as a mask."""
+    return HALF_MASK_DEPTH if str(dtype) == "float16" else MASK_DEPTH
+
 
 def check_feasible(
     constraint: ColumnConstraint,
     stats: ColumnStats,
     lam: float,
     g: np.ndarray,
+    depth: float = MASK_DEPTH,
     remedy: str = "give those labels a zero target (Counts) or check the scores",
 ) -> None:
     """Refuse, from the first sweep, labels with a positive target and no mass at any
-    point: zero probabilities, or scores more than ``MASK_DEPTH`` below the row's best at
-    every point (a dual compensating lam times that would leave a float32 sweep no digits
-    of the other labels' scores: every point went to one label).
+    point: zero probabilities, or scores more than ``depth`` (``mask_depth`` of the
+    scores' dtype) below the row's best at every point (a dual compensating lam times that
+    would leave a float32 sweep no digits of the other labels' scores: every point went to
+    one label).
 
     Judged in score units, whatever g the sweep ran at: where a column sum underflowed its
     maximum is exact (``ColumnStats``), and since every row's maximum of lam * L + g is at
@@ -110,12 +122,12 @@ def check_feasible(
     top = g[np.isfinite(g)].max(initial=0.0)
     with np.errstate(invalid="ignore"):  # -inf - -inf for closed labels (not required)
         bound = stats.colmax - g + top
-    dead = (stats.colsum == 0) & (bound < -lam * MASK_DEPTH) & (constraint.min_mass() > 0)
+    dead = (stats.colsum == 0) & (bound < -lam * depth) & (constraint.min_mass() > 0)
     dead = np.flatnonzero(dead)
     if dead.size:
         raise ValueError(
             f"scores: label(s) {dead[:10].tolist()} have zero probability (or a score more "
-            f"than {MASK_DEPTH:.0e} below the row's best: a mask) at every point but a "
+            f"than {depth:.5g} below the row's best: a mask) at every point but a "
             f"positive target mass, so no assignment meets the marginals; {remedy}"
         )
 
@@ -299,6 +311,7 @@ def _iterate(
     history: list[float],
     offset: int,
     acceleration: str,
+    depth: float,
 ) -> _Stage:
     n_heads = source.n_heads
     g = np.array(g0, dtype=np.float64, copy=True)
@@ -319,7 +332,7 @@ def _iterate(
             stats = column_stats(source, backend, head, kind, lam, g[head], reduce)
             log_mass = stats.log_mass()
             if iteration == 1:
-                check_feasible(constraint, stats, lam, g[head])
+                check_feasible(constraint, stats, lam, g[head], depth)
             error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]
@@ -408,6 +421,7 @@ def run_sinkhorn(
     reduce: StatsReducer | None = None,
     anneal: bool = False,
     acceleration: str = "overrelax",
+    depth: float = MASK_DEPTH,
 ) -> SolveOutcome:
     """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
 
@@ -418,6 +432,8 @@ def run_sinkhorn(
     continuation of ``lam_schedule``; ``max_iter`` bounds the sweeps of all stages together.
     ``acceleration`` extrapolates the column step of equality targets: ``"overrelax"``
     (``_Relaxation``), ``"anderson"`` (``_Anderson``) or ``"none"`` (plain Sinkhorn).
+    A label with a positive target and no mass at the first sweep (``check_feasible``,
+    masks ``depth`` below the rows' best) is refused with ValueError.
     """
     history: list[float] = []
     stages = lam_schedule(lam, anneal)
@@ -441,6 +457,7 @@ def run_sinkhorn(
             history=history,
             offset=used,
             acceleration=acceleration,
+            depth=depth,
         )
         used += stage.n_iter
         if is_final:

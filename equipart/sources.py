@@ -35,6 +35,11 @@ class InMemory:
     n_labels: int
     stacked: bool  # whether scores has a leading head axis
 
+    @property
+    def dtype(self) -> str:
+        """The scores' dtype, by name."""
+        return str(self.backend.shape_dtype(self.scores)[1])
+
     def blocks(self, head: int) -> Iterator[Any]:
         yield self.backend.head(self.scores, head) if self.stacked else self.scores
 
@@ -127,6 +132,11 @@ class StreamedArray:
         if 0 <= start < len(self._map):
             self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
 
+    @property
+    def dtype(self) -> str:
+        """The scores' dtype, by name."""
+        return str(self.scores.dtype)
+
     def blocks(self, head: int) -> Iterator[np.ndarray]:
         rows = self.scores[head] if self.stacked else self.scores
         if self.n_rows == 0:  # a rank's empty shard: one (0, K) block, as an array gives
@@ -181,6 +191,7 @@ class FactoryStream:
     factory: Callable[[], Iterable[Any]]
     n_rows: int
     n_labels: int
+    dtype: str  # the first block's, by name
     n_heads: int = 1
     stacked: bool = False
 
@@ -249,7 +260,8 @@ def _open_factory(
         raise ValueError(
             f"scores: every dimension must be non-empty, got N={n_rows} rows, K={n_labels} labels"
         )
-    return engine, FactoryStream(engine, spec.factory, n_rows, n_labels)
+    dtype = str(engine.shape_dtype(first)[1])
+    return engine, FactoryStream(engine, spec.factory, n_rows, n_labels, dtype)
 
 
 def open_source(

@@ -235,6 +235,9 @@ def _rejections(rank: int, world: int, workdir: str) -> dict:
     )
     wrong_k = _scores(n_labels=N_LABELS + (rank == 2))[: scores.shape[0]]
     out["k"] = _outcome(lambda: assign_labels(wrong_k, LAM, group="default", backend="numpy"))
+    # float16 rows on one rank: its masks are judged at another depth (mask_depth)
+    half = scores.astype(np.float16) if rank == 2 else scores
+    out["dtype"] = _outcome(lambda: assign_labels(half, LAM, group="default", backend="numpy"))
     out["codes_eps"] = _outcome(
         lambda: sinkhorn_codes(scores, 0.05 if rank else 0.1, group="default")
     )
@@ -418,6 +421,8 @@ def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):
         assert kind == "ValueError" and message.startswith("lam:") and "rank 1: 16" in message
         kind, message = out["k"]
         assert kind == "ValueError" and message.startswith("n_labels:")
+        kind, message = out["dtype"]
+        assert kind == "ValueError" and message.startswith("dtype:"), message
         kind, message = out["codes_eps"]
         assert kind == "ValueError" and message.startswith("lam:")
         kind, message = out["nan"]

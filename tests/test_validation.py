@@ -418,6 +418,23 @@ def test_a_label_masked_at_every_point_is_refused(backend_name, mask, dtype):
     assert np.bincount(result.labels, minlength=8)[3] == 10
 
 
+def test_float16_masks_at_float16s_lowest_are_refused(backend_name):
+    """float16 masks cannot lie 1e8 below anything: torch.finfo(torch.float16).min (-65504)
+    on a whole column is refused as a mask (it ran to max_iter, unconverged, with the
+    masked label given its 50 points); the depth for float16 is a quarter of its range,
+    so -1e4 stays a (very bad) score, as in float32."""
+    x = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float16)
+    x[:, 3] = np.finfo(np.float16).min
+    scores = to_backend(x, backend_name)
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] .*more than 16376 below"):
+        assign_labels(scores, backend=backend_of(backend_name))
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] .*leave those prototypes out"):
+        sinkhorn_codes(scores, backend=backend_of(backend_name))
+    x[:, 3] = -1e4
+    result = assign_labels(to_backend(x, backend_name), backend=backend_of(backend_name))
+    assert result.converged
+
+
 def test_sinkhorn_codes_refuse_a_label_with_zero_probability_everywhere():
     probs = np.zeros((8, 4))
     probs[np.arange(8), np.arange(8) % 3] = 1.0  # label 3 is never positive
