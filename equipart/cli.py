@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -17,6 +18,14 @@ from .backends import get_backend
 from .marginals import Counts, Marginal, Prior, Uniform
 from .result import Assignment
 from .solver import ConvergenceWarning
+from .validation import (
+    check_acceleration,
+    check_kind,
+    check_lam,
+    check_positive_int,
+    check_rounding,
+    check_tol,
+)
 
 
 class CliError(Exception):
@@ -83,8 +92,10 @@ def _to_host(labels: object) -> np.ndarray:
     return get_backend("auto", labels).to_numpy(labels)
 
 
-def _out_path(out: str | None) -> Path | None:
-    """The file ``np.save`` will write (it appends .npy), checked before any work."""
+def _out_path(out: str | None, inputs: Sequence[str | None] = ()) -> Path | None:
+    """The file ``np.save`` will write (it appends .npy), checked before any work: its
+    folder exists and is writable, an existing file there is writable and is none of the
+    ``inputs`` (the scores and marginals files, which it would replace)."""
     if out is None:
         return None
     if Path(out).is_dir() or out.endswith(("/", "\\")):
@@ -94,7 +105,53 @@ def _out_path(out: str | None) -> Path | None:
         raise CliError(f"--out: folder {path.parent} does not exist")
     if path.is_dir():
         raise CliError(f"--out: {path} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise CliError(f"--out: folder {path.parent} is not writable")
+    if path.exists():
+        for given in inputs:
+            if given is not None and _same_file(path, given):
+                raise CliError(
+                    f"--out: {path} is the input file {given}; writing the labels there "
+                    "would replace it, give another file name"
+                )
+        if not os.access(path, os.W_OK):
+            raise CliError(f"--out: the existing file {path} is not writable")
     return path
+
+
+def _same_file(a: Path | str, b: Path | str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b missing or unreadable: reported where it is loaded
+        return False
+
+
+def _save_labels(out: Path, labels: np.ndarray) -> None:
+    try:
+        np.save(out, labels)
+    except OSError as exc:
+        raise CliError(f"--out: cannot write the labels to {out} ({exc})") from exc
+
+
+def _check_solver_options(args: argparse.Namespace) -> None:
+    """The solver's own checks of the options, run before any scores are read or made;
+    each message is given the option's name."""
+    checks = [
+        ("lam", "--lam", lambda: check_lam(args.lam)),
+        ("tol", "--tol", lambda: check_tol(args.tol)),
+        ("max_iter", "--max-iter", lambda: check_positive_int(args.max_iter, "max_iter")),
+        ("rounding", "--rounding", lambda: check_rounding(args.rounding)),
+        ("input", "--input", lambda: check_kind(args.input)),
+        ("acceleration", "--acceleration", lambda: check_acceleration(args.acceleration)),
+    ]
+    for name, option, check in checks:
+        try:
+            check()
+        except (ValueError, TypeError) as exc:
+            message = str(exc)
+            if message.startswith(f"{name}: "):
+                message = message[len(name) + 2 :]
+            raise CliError(f"{option}: {message}") from exc
 
 
 def _for_backend(scores: np.ndarray, backend: str) -> object:
@@ -159,7 +216,8 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    out = _out_path(args.out)
+    _check_solver_options(args)
+    out = _out_path(args.out, (args.scores, args.marginals))
     scores = _load_scores(args.scores)
     marginals = _load_marginals(args.marginals)
     if isinstance(marginals, Counts) and scores.ndim >= 2:
@@ -172,7 +230,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             )
     result = _solve_and_report(scores, args, marginals)
     if out is not None:
-        np.save(out, _to_host(result.labels))
+        _save_labels(out, _to_host(result.labels))
         print(f"labels written to {out}")
     return 0
 
@@ -191,6 +249,10 @@ def demo_scores(n_rows: int, n_labels: int, seed: int = 0) -> np.ndarray:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    for option, value, least in (("--n", args.n, 1), ("--k", args.k, 1), ("--seed", args.seed, 0)):
+        if value < least:
+            raise CliError(f"{option}: expected an integer >= {least}, got {value}")
+    _check_solver_options(args)
     print(f"equipart {__version__}: SeLa-shaped demo, N={args.n} points, K={args.k} labels")
     scores = demo_scores(args.n, args.k, args.seed)
     print(f"scores: {scores.nbytes / 2**20:.0f} MiB float32, lam={args.lam}")
@@ -248,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     solve = commands.add_parser("solve", help="assign labels to the scores in a .npy file")
     solve.add_argument("scores", help="(N, K) or (H, N, K) .npy array of scores")
-    solve.add_argument("--out", help="write the int64 labels to this .npy file")
+    solve.add_argument(
+        "--out",
+        help="write the int64 labels to this .npy file (.npy is appended when the name "
+        "lacks it, as np.save does; an existing file is replaced)",
+    )
     solve.add_argument(
         "--marginals", help=".npy of integer label sizes (Counts) or proportions (Prior)"
     )

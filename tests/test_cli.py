@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,174 @@ def test_info_and_demo_run_as_console_script():
         text=True,
     )
     assert no_input.returncode == 2 and "unrecognized arguments: --input" in no_input.stderr
+
+
+def _no_solve(monkeypatch):
+    """Fail the test if any solve (warm-up included) or problem generation starts."""
+    monkeypatch.setattr("equipart.cli.assign_labels", lambda *a, **k: pytest.fail("solved"))
+    monkeypatch.setattr("equipart.cli.demo_scores", lambda *a, **k: pytest.fail("generated"))
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"equipart {command}: error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("out", ["s.npy", "s", "link.npy"])
+def test_out_naming_the_scores_file_is_refused(tmp_path, capsys, monkeypatch, out):
+    """--out s.npy (or s, which np.save turns into s.npy, or a link to it) replaced the
+    scores with the labels."""
+    scores = np.random.default_rng(5).standard_normal((20, 3)).astype(np.float32)
+    np.save(tmp_path / "s.npy", scores)
+    (tmp_path / "link.npy").symlink_to(tmp_path / "s.npy")
+    monkeypatch.chdir(tmp_path)
+    _no_solve(monkeypatch)
+    assert main(["solve", "s.npy", "--out", out]) == 2
+    assert "is the input file s.npy" in _one_line_error(capsys, "solve")
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), scores)
+
+
+def test_out_naming_the_marginals_file_is_refused(tmp_path, capsys, monkeypatch):
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    np.save(tmp_path / "m.npy", np.array([5, 5]))
+    _no_solve(monkeypatch)
+    marginals = str(tmp_path / "m.npy")
+    assert (
+        main(["solve", str(tmp_path / "s.npy"), "--marginals", marginals, "--out", marginals]) == 2
+    )
+    assert "is the input file" in _one_line_error(capsys, "solve")
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), [5, 5])
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_unwritable_out_is_refused_before_the_solve(tmp_path, capsys, monkeypatch, existing):
+    """An unwritable folder, or an existing file that cannot be written, is refused up
+    front (os.access is stubbed: root may write anywhere)."""
+    import os
+
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    out = tmp_path / "o.npy"
+    if existing:
+        out.write_bytes(b"old")
+    locked = out if existing else tmp_path
+    real_access = os.access
+    monkeypatch.setattr(
+        "equipart.cli.os.access",
+        lambda p, mode: False if Path(p) == locked else real_access(p, mode),
+    )
+    _no_solve(monkeypatch)
+    assert main(["solve", str(tmp_path / "s.npy"), "--out", str(out)]) == 2
+    assert "not writable" in _one_line_error(capsys, "solve")
+    assert (out.read_bytes() == b"old") if existing else not out.exists()
+
+
+def test_out_write_error_is_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError from np.save after the solve (disk full, /proc/...) is one line, exit 2."""
+    np.save(tmp_path / "s.npy", np.random.default_rng(6).standard_normal((20, 3)))
+
+    def failing_save(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", failing_save)
+    args = ["solve", str(tmp_path / "s.npy"), "--backend", "numpy"]
+    assert main([*args, "--out", str(tmp_path / "o.npy")]) == 2
+    assert "cannot write the labels" in _one_line_error(capsys, "solve")
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_existing_out_file_is_replaced_and_help_says_so(tmp_path, capsys):
+    from equipart.cli import build_parser
+
+    np.save(tmp_path / "s.npy", np.random.default_rng(7).standard_normal((20, 3)))
+    np.save(tmp_path / "o.npy", np.zeros(3))
+    assert main(["solve", str(tmp_path / "s.npy"), "--out", str(tmp_path / "o.npy")]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (20,)
+    solve = build_parser()._subparsers._group_actions[0].choices["solve"]
+    text = " ".join(solve.format_help().split())
+    assert ".npy is appended" in text and "existing file is replaced" in text
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lam", "0", "--lam: expected a finite number > 0"),
+        ("--lam", "nan", "--lam: expected a finite number > 0"),
+        ("--tol", "-1", "--tol: expected a finite number >= 0"),
+        ("--tol", "inf", "--tol: expected a finite number >= 0"),
+        ("--max-iter", "0", "--max-iter: expected an integer >= 1"),
+        ("--rounding", "bogus", "--rounding: expected one of"),
+        ("--input", "bogus", "--input: expected one of"),
+        ("--acceleration", "bogus", "--acceleration: expected one of"),
+    ],
+)
+def test_solver_options_are_checked_before_loading(
+    tmp_path, capsys, monkeypatch, option, value, message
+):
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    _no_solve(monkeypatch)
+    monkeypatch.setattr("equipart.cli._load_scores", lambda *a: pytest.fail("loaded"))
+    out = tmp_path / "o.npy"
+    assert main(["solve", str(tmp_path / "s.npy"), option, value, "--out", str(out)]) == 2
+    assert message in _one_line_error(capsys, "solve")
+    assert not out.exists()
+    if option != "--input":  # the demo has no --input
+        assert main(["demo", option, value]) == 2
+        assert message in _one_line_error(capsys, "demo")
+
+
+@pytest.mark.parametrize(
+    "option, value, least",
+    [("--n", "0", 1), ("--n", "-5", 1), ("--k", "0", 1), ("--k", "-1", 1), ("--seed", "-1", 0)],
+)
+def test_demo_sizes_and_seed_are_checked_up_front(capsys, monkeypatch, option, value, least):
+    _no_solve(monkeypatch)
+    assert main(["demo", option, value]) == 2
+    err = _one_line_error(capsys, "demo")
+    assert f"{option}: expected an integer >= {least}, got {value}" in err
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--timeout", "-1", "--timeout: expected a finite number > 0"),
+        ("--timeout", "0", "--timeout: expected a finite number > 0"),
+        ("--timeout", "nan", "--timeout: expected a finite number > 0"),
+        ("--max-iter", "0", "--max-iter: expected an integer >= 1"),
+        ("--tol", "nan", "--tol: expected a finite number >= 0"),
+        ("--tol", "-0.1", "--tol: expected a finite number >= 0"),
+        ("--memory-budget-gb", "-1", "--memory-budget-gb: expected a finite number > 0"),
+        ("--memory-budget-gb", "0", "--memory-budget-gb: expected a finite number > 0"),
+        ("--memory-budget-gb", "nan", "--memory-budget-gb: expected a finite number > 0"),
+        ("--cache-gb", "nan", "--cache-gb: expected a finite number > 0"),
+        ("--seed", "-1", "--seed: expected an integer >= 0"),
+    ],
+)
+def test_bench_numeric_options_are_checked_up_front(
+    tmp_path, capsys, monkeypatch, option, value, message
+):
+    from equipart.bench import runner
+
+    monkeypatch.setattr(runner, "_generate", lambda *a: pytest.fail("generated"))
+    monkeypatch.setattr(runner, "_run_jobs", lambda *a: pytest.fail("ran"))
+    out = tmp_path / "results"
+    args = ["bench", "--sizes", "40x4", "--contenders", "equipart-numpy", "--no-plots"]
+    assert main([*args, "--out", str(out), option, value]) == 2
+    assert message in _one_line_error(capsys, "bench")
+    assert not out.exists()
+
+
+def test_bench_timeout_is_used_as_given(tmp_path, monkeypatch):
+    """A given --timeout is the one used (0 used to fall back to the default silently)."""
+    from equipart.bench import runner
+
+    used = []
+
+    def record(jobs, timeout, progress):
+        used.append(timeout)
+        return []
+
+    monkeypatch.setattr(runner, "_run_jobs", record)
+    args = ["--sizes", "40x4", "--contenders", "equipart-numpy", "--no-plots"]
+    assert runner.main([*args, "--out", str(tmp_path), "--timeout", "0.5"]) == 0
+    assert used == [0.5]

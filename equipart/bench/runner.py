@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import check_tol
 from .contenders import Contender, all_contenders
 from .problems import REAL_FAMILIES, ProblemSpec, available_families, generate, parse_size
 
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=float,
-        help="seconds per job, worker start and loading included (CPU quick 6, else 300)",
+        help="seconds (> 0) per job, worker start and loading included (default: CPU "
+        "quick 6, else 300)",
     )
     parser.add_argument(
         "--memory-budget-gb",
@@ -331,6 +333,25 @@ class _PlainProgress:
         print(f"[{self.done}/{self.total}] {self.text}", file=sys.stderr, flush=True)
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse, before any work, numeric options that would fail every job or none."""
+    for option, value in (
+        ("--timeout", args.timeout),
+        ("--memory-budget-gb", args.memory_budget_gb),
+        ("--cache-gb", args.cache_gb),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{option}: expected a finite number > 0, got {value!r}")
+    try:
+        check_tol(args.tol)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from exc
+    if args.max_iter < 1:
+        raise ValueError(f"--max-iter: expected an integer >= 1, got {args.max_iter}")
+    if args.seed < 0:
+        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
+
+
 def _main(args: argparse.Namespace) -> int:
     try:
         from tqdm import tqdm
@@ -349,6 +370,7 @@ def _main(args: argparse.Namespace) -> int:
     bad_lams = [lam for lam in args.lams or () if not (math.isfinite(lam) and lam > 0)]
     if bad_lams:
         raise ValueError(f"--lams: expected finite numbers > 0, got {bad_lams}")
+    _check_numbers(args)
     out = Path(args.out)
     try:  # before any work: a run whose results cannot be written is not started
         out.mkdir(parents=True, exist_ok=True)
@@ -374,7 +396,9 @@ def _main(args: argparse.Namespace) -> int:
             cases = [Case(c.spec, tuple(args.lams)) for c in cases]
     if not cases:
         raise ValueError("no problems selected: check --families and --sizes")
-    timeout = args.timeout or (6.0 if mode == "quick" and args.device == "cpu" else 300.0)
+    timeout = args.timeout
+    if timeout is None:
+        timeout = 6.0 if mode == "quick" and args.device == "cpu" else 300.0
     budget = _device_memory(args.device, args.memory_budget_gb)
     started = time.time()
     load = {"start": list(os.getloadavg())}
