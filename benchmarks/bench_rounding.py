@@ -14,7 +14,9 @@ solve separately), with the peak resident memory. ``exact-time`` times ``exact_a
 10^5 to 4 x 10^6 arcs (N x K with K = 200, arcs counted as the size guard counts them) and
 fits seconds = s_4M (arcs / 4 x 10^6)^p by least squares on the logarithms of the slowest
 family at each size: the constants of the size guard in ``equipart/exact.py``. Results go to
-``benchmarks/results/rounding_<mode>.json`` together with the machine's description.
+``benchmarks/results/rounding_<mode>.json`` together with the machine's description (the
+CPU's model name and family from /proc/cpuinfo) and the commit of the checkout with the
+package files that differ from it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -68,9 +71,41 @@ def family(name: str, n_rows: int, n_labels: int, seed: int) -> np.ndarray:
     return out
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and family as /proc/cpuinfo gives them (Linux), else platform's."""
+    info = {"cpu": platform.processor() or platform.machine(), "arch": platform.machine()}
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if fields.get("model name"):
+        info["cpu"] = fields["model name"]
+    for key in ("vendor_id", "cpu family", "model"):
+        if key in fields:
+            info[f"cpu_{key.removeprefix('cpu ').replace(' ', '_')}"] = fields[key]
+    return info
+
+
+def code_version() -> dict:
+    """The checkout's commit and the package files that differ from it (git diff)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str:
+        run = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    try:
+        changed = git("diff", "--name-only", "HEAD", "--", "equipart").splitlines()
+        return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "changed": changed}
+    except OSError:
+        return {"commit": "unknown", "changed": []}
+
+
 def machine() -> dict:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        **cpu_info(),
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
         "python": platform.python_version(),
@@ -214,6 +249,7 @@ def main() -> None:
         args.n, args.k = args.n or 1_000_000, args.k or 1_000
         record = speed(args)
     record["machine"] = machine()
+    record["code"] = code_version()
     out = args.out or RESULTS / f"rounding_{args.mode.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
