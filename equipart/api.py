@@ -316,13 +316,14 @@ def assign_labels(
         its own rows. ``rounding="argmax"`` and ``"balanced"`` (exact global counts)
         work across ranks. See ``equipart.distributed`` and docs/distributed.md.
     acceleration : {"overrelax", "anderson", "none"}, default "overrelax"
-        How the column step of equality targets (Uniform, Counts, Prior) is extrapolated.
-        ``"overrelax"``: adaptive over-relaxation, 1.5-2x fewer sweeps than plain
-        Sinkhorn. ``"anderson"``: Anderson acceleration on g, often several times fewer
+        How the column step is extrapolated (any marginal).
+        ``"overrelax"``: adaptive over-relaxation, up to about 2x fewer sweeps than plain
+        Sinkhorn (benchmarks/results/acceleration.json). ``"anderson"``: Anderson
+        acceleration on g, often several times fewer
         sweeps again (docs/design.md), at no extra cost per sweep; its iterates are not
         reproducible bit for bit under rounding changes (a per-row shift of the scores, a
         different backend or rank count), only its converged solution. ``"none"``:
-        plain Sinkhorn. Bands and relaxed targets always take the plain step.
+        plain Sinkhorn.
 
     Returns
     -------
@@ -457,7 +458,8 @@ def sinkhorn_codes(
     Returns
     -------
     array, shape like ``scores``
-        Q in the input's array library, on its device, not tracking gradients.
+        Q in the input's array library, on its device, not tracking gradients; float32
+        for float16, bfloat16 and float32 scores, float64 otherwise.
     """
     comm = open_group(group)
     with comm.validating():
@@ -495,6 +497,7 @@ def sinkhorn_codes(
                     g,
                     depth,
                     remedy="leave those prototypes out of the scores, or check the scores",
+                    where=f"head {head}: " if source.n_heads > 1 else "",
                 )
             g = constraint.update(g, stats.log_mass())
         with comm.rounding():  # a rank failing here is named by the collective below

@@ -46,7 +46,9 @@ class ColumnConstraint(Protocol):
     """The label-side constraint bound to a problem of ``n_rows`` points and K labels."""
 
     n_rows: int
-    overrelax: bool  # equality targets: update() may be over-relaxed, a shift of g is immaterial
+    # equality targets: a common shift of g changes nothing (the driver keeps max g = 0);
+    # bands and relaxed targets give the dual's zero a meaning
+    shift_invariant: bool
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         """Return the next column dual (K,) given the current dual and log column masses."""
@@ -81,7 +83,7 @@ class EqualityConstraint:
     n_rows: int
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
-    overrelax: ClassVar[bool] = True
+    shift_invariant: ClassVar[bool] = True
     # derived once (the driver calls update and error every sweep): labels with b_j > 0,
     # and log b_j there (-inf elsewhere)
     _positive: np.ndarray = field(init=False, repr=False, compare=False)
@@ -196,6 +198,10 @@ class Counts(Marginal):
             )
         if sizes.sum() == 0:
             raise ValueError("marginals: Counts(sizes) must give at least one label a point")
+        if np.any(sizes > np.iinfo(np.int64).max):
+            raise ValueError(
+                f"marginals: Counts(sizes) must be below 2**63 each, got {sizes.max()}"
+            )
         frozen = sizes.astype(np.int64)
         frozen.setflags(write=False)
         object.__setattr__(self, "sizes", frozen)
@@ -260,6 +266,39 @@ class Prior(Marginal):
         return f"Prior(p={self.p.tolist()!r})"
 
 
+def _best_common_shift(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, total: float) -> float:
+    """The c nearest 0 that minimises the band dual along g + c (Q does not depend on c).
+
+    After the rows are normalised the dual is sum_i LSE_j(lam L_ij + g_j) plus, per label,
+    -lo_j g_j where g_j >= 0 and -hi_j g_j where g_j < 0. Its slope in c is total minus
+    the lo_j of the labels at or above 0 minus the hi_j of those below, which grows by
+    hi_j - lo_j as g_j + c crosses 0 upwards: walk the crossings from c = 0 until the
+    slope changes sign. Labels shut at -inf take no part.
+    """
+    open_ = np.isfinite(g)
+    g, lo, hi = g[open_], lo[open_], hi[open_]
+    slope_right = total - lo[g >= 0].sum() - hi[g < 0].sum()
+    slope_left = total - lo[g > 0].sum() - hi[g <= 0].sum()
+    if slope_right < 0:  # the dual decreases to the right of 0: raise every g_j
+        slope, crossings = slope_right, -g[g < 0]
+        steps = (hi - lo)[g < 0]
+        order = np.argsort(crossings, kind="stable")
+    elif slope_left > 0:  # ... to the left: lower them
+        slope, crossings = -slope_left, -g[g > 0]
+        steps = (hi - lo)[g > 0]
+        order = np.argsort(-crossings, kind="stable")
+    else:
+        return 0.0
+    slack = 1e-12 * (total + hi.sum())  # rounding of the slope's sums
+    for crossing, step in zip(crossings[order], steps[order], strict=True):
+        slope += step
+        if slope >= -slack:
+            return float(crossing)
+    # past every crossing the slope is total - sum(lo) >= 0 (or sum(hi) - total going
+    # left): the last crossing, where only rounding kept the loop from stopping
+    return float(crossings[order][-1])
+
+
 @dataclass(frozen=True)
 class BandConstraint:
     """Column masses within [lo_j, hi_j] (float64 counts, (K,)).
@@ -275,14 +314,20 @@ class BandConstraint:
 
         g_j <- median(log lo_j - log s_j, 0, log hi_j - log s_j).
 
-    The dual's zero is meaningful here (g_j = 0: no bound active), so g is not shifted.
+    The dual's zero is meaningful here (g_j = 0: no bound active), but Q is unchanged by a
+    common shift of g (the row normalisation absorbs it), so the column step alone moves
+    g along that direction only through the few labels inside their band: with strong
+    label biases a 0.9-1.1 band took 2,200 sweeps where the equality took 33. Each update
+    therefore also takes the exact minimum of the dual along the shift
+    (``_best_common_shift``), an extra block of the same coordinate descent: the masses
+    stay as they are and the dual decreases, and at the optimum the shift is 0.
     ``error`` is the step residual max_j |exp(g_new_j - g_j) - 1|.
     """
 
     lo: np.ndarray
     hi: np.ndarray
     n_rows: int
-    overrelax: ClassVar[bool] = False
+    shift_invariant: ClassVar[bool] = False
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -291,7 +336,8 @@ class BandConstraint:
             lower_to = np.log(self.hi) - log_free
         new = np.minimum(np.maximum(raise_to, 0.0), lower_to)
         new = np.where(np.isfinite(log_free), new, 0.0)  # unreachable label: lo_j is 0
-        return np.where(self.hi > 0, new, -np.inf)
+        new = np.where(self.hi > 0, new, -np.inf)
+        return new + _best_common_shift(new, self.lo, self.hi, float(self.n_rows))
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))
@@ -313,20 +359,35 @@ class RelaxedConstraint:
 
         g_j <- rho (log b_j - log s_j),   rho = lam tau / (lam tau + 1),
 
-    with s_j = m_j exp(-g_j). ``error`` is the step residual max_j |exp(g_new - g) - 1|.
+    with s_j = m_j exp(-g_j). As for bands (``BandConstraint``), Q does not change with a
+    common shift of g, along which this step alone moves slowly at large tau (1,399
+    sweeps for tau = 10 on strongly biased scores, against 63 on unbiased ones); each
+    update also takes the dual's exact minimum along that shift, which in closed form
+    (kappa = lam tau, the dual's term per label kappa b_j exp(-g_j / kappa)) makes the
+    masses the new g implies, b_j exp(-g_j / kappa), sum to N: the shift is
+    c = kappa (log sum_j b_j exp(-g_j / kappa) - log N) over the reachable labels.
+    ``error`` is the step residual max_j |exp(g_new - g) - 1|.
     """
 
     target: np.ndarray
     rho: float
     n_rows: int
-    overrelax: ClassVar[bool] = False
+    shift_invariant: ClassVar[bool] = False
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_free = log_mass - g
             new = self.rho * (np.log(self.target) - log_free)
+        reachable = np.isfinite(log_free) & (self.target > 0)
         new = np.where(np.isfinite(log_free), new, 0.0)
-        return np.where(self.target > 0, new, -np.inf)
+        new = np.where(self.target > 0, new, -np.inf)
+        if self.rho < 1.0 and reachable.any():  # (tau = inf: the equality's step)
+            kappa = self.rho / (1.0 - self.rho)
+            exponents = np.log(self.target[reachable]) - new[reachable] / kappa
+            top = exponents.max()
+            implied = top + np.log(np.exp(exponents - top).sum())  # log sum b e^(-g/kappa)
+            new = new + kappa * (implied - np.log(self.n_rows))
+        return new
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))

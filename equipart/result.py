@@ -100,11 +100,16 @@ class Assignment:
     state : SolverState
         The column dual; pass it back as ``warm_start=`` to resume.
     n_iter : int
-        Sweeps performed (the largest over heads).
+        Sweeps performed (the largest over heads); 0 for ``rounding="exact"``, which
+        solves the LP without a Sinkhorn sweep.
     converged : bool
         Whether every head reached ``error <= tol``.
     error : float
-        Final convergence error, max_j |m_j / b_j - 1| (the largest over heads).
+        Final convergence error, max_j |m_j / b_j - 1| (the largest over heads), of the
+        best dual seen. A cold solve at lam > 64 runs through smaller lams first
+        (``equipart.solver.lam_schedule``); stopped there (``max_iter`` or a callback),
+        this is the error at that stage's lam, and ``state`` holds that dual rescaled to
+        the lam asked for.
     history : tuple of float
         The error at each convergence check (the largest over the heads still running).
     objective : float

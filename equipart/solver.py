@@ -95,6 +95,11 @@ HALF_MASK_DEPTH = float(np.finfo(np.float16).max) / 4
 or -1e4) cannot lie 1e8 below anything: a quarter of float16's range (16376)."""
 
 
+SWEEP_ROUNDING = 8 * float(np.finfo(np.float32).eps)
+"""A bound on the relative rounding of a float32 sweep's z = lam * L + g and its column
+maximum, as ``check_feasible`` allows for it (float64 sweeps round less)."""
+
+
 def mask_depth(dtype: str) -> float:
     """How far below a row's best a score of this dtype (name) counts as a mask."""
     return HALF_MASK_DEPTH if str(dtype) == "float16" else MASK_DEPTH
@@ -107,6 +112,7 @@ def check_feasible(
     g: np.ndarray,
     depth: float = MASK_DEPTH,
     remedy: str = "give those labels a zero target (Counts) or check the scores",
+    where: str = "",
 ) -> None:
     """Refuse, from the first sweep, labels with a positive target and no mass at any
     point: zero probabilities, or scores more than ``depth`` (``mask_depth`` of the
@@ -122,11 +128,17 @@ def check_feasible(
     top = g[np.isfinite(g)].max(initial=0.0)
     with np.errstate(invalid="ignore"):  # -inf - -inf for closed labels (not required)
         bound = stats.colmax - g + top
-    dead = (stats.colsum == 0) & (bound < -lam * depth) & (constraint.min_mass() > 0)
+        # a float32 sweep rounds lam * L + g_j, each row's maximum (of the order of lam *
+        # L + max(g)) and their difference: allow for that error (run_sinkhorn keeps
+        # max(g) - g_j within lam * depth, ``_within_reach``)
+        rounding = SWEEP_ROUNDING * (np.abs(stats.colmax) + np.abs(g) + abs(top))
+        rounding[~np.isfinite(rounding)] = 0.0  # (an infinite bound is exact)
+        beyond = bound + rounding < -lam * depth
+    dead = (stats.colsum == 0) & beyond & (constraint.min_mass() > 0)
     dead = np.flatnonzero(dead)
     if dead.size:
         raise ValueError(
-            f"scores: label(s) {dead[:10].tolist()} have zero probability (or a score more "
+            f"scores: {where}label(s) {dead[:10].tolist()} have zero probability (or a score more "
             f"than {depth:.5g} below the row's best: a mask) at every point but a "
             f"positive target mass, so no assignment meets the marginals; {remedy}"
         )
@@ -151,12 +163,14 @@ def lam_schedule(lam: float, anneal: bool) -> list[float]:
     return [*stages, lam]
 
 
-# Over-relaxation of the column step for equality targets (Thibault et al., "Overrelaxed
+# Over-relaxation of the column step (Thibault et al., "Overrelaxed
 # Sinkhorn-Knopp algorithm for regularized optimal transport", 2017; Lehmann et al., "A note
 # on overrelaxation in the Sinkhorn algorithm", Optim. Lett. 2022): g <- g + w (T(g) - g).
 # Plain Sinkhorn (w = 1) runs RELAX_WARMUP sweeps; its observed linear rate r then gives
 # w = 2 / (1 + sqrt(1 - r)), capped at RELAX_MAX. If the error ever exceeds RELAX_GUARD
 # times its value at the switch, the head falls back to w = 1 for the rest of the stage.
+# Any fixed point of the extrapolated map is one of T, so bands and relaxed targets (whose
+# T is also an exact block step of the dual) use it too.
 RELAX_WARMUP = 8
 RELAX_MAX = 1.9
 RELAX_GUARD = 2.0
@@ -168,6 +182,7 @@ class _Relaxation:
     """One head's over-relaxation factor and the evidence it was chosen from."""
 
     enabled: bool
+    normalise: Callable[[np.ndarray], np.ndarray]  # normalise_dual where shifts are immaterial
     omega: float = 1.0
     errors: list[float] = field(default_factory=list)
     error_at_switch: float = np.inf
@@ -199,13 +214,13 @@ class _Relaxation:
         if self.omega == 1.0:
             return target
         if np.isfinite(target).all() and np.isfinite(g).all():
-            return normalise_dual(g + self.omega * (target - g))
+            return self.normalise(g + self.omega * (target - g))
         moving = np.isfinite(target) & np.isfinite(g)
         relaxed = np.where(moving, g + self.omega * (target - np.where(moving, g, 0.0)), target)
-        return normalise_dual(relaxed)
+        return self.normalise(relaxed)
 
 
-# Anderson acceleration of the column step for equality targets (Anderson, J. ACM 1965;
+# Anderson acceleration of the column step (Anderson, J. ACM 1965;
 # Walker & Ni, "Anderson acceleration for fixed-point iterations", SIAM J. Numer. Anal.
 # 2011): Sinkhorn's column step is a fixed-point map g -> T(g), and the next dual is the
 # combination of the last ANDERSON_MEMORY + 1 images T(g_k) whose residuals T(g_k) - g_k
@@ -232,6 +247,7 @@ class _Anderson:
     """One head's history of column steps, and the best error seen in this stage."""
 
     enabled: bool
+    normalise: Callable[[np.ndarray], np.ndarray]
     images: list[np.ndarray] = field(default_factory=list)  # T(g_k) on the finite labels
     residuals: list[np.ndarray] = field(default_factory=list)  # T(g_k) - g_k there
     finite: np.ndarray | None = None
@@ -261,7 +277,8 @@ class _Anderson:
             self.retreats += 1
             self.since_best = 0
             if self.retreats > ANDERSON_RETREATS or error <= ANDERSON_GUARD * self.best_error:
-                self.fallback = _Relaxation(enabled=True)  # over-relaxed steps from here on
+                # over-relaxed steps from here on
+                self.fallback = _Relaxation(enabled=True, normalise=self.normalise)
             return self.best_g.copy()
         finite = np.isfinite(target) & np.isfinite(g)
         if self.finite is not None and not np.array_equal(finite, self.finite):
@@ -281,7 +298,11 @@ class _Anderson:
             return target
         out = target.copy()
         out[finite] = combined
-        return normalise_dual(out)
+        return self.normalise(out)
+
+
+def _unchanged(g: np.ndarray) -> np.ndarray:
+    return g
 
 
 @dataclass
@@ -319,9 +340,11 @@ def _iterate(
     best_error = np.full(n_heads, np.inf)
     error = np.full(n_heads, np.inf)
     running = np.ones(n_heads, dtype=bool)
-    extrapolate = constraint.overrelax and acceleration != "none"
+    normalise = normalise_dual if constraint.shift_invariant else _unchanged
     kind_of_step = _Anderson if acceleration == "anderson" else _Relaxation
-    steppers = [kind_of_step(enabled=extrapolate) for _ in range(n_heads)]
+    steppers = [
+        kind_of_step(enabled=acceleration != "none", normalise=normalise) for _ in range(n_heads)
+    ]
     n_iter = 0
     stopped_by_callback = False
 
@@ -332,7 +355,8 @@ def _iterate(
             stats = column_stats(source, backend, head, kind, lam, g[head], reduce)
             log_mass = stats.log_mass()
             if iteration == 1:
-                check_feasible(constraint, stats, lam, g[head], depth)
+                where = f"head {head}: " if n_heads > 1 else ""
+                check_feasible(constraint, stats, lam, g[head], depth, where=where)
             error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]
@@ -372,11 +396,28 @@ def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
         if shut.any():
             finite = head[np.isfinite(head)]
             head[shut] = finite.min() if finite.size else 0.0
-    if constraint.overrelax:
+    if constraint.shift_invariant:
         # equality targets: a common shift of g changes nothing but the float32 sweep's
         # digits of lam * L next to g (a warm start offset by 1e8 gave wrong labels after
         # one "converged" sweep), so start from the normalised dual every update keeps
         g = np.stack([normalise_dual(head) for head in g])
+    return g
+
+
+def _within_reach(g: np.ndarray, reach: float) -> np.ndarray:
+    """g (H, K) with finite entries more than ``reach`` (lam times the mask depth) below
+    their head's largest raised to that floor. Either way such a label starts with no mass
+    (exp of -lam * depth is 0 in any float), but a g_j of -1e20 beside scores of order 1
+    leaves a float32 sweep's lam * L + g_j no digits of the scores: the first sweep could
+    then neither tell a masked label from a real one (a warm start of -1e20 on a label
+    masked at -1e9 everywhere ended "converged" with every point on one label) nor keep
+    good labels from looking masked."""
+    g = g.copy()
+    for head in g:
+        finite = np.isfinite(head)
+        if finite.any():
+            floor = head[finite].max() - reach
+            head[finite] = np.maximum(head[finite], floor)
     return g
 
 
@@ -430,14 +471,14 @@ def run_sinkhorn(
     Hitting ``max_iter`` (or a callback stop) before ``tol`` warns with ConvergenceWarning.
     With ``anneal`` (for cold starts), lam > ANNEAL_ABOVE is reached through the
     continuation of ``lam_schedule``; ``max_iter`` bounds the sweeps of all stages together.
-    ``acceleration`` extrapolates the column step of equality targets: ``"overrelax"``
+    ``acceleration`` extrapolates the column step (any marginal): ``"overrelax"``
     (``_Relaxation``), ``"anderson"`` (``_Anderson``) or ``"none"`` (plain Sinkhorn).
     A label with a positive target and no mass at the first sweep (``check_feasible``,
     masks ``depth`` below the rows' best) is refused with ValueError.
     """
     history: list[float] = []
     stages = lam_schedule(lam, anneal)
-    g, used = _starting_dual(g0, constraint), 0
+    g, used = _within_reach(_starting_dual(g0, constraint), stages[0] * depth), 0
     for position, stage_lam in enumerate(stages):
         is_final = position == len(stages) - 1
         remaining = max_iter - used

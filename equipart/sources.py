@@ -281,6 +281,8 @@ def open_source(
     """
     if isinstance(scores, (str, os.PathLike)):
         scores = load_npy(scores)
+    elif isinstance(scores, np.matrix):  # its methods return matrices (no keepdims)
+        scores = np.asarray(scores)
     elif callable(scores) and not hasattr(scores, "shape"):
         scores = RowBlocks(scores)
     if isinstance(scores, RowBlocks):

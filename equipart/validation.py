@@ -54,7 +54,7 @@ def check_shape(
     if kind not in "fiu":
         raise TypeError(
             f"{name}: expected a real floating-point (or integer) dtype, got {dtype}; "
-            "convert with .astype(np.float32)"
+            "convert to float32 (x.astype(np.float32) in NumPy and CuPy, x.float() in torch)"
         )
     stacked = len(shape) == 3
     n_heads = shape[0] if stacked else 1

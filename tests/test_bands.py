@@ -232,3 +232,37 @@ def test_target_below_one_point_stays_open(backend_name):
         result, labels, _ = solve(scores, backend_name, lam=10.0, marginals=marginals)
         assert result.converged
         assert np.bincount(labels, minlength=3)[2] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(2, 12).flatmap(
+        lambda k: st.tuples(
+            st.lists(st.integers(-240, 240).map(lambda v: v / 8), min_size=k, max_size=k),
+            st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k),
+            st.lists(st.floats(0.0, 3.0), min_size=k, max_size=k),
+            st.floats(0.0, 1.0),
+        )
+    )
+)
+def test_the_common_shift_minimises_the_band_dual_along_the_shift(case):
+    """``_best_common_shift`` returns the minimiser of N c + sum_j phi_j(g_j + c), with
+    phi_j(t) = -lo_j t (t >= 0) or -hi_j t (t < 0), and 0 where 0 is the minimiser."""
+    from equipart.marginals import _best_common_shift
+
+    g, lo, extra = (np.asarray(v, dtype=np.float64) for v in case[:3])
+    where = case[3]
+    hi = lo + extra
+    total = lo.sum() + where * (hi.sum() - lo.sum())  # sum lo <= N <= sum hi
+
+    def dual(c: float) -> float:
+        t = g + c
+        return total * c - np.where(t >= 0, lo * t, hi * t).sum()
+
+    shift = _best_common_shift(g, lo, hi, total)
+    candidates = np.concatenate([-g, [0.0, shift]])
+    best = min(dual(c) for c in candidates)  # a piecewise-linear minimum is at a kink
+    assert dual(shift) <= best + 1e-9 * (1 + abs(best))
+    others = [dual(c) for c in -g if abs(c) > 1e-9]
+    if all(dual(0.0) < value - 1e-9 * (1 + abs(value)) for value in others):
+        assert shift == 0.0  # 0 the clear minimiser: no shift (the optimum stays put)

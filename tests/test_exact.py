@@ -151,6 +151,25 @@ def test_masked_logits_are_optimal(mask):
         )
 
 
+@pytest.mark.parametrize("mask", [-1e9, -1e30])
+def test_rows_forced_onto_masked_labels_are_the_ones_that_lose_least(mask):
+    """When the sizes force rows onto masked labels, the optimum sends the rows whose best
+    label is worst: 40 of 60 rows may take only label 1 (size 20), so 20 of them must take
+    a masked label, as if every mask were one common value. The masked tier cost the same
+    for every row, and the LP picked any 20 (78 nats short in a 600-row case)."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(60, 3))
+    x[:40, [0, 2]] = mask
+    result = exact_assign(x, backend="numpy")
+    logp = np.where(np.arange(60)[:, None] < 40, np.where(x > mask, 0.0, -1e3), _logp(x))
+    logp[:40, 1] = x[:40, 1]  # a common mask value: the forced rows differ by their label 1
+    slots = np.repeat(np.arange(3), 20)
+    rows, cols = linear_sum_assignment(logp[:, slots], maximize=True)
+    want = logp[rows, slots[cols]].sum()
+    assert logp[np.arange(60), result.labels].sum() == pytest.approx(want, abs=1e-9)
+    assert np.bincount(result.labels).tolist() == [20, 20, 20]
+
+
 def test_logprobs_and_logits_agree():
     x = _scores(50, 5, seed=8)
     a = exact_assign(x, backend="numpy")

@@ -458,3 +458,14 @@ def test_cpu_bfloat16_blocks_of_growing_size_stream():
     whole = equipart.assign_labels(x, backend="torch")
     assert streamed.converged and streamed.n_iter == whole.n_iter
     np.testing.assert_array_equal(streamed.labels.numpy(), whole.labels.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"])
+def test_tensors_torch_cannot_reduce_are_refused_naming_scores(dtype):
+    """float8 and the wide unsigned tensors failed inside torch ("min_values_cpu" not
+    implemented) instead of naming the argument and the way out."""
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    x = torch.zeros(10, 4).to(getattr(torch, dtype))
+    with pytest.raises(TypeError, match=rf"scores: torch.{dtype} tensors .*scores.float\(\)"):
+        equipart.assign_labels(x)

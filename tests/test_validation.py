@@ -496,7 +496,8 @@ def test_warm_starts_that_are_not_real_duals_are_refused(warm_start, error, matc
 def test_the_dead_label_check_judges_scores_not_lam_or_the_warm_start():
     """The first-sweep check refuses labels masked at every point, in score units: not a
     label whose mass is merely small at a tiny lam (lam 1e-9 was refused on every label),
-    nor one a warm start pushed far down (g_j = -1e12), and with Relaxed targets (no
+    nor one a warm start pushed far down (g_j = -1e12, or -1e20 where float32 sweeps
+    round lam * L + g_j by 1e13: refused, by numpy or numba by turns), and with Relaxed targets (no
     required mass) a fully masked label simply stays empty."""
     rng = np.random.default_rng(0)
     tiny = assign_labels(rng.standard_normal((5, 10)), lam=1e-9, backend="numpy")
@@ -507,7 +508,25 @@ def test_the_dead_label_check_judges_scores_not_lam_or_the_warm_start():
     pushed = assign_labels(x, warm_start=g0, backend="numpy")
     assert pushed.converged
     assert np.bincount(pushed.labels, minlength=6).min() >= 60  # about 400 / 6 each
+    for far in (-1e20, -9e29):  # beyond any score: float32 sweeps kept no digits of x
+        g0[2] = far
+        for backend in ("numpy", "numba"):
+            assert assign_labels(x, warm_start=g0, backend=backend).converged
     x[:, 3] = -1e9
+    g0[3] = -1e20  # ... and a mask under such a warm start ended converged on one label
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] .*a mask"):
+        assign_labels(x, warm_start=g0, backend="numpy")
     relaxed = assign_labels(x, marginals=Relaxed(Uniform(), 1.0), backend="numba")
     counts = np.bincount(relaxed.labels, minlength=6)
     assert counts[3] == 0 and counts.min(initial=400, where=np.arange(6) != 3) > 60
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_matrix_scores_and_oversized_counts():
+    """An np.matrix failed inside the NumPy backend (its max() takes no keepdims), and
+    uint64 sizes beyond int64 failed inside NumPy's conversion."""
+    x = np.random.default_rng(3).normal(size=(60, 4))
+    want = assign_labels(x, backend="numpy").labels
+    np.testing.assert_array_equal(assign_labels(np.asmatrix(x), backend="numpy").labels, want)
+    with pytest.raises(ValueError, match=r"marginals: Counts\(sizes\) must be below 2\*\*63"):
+        Counts(np.array([2**63 + 5, 0], dtype=np.uint64))

@@ -65,6 +65,12 @@ MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); m
 # CPU dtypes that the Numba kernels read: through a NumPy view, and bfloat16 (which NumPy
 # lacks) as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
 HOST_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
+# dtypes with torch's reductions; the others (float8 kinds, uint16 to uint64) are refused
+# naming scores, and complex and bool ones by the shared dtype check
+READABLE_DTYPES = frozenset(
+    (*HOST_DTYPES, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    + (torch.bool, torch.complex64, torch.complex128)
+)
 
 
 def _numba_backend() -> Backend | None:
@@ -281,6 +287,11 @@ class TorchBackend(Backend):
             raise TypeError(
                 f"scores: {scores.layout} tensors are not supported; pass a dense tensor "
                 "(scores.to_dense())"
+            )
+        if scores.dtype not in READABLE_DTYPES:  # torch has no reductions for these
+            raise TypeError(
+                f"scores: {scores.dtype} tensors are not supported (torch cannot reduce "
+                "them); pass scores.float(), or scores.to(torch.int64) for unsigned integers"
             )
         return tuple(scores.shape), str(scores.dtype).removeprefix("torch.")
 
