@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import equipart
-from equipart import Counts, RowBlocks, assign_labels, sinkhorn_codes
+from equipart import Bounds, Counts, Relaxed, RowBlocks, Uniform, assign_labels, sinkhorn_codes
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -36,6 +36,9 @@ SHARDS = {1: [257], 2: [100, 157], 3: [180, 0, 77]}
 
 def _scores(n_rows: int = N_ROWS, n_labels: int = N_LABELS, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n_rows, n_labels)).astype(np.float32)
+
+
+NEAR_BALANCED = (Bounds.relative(0.9, 1.1), Relaxed(Uniform(), 2.0))
 
 
 def _shard(array: np.ndarray, sizes: list[int], rank: int) -> np.ndarray:
@@ -207,7 +210,13 @@ def _equivalence(rank: int, world: int, workdir: str) -> dict:
             rounding="balanced",
             marginals=Counts(sizes),
         )
+        # near-balanced targets: their common-shift step uses the global N
+        near = [
+            assign_labels(mine, LAM, tol=1e-7, group=group, backend="numpy", marginals=spec)
+            for spec in NEAR_BALANCED
+        ]
         results[size] = {
+            "near": [(r.labels, r.state.g, r.n_iter) for r in near],
             "labels": plain.labels,
             "g": plain.state.g,
             "shape": plain.state.shape,
@@ -407,6 +416,16 @@ def test_sharded_solve_equals_single_process(tmp_path):
         np.testing.assert_array_equal(balanced, balanced_reference.labels)
         for part in parts:
             assert part["balanced_objective"] == parts[0]["balanced_objective"]
+        for position, spec in enumerate(NEAR_BALANCED):
+            want = assign_labels(scores, LAM, tol=1e-7, backend="numpy", marginals=spec)
+            labels = np.concatenate([p["near"][position][0] for p in parts])
+            np.testing.assert_array_equal(labels, want.labels)
+            for part in parts:
+                assert part["near"][position][2] == want.n_iter
+                np.testing.assert_array_equal(
+                    part["near"][position][1], parts[0]["near"][position][1]
+                )
+            np.testing.assert_allclose(parts[0]["near"][position][1], want.state.g, atol=1e-9)
         assert parts[0]["balanced_objective"] == pytest.approx(
             balanced_reference.objective, rel=1e-12
         )
