@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -147,7 +147,29 @@ def _equality(target: np.ndarray, n_rows: int) -> EqualityConstraint:
 
 
 class Marginal(ABC):
-    """A specification of the label (column) masses; see the module docstring."""
+    """A specification of the label (column) masses; see the module docstring.
+
+    Marginals compare and hash by value (their arrays element by element), so a copy, a
+    pickled round trip or the same sizes given twice are equal.
+    """
+
+    def _values(self) -> tuple:
+        """The fields, arrays as (shape, dtype, bytes) so that they hash and compare."""
+        values = []
+        for item in fields(self):  # (every subclass is a dataclass)
+            value = getattr(self, item.name)
+            if isinstance(value, np.ndarray):
+                value = (value.shape, value.dtype.str, value.tobytes())
+            values.append(value)
+        return tuple(values)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
 
     @abstractmethod
     def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> ColumnConstraint:

@@ -210,18 +210,33 @@ def check_lam_scale(
     magnitude = max([*bests, math.log(max(n_labels, 2))])
     precision = sweep_precision(dtype)
     limit = float(np.finfo(precision).max) / 4
+    row_best = report.min_row_max
+    if (
+        kind != "probs"
+        and math.isfinite(row_best)
+        and -row_best >= magnitude  # the lowest row maximum is the culprit
+        and lam * magnitude > limit
+    ):
+        raise ValueError(
+            f"scores: a row's best score is {row_best:.3g} (masked at every label?): "
+            f"{lam_or_eps(name, lam)} times it overflows the {precision} sweep (limit "
+            f"{limit:.3g}), and such a row has no label to take; drop or fix such rows"
+        )
     if lam * magnitude > limit:
         bound = limit / magnitude
         if name == "eps":
             fix = f"pass eps above {1 / bound:.3g}"
         else:
             fix = f"pass lam below {bound:.3g}, or rounding='exact' for the hard assignment"
-        value = f"1/eps = {lam:.3g}" if name == "eps" else f"{lam:.3g}"
         raise ValueError(
-            f"{name}: {value} times a row's best score, {magnitude:.3g} in size, overflows "
-            f"the {precision} sweep (limit {limit:.3g}; a row masked everywhere at the "
-            f"dtype's lowest value has no label to take); {fix}"
+            f"{name}: {lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
+            f"size, overflows the {precision} sweep (limit {limit:.3g}); {fix}"
         )
+
+
+def lam_or_eps(name: str, lam: float) -> str:
+    """How a message names the inverse temperature: lam itself, or 1/eps."""
+    return f"1/eps = {lam:.3g}" if name == "eps" else f"lam = {lam:.3g}"
 
 
 def check_values(

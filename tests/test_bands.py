@@ -266,3 +266,26 @@ def test_the_common_shift_minimises_the_band_dual_along_the_shift(case):
     others = [dual(c) for c in -g if abs(c) > 1e-9]
     if all(dual(0.0) < value - 1e-9 * (1 + abs(value)) for value in others):
         assert shift == 0.0  # 0 the clear minimiser: no shift (the optimum stays put)
+
+
+def test_marginals_compare_and_hash_by_value():
+    """Counts, Prior and Bounds compared by identity: a pickled or copied marginal was
+    not equal to itself, nor the same sizes given twice."""
+    import copy
+    import pickle
+
+    specs = [
+        Counts([3, 4, 5]),
+        Prior([0.25, 0.75]),
+        Bounds.relative(0.9, 1.1),
+        Bounds([1, 2], [3, 4]),
+        Relaxed(Counts([3, 4]), 2.0),
+        Uniform(),
+    ]
+    for spec in specs:
+        twins = [pickle.loads(pickle.dumps(spec)), copy.deepcopy(spec)]
+        assert all(twin == spec and hash(twin) == hash(spec) for twin in twins)
+    assert Counts([3, 4, 5]) == Counts(np.array([3, 4, 5], dtype=np.uint8))
+    assert Counts([3, 4, 5]) != Counts([3, 4, 6])
+    assert Counts([1, 1]) != Bounds([1, 1], [1, 1])
+    assert len(set(specs + specs)) == len(specs)
