@@ -301,24 +301,26 @@ def _best_common_shift(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, total: flo
     g, lo, hi = g[open_], lo[open_], hi[open_]
     slope_right = total - lo[g >= 0].sum() - hi[g < 0].sum()
     slope_left = total - lo[g > 0].sum() - hi[g <= 0].sum()
-    if slope_right < 0:  # the dual decreases to the right of 0: raise every g_j
+    # rounding of the slope's sums (sum(lo) or sum(hi) equal to N gave a slope of -1 ulp
+    # with no crossing to walk to); infinite upper limits add nothing to it
+    slack = 1e-12 * (total + hi[np.isfinite(hi)].sum() + lo.sum())
+    if slope_right < -slack:  # the dual decreases to the right of 0: raise every g_j
         slope, crossings = slope_right, -g[g < 0]
         steps = (hi - lo)[g < 0]
         order = np.argsort(crossings, kind="stable")
-    elif slope_left > 0:  # ... to the left: lower them
+    elif slope_left > slack:  # ... to the left: lower them
         slope, crossings = -slope_left, -g[g > 0]
         steps = (hi - lo)[g > 0]
         order = np.argsort(-crossings, kind="stable")
     else:
         return 0.0
-    slack = 1e-12 * (total + hi.sum())  # rounding of the slope's sums
     for crossing, step in zip(crossings[order], steps[order], strict=True):
         slope += step
         if slope >= -slack:
             return float(crossing)
     # past every crossing the slope is total - sum(lo) >= 0 (or sum(hi) - total going
     # left): the last crossing, where only rounding kept the loop from stopping
-    return float(crossings[order][-1])
+    return float(crossings[order][-1]) if crossings.size else 0.0
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,7 @@ class RelaxedConstraint:
     target: np.ndarray
     rho: float
     n_rows: int
+    kappa: float = np.inf  # lam tau (rho = kappa / (kappa + 1), kept exact at large tau)
     shift_invariant: ClassVar[bool] = False
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
@@ -403,13 +406,25 @@ class RelaxedConstraint:
         reachable = np.isfinite(log_free) & (self.target > 0)
         new = np.where(np.isfinite(log_free), new, 0.0)
         new = np.where(self.target > 0, new, -np.inf)
-        if self.rho < 1.0 and reachable.any():  # (tau = inf: the equality's step)
-            kappa = self.rho / (1.0 - self.rho)
-            exponents = np.log(self.target[reachable]) - new[reachable] / kappa
-            top = exponents.max()
-            implied = top + np.log(np.exp(exponents - top).sum())  # log sum b e^(-g/kappa)
-            new = new + kappa * (implied - np.log(self.n_rows))
+        if np.isfinite(self.kappa) and reachable.any():  # (tau = inf: the equality's step)
+            new = new + self._common_shift(new[reachable], self.target[reachable])
         return new
+
+    def _common_shift(self, g: np.ndarray, b: np.ndarray) -> float:
+        """c with sum_j b_j exp(-(g_j + c) / kappa) = N over the reachable labels, N
+        taken as the targets' sum (equal to the rows' in exact arithmetic, and computed
+        the same way as the reachable labels' sum when all are reachable, so that at
+        large kappa no rounding of N is multiplied by kappa): kappa log1p(u) with
+        u = sum_j (b_j / N) expm1(-g_j / kappa) + (sum_j b_j / N - 1) where the
+        exponents are small, a log-sum-exp otherwise."""
+        total = float(self.target[self.target > 0].sum())
+        exponents = -g / self.kappa
+        if np.abs(exponents).max() < 0.5:
+            u = (b / total * np.expm1(exponents)).sum() + (b.sum() - total) / total
+            return float(self.kappa * np.log1p(u))
+        terms = np.log(b) + exponents
+        top = terms.max()
+        return float(self.kappa * (top + np.log(np.exp(terms - top).sum()) - np.log(total)))
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))
@@ -441,8 +456,9 @@ class Bounds(Marginal):
 
     ``lo`` and ``hi`` are counts (scalars apply to every label; ``hi`` may be inf). Use
     ``Bounds.relative(0.9, 1.1)`` for "within 10% of N/K" (or of another target). Solved
-    exactly in the entropic sense (see ``BandConstraint``); hard roundings give label j
-    between floor(lo_j) and ceil(hi_j) points.
+    exactly in the entropic sense (see ``BandConstraint``); ``rounding="balanced"`` and
+    ``"exact"`` give label j between floor(lo_j) and ceil(hi_j) points (``"argmax"``
+    labels follow the soft masses only approximately).
     """
 
     lo: np.ndarray | float
@@ -532,7 +548,8 @@ class Relaxed(Marginal):
             raise ValueError("marginals: Relaxed needs the solve's lam to bind")
         target = self.target.bind(n_rows, n_labels).target
         rho = 1.0 if np.isinf(self.tau) else lam * self.tau / (lam * self.tau + 1.0)
-        return RelaxedConstraint(target=target, rho=float(rho), n_rows=n_rows)
+        kappa = float(lam * self.tau)  # (inf for tau = inf)
+        return RelaxedConstraint(target=target, rho=float(rho), n_rows=n_rows, kappa=kappa)
 
 
 def _is_real(values: object) -> bool:

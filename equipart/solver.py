@@ -91,8 +91,9 @@ MASK_DEPTH = 1e8
 label masked at every point is refused, and ``equipart.exact`` costs masks as one tier."""
 
 HALF_MASK_DEPTH = float(np.finfo(np.float16).max) / 4
-"""The same for float16 scores, whose masks (``torch.finfo(torch.float16).min``, -65504,
-or -1e4) cannot lie 1e8 below anything: a quarter of float16's range (16376)."""
+"""The same for float16 scores, whose masks (``torch.finfo(torch.float16).min``, -65504)
+cannot lie 1e8 below anything: a quarter of float16's range (16376). A mask of -1e4 is
+within it, a very bad score rather than a mask, as in float32."""
 
 
 SWEEP_ROUNDING = 8 * float(np.finfo(np.float32).eps)
