@@ -204,12 +204,26 @@ def check_lam_scale(
     order of lam times the spread of the rows' best entries): |lam * best| below a
     quarter of the largest float, for the largest entry and the lowest row maximum (a row
     masked everywhere fails there). For probabilities a row's best is at least 1/K.
+    Also refused: a lam so small that lam times every score underflows the sweep's float
+    (lam 1e-300 on float32 scores: every score 0, every label a tie, "converged").
     """
     bests = [report.max_value, report.min_row_max] if kind != "probs" else []
     bests = [abs(b) for b in bests if math.isfinite(b)]  # NaN: not reported
     magnitude = max([*bests, math.log(max(n_labels, 2))])
     precision = sweep_precision(dtype)
     limit = float(np.finfo(precision).max) / 4
+    extent = max(
+        [abs(v) for v in (report.max_value, report.min_value) if math.isfinite(v)], default=0.0
+    )
+    tiny = float(np.finfo(precision).tiny)
+    if kind != "probs" and 0.0 < lam * extent < tiny:
+        bound = f"eps below {extent / tiny:.3g}" if name == "eps" else None
+        fix = bound or f"lam above {tiny / extent:.3g}"
+        raise ValueError(
+            f"{name}: {lam_or_eps(name, lam)} times the largest score ({extent:.3g} in size) "
+            f"underflows the {precision} sweep: every score would be 0 and every label a "
+            f"tie; pass {fix}"
+        )
     row_best = report.min_row_max
     if (
         kind != "probs"

@@ -531,3 +531,15 @@ def test_matrix_scores_and_oversized_counts():
     np.testing.assert_array_equal(assign_labels(np.asmatrix(x), backend="numpy").labels, want)
     with pytest.raises(ValueError, match=r"marginals: Counts\(sizes\) must be below 2\*\*63"):
         Counts(np.array([2**63 + 5, 0], dtype=np.uint64))
+
+
+def test_a_lam_at_which_every_score_underflows_is_refused():
+    """lam 1e-300 on float32 scores made every lam * L zero in the sweep: "converged",
+    with every point on label 0 (the ties' lowest index)."""
+    x = np.random.default_rng(0).standard_normal((100, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"lam: lam = 1e-300 times the largest score .*tie"):
+        assign_labels(x, lam=1e-300)
+    with pytest.raises(ValueError, match=r"eps: 1/eps = 1e-300 .*pass eps below"):
+        sinkhorn_codes(x, eps=1e300)
+    assert assign_labels(x.astype(np.float64), lam=1e-300).converged  # float64 sweeps hold it
+    assert np.bincount(assign_labels(x, lam=1e-30).labels).min() > 10
