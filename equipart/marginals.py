@@ -435,7 +435,10 @@ class RelaxedConstraint:
         return np.zeros_like(hi), hi
 
     def min_mass(self) -> np.ndarray:
-        return np.zeros_like(self.target)
+        """None required, except at tau = inf, where the target is an equality (a label
+        with no mass at any point is then refused at the first sweep, not run to
+        ``max_iter``)."""
+        return self.target if np.isinf(self.kappa) else np.zeros_like(self.target)
 
 
 def _band_array(value: object, name: str) -> np.ndarray:

@@ -312,3 +312,16 @@ def test_bands_with_a_limit_summing_to_n_and_relaxed_targets_at_huge_tau():
         )
         assert relaxed.converged and relaxed.n_iter < 2 * uniform.n_iter + 50
         np.testing.assert_array_equal(relaxed.labels, uniform.labels)
+
+
+def test_relaxed_at_infinite_tau_refuses_a_label_with_no_mass():
+    """tau = inf is the equality: a label of zero probability at every point is refused
+    at the first sweep (it ran to max_iter with error 0.25); finite tau lets it stay
+    empty."""
+    x = np.random.default_rng(0).standard_normal((400, 6))
+    x[:, 2] = -np.inf
+    probs = softmax(x, axis=1)
+    with pytest.raises(ValueError, match=r"label\(s\) \[2\] have zero probability"):
+        assign_labels(probs, input="probs", marginals=Relaxed(Uniform(), np.inf))
+    relaxed = assign_labels(probs, input="probs", marginals=Relaxed(Uniform(), 5.0))
+    assert relaxed.converged and np.bincount(relaxed.labels, minlength=6)[2] == 0
