@@ -488,7 +488,9 @@ class Bounds(Marginal):
         """Masses within [lo, hi] times a target (``around``, default ``Uniform()``)."""
         return cls(lo, hi, around if around is not None else Uniform())
 
-    def bind(self, n_rows: int, n_labels: int, lam: float | None = None) -> BandConstraint:
+    def bind(
+        self, n_rows: int, n_labels: int, lam: float | None = None
+    ) -> BandConstraint | EqualityConstraint:
         lo, hi = self.lo, self.hi
         if self.around is not None:
             target = self.around.bind(n_rows, n_labels).target
@@ -511,7 +513,15 @@ class Bounds(Marginal):
                 f"marginals: Bounds upper limits sum to {hi.sum():.6g} < N={n_rows}: "
                 "the labels cannot hold every point"
             )
-        return BandConstraint(lo=lo.astype(np.float64), hi=hi.astype(np.float64), n_rows=n_rows)
+        lo, hi = lo.astype(np.float64), hi.astype(np.float64)
+        # limits summing to N leave one point of the band: m = lo (or m = hi). As a band
+        # its step could move only the labels below their limit (the others are held at
+        # g_j = 0 by the median), and such solves stalled near error 1e-3 for thousands
+        # of sweeps; as the equality they are plain (over-relaxed) Sinkhorn.
+        for limit in (lo, hi):
+            if abs(limit.sum() - n_rows) <= 1e-12 * n_rows:
+                return _equality(limit * (n_rows / limit.sum()), n_rows)
+        return BandConstraint(lo=lo, hi=hi, n_rows=n_rows)
 
     def __repr__(self) -> str:
         if self.around is not None:
