@@ -9,20 +9,25 @@ logits with strong label biases (N(0, 0.3) noise plus a N(0, 2) bias per label, 
 most labels sit at a bound), at lam 25, and the review's 3,000 x 20 case of such logits
 under two bands and tau 10. Numba backend, tol 1e-3, max_iter 5,000.
 
-    python benchmarks/bench_acceleration.py
+    python benchmarks/bench_acceleration.py [--out FILE]
 
-Writes ``benchmarks/results/acceleration.json`` and prints a markdown table.
+Writes ``benchmarks/results/acceleration.json`` (or FILE) and prints a markdown table.
+The file records which package ran (its folder and that checkout's commit), so the same
+problems can be run on an older commit for comparison: ``PYTHONPATH=<old checkout>``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+import equipart
 from equipart import Bounds, ConvergenceWarning, Marginal, Relaxed, Uniform, assign_labels
 from equipart.bench.problems import ProblemSpec, generate
 
@@ -51,7 +56,19 @@ def problems() -> list[tuple[str, float, np.ndarray, Marginal]]:
     return cases
 
 
+def package_code() -> dict:
+    """The equipart that runs here: its folder and its checkout's commit."""
+    folder = Path(equipart.__file__).resolve().parent
+    run = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True
+    )
+    return {"package": str(folder), "commit": run.stdout.strip() or "unknown"}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULT, help="result file")
+    out = parser.parse_args().out
     rows = []
     for name, lam, scores, marginals in problems():
         entry = {"problem": name, "marginals": repr(marginals), "lam": lam}
@@ -73,11 +90,12 @@ def main() -> None:
             }
         rows.append(entry)
         print(json.dumps(entry), flush=True)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "code": package_code(),
                 "tol": 1e-3,
                 "max_iter": MAX_ITER,
                 "rows": rows,

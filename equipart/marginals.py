@@ -341,7 +341,8 @@ class BandConstraint:
     The dual's zero is meaningful here (g_j = 0: no bound active), but Q is unchanged by a
     common shift of g (the row normalisation absorbs it), so the column step alone moves
     g along that direction only through the few labels inside their band: with strong
-    label biases a 0.9-1.1 band took 2,200 sweeps where the equality took 33. Each update
+    label biases a 0.9-1.1 band took 2,200 sweeps (benchmarks/results/
+    acceleration_before_shift.json; 189 with this step). Each update
     therefore also takes the exact minimum of the dual along the shift
     (``_best_common_shift``), an extra block of the same coordinate descent: the masses
     stay as they are and the dual decreases, and at the optimum the shift is 0.
@@ -385,7 +386,8 @@ class RelaxedConstraint:
 
     with s_j = m_j exp(-g_j). As for bands (``BandConstraint``), Q does not change with a
     common shift of g, along which this step alone moves slowly at large tau (1,399
-    sweeps for tau = 10 on strongly biased scores, against 63 on unbiased ones); each
+    sweeps for tau = 10 on strongly biased scores, against 54 on unbiased ones:
+    benchmarks/results/acceleration_before_shift.json); each
     update also takes the dual's exact minimum along that shift, which in closed form
     (kappa = lam tau, the dual's term per label kappa b_j exp(-g_j / kappa)) makes the
     masses the new g implies, b_j exp(-g_j / kappa), sum to N: the shift is
@@ -394,10 +396,17 @@ class RelaxedConstraint:
     """
 
     target: np.ndarray
-    rho: float
     n_rows: int
-    kappa: float = np.inf  # lam tau (rho = kappa / (kappa + 1), kept exact at large tau)
+    kappa: float  # lam tau (inf: the equality)
     shift_invariant: ClassVar[bool] = False
+    # derived once (the driver calls update every sweep): rho, and the targets' sum
+    rho: float = field(init=False, repr=False, compare=False)
+    _total: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rho = 1.0 if np.isinf(self.kappa) else self.kappa / (self.kappa + 1.0)
+        object.__setattr__(self, "rho", rho)
+        object.__setattr__(self, "_total", float(self.target[self.target > 0].sum()))
 
     def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -417,7 +426,7 @@ class RelaxedConstraint:
         large kappa no rounding of N is multiplied by kappa): kappa log1p(u) with
         u = sum_j (b_j / N) expm1(-g_j / kappa) + (sum_j b_j / N - 1) where the
         exponents are small, a log-sum-exp otherwise."""
-        total = float(self.target[self.target > 0].sum())
+        total = self._total
         exponents = -g / self.kappa
         if np.abs(exponents).max() < 0.5:
             u = (b / total * np.expm1(exponents)).sum() + (b.sum() - total) / total
@@ -560,9 +569,7 @@ class Relaxed(Marginal):
         if lam is None:
             raise ValueError("marginals: Relaxed needs the solve's lam to bind")
         target = self.target.bind(n_rows, n_labels).target
-        rho = 1.0 if np.isinf(self.tau) else lam * self.tau / (lam * self.tau + 1.0)
-        kappa = float(lam * self.tau)  # (inf for tau = inf)
-        return RelaxedConstraint(target=target, rho=float(rho), n_rows=n_rows, kappa=kappa)
+        return RelaxedConstraint(target=target, n_rows=n_rows, kappa=float(lam * self.tau))
 
 
 def _is_real(values: object) -> bool:

@@ -217,10 +217,11 @@ def check_lam_scale(
     )
     tiny = float(np.finfo(precision).tiny)
     if kind != "probs" and 0.0 < lam * extent < tiny:
-        bound = f"eps below {extent / tiny:.3g}" if name == "eps" else None
-        fix = bound or f"lam above {tiny / extent:.3g}"
+        fix = (
+            f"eps below {extent / tiny:.3g}" if name == "eps" else f"lam above {tiny / extent:.3g}"
+        )
         raise ValueError(
-            f"{name}: {lam_or_eps(name, lam)} times the largest score ({extent:.3g} in size) "
+            f"{name}: {_lam_or_eps(name, lam)} times the largest score ({extent:.3g} in size) "
             f"underflows the {precision} sweep: every score would be 0 and every label a "
             f"tie; pass {fix}"
         )
@@ -233,7 +234,7 @@ def check_lam_scale(
     ):
         raise ValueError(
             f"scores: a row's best score is {row_best:.3g} (masked at every label?): "
-            f"{lam_or_eps(name, lam)} times it overflows the {precision} sweep (limit "
+            f"{_lam_or_eps(name, lam)} times it overflows the {precision} sweep (limit "
             f"{limit:.3g}), and such a row has no label to take; drop or fix such rows"
         )
     if lam * magnitude > limit:
@@ -243,12 +244,12 @@ def check_lam_scale(
         else:
             fix = f"pass lam below {bound:.3g}, or rounding='exact' for the hard assignment"
         raise ValueError(
-            f"{name}: {lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
+            f"{name}: {_lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
             f"size, overflows the {precision} sweep (limit {limit:.3g}); {fix}"
         )
 
 
-def lam_or_eps(name: str, lam: float) -> str:
+def _lam_or_eps(name: str, lam: float) -> str:
     """How a message names the inverse temperature: lam itself, or 1/eps."""
     return f"1/eps = {lam:.3g}" if name == "eps" else f"lam = {lam:.3g}"
 
