@@ -93,12 +93,19 @@ def _exact_labels(
 def _check_all_values(
     source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
 ) -> list[np.ndarray | None]:
-    """``check_values`` over every head; per head, its labels' support (probs only; zero
-    for a rank without rows)."""
+    """``check_values`` over every head; per head, the rows where each label is possible
+    (zero for a rank without rows)."""
     if source.n_rows == 0:
         return [np.zeros(source.n_labels, dtype=np.int64)] * source.n_heads
     return [
-        check_values(backend, source.blocks(head), kind, lam=lam, lam_name=lam_name)
+        check_values(
+            backend,
+            source.blocks(head),
+            kind,
+            lam=lam,
+            lam_name=lam_name,
+            where=f" of head {head}" if source.n_heads > 1 else "",
+        )
         for head in range(source.n_heads)
     ]
 
@@ -139,8 +146,9 @@ def _check_placeable(
     supports: list,
 ) -> None:
     """Before the solve: refuse rows that can take only labels the marginals close (size
-    0; a pass only when labels are closed) and, for probabilities, labels whose support
-    is below their least size, from counts summed over the ranks in one all-reduce."""
+    0; a pass only when labels are closed) and labels possible at fewer rows than their
+    least size (zero probabilities, -inf scores), from counts summed over the ranks in
+    one all-reduce."""
     least, most = constraint.count_bounds()
     closed = most == 0
     count, first = 0, None
@@ -167,7 +175,7 @@ def _check_placeable(
             "check the scores"
         )
     for head, support in enumerate(totals):
-        check_support(support, least, head if source.stacked else None)
+        check_support(support, least, head if source.stacked else None, kind)
 
 
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
@@ -382,8 +390,7 @@ def assign_labels(
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
-    if kind == "probs" or (constraint.count_bounds()[1] == 0).any():  # (same on every rank)
-        _check_placeable(comm, source, engine, kind, lam, constraint, supports)
+    _check_placeable(comm, source, engine, kind, lam, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine

@@ -261,55 +261,87 @@ def check_values(
     name: str = "scores",
     lam: float | None = None,
     lam_name: str = "lam",
+    where: str = "",
 ) -> np.ndarray | None:
-    """Read every block once: finite values, valid probabilities for ``input="probs"``,
-    and, given ``lam``, that lam times every row's best score stays finite in the sweep.
+    """Read every block once: no NaN or +inf, valid probabilities for ``input="probs"``,
+    no row without a possible label, and, given ``lam``, that lam times every row's best
+    score stays finite in the sweep. -inf marks an impossible label (zero probability)
+    in logits and log-probabilities. ``where`` names the head in messages.
 
-    Returns, for probabilities, the number of rows giving each label a positive
-    probability over all the blocks (None if a backend did not report it).
+    Returns the number of rows where each label is possible (positive probability, or a
+    score above -inf) over all the blocks (None if a backend did not report it).
     """
-    support, reported = None, True
+    support, reported, start = None, True, 0
     for block in blocks:
-        if block.shape[0] == 0:
+        n_rows = block.shape[0]
+        if n_rows == 0:
             continue
         report = backend.check(block, kind)
-        if not report.all_finite:
+        if not report.finite_or_neg_inf:
             raise ValueError(
-                f"{name}: contains NaN or infinite values; clean them (for example "
-                "np.nan_to_num) or mask those labels with a large negative finite logit"
+                f"{name}: contains NaN or +inf values; clean them (for example np.nan_to_num), "
+                "and mark a label impossible for a point with a logit of -inf"
             )
-        if kind == "logprobs" and report.max_value > input_tolerance(backend.shape_dtype(block)[1]):
+        if kind != "probs" and report.min_row_max == -np.inf:
+            row = start + _first_impossible_row(backend, block, kind)
             raise ValueError(
-                f"{name}: input='logprobs' needs log-probabilities (<= 0), found "
-                f"{report.max_value:.3g}; pass input='logits' for unnormalised scores"
+                f"{name}: row {row}{where} is -inf at every label, so no label is possible "
+                "for that point; drop the row or give it a label with a finite score"
             )
-        if kind == "probs":
-            if report.min_value < 0:
-                raise ValueError(
-                    f"{name}: input='probs' needs non-negative probabilities, found "
-                    f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
-                )
-            if report.max_row_sum_deviation > input_tolerance(backend.shape_dtype(block)[1]):
-                raise ValueError(
-                    f"{name}: input='probs' needs rows summing to 1, found a row off by "
-                    f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
-                    "input='logits'"
-                )
+        _check_kind_range(backend, block, report, kind, name)
         if lam is not None:
             shape, dtype = backend.shape_dtype(block)
             check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
-        if kind == "probs":
-            reported = reported and report.support is not None
-            if reported:
-                support = report.support if support is None else support + report.support
+        counted = report.support
+        if counted is None and kind != "probs" and report.min_value > -np.inf:
+            counted = np.full(block.shape[1], n_rows, dtype=np.int64)  # every row
+        reported = reported and counted is not None
+        if reported:
+            support = counted if support is None else support + counted
+        start += n_rows
     return support if reported else None
 
 
-def check_support(support: np.ndarray | None, least: np.ndarray, head: int | None = None) -> None:
-    """Refuse probabilities whose zeros leave a label fewer rows than its least count.
+def _check_kind_range(
+    backend: Backend, block: Any, report: BlockCheck, kind: ScoreKind, name: str
+) -> None:
+    """Log-probabilities at most 0, probabilities non-negative with rows summing to 1
+    (each up to the rounding slack of the block's dtype)."""
+    slack = input_tolerance(backend.shape_dtype(block)[1])
+    if kind == "logprobs" and report.max_value > slack:
+        raise ValueError(
+            f"{name}: input='logprobs' needs log-probabilities (<= 0), found "
+            f"{report.max_value:.3g}; pass input='logits' for unnormalised scores"
+        )
+    if kind == "probs":
+        if report.min_value < 0:
+            raise ValueError(
+                f"{name}: input='probs' needs non-negative probabilities, found "
+                f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
+            )
+        if report.max_row_sum_deviation > slack:
+            raise ValueError(
+                f"{name}: input='probs' needs rows summing to 1, found a row off by "
+                f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
+                "input='logits'"
+            )
 
-    Each row carries mass 1 and can go only to labels of positive probability, so label j
-    gets at most support_j rows; below its least integer size (``count_bounds()[0]``: the
+
+def _first_impossible_row(backend: Backend, block: Any, kind: ScoreKind) -> int:
+    """The index in ``block`` of its first row that is -inf at every label."""
+    best = backend.top_labels(block, kind, 1.0, np.zeros(block.shape[1]), 1)[1]
+    return int(np.flatnonzero(backend.to_numpy(best)[:, 0] == -np.inf)[0])
+
+
+def check_support(
+    support: np.ndarray | None, least: np.ndarray, head: int | None = None, kind: str = "probs"
+) -> None:
+    """Refuse scores whose zero probabilities (or -inf scores) leave a label fewer rows
+    than its least count.
+
+    Each row carries mass 1 and can go only to its possible labels (positive probability,
+    or a score above -inf), so label j gets at most support_j rows; below its least
+    integer size (``count_bounds()[0]``: the
     floor of its target for Uniform and Prior) no labelling meets the marginals. A
     necessary condition only: rows shared by several short labels can still make a
     problem infeasible, which the solve then reports. (Between the floor and a fractional
@@ -325,8 +357,9 @@ def check_support(support: np.ndarray | None, least: np.ndarray, head: int | Non
         )
         more = f" and {short.size - 5} more" if short.size > 5 else ""
         where = f" of head {head}" if head is not None else ""
+        possible = "non-zero probability" if kind == "probs" else "a score above -inf"
         raise ValueError(
-            f"scores: {short.size} label(s){where} have non-zero probability at fewer rows "
+            f"scores: {short.size} label(s){where} have {possible} at fewer rows "
             f"than their least size ({listed}{more}), so no assignment meets the marginals; "
             "give them smaller sizes (Counts, Bounds), use Relaxed, or check the scores"
         )

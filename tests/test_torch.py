@@ -129,7 +129,7 @@ def test_check_reports_what_numpy_does() -> None:
     np.testing.assert_array_equal(TORCH.check(tensor, "probs").support, (x > 0).sum(axis=0))
     bad = tensor.clone()
     bad[7, 1] = float("nan")
-    assert not TORCH.check(bad, "logits").all_finite
+    assert not TORCH.check(bad, "logits").finite_or_neg_inf
     ints = torch.arange(12).reshape(3, 4)
     assert TORCH.check(ints, "logits").min_value == 0.0
 
@@ -390,6 +390,12 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     check(torch.from_numpy(x)[:, :24], "logits", g[:24])
     x, g = problem(34, 13, "logits")
     check(torch.from_numpy(x).to(torch.bfloat16)[1:], "logits", g)
+    # -inf logits (impossible labels, a whole column of them included) get exactly no
+    # mass, as in the NumPy sweep
+    x, g = problem(30, 20, "logits")
+    x[::3, 5] = -np.inf
+    x[:, 7] = -np.inf
+    check(torch.from_numpy(x).to(torch.bfloat16), "logits", g)
     # a label nobody wants: its column sum underflows to 0, and the backend's sweep must
     # return its exact column maximum (the driver's lower bound on log m)
     x, g = problem(40, 12, "logits")

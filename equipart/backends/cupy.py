@@ -237,12 +237,10 @@ class CupyBackend(Backend):
 
     def check(self, block: cp.ndarray, kind: ScoreKind) -> BlockCheck:
         with block.device:
-            finite = cp.ones((), dtype=cp.bool_)
             lows, highs, lowest_bests, deviations = [], [], [], []
             support = cp.zeros(block.shape[1], dtype=cp.int64)
             for rows in _row_blocks(*block.shape):
                 x = block[rows]
-                finite &= cp.isfinite(x).all()
                 lows.append(x.min().astype(cp.float64))
                 row_max = x.max(axis=1)
                 highs.append(row_max.max().astype(cp.float64))
@@ -251,12 +249,20 @@ class CupyBackend(Backend):
                     sums = x.sum(axis=1, dtype=cp.float64)
                     deviations.append(cp.abs(sums - 1.0).max())
                     support += cp.count_nonzero(x > 0, axis=0)
+            # min and max propagate NaN, and +inf is the maximum: no NaN or +inf iff both
+            # extremes are numbers and the maximum is below +inf (-inf: an impossible label)
             low, high = cp.stack(lows).min(), cp.stack(highs).max()
             lowest_best = cp.stack(lowest_bests).min()
             deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
-            host = cp.stack([finite.astype(cp.float64), low, deviation, high, lowest_best]).get()
+            host = cp.stack([low, deviation, high, lowest_best]).get()
+            valid = not (np.isnan(host[0]) or np.isnan(host[2])) and host[2] < np.inf
             counts = support.get() if kind == "probs" else None
-        return BlockCheck(bool(host[0]), *map(float, host[1:4]), counts, min_row_max=float(host[4]))
+            if kind != "probs" and valid and host[0] == -np.inf:  # masked labels: 2nd pass
+                counts = sum(
+                    cp.count_nonzero(block[rows] > -cp.inf, axis=0)
+                    for rows in _row_blocks(*block.shape)
+                ).get()
+        return BlockCheck(valid, *map(float, host[:3]), counts, min_row_max=float(host[3]))
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         with block.device:

@@ -59,7 +59,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
-from .numpy import NumpyBackend, compute_dtype
+from .numpy import NumpyBackend, compute_dtype, possible_rows
 
 __all__ = ["ConvertedRows", "NumbaBackend"]
 
@@ -579,12 +579,13 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
 
 @njit(**_OPTS, fastmath=_CHECK)
 def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support):
-    """Per chunk: all finite, the minimum, the maximum, the lowest row maximum, and for
-    probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each column
-    (``support``, (C, K); unused otherwise).
+    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum, and
+    for probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each
+    column (``support``, (C, K); unused otherwise).
 
-    Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
-    fast-math here, so the product is kept); the minimum is then only read when finite.
+    NaN and +inf: the sum of x_ij * 0 over the entries other than -inf is 0 when there
+    are none and NaN otherwise (no "nnan"/"ninf" fast-math here, so the product is kept;
+    -inf, an impossible label, is left out); the extremes are only read when it is 0.
     """
     n_rows, n_labels = x.shape
     for c in prange(n_chunks):
@@ -603,7 +604,7 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviatio
                 for j in range(n_labels):
                     value = np.float64(row[j])
                     s += value
-                    poison += value * 0.0
+                    poison += (0.0 if value == -np.inf else value) * 0.0
                     low = _fmin(low, value)
                     best = _fmax(best, value)
                 high = _fmax(high, best)
@@ -692,7 +693,7 @@ class NumbaBackend(NumpyBackend):
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
         probs = kind == "probs"
-        all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        valid, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
         min_row_max = np.inf
         support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
         for part in _kernel_blocks(x):
@@ -703,16 +704,16 @@ class NumbaBackend(NumpyBackend):
             counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
             with _parallel_section():
                 _check_kernel(part, probs, n_chunks, finite, minima, maxima, row_best, dev, counts)
-            all_finite = all_finite and bool(finite.all())
+            valid = valid and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
             min_row_max = min(min_row_max, float(row_best.min()))
             deviation = max(deviation, float(dev.max()))
             if support is not None:
                 support += counts.sum(axis=0)
-        return BlockCheck(
-            all_finite, min_value, deviation, max_value, support, min_row_max=min_row_max
-        )
+        if not probs and valid and min_value == -np.inf:  # masked labels: a second pass
+            support = sum(possible_rows(part) for part in _kernel_blocks(x))
+        return BlockCheck(valid, min_value, deviation, max_value, support, min_row_max=min_row_max)
 
     # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
     # gets its own dict in for_solve; the class-level one is never written)

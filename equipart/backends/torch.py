@@ -326,17 +326,22 @@ class TorchBackend(Backend):
                 sums = x.sum(dim=1, dtype=torch.float64)
                 deviations.append((sums - 1.0).abs().amax())
                 support += (x > 0).sum(dim=0)
-        # amin / amax propagate NaN, and an infinity is the minimum or the maximum: all
-        # values are finite iff both extremes are. (torch.isfinite's block temporaries
-        # left 12 to 495 MiB more resident after this check of the 200k x 1k demo, varying
-        # from run to run; without them, 5 MiB in four runs.)
+        # amin / amax propagate NaN, and +inf is the maximum: no NaN or +inf iff both
+        # extremes are numbers and the maximum is below +inf (-inf may be the minimum: an
+        # impossible label). (torch.isfinite's block temporaries left 12 to 495 MiB more
+        # resident after this check of the 200k x 1k demo, varying from run to run;
+        # without them, 5 MiB in four runs.)
         low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         lowest_best = torch.stack(lowest_bests).amin()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
         host = torch.stack([low, deviation, high, lowest_best]).cpu().tolist()
+        valid = not (math.isnan(host[0]) or math.isnan(host[2])) and host[2] < math.inf
         counts = support.cpu().numpy() if kind == "probs" else None
-        finite = math.isfinite(host[0]) and math.isfinite(host[2])
-        return BlockCheck(finite, *host[:3], counts, min_row_max=host[3])
+        if kind != "probs" and valid and host[0] == -math.inf:  # masked labels: a 2nd pass
+            counts = sum(
+                (x_all[rows] > -math.inf).sum(dim=0) for rows in _row_blocks(x_all)
+            ).cpu().numpy()
+        return BlockCheck(valid, *host[:3], counts, min_row_max=host[3])
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if (view := self._host_view(block)) is not None:
