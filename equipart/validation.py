@@ -16,7 +16,7 @@ from .backends.base import Backend, BlockCheck, ScoreKind
 from .result import SolverState
 
 SCORE_KINDS: tuple[ScoreKind, ...] = ("logits", "logprobs", "probs")
-ROUNDINGS = ("argmax", "balanced", "exact")
+ROUNDINGS = ("auto", "argmax", "balanced", "exact")
 
 
 def dtype_kind(dtype: Any) -> str:

@@ -157,6 +157,19 @@ class Backend(ABC):
     def stack(self, parts: list[Any]) -> Any:
         """Stack per-head results along a new first axis."""
 
+    def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
+        """log sum_i exp(lam * L_ij) over the block's rows (no row normalisation), float64
+        (K,) on the host: -inf for a label impossible at every row. lam * L is formed in
+        the compute precision, as in the sweep, and the sums are taken with each column's
+        maximum subtracted, so that no exp overflows. Merge blocks with ``np.logaddexp``.
+
+        This default copies the block to the host (``to_numpy``) and runs the NumPy
+        backend's; array-library backends compute it where the block lives.
+        """
+        from .numpy import NumpyBackend
+
+        return NumpyBackend().column_logsumexp(self.to_numpy(block), kind, lam)
+
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this process now (None: it can). ``"auto"``
         passes over a backend with a reason; naming it raises ValueError with the reason."""

@@ -295,6 +295,22 @@ class CupyBackend(Backend):
                 out[rows] = z
         return out
 
+    def column_logsumexp(self, block: cp.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        """Blockwise CuPy operations on the block's device (one pass, O(K) to the host)."""
+        n_labels = block.shape[1]
+        with block.device:
+            zeros = cp.zeros(n_labels, dtype=compute_dtype(block.dtype))
+            total = cp.full(n_labels, -cp.inf, dtype=cp.float64)
+            for rows in _row_blocks(*block.shape):
+                z = _scaled(block[rows], kind, lam, zeros)
+                top = z.max(axis=0)
+                top = cp.where(top > -cp.inf, top, 0).astype(z.dtype)  # a column all -inf
+                z -= top
+                cp.exp(z, out=z)
+                part = cp.log(z.sum(axis=0, dtype=cp.float64)) + top
+                total = cp.logaddexp(total, part)
+            return total.get()
+
     def top_labels(
         self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
     ) -> tuple[cp.ndarray, cp.ndarray]:

@@ -145,6 +145,20 @@ class NumpyBackend(Backend):
             out[rows] = z
         return out
 
+    def column_logsumexp(self, block: np.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        n_labels = block.shape[1]
+        total = np.full(n_labels, -np.inf)
+        for rows in row_blocks(block.shape[0], n_labels):
+            z = _scaled(block[rows], kind, lam, np.zeros(n_labels))
+            top = z.max(axis=0)
+            top = np.where(top > -np.inf, top, 0.0).astype(z.dtype)  # (a column all -inf)
+            z -= top
+            np.exp(z, out=z)
+            with np.errstate(divide="ignore"):
+                part = np.log(z.sum(axis=0, dtype=np.float64)) + top
+            np.logaddexp(total, part, out=total)
+        return total
+
     def top_labels(
         self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:

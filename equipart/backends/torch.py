@@ -441,6 +441,21 @@ class TorchBackend(Backend):
             out[rows] = z
         return out
 
+    def column_logsumexp(self, block: torch.Tensor, kind: ScoreKind, lam: float) -> np.ndarray:
+        """Blockwise torch operations on any device (one pass, O(K) on the host)."""
+        x_all = block.detach()
+        dtype = compute_dtype(x_all.dtype)
+        zeros = torch.zeros(x_all.shape[1], dtype=dtype, device=x_all.device)
+        parts = []
+        for rows in _row_blocks(x_all):
+            z = _scaled(x_all[rows], kind, lam, zeros)
+            top = z.amax(dim=0)
+            top = torch.where(top > -torch.inf, top, torch.zeros_like(top))  # a column all -inf
+            z -= top
+            z.exp_()
+            parts.append(torch.log(z.sum(dim=0, dtype=torch.float64)) + top)
+        return torch.logsumexp(torch.stack(parts), dim=0).cpu().numpy()
+
     def top_labels(
         self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
