@@ -17,6 +17,7 @@ from .rounding import ROUNDERS, CountCheck, round_head
 from .solver import RowSource, check_feasible, column_stats, mask_depth, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
+    ScoreSummary,
     check_acceleration,
     check_flag,
     check_kind,
@@ -92,11 +93,10 @@ def _exact_labels(
 
 def _check_all_values(
     source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
-) -> list[np.ndarray | None]:
-    """``check_values`` over every head; per head, the rows where each label is possible
-    (zero for a rank without rows)."""
+) -> list[ScoreSummary]:
+    """``check_values`` over every head (for a rank without rows: no support, spread 0)."""
     if source.n_rows == 0:
-        return [np.zeros(source.n_labels, dtype=np.int64)] * source.n_heads
+        return [ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)] * source.n_heads
     return [
         check_values(
             backend,
@@ -378,7 +378,7 @@ def assign_labels(
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
             spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-        supports = _check_all_values(source, engine, kind, lam)
+        summaries = _check_all_values(source, engine, kind, lam)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -398,6 +398,7 @@ def assign_labels(
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
+    supports = [summary.support for summary in summaries]
     _check_placeable(comm, source, engine, kind, lam, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
@@ -417,6 +418,7 @@ def assign_labels(
         anneal=warm_start is None,
         acceleration=acceleration,
         depth=mask_depth(source.dtype),
+        spread=max(summary.spread for summary in summaries),
     )
     g = comm.same_dual(outcome.g)
     result = None  # stays None on a rank whose rounding failed; comm.finish names it

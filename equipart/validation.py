@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -247,11 +248,74 @@ def check_lam_scale(
             f"{name}: {_lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
             f"size, overflows the {precision} sweep (limit {limit:.3g}); {fix}"
         )
+    if kind != "probs":
+        _check_resolution(lam, report, magnitude, precision, name)
+
+
+RESOLUTION = 1e-2
+"""The largest rounding, in nats, that the sweep may make of lam * L next to a row's best
+score: it moves each Q_ij by up to that much, relatively (1%)."""
+
+
+def _check_resolution(
+    lam: float, report: BlockCheck, magnitude: float, precision: str, name: str
+) -> None:
+    """Refuse a lam at which the sweep's float rounds lam * L by more than RESOLUTION.
+
+    The sweep forms z = lam * L + g and z - max_k z_k in ``precision``; near a row's best
+    score (``magnitude`` in size) each rounds by up to half a unit in the last place of
+    lam * magnitude, which no number of sweeps can undo (float32 logits scaled by 1e4 at
+    lam 25: 1e6, rounded by 0.06 nats; the solve ran 1,000 sweeps and stopped at error
+    0.33). Fixes: scores on a smaller scale or a smaller lam (lam times the scores is the
+    problem's inverse temperature), a per-row shift where the rows' offsets, not their
+    spread, are large (logits are unchanged by one), or float64 scores.
+    """
+    half_ulp = float(np.finfo(precision).eps) / 2.0
+    rounding = lam * magnitude * half_ulp
+    if rounding <= RESOLUTION:
+        return
+    spread = report.max_value - report.min_row_max
+    bound = RESOLUTION / (magnitude * half_ulp)
+    if math.isfinite(spread) and lam * spread * half_ulp <= RESOLUTION / 2:
+        fix = (
+            "subtract each row's maximum and pass input='logits' (a per-row shift of "
+            "logits changes nothing)"
+        )
+    elif name == "eps":
+        fix = f"divide the scores by their scale or pass eps above {1 / bound:.3g}"
+    else:
+        fix = f"divide the scores by their scale or pass lam below {bound:.3g}"
+    if precision == "float32":
+        fix += ", or pass float64 scores"
+    raise ValueError(
+        f"{name}: {_lam_or_eps(name, lam)} times the rows' best scores ({magnitude:.3g} in "
+        f"size) is {lam * magnitude:.3g}, which the {precision} sweep rounds by up to "
+        f"{rounding:.2g} nats (at most {RESOLUTION:g}: each Q_ij would be off by that much, "
+        f"and no number of sweeps converges past it); {fix}"
+    )
 
 
 def _lam_or_eps(name: str, lam: float) -> str:
     """How a message names the inverse temperature: lam itself, or 1/eps."""
     return f"1/eps = {lam:.3g}" if name == "eps" else f"lam = {lam:.3g}"
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What ``check_values`` learns about a head's scores.
+
+    Attributes
+    ----------
+    support : int64 (K,) or None
+        The rows where each label is possible (positive probability, or a score above
+        -inf) over all the blocks; None if a backend did not report it.
+    spread : float
+        The largest score minus the lowest row maximum, in score units (0 for
+        probabilities and for constant rows): lam times it bounds how sharp the problem is.
+    """
+
+    support: np.ndarray | None
+    spread: float
 
 
 def check_values(
@@ -262,16 +326,14 @@ def check_values(
     lam: float | None = None,
     lam_name: str = "lam",
     where: str = "",
-) -> np.ndarray | None:
+) -> ScoreSummary:
     """Read every block once: no NaN or +inf, valid probabilities for ``input="probs"``,
     no row without a possible label, and, given ``lam``, that lam times every row's best
-    score stays finite in the sweep. -inf marks an impossible label (zero probability)
-    in logits and log-probabilities. ``where`` names the head in messages.
-
-    Returns the number of rows where each label is possible (positive probability, or a
-    score above -inf) over all the blocks (None if a backend did not report it).
+    score stays finite, and resolved, in the sweep. -inf marks an impossible label (zero
+    probability) in logits and log-probabilities. ``where`` names the head in messages.
     """
     support, reported, start = None, True, 0
+    top, lowest_best = -np.inf, np.inf
     for block in blocks:
         n_rows = block.shape[0]
         if n_rows == 0:
@@ -289,6 +351,7 @@ def check_values(
                 "for that point; drop the row or give it a label with a finite score"
             )
         _check_kind_range(backend, block, report, kind, name)
+        top, lowest_best = max(top, report.max_value), min(lowest_best, report.min_row_max)
         if lam is not None:
             shape, dtype = backend.shape_dtype(block)
             check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
@@ -299,7 +362,8 @@ def check_values(
         if reported:
             support = counted if support is None else support + counted
         start += n_rows
-    return support if reported else None
+    spread = top - lowest_best if kind != "probs" and math.isfinite(top - lowest_best) else 0.0
+    return ScoreSummary(support if reported else None, spread)
 
 
 def _check_kind_range(

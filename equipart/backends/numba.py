@@ -459,6 +459,36 @@ def _colmax_kernel(x, probs, lam, g, n_chunks, colmax_parts):
 
 
 @njit(**_OPTS, fastmath=_FAST)
+def _column_lse_kernel(x, probs, lam, g, n_chunks, top_parts, sum_parts):
+    """Per chunk c, over its rows: top_parts[c, j] = max_i z_ij and sum_parts[c, j] =
+    sum_i exp(z_ij - top_parts[c, j]) (float64), z = lam * L + g in kernel units: the
+    raw column log-sum-exp of ``column_logsumexp`` (g = 0), two passes over the chunk."""
+    n_rows, n_labels = x.shape
+    for c in prange(n_chunks):
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+        z = np.empty(n_labels, dtype=g.dtype)
+        top = top_parts[c]
+        top[:] = -np.inf
+        for b0 in range(r0, r1, SUB_ROWS):
+            rows = _load_rows(x, b0, min(b0 + SUB_ROWS, r1), buf)
+            for i in range(rows.shape[0]):
+                _scale_row(rows[i], probs, lam, g, z)
+                for j in range(n_labels):
+                    top[j] = _fmax(top[j], z[j])
+        shift = np.empty(n_labels, dtype=g.dtype)  # 0 for a column that is -inf throughout
+        for j in range(n_labels):
+            shift[j] = top[j] if top[j] > -np.inf else g.dtype.type(0.0)
+        total = sum_parts[c]
+        for b0 in range(r0, r1, SUB_ROWS):
+            rows = _load_rows(x, b0, min(b0 + SUB_ROWS, r1), buf)
+            for i in range(rows.shape[0]):
+                _scale_row(rows[i], probs, lam, g, z)
+                for j in range(n_labels):
+                    total[j] += _exp_units(z[j] - shift[j])
+
+
+@njit(**_OPTS, fastmath=_FAST)
 def _codes_kernel(x, probs, lam, g, n_chunks, out):
     """out = Q for every row of x (rows sum to 1), in the compute precision."""
     n_rows, n_labels = x.shape
@@ -846,6 +876,24 @@ class NumbaBackend(NumpyBackend):
         out = np.empty(block.shape, dtype=compute_dtype(block.dtype))
         self._rowwise(_codes_kernel, block, kind, lam, g, out)
         return out
+
+    def column_logsumexp(self, block: np.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        x = _as_array(block)
+        n_labels = x.shape[1]
+        dtype = compute_dtype(x.dtype)
+        unit = _unit(dtype)
+        lam_c, g_c = _scaled_params(lam, np.zeros(n_labels), dtype, unit)
+        total = np.full(n_labels, -np.inf)
+        for part in _kernel_blocks(x):
+            n_chunks = _n_chunks(*part.shape)
+            top = np.empty((n_chunks, n_labels), dtype=dtype)
+            sums = np.zeros((n_chunks, n_labels))
+            with _parallel_section():
+                _column_lse_kernel(part, kind == "probs", lam_c, g_c, n_chunks, top, sums)
+            with np.errstate(divide="ignore", invalid="ignore"):  # (-inf columns: log 0)
+                lse = np.where(top > -np.inf, top / unit, 0.0) + np.log(sums)
+            total = np.logaddexp.reduce(np.vstack([total, lse]), axis=0)
+        return total
 
     def top_labels(
         self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int

@@ -442,7 +442,10 @@ class TorchBackend(Backend):
         return out
 
     def column_logsumexp(self, block: torch.Tensor, kind: ScoreKind, lam: float) -> np.ndarray:
-        """Blockwise torch operations on any device (one pass, O(K) on the host)."""
+        """The Numba kernel for CPU tensors where installed; blockwise torch operations
+        otherwise (one pass, O(K) to the host)."""
+        if (view := self._host_view(block)) is not None:
+            return self._host.column_logsumexp(view, kind, lam)
         x_all = block.detach()
         dtype = compute_dtype(x_all.dtype)
         zeros = torch.zeros(x_all.shape[1], dtype=dtype, device=x_all.device)

@@ -8,7 +8,8 @@ dies (for example killed by the kernel when out of memory) has its job recorded 
 ``crashed``; a fresh worker goes on with the remaining jobs. A contender that is not
 installed, or whose estimated memory exceeds ``--memory-budget-gb``, is recorded as
 ``skipped`` with the reason. Results go to stdout (a markdown table) and to
-``<out>/bench_<mode>_<device>.json`` plus PNG plots, with the machine's description.
+``<out>/bench_<mode>_<device>.json`` plus PNG plots, with the machine's description;
+``<out>`` is ``--out`` or, by default, a new folder named for the time of the run.
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip contenders estimated to need more RAM (GPU: device memory on cuda)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: a new folder ./equipart-bench-YYYYmmdd-HHMMSS, named "
+        "when the run starts)",
+    )
     parser.add_argument("--name", help="result file stem (default bench_<mode>_<device>)")
     parser.add_argument("--cache-dir", help="where generated problems are kept (default: temp)")
     parser.add_argument(
@@ -371,13 +376,6 @@ def _main(args: argparse.Namespace) -> int:
     if bad_lams:
         raise ValueError(f"--lams: expected finite numbers > 0, got {bad_lams}")
     _check_numbers(args)
-    out = Path(args.out)
-    try:  # before any work: a run whose results cannot be written is not started
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--out: the folder {str(out)!r} is not writable")
     here = available_families()
     families = args.families or here
     absent = [f for f in families if f not in here]
@@ -396,6 +394,14 @@ def _main(args: argparse.Namespace) -> int:
             cases = [Case(c.spec, tuple(args.lams)) for c in cases]
     if not cases:
         raise ValueError("no problems selected: check --families and --sizes")
+    out = Path(args.out) if args.out is not None else fresh_folder()
+    try:  # before any work: a run whose results cannot be written is not started
+        out.mkdir(parents=True, exist_ok=args.out is not None)
+    except OSError as exc:
+        raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out: the folder {str(out)!r} is not writable")
+    print(f"results go to {out}{os.sep}", file=sys.stderr)
     timeout = args.timeout
     if timeout is None:
         timeout = 6.0 if mode == "quick" and args.device == "cpu" else 300.0
@@ -460,6 +466,19 @@ def _main(args: argparse.Namespace) -> int:
         written += plot_results(results, stem, f"equipart bench ({label}, {args.device})")
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
+
+
+def fresh_folder(now: datetime | None = None) -> Path:
+    """A folder name in the current directory that does not exist yet, for a run's
+    results: equipart-bench-YYYYmmdd-HHMMSS (local time), with -2, -3, ... appended when
+    that exists. Never the repository's benchmarks/results, which only an explicit
+    ``--out`` writes."""
+    stem = f"equipart-bench-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    path, suffix = Path(stem), 1
+    while path.exists():
+        suffix += 1
+        path = Path(f"{stem}-{suffix}")
+    return path
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
