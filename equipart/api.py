@@ -128,7 +128,7 @@ def _stranded_rows(
                 precision = sweep_precision(backend.shape_dtype(block)[1])
                 values = backend.top_labels(block, kind, 1.0, g_open, 1)[1]
                 best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
-                rows = np.flatnonzero(best_open < -np.finfo(precision).max / lam)
+                rows = np.flatnonzero(best_open < -float(np.finfo(precision).max) / lam)
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size

@@ -248,8 +248,7 @@ def check_lam_scale(
             f"{name}: {_lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
             f"size, overflows the {precision} sweep (limit {limit:.3g}); {fix}"
         )
-    if kind != "probs":
-        _check_resolution(lam, report, magnitude, precision, name)
+    _check_resolution(lam, report, kind, magnitude, precision, name)
 
 
 RESOLUTION = 1e-2
@@ -258,13 +257,14 @@ score: it moves each Q_ij by up to that much, relatively (1%)."""
 
 
 def _check_resolution(
-    lam: float, report: BlockCheck, magnitude: float, precision: str, name: str
+    lam: float, report: BlockCheck, kind: ScoreKind, magnitude: float, precision: str, name: str
 ) -> None:
     """Refuse a lam at which the sweep's float rounds lam * L by more than RESOLUTION.
 
     The sweep forms z = lam * L + g and z - max_k z_k in ``precision``; near a row's best
-    score (``magnitude`` in size) each rounds by up to half a unit in the last place of
-    lam * magnitude, which no number of sweeps can undo (float32 logits scaled by 1e4 at
+    score (``magnitude`` in size: at most log K for probabilities) each rounds by up to
+    half a unit in the last place of lam * magnitude, which no number of sweeps can undo
+    (float32 logits scaled by 1e4 at
     lam 25: 1e6, rounded by 0.06 nats; the solve ran 1,000 sweeps and stopped at error
     0.33). Fixes: scores on a smaller scale or a smaller lam (lam times the scores is the
     problem's inverse temperature), a per-row shift where the rows' offsets, not their
@@ -274,9 +274,9 @@ def _check_resolution(
     rounding = lam * magnitude * half_ulp
     if rounding <= RESOLUTION:
         return
-    spread = report.max_value - report.min_row_max
+    spread = report.max_value - report.min_row_max  # (probabilities: the bound log K)
     bound = RESOLUTION / (magnitude * half_ulp)
-    if math.isfinite(spread) and lam * spread * half_ulp <= RESOLUTION / 2:
+    if kind != "probs" and math.isfinite(spread) and lam * spread * half_ulp <= RESOLUTION / 2:
         fix = (
             "subtract each row's maximum and pass input='logits' (a per-row shift of "
             "logits changes nothing)"
