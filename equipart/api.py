@@ -96,7 +96,8 @@ def _check_all_values(
 ) -> list[ScoreSummary]:
     """``check_values`` over every head (for a rank without rows: no support, spread 0)."""
     if source.n_rows == 0:
-        return [ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)] * source.n_heads
+        empty = ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)
+        return [empty] * source.n_heads
     return [
         check_values(
             backend,
@@ -503,7 +504,7 @@ def sinkhorn_codes(
             raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
         lam = check_lam(1.0 / eps)
         n_iter = check_positive_int(n_iter, "n_iter")
-        _check_all_values(source, engine, kind, lam, lam_name="eps")
+        summaries = _check_all_values(source, engine, kind, lam, lam_name="eps")
     n_rows = comm.agree(
         source.n_rows,
         entry="sinkhorn_codes",
@@ -520,16 +521,14 @@ def sinkhorn_codes(
     codes = []
     for head in range(source.n_heads):
         where = f"head {head}: " if source.n_heads > 1 else ""
-        # the masks test of assign_labels, on a sweep at g = 0 (reduced: the same everywhere)
-        check_feasible(
-            constraint,
-            column_stats(source, engine, head, kind, lam, np.zeros(source.n_labels), comm.reduce),
-            lam,
-            np.zeros(source.n_labels),
-            depth,
-            remedy="leave those prototypes out of the scores, or check the scores",
-            where=where,
-        )
+        # the masks test of assign_labels, on a sweep at g = 0 (reduced: the same on every
+        # rank, which all make it); in one process only where some entry lies more than
+        # the mask depth below another (-inf or zero probabilities included)
+        zero = np.zeros(source.n_labels)
+        if comm.sharded or summaries[head].extent > depth:
+            stats = column_stats(source, engine, head, kind, lam, zero, comm.reduce)
+            remedy = "leave those prototypes out of the scores, or check the scores"
+            check_feasible(constraint, stats, lam, zero, depth, remedy=remedy, where=where)
         g = normalise_dual(-_column_logsumexp(source, engine, head, kind, lam, comm.reduce))
         for _ in range(n_iter - 1):
             stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)

@@ -312,10 +312,14 @@ class ScoreSummary:
     spread : float
         The largest score minus the lowest row maximum, in score units (0 for
         probabilities and for constant rows): lam times it bounds how sharp the problem is.
+    extent : float
+        The largest entry minus the smallest (inf with -inf entries; for probabilities,
+        inf with zeros, else 0): below the mask depth, no entry can be a mask.
     """
 
     support: np.ndarray | None
     spread: float
+    extent: float = 0.0
 
 
 def check_values(
@@ -333,7 +337,7 @@ def check_values(
     probability) in logits and log-probabilities. ``where`` names the head in messages.
     """
     support, reported, start = None, True, 0
-    top, lowest_best = -np.inf, np.inf
+    top, lowest_best, lowest = -np.inf, np.inf, np.inf
     for block in blocks:
         n_rows = block.shape[0]
         if n_rows == 0:
@@ -352,6 +356,7 @@ def check_values(
             )
         _check_kind_range(backend, block, report, kind, name)
         top, lowest_best = max(top, report.max_value), min(lowest_best, report.min_row_max)
+        lowest = min(lowest, report.min_value)
         if lam is not None:
             shape, dtype = backend.shape_dtype(block)
             check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
@@ -362,8 +367,12 @@ def check_values(
         if reported:
             support = counted if support is None else support + counted
         start += n_rows
-    spread = top - lowest_best if kind != "probs" and math.isfinite(top - lowest_best) else 0.0
-    return ScoreSummary(support if reported else None, spread)
+    if kind == "probs":
+        spread, extent = 0.0, (np.inf if lowest <= 0 else 0.0)
+    else:
+        spread = top - lowest_best if math.isfinite(top - lowest_best) else 0.0
+        extent = top - lowest if start else 0.0
+    return ScoreSummary(support if reported else None, spread, extent)
 
 
 def _check_kind_range(
