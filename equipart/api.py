@@ -94,7 +94,7 @@ def _exact_labels(
 def _check_all_values(
     source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
 ) -> list[ScoreSummary]:
-    """``check_values`` over every head (for a rank without rows: no support, spread 0)."""
+    """``check_values`` over every head (for a rank without rows: support and spread 0)."""
     if source.n_rows == 0:
         empty = ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)
         return [empty] * source.n_heads
@@ -280,7 +280,9 @@ def assign_labels(
         a NumPy array, a torch tensor (CPU or CUDA) or a CuPy array; or, out of core, a
         ``np.memmap``, a path to a ``.npy`` file, or ``equipart.RowBlocks(factory)``,
         streamed in row blocks every sweep with memory O(block + N + K). Never modified.
-        With ``group``, this rank's rows only (possibly none).
+        With ``group``, this rank's rows only (possibly none). -inf in logits or
+        log-probabilities marks a label impossible for a point (zero probability, as
+        ``masked_fill(mask, float("-inf"))`` writes); NaN and +inf are refused.
     lam : float, default 25.0
         Inverse temperature (SeLa's lambda): larger is closer to the hard LP.
     marginals : Marginal, optional

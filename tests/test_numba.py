@@ -217,7 +217,7 @@ def test_codes_logprob_and_check_match_numpy(kind, dtype):
         NB.logprob_sum(x, kind, labels), NP.logprob_sum(x, kind, labels), rtol=1e-6
     )
     ca, cb = NB.check(x, kind), NP.check(x, kind)
-    assert ca.all_finite and cb.all_finite
+    assert ca.finite_or_neg_inf and cb.finite_or_neg_inf
     assert ca.min_value == cb.min_value and ca.max_value == cb.max_value
     assert ca.min_row_max == cb.min_row_max == x.max(axis=1).min()
     assert ca.max_row_sum_deviation == pytest.approx(cb.max_row_sum_deviation, abs=1e-12)
@@ -232,11 +232,22 @@ def test_codes_logprob_and_check_match_numpy(kind, dtype):
         assert ca.support is None and cb.support is None
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_check_reports_non_finite(bad):
     x = scores_for("logits", (200, 13), np.float32)
     x[150, 4] = bad
-    assert not NB.check(x, "logits").all_finite
+    assert not NB.check(x, "logits").finite_or_neg_inf
+
+
+def test_check_accepts_neg_inf_and_counts_the_rows_where_labels_are_possible():
+    """-inf is an impossible label, not a bad value: reported as the minimum, with the
+    rows where each label is above -inf (as the NumPy backend reports them)."""
+    x = scores_for("logits", (200, 13), np.float32)
+    x[150, 4] = x[::3, 7] = -np.inf
+    for backend in (NB, NP):
+        report = backend.check(x, "logits")
+        assert report.finite_or_neg_inf and report.min_value == -np.inf
+        np.testing.assert_array_equal(report.support, (x > -np.inf).sum(axis=0))
 
 
 def layouts(x: np.ndarray, tmp_path) -> dict[str, np.ndarray]:
