@@ -222,8 +222,10 @@ def test_probabilities_bound_lam_by_log_k():
     probs[0] = [0.5, 0.5, 0.0, 0.0]
     with pytest.raises(ValueError, match=r"lam: .*1.39 in size"):
         assign_labels(probs, input="probs", lam=1e38)
+    with pytest.raises(ValueError, match=r"lam: .*which the float32 sweep rounds by up to"):
+        assign_labels(probs, input="probs", lam=1e36)  # resolved only below 1.2e5
     with pytest.warns(ConvergenceWarning):  # lam * log p = -inf for the zeros: no mass
-        assign_labels(probs, input="probs", lam=1e36, max_iter=5)
+        assign_labels(probs, input="probs", lam=1e5, max_iter=5)
 
 
 def _one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
