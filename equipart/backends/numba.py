@@ -44,18 +44,20 @@ exp
 from __future__ import annotations
 
 import copy
+import decimal
 import math
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
@@ -70,7 +72,10 @@ SUB_ROWS = 64  # rows per sub-block: column sums flush to float64 once per sub-b
 MIN_CHUNK_ROWS = 128  # fewest rows per chunk: float64 partials stay <= 3.2% of float32 rows
 MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)
 PARTIALS_BYTES = 16 << 20  # cap on the float64 partials of one sweep
-CONVERT_ELEMENTS = 1 << 20  # block size when float16 / integer input is converted
+CONVERT_ELEMENTS = 1 << 20  # block size when integer input is converted
+# Blocks of fewer scores run on one thread (see ``_run``): below it, waking a helper costs
+# more than it saves (the crossover measured by benchmarks/bench_numba.py)
+PARALLEL_MIN_ELEMENTS = 1 << 19
 
 # Fast-math for the kernels: reassociation (vectorised reductions) and FMA contraction,
 # but no "ninf", because g_j = -inf (zero-target labels) and log(0) (probabilities) are
@@ -80,16 +85,17 @@ _FAST = {"nnan", "nsz", "arcp", "reassoc", "contract", "afn"}
 _EXACT_Z = {"nnan", "nsz", "arcp", "reassoc", "afn"}
 _CHECK = {"nsz", "reassoc", "contract"}  # values may be NaN or inf: no "nnan", "ninf"
 _NO_REASSOC = {"nnan", "nsz", "arcp", "contract", "afn"}
-_OPTS = {"parallel": True, "cache": True, "nogil": True}
+_OPTS = {"cache": True, "nogil": True}
 
 _F32 = np.float32
-# float32 works in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e) needs no
-# multiply and the range reduction w = n + r (n = round(w)) is exact.
+# Both precisions work in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e)
+# needs no multiply and the range reduction w = n + r (n = round(w)) is exact.
 LOG2E = 1.0 / math.log(2.0)
 EXP2_FLOOR = _F32(-125.0)  # exp2 returns 0 below: 2^-125 = 2.4e-38, near float32's normal floor
-# A warm sweep's shift may exceed a row's maximum by up to WARM_SLACK kernel units (log2
-# for float32: the largest term is then at least 2^-30) and fall short of it by rounding
-# only; past WARM_SLACK_UP the exp would leave its domain, and the row is redone cold.
+EXP2_FLOOR_F64 = -1021.0  # the same for float64: 2^-1021 = 4.5e-308
+# A warm sweep's shift may exceed a row's maximum by up to WARM_SLACK kernel units (log2:
+# the largest term is then at least 2^-30) and fall short of it by rounding only; past
+# WARM_SLACK_UP the exp would leave its domain, and the row is redone cold.
 WARM_SLACK = 30.0
 WARM_SLACK_UP = 1.0
 MAX_WARM_BLOCKS = 64  # row-maximum caches per solve (heads x blocks); more stay cold
@@ -104,49 +110,76 @@ WARM_MAX_LABELS = 2048
 # other rows than last time: a loader reusing buffers) is swept cold for the rest of the
 # solve: a redone row costs about twice a cold one.
 WARM_GIVE_UP = 0.125
-# float32 terms below 2^-125 flush to 0, so a warm shift up to WARM_SLACK above a row's
-# maximum loses terms between 2^-125 and 2^-95 of it that the cold sweep keeps; they
-# matter only to a column whose whole mass is that small, which is then swept again cold.
-WARM_TINY_MASS = 2.0**-90
-_MANTISSA_BITS = np.int32(23)
-# 2^r on [-1/2, 1/2]: the degree-6 polynomial interpolating it at the Chebyshev nodes
-# (relative error 2.5e-9 = 0.04 float32 ulp; the middle node is r = 0, so p(0) = 1).
-_EXP2_POLY = tuple(
-    _F32(c)
-    for c in np.polynomial.Chebyshev.interpolate(np.exp2, 6, domain=[-0.5, 0.5])
-    .convert(kind=np.polynomial.Polynomial)
-    .coef
-)
+# Terms below 2^EXP2_FLOOR flush to 0, so a warm shift up to WARM_SLACK above a row's
+# maximum loses terms between 2^floor and 2^(floor + 30) of it that the cold sweep keeps;
+# they matter only to a column whose whole mass is below 2^(floor + 35) per row, which is
+# then swept again cold.
+WARM_TINY_MASS = {np.dtype(np.float32): 2.0**-90, np.dtype(np.float64): 2.0**-986}
 
 
-@intrinsic
-def _f32_bits(typingctx, value):
-    """The bits of a float32 as an int32 (an LLVM bitcast: free, and vectorisable)."""
-    if value != types.float32:
-        return None
+def _exp2_coefficients(degree: int) -> list[Fraction]:
+    """Power-basis coefficients, exact rationals, of the polynomial interpolating 2^r at
+    (float64 roundings of) the degree + 1 Chebyshev nodes of [-1/2, 1/2], with 2^r taken
+    to 40 digits: what is left in them is their final rounding to the kernel's precision
+    (a float64 or long double computation leaves errors of several ulp in the
+    coefficients above degree 2, enough to take the float64 exp2 past 1 ulp)."""
+    n = degree + 1
+    with decimal.localcontext() as context:
+        context.prec = 40
+        ln2 = decimal.Decimal(2).ln()
+        nodes = [Fraction(math.cos(math.pi * (k + 0.5) / n) / 2) for k in range(n)]
+        values = [
+            Fraction((decimal.Decimal(t.numerator) / t.denominator * ln2).exp()) for t in nodes
+        ]
+    # the Vandermonde system sum_i c_i t^i = 2^t at the nodes, by exact Gaussian elimination
+    rows = [[t**i for i in range(n)] + [value] for t, value in zip(nodes, values, strict=True)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, n):
+            factor = rows[r][col] / rows[col][col]
+            rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
+    coefs = [Fraction(0)] * n
+    for r in reversed(range(n)):
+        known = sum(rows[r][i] * coefs[i] for i in range(r + 1, n))
+        coefs[r] = (rows[r][n] - known) / rows[r][r]
+    return coefs
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
 
-    return types.int32(types.float32), codegen
+# 2^r on [-1/2, 1/2]. float32: degree 6 (relative error 2.5e-9 = 0.04 float32 ulp);
+# float64: degree 11 (relative error 4e-18 = 0.04 float64 ulp). The constant terms round to
+# exactly 1, so both are exact at r = 0.
+_EXP2_POLY = tuple(_F32(c) for c in _exp2_coefficients(6))
+_EXP2_POLY_F64 = tuple(float(c) for c in _exp2_coefficients(11))
 
 
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret the bits of an int32 as a float32 (an LLVM bitcast)."""
-    if bits != types.int32:
-        return None
+def _bitcast_intrinsic(source: types.Type, target: types.Type, llvm_target: ir.Type):
+    """An intrinsic reinterpreting the bits of ``source`` as ``target`` (an LLVM bitcast:
+    free, and vectorisable)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+    def typer(typingctx, value):
+        if value != source:
+            return None
 
-    return types.float32(types.int32), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_target)
+
+        return target(source), codegen
+
+    typer.__name__ = typer.__qualname__ = f"_bits_{source}_to_{target}"
+    return intrinsic(typer)
+
+
+_f32_bits = _bitcast_intrinsic(types.float32, types.int32, ir.IntType(32))
+_f32_from_bits = _bitcast_intrinsic(types.int32, types.float32, ir.FloatType())
+_f64_bits = _bitcast_intrinsic(types.float64, types.int64, ir.IntType(64))
+_f64_from_bits = _bitcast_intrinsic(types.int64, types.float64, ir.DoubleType())
 
 
 @intrinsic
 def _round_even(typingctx, value):
     """value rounded to the nearest integer (ties to even), as LLVM's roundeven."""
-    if value != types.float32:
+    if value not in (types.float32, types.float64):
         return None
 
     def codegen(context, builder, signature, args):
@@ -154,7 +187,8 @@ def _round_even(typingctx, value):
         fn = builder.module.declare_intrinsic("llvm.roundeven", [ty], ir.FunctionType(ty, [ty]))
         return builder.call(fn, args)
 
-    return types.float32(types.float32), codegen
+    return value(value), codegen
+
 
 
 def _minmax_intrinsic(llvm_name: str):
@@ -183,88 +217,159 @@ _fmax = _minmax_intrinsic("llvm.maxnum")
 _fmin = _minmax_intrinsic("llvm.minnum")
 
 
-_PARALLEL_LOCK = threading.Lock()
-# Set in a child process forked after GNU OpenMP (Numba's "omp" layer with libgomp) had
-# started in the parent: any parallel kernel there would abort the child ("fork() called
-# from a process already using GNU OpenMP"). Such a child gets this message instead.
-_FORK_BLOCKED: str | None = None
+@intrinsic
+def _fetch_add(typingctx, counters, index):
+    """Atomically add 1 to ``counters[index]`` (a C-contiguous 1-D int64 array) and return
+    its previous value (an LLVM ``atomicrmw add``, sequentially consistent)."""
+    if not (
+        isinstance(counters, types.Array)
+        and counters.dtype == types.int64
+        and counters.ndim == 1
+        and isinstance(index, types.Integer)
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        position = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = builder.gep(array.data, [position])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", pointer, one, "seq_cst")
+
+    return types.int64(counters, index), codegen
 
 
-def _after_fork_in_child() -> None:
-    global _FORK_BLOCKED
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel code ran in the parent: the child picks its own layer
+@njit(inline="always")
+def _claim(counters):
+    """The next unclaimed chunk of a kernel call (``counters[0]`` counts claims)."""
+    return _fetch_add(counters, 0)
+
+
+@njit(inline="always")
+def _finish(counters, n_chunks):
+    """Count a finished chunk (``counters[1]``); True for the call that finished the last."""
+    return _fetch_add(counters, 1) == n_chunks - 1
+
+
+class _Team:
+    """Helper threads for the kernels: each serves kernel calls from one shared queue."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None], copies: int) -> None:
+        """Queue ``copies`` runs of ``task``, starting helper threads up to that many."""
+        with self._lock:
+            while self._size < copies:
+                name = f"equipart-numba-{self._size}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
+                self._size += 1
+        for _ in range(copies):
+            self._tasks.put(task)
+
+    def _serve(self) -> None:
+        while True:
+            self._tasks.get()()
+
+
+_TEAM = _Team()
+
+
+def _new_team_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own when needed."""
+    global _TEAM
+    _TEAM = _Team()
+
+
+os.register_at_fork(after_in_child=_new_team_in_child)
+
+
+def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any) -> None:
+    """``kernel(counters, *args)`` over its ``n_chunks`` chunks, with dynamic scheduling.
+
+    Every kernel claims chunks one at a time (``_claim``) until none is left. Blocks of
+    fewer than ``PARALLEL_MIN_ELEMENTS`` scores run on the calling thread alone. Larger
+    ones also queue ``numba.get_num_threads() - 1`` helper calls of the same kernel: each
+    claims whatever chunks remain when it starts, so a helper that a busy core delays
+    takes a smaller share, or none, and the caller waits only for chunks a helper has
+    claimed and not yet finished, never for a helper to start.
+    """
+    counters = np.zeros(2, dtype=np.int64)
+    helpers = 0
+    if n_elements >= PARALLEL_MIN_ELEMENTS:
+        helpers = min(numba.get_num_threads(), n_chunks) - 1
+    if helpers <= 0:
+        kernel(counters, *args)
         return
-    if layer == "omp":
-        from numba.np.ufunc import omppool
+    finished = threading.Event()
+    failures: list[BaseException] = []
 
-        if omppool.openmp_vendor == "GNU":
-            _FORK_BLOCKED = (
-                "Numba's threading layer in this process is GNU OpenMP, started before the "
-                "process was forked, and GNU OpenMP cannot run in a forked child; start "
-                "workers with multiprocessing's 'spawn' or 'forkserver' method, or set "
-                "NUMBA_THREADING_LAYER=workqueue (or install TBB) before the first solve"
-            )
+    def helper() -> None:
+        try:
+            if kernel(counters, *args):
+                finished.set()
+        except BaseException as exc:  # surfaced in the calling thread
+            failures.append(exc)
+            finished.set()
 
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@contextmanager
-def _parallel_section() -> Iterator[None]:
-    """Around every parallel kernel call: refused in a child forked from a GNU OpenMP
-    process (see ``_FORK_BLOCKED``); exclusive under Numba's workqueue threading layer
-    (used where neither TBB nor OpenMP is available), which aborts the process when two
-    threads run parallel code at once; other layers take concurrent calls as they are."""
-    if _FORK_BLOCKED is not None:
-        raise RuntimeError(f"backend: 'numba' cannot run here: {_FORK_BLOCKED}")
-    try:
-        exclusive = numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-        exclusive = True
-    if not exclusive:
-        yield
-        return
-    with _PARALLEL_LOCK:
-        yield
+    _TEAM.submit(helper, helpers)
+    if not kernel(counters, *args):  # a helper finishes the last chunk: wait for it
+        finished.wait()
+    if failures:
+        raise failures[0]
 
 
 def _unit(dtype: np.dtype) -> float:
-    """Kernel units per natural-log unit: log2(e) for float32 (base 2), 1 for float64."""
-    return LOG2E if dtype == np.float32 else 1.0
+    """Kernel units per natural-log unit: log2(e) (the kernels exponentiate in base 2)."""
+    return LOG2E
 
 
 def _exp_units(w):
-    """exp of a non-positive number w given in kernel units (2^w in float32, e^w in float64)."""
-    return math.exp(w)
+    """2^w for a non-positive number w in kernel units (base 2), float32 or float64."""
+    return math.exp2(w)
 
 
 @overload(_exp_units, jit_options={"fastmath": _FAST})
 def _exp_units_impl(w):
-    if w != types.float32:
-        return lambda w: math.exp(w)
+    if w == types.float32:
+        c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
 
-    c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
+        def poly(r):
+            return c0 + r * (c1 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
 
-    def exp2_f32(w):
-        # No clamp of w before the reduction: lanes with w < EXP2_FLOOR (-inf included)
+        floor, bits, from_bits, int_t, mantissa = (
+            EXP2_FLOOR, _f32_bits, _f32_from_bits, np.int32, np.int32(23)
+        )
+    elif w == types.float64:
+        d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11 = _EXP2_POLY_F64
+
+        def poly(r):
+            p = d11 * r + d10
+            p = (((p * r + d9) * r + d8) * r + d7) * r + d6
+            return (((((p * r + d5) * r + d4) * r + d3) * r + d2) * r + d1) * r + d0
+
+        floor, bits, from_bits, int_t, mantissa = (
+            EXP2_FLOOR_F64, _f64_bits, _f64_from_bits, np.int64, np.int64(52)
+        )
+    else:
+        return None
+    poly = njit(fastmath=_FAST, inline="always")(poly)
+
+    def exp2(w):
+        # No clamp of w before the reduction: lanes with w below the floor (-inf included)
         # compute garbage (poison in LLVM's terms) that the final select discards.
         n = _round_even(w)
         r = w - n  # exact, in [-1/2, 1/2]
-        p = c6
-        p = p * r + c5
-        p = p * r + c4
-        p = p * r + c3
-        p = p * r + c2
-        p = p * r + c1
-        p = p * r + c0
-        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5]; where kept, n >= -125)
-        bits = np.int32(_f32_bits(p) + (np.int32(n) << _MANTISSA_BITS))
+        p = poly(r)  # Horner, one FMA per coefficient
+        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5]; where kept, the
+        # biased exponent stays >= 1)
+        out = int_t(bits(p) + (int_t(n) << mantissa))
         # below the floor: the bits of +0.0 (one masked move on AVX-512)
-        return _f32_from_bits(bits if w >= EXP2_FLOOR else np.int32(0))
+        return from_bits(out if w >= floor else int_t(0))
 
-    return exp2_f32
+    return exp2
 
 
 def _load_rows(x, start, stop, buf):
@@ -379,7 +484,9 @@ def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm, delta, redone):
+def _sweep_kernel(
+    counters, x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm, delta, redone
+):
     """Per-chunk float64 column sums of Q for one sweep, and each row's maximum of z.
 
     Cold (``warm`` False): two passes over each row while it is in cache, the row maximum
@@ -400,12 +507,14 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm
     n_rows, n_labels = x.shape
     zero, one, none = g.dtype.type(0.0), g.dtype.type(1.0), g.dtype.type(-np.inf)
     slack, slack_up = g.dtype.type(-WARM_SLACK), g.dtype.type(WARM_SLACK_UP)
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
+    acc = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
-        e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
-        acc = np.empty(n_labels, dtype=g.dtype)
         total = colsum_parts[c]
         misses = 0
         for b0 in range(r0, r1, SUB_ROWS):
@@ -434,17 +543,22 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm
             for j in range(n_labels):
                 total[j] += acc[j] + e[j] * weight
         redone[c] = misses
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _colmax_kernel(x, probs, lam, g, n_chunks, colmax_parts):
+def _colmax_kernel(counters, x, probs, lam, g, n_chunks, colmax_parts):
     """Per-chunk column maxima of v = z - max_k z_k (the underflow guard; run only when a
     column sum of the sweep is exactly zero)."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         cmax = colmax_parts[c]
         cmax[:] = -np.inf
         for b0 in range(r0, r1, SUB_ROWS):
@@ -456,16 +570,21 @@ def _colmax_kernel(x, probs, lam, g, n_chunks, colmax_parts):
                     continue
                 for j in range(n_labels):
                     cmax[j] = _fmax(cmax[j], z[j] - m)
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _codes_kernel(x, probs, lam, g, n_chunks, out):
+def _codes_kernel(counters, x, probs, lam, g, n_chunks, out):
     """out = Q for every row of x (rows sum to 1), in the compute precision."""
     n_rows, n_labels = x.shape
     zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -483,16 +602,21 @@ def _codes_kernel(x, probs, lam, g, n_chunks, out):
                 inv = one / s
                 for j in range(n_labels):
                     q[j] *= inv
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_EXACT_Z)
-def _labels_kernel(x, probs, lam, g, n_chunks, out):
+def _labels_kernel(counters, x, probs, lam, g, n_chunks, out):
     """out_i = argmax_j z_ij, the first index among ties."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -502,17 +626,22 @@ def _labels_kernel(x, probs, lam, g, n_chunks, out):
                 while z[best] != top:
                     best += 1
                 out[b0 + i] = best
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_EXACT_Z)
-def _top_kernel(x, probs, lam, g, n_chunks, indices, values):
+def _top_kernel(counters, x, probs, lam, g, n_chunks, indices, values):
     """The k = indices.shape[1] largest z_ij per row, best first, lower index on ties."""
     n_rows, n_labels = x.shape
     k = indices.shape[1]
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -540,18 +669,23 @@ def _top_kernel(x, probs, lam, g, n_chunks, indices, values):
                     idx[t] = j
                     if filled < k:
                         filled += 1
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
+def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
     """parts[c] = sum over chunk c of log P_i,labels_i (kind_code 0 logits, 1 logprobs,
     2 probs). For logits the row's log-sum-exp is subtracted: log P_il = x_il - m_i -
     log sum_j exp(x_ij - m_i), the sum taken in the compute precision (``unit`` holds the
     kernel unit in it) and everything else in float64."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=unit.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=unit.dtype)
         total = 0.0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
@@ -575,10 +709,15 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
                 picked = np.float64(row[labels[b0 + i]])
                 total += _log_softmax_at(picked, np.float64(m), np.float64(s))
         parts[c] = total
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_CHECK)
-def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support):
+def _check_kernel(
+    counters, x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support
+):
     """Per chunk: all finite, the minimum, the maximum, the lowest row maximum, and for
     probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each column
     (``support``, (C, K); unused otherwise).
@@ -587,9 +726,11 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviatio
     fast-math here, so the product is kept); the minimum is then only read when finite.
     """
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
         poison = 0.0
         low, high, lowest_best = np.inf, -np.inf, np.inf
         dev = 0.0
@@ -617,6 +758,9 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviatio
         maxima[c] = high
         row_best[c] = lowest_best
         deviation[c] = dev
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 def _n_chunks(n_rows: int, n_labels: int) -> int:
@@ -701,8 +845,8 @@ class NumbaBackend(NumpyBackend):
             minima, maxima, row_best = (np.empty(n_chunks) for _ in range(3))
             dev = np.empty(n_chunks)
             counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
-            with _parallel_section():
-                _check_kernel(part, probs, n_chunks, finite, minima, maxima, row_best, dev, counts)
+            stats = (finite, minima, maxima, row_best, dev, counts)
+            _run(_check_kernel, n_chunks, part.size, part, probs, n_chunks, *stats)
             all_finite = all_finite and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
@@ -724,9 +868,6 @@ class NumbaBackend(NumpyBackend):
         # a solve's row maxima by block: (data address, shape, strides, dtype) -> (lam, g,
         # row_max) of the block's last sweep in kernel units, or None once it gave up
         self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
-
-    def unavailable_reason(self) -> str | None:
-        return _FORK_BLOCKED
 
     def for_solve(self) -> NumbaBackend:
         """A copy whose sweeps skip the row-maximum pass from a block's second sweep on
@@ -781,15 +922,14 @@ class NumbaBackend(NumpyBackend):
         elif key is None:
             row_max = np.empty(1, dtype=g_c.dtype)  # not kept: nothing to write
         kernel_args = (part, probs, lam_c, g_c, n_chunks, sums, row_max, key is not None)
-        with _parallel_section():
-            _sweep_kernel(*kernel_args, warm, g_c.dtype.type(delta), redone)
+        _run(_sweep_kernel, n_chunks, part.size, *kernel_args, warm, g_c.dtype.type(delta), redone)
         part_sum = sums.sum(axis=0)
-        if warm and g_c.dtype == np.float32:
-            tiny = (part_sum < n_rows * WARM_TINY_MASS) & (g_c > -np.inf)
+        if warm:
+            tiny = (part_sum < n_rows * WARM_TINY_MASS[g_c.dtype]) & (g_c > -np.inf)
             if tiny.any():  # terms a warm shift may have flushed: this sweep again, cold
                 sums[:] = 0.0
-                with _parallel_section():
-                    _sweep_kernel(*kernel_args, False, g_c.dtype.type(0.0), redone)
+                cold = (False, g_c.dtype.type(0.0), redone)
+                _run(_sweep_kernel, n_chunks, part.size, *kernel_args, *cold)
                 part_sum = sums.sum(axis=0)
         if key is not None:
             gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
@@ -813,8 +953,7 @@ class NumbaBackend(NumpyBackend):
             if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
-                with _parallel_section():
-                    _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
+                _run(_colmax_kernel, n_chunks, part.size, part, probs, lam_c, g_c, n_chunks, maxima)
                 np.maximum(colmax, maxima.max(axis=0), out=colmax)
         return ColumnStats(colsum, colmax / unit)
 
@@ -832,8 +971,8 @@ class NumbaBackend(NumpyBackend):
         for part in _kernel_blocks(x):
             stop = start + part.shape[0]
             views = [out[start:stop] for out in outs]
-            with _parallel_section():
-                kernel(part, kind == "probs", lam_c, g_c, _n_chunks(*part.shape), *views)
+            n_chunks = _n_chunks(*part.shape)
+            _run(kernel, n_chunks, part.size, part, kind == "probs", lam_c, g_c, n_chunks, *views)
             start = stop
 
     def labels(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
@@ -869,8 +1008,8 @@ class NumbaBackend(NumpyBackend):
             parts = np.empty(n_chunks)
             dtype = compute_dtype(part.dtype)
             unit = np.array([_unit(dtype)], dtype=dtype)
-            with _parallel_section():
-                _logprob_kernel(part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            args = (part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            _run(_logprob_kernel, n_chunks, part.size, *args)
             total += float(parts.sum())
             start = stop
         return total
