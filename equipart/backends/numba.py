@@ -63,7 +63,7 @@ from numba.extending import intrinsic, overload
 from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
 from .numpy import NumpyBackend, compute_dtype
 
-__all__ = ["ConvertedRows", "NumbaBackend"]
+__all__ = ["BFloat16Bits", "NumbaBackend"]
 
 if numba.config.DISABLE_JIT:  # the kernels' LLVM intrinsics cannot run as Python
     raise ImportError("Numba's JIT is disabled (NUMBA_DISABLE_JIT=1)")
@@ -372,6 +372,46 @@ def _exp_units_impl(w):
     return exp2
 
 
+@intrinsic
+def _half_to_f32(typingctx, bits):
+    """The float16 whose bits are ``bits`` (uint16), widened to float32 (exact: LLVM's
+    ``fpext``, which vectorises to vcvtph2ps)."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+def _widen(value):
+    """A score as the kernels compute with it: float32 and float64 as they are, the bits of
+    a float16 (uint16) or of a bfloat16 (int16, see ``BFloat16Bits``) widened to float32."""
+    return value
+
+
+@overload(_widen, inline="always")
+def _widen_impl(value):
+    if value == types.uint16:
+        return lambda value: _half_to_f32(value)
+    if value == types.int16:  # bfloat16: the high half of a float32
+        return lambda value: _f32_from_bits(np.int32(np.int32(np.uint16(value)) << 16))
+    return lambda value: value
+
+
+def _row_buffer(x):
+    """A scratch block of SUB_ROWS rows of x in the precision the kernels read it in."""
+    return np.empty((SUB_ROWS, x.shape[1]), dtype=x.dtype)
+
+
+@overload(_row_buffer, inline="always")
+def _row_buffer_impl(x):
+    if x.dtype in (types.uint16, types.int16):  # 16-bit floats' bits: widened to float32
+        return lambda x: np.empty((SUB_ROWS, x.shape[1]), dtype=np.float32)
+    return lambda x: np.empty((SUB_ROWS, x.shape[1]), dtype=x.dtype)
+
+
 def _load_rows(x, start, stop, buf):
     """Rows start:stop of x, C-contiguous in the compute precision (a view where possible)."""
     return x[start:stop]
@@ -389,11 +429,11 @@ def _load_rows_impl(x, start, stop, buf):
         if x.strides[0] <= x.strides[1]:  # column-major-like: walk down the columns
             for j in range(n_labels):
                 for i in range(n_rows):
-                    out[i, j] = x[start + i, j]
+                    out[i, j] = _widen(x[start + i, j])
         else:
             for i in range(n_rows):
                 for j in range(n_labels):
-                    out[i, j] = x[start + i, j]
+                    out[i, j] = _widen(x[start + i, j])
         return out
 
     return copy_rows
@@ -691,7 +731,7 @@ def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
             b1 = min(b0 + SUB_ROWS, r1)
             if kind_code != 0:
                 for i in range(b0, b1):
-                    picked = np.float64(x[i, labels[i]])
+                    picked = np.float64(_widen(x[i, labels[i]]))
                     if kind_code == 1:
                         total += picked
                     else:
@@ -726,7 +766,7 @@ def _check_kernel(
     fast-math here, so the product is kept); the minimum is then only read when finite.
     """
     n_rows, n_labels = x.shape
-    buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
+    buf = _row_buffer(x)
     last = False
     c = _claim(counters)
     while c < n_chunks:
@@ -771,44 +811,53 @@ def _n_chunks(n_rows: int, n_labels: int) -> int:
 
 
 @dataclass(frozen=True)
-class ConvertedRows:
-    """Scores that NumPy cannot view (the torch backend's CPU bfloat16 tensors), handed to
-    the kernels part by part: ``rows(start, stop)`` returns rows start:stop as an array of
-    ``dtype`` (float32 or float64), which may be overwritten by the next call. The kernels
-    ask for ``CONVERT_ELEMENTS`` at a time, as they convert float16 arrays, and finish
-    with a part before asking for the next, so no N x K copy exists; parts are swept cold
-    (no warm row maxima)."""
+class BFloat16Bits:
+    """bfloat16 scores, which NumPy cannot view (the torch backend's CPU bfloat16 tensors),
+    as their bit patterns: ``bits`` is an (n, K) int16 view of their memory, any strides.
+    The kernels widen each value to float32 (exact) as they read it, so nothing is copied
+    and a solve's warm sweeps apply as for float32 arrays."""
 
-    shape: tuple[int, int]
-    dtype: np.dtype
-    rows: Callable[[int, int], np.ndarray]
+    bits: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The precision the kernels compute in (float32)."""
+        return np.dtype(np.float32)
 
 
-def _kernel_blocks(x: np.ndarray | ConvertedRows) -> Iterator[np.ndarray]:
-    """x itself when the kernels read its dtype (float32/float64, any strides); otherwise
-    (float16, integers, bool, ``ConvertedRows``) consecutive row blocks converted to the
-    compute precision."""
-    if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
-        yield x
+def _kernel_blocks(x: np.ndarray | BFloat16Bits) -> Iterator[tuple[np.ndarray, bool]]:
+    """(block, True) for an array the kernels read as it is: float32, float64, float16 (as
+    its uint16 bits) and ``BFloat16Bits`` (as int16), any strides; otherwise (integers,
+    bool) consecutive row blocks converted to float64, each with False."""
+    if isinstance(x, BFloat16Bits):
+        yield x.bits.view(np.int16), True
+        return
+    if x.dtype in (np.float32, np.float64):
+        yield x, True
+        return
+    if x.dtype == np.float16:
+        yield x.view(np.uint16), True
         return
     dtype = compute_dtype(x.dtype)
     step = max(1, CONVERT_ELEMENTS // max(x.shape[1], 1))
     for start in range(0, x.shape[0], step):
-        stop = min(start + step, x.shape[0])
-        rows = x.rows(start, stop) if isinstance(x, ConvertedRows) else x[start:stop]
-        part = np.asarray(rows, dtype=dtype)
+        part = np.asarray(x[start : start + step], dtype=dtype)
         part.flags.writeable = False
-        yield part
+        yield part, False
 
 
-def _as_array(block: Any) -> np.ndarray | ConvertedRows:
+def _as_array(block: Any) -> np.ndarray | BFloat16Bits:
     """A read-only plain ndarray view of the block (memmaps included), checked to be 2-D;
-    ``ConvertedRows`` as they are.
+    ``BFloat16Bits`` as they are.
 
     Read-only for every input, so that writable and read-only arrays share one compiled
     specialisation of each kernel (the kernels never write to the scores).
     """
-    if isinstance(block, ConvertedRows):
+    if isinstance(block, BFloat16Bits):
         return block
     x = np.asarray(block).view(np.ndarray)
     if x.ndim != 2:
@@ -839,7 +888,7 @@ class NumbaBackend(NumpyBackend):
         all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
         min_row_max = np.inf
         support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
             minima, maxima, row_best = (np.empty(n_chunks) for _ in range(3))
@@ -947,8 +996,8 @@ class NumbaBackend(NumpyBackend):
         probs = kind == "probs"
         colsum = np.zeros(n_labels)
         colmax = np.full(n_labels, -np.inf)  # exact where colsum_j == 0, see ColumnStats
-        for part in _kernel_blocks(x):
-            part_sum = self._sweep_part(part, part is x, probs, lam_c, g_c)
+        for part, whole in _kernel_blocks(x):
+            part_sum = self._sweep_part(part, whole, probs, lam_c, g_c)
             colsum += part_sum
             if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
@@ -968,7 +1017,7 @@ class NumbaBackend(NumpyBackend):
         unit = _unit(dtype) if kernel is _codes_kernel else 1.0
         lam_c, g_c = _scaled_params(lam, g, dtype, unit)
         start = 0
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             stop = start + part.shape[0]
             views = [out[start:stop] for out in outs]
             n_chunks = _n_chunks(*part.shape)
@@ -1001,13 +1050,13 @@ class NumbaBackend(NumpyBackend):
         if picks.size:
             check_label_range(int(picks.min()), int(picks.max()), x.shape[1])
         kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
+        dtype = compute_dtype(x.dtype)
+        unit = np.array([_unit(dtype)], dtype=dtype)
         total, start = 0.0, 0
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             stop = start + part.shape[0]
             n_chunks = _n_chunks(*part.shape)
             parts = np.empty(n_chunks)
-            dtype = compute_dtype(part.dtype)
-            unit = np.array([_unit(dtype)], dtype=dtype)
             args = (part, kind_code, unit, picks[start:stop], n_chunks, parts)
             _run(_logprob_kernel, n_chunks, part.size, *args)
             total += float(parts.sum())
