@@ -144,10 +144,15 @@ def test_warm_sweep_keeps_columns_of_tiny_mass():
 
 def test_warm_state_is_per_block_and_not_kept_for_converted_blocks():
     solve = NB.for_solve()
-    x16 = scores_for("logits", (200, 70), np.float16)
+    x8 = scores_for("logits", (200, 70), np.int8)
+    for _ in range(2):
+        solve.sweep(x8, "logits", 25.0, dual(70))
+    assert not solve._warm  # integers are converted block by block: nothing to reuse
+    x16 = scores_for("logits", (200, 70), np.float16)  # read as they are: warm
     for _ in range(2):
         solve.sweep(x16, "logits", 25.0, dual(70))
-    assert not solve._warm  # float16 is converted block by block: nothing to reuse
+    assert len(solve._warm) == 1 and solve.warm_rows == (200, 0)
+    solve = NB.for_solve()
     heads = scores_for("logits", (2, 200, 70), np.float32)
     for _ in range(2):
         for head in heads:
@@ -271,6 +276,54 @@ def test_layouts_give_bit_identical_results_without_copying_the_input(dtype, tmp
         assert np.array_equal(NB.labels(view, "logits", 25.0, g), ref_labels), name
         assert np.array_equal(NB.codes(view, "logits", 25.0, g), ref_codes), name
         assert np.array_equal(view, before), name
+
+
+def half_views(x: np.ndarray, tmp_path) -> tuple[np.ndarray, dict[str, object]]:
+    """float16 and bfloat16 forms of x (rounded to bfloat16 first, so both hold the same
+    values where |x| >= 2^-14) in the layouts the kernels read without a copy."""
+    torch = pytest.importorskip("torch")
+    from equipart.backends.numba import BFloat16Bits
+
+    tensor = torch.from_numpy(x).to(torch.bfloat16)
+    exact = tensor.float().numpy().astype(np.float16)
+    assert np.array_equal(exact.astype(np.float32), tensor.float().numpy())
+    views: dict[str, object] = {"float16 " + k: v for k, v in layouts(exact, tmp_path).items()}
+    views["float16"] = exact
+    views["bfloat16"] = BFloat16Bits(tensor.view(torch.int16).numpy())
+    views["bfloat16 fortran"] = BFloat16Bits(tensor.T.contiguous().T.view(torch.int16).numpy())
+    wide = torch.zeros(x.shape[0] * 2, x.shape[1] * 3, dtype=torch.bfloat16)
+    wide[::2, ::3] = tensor
+    views["bfloat16 strided"] = BFloat16Bits(wide[::2, ::3].view(torch.int16).numpy())
+    return exact.astype(np.float32), views
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float16_and_bfloat16_read_directly_give_their_float32_upcast(kind, tmp_path):
+    """float16 arrays (any layout, memmaps included) and bfloat16 bits are widened to
+    float32 as the kernels read them: every pass gives the float32 upcast's bits, and a
+    solve's warm sweeps apply to them as to float32 arrays."""
+    x = scores_for(kind, (523, 70), np.float32, seed=5)
+    if kind == "probs":  # above float16's subnormals, where bfloat16 values are float16s
+        x = np.maximum(x, 1e-4)
+    upcast, views = half_views(x, tmp_path)
+    g = dual(70, dead=True)
+    ref = NB.sweep(upcast, kind, 25.0, g)
+    labels = NB.labels(upcast, kind, 25.0, g)
+    top = NB.top_labels(upcast, kind, 25.0, g, 3)
+    for name, view in views.items():
+        stats = NB.sweep(view, kind, 25.0, g)
+        assert np.array_equal(stats.colsum, ref.colsum) and np.array_equal(stats.colmax, ref.colmax)
+        assert np.array_equal(NB.labels(view, kind, 25.0, g), labels), name
+        assert np.array_equal(NB.codes(view, kind, 25.0, g), NB.codes(upcast, kind, 25.0, g))
+        got_top = NB.top_labels(view, kind, 25.0, g, 3)
+        assert np.array_equal(got_top[0], top[0]) and np.array_equal(got_top[1], top[1]), name
+        assert NB.check(view, kind) == NB.check(upcast, kind), name
+        assert NB.logprob_sum(view, kind, labels) == NB.logprob_sum(upcast, kind, labels), name
+        solve, solve_ref = NB.for_solve(), NB.for_solve()
+        for shift in (0.0, 0.5):  # a cold and a warm sweep
+            got = solve.sweep(view, kind, 25.0, g + shift)
+            assert np.array_equal(got.colsum, solve_ref.sweep(upcast, kind, 25.0, g + shift).colsum)
+        assert solve.warm_rows == solve_ref.warm_rows, name
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int32, np.int64])
