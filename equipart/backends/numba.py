@@ -401,7 +401,7 @@ def _widen_impl(value):
 
 
 def _row_buffer(x):
-    """A scratch block of SUB_ROWS rows of x in the precision the kernels read it in."""
+    """A scratch block of SUB_ROWS rows of x in the precision the kernels compute it in."""
     return np.empty((SUB_ROWS, x.shape[1]), dtype=x.dtype)
 
 
@@ -413,13 +413,16 @@ def _row_buffer_impl(x):
 
 
 def _load_rows(x, start, stop, buf):
-    """Rows start:stop of x, C-contiguous in the compute precision (a view where possible)."""
+    """Rows start:stop of x, C-contiguous (a view where possible; otherwise copied into
+    ``buf``, a SUB_ROWS-row block of the compute precision, in the order of x's strides);
+    callers read every value through ``_widen``."""
     return x[start:stop]
 
 
 @overload(_load_rows)
 def _load_rows_impl(x, start, stop, buf):
-    if x.layout == "C" and x.dtype == buf.dtype:
+    # 16-bit floats' bits are widened where the row loops read them (``_widen``)
+    if x.layout == "C" and (x.dtype == buf.dtype or x.dtype in (types.uint16, types.int16)):
         return lambda x, start, stop, buf: x[start:stop]
 
     def copy_rows(x, start, stop, buf):
@@ -444,12 +447,12 @@ def _scale_row_py(row, probs, lam, g, z):
     m = z.dtype.type(-np.inf)
     if probs:
         for j in range(row.shape[0]):
-            zj = lam * np.log(row[j]) + g[j]
+            zj = lam * np.log(_widen(row[j])) + g[j]
             z[j] = zj
             m = _fmax(m, zj)
     else:
         for j in range(row.shape[0]):
-            zj = lam * row[j] + g[j]
+            zj = lam * _widen(row[j]) + g[j]
             z[j] = zj
             m = _fmax(m, zj)
     return m
@@ -492,7 +495,7 @@ def _row_max(row, probs, lam, g, z):
         return _scale_row(row, probs, lam, g, z)
     m = z.dtype.type(-np.inf)
     for j in range(row.shape[0]):
-        m = _fmax(m, _affine(lam, row[j], g[j]))
+        m = _fmax(m, _affine(lam, _widen(row[j]), g[j]))
     return m
 
 
@@ -515,7 +518,7 @@ def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
     else:
         for j in range(row.shape[0]):
             acc[j] += e[j] * weight
-            w = _affine(lam, row[j], g[j]) - m
+            w = _affine(lam, _widen(row[j]), g[j]) - m
             w_max = _fmax(w_max, w)
             ej = _exp_units(w)
             e[j] = ej
@@ -740,13 +743,13 @@ def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 row = rows[i]
-                m = row[0]
+                m = _widen(row[0])
                 for j in range(1, n_labels):
-                    m = _fmax(m, row[j])
+                    m = _fmax(m, _widen(row[j]))
                 s = unit[0] * 0
                 for j in range(n_labels):
-                    s += _exp_units((row[j] - m) * unit[0])
-                picked = np.float64(row[labels[b0 + i]])
+                    s += _exp_units((_widen(row[j]) - m) * unit[0])
+                picked = np.float64(_widen(row[labels[b0 + i]]))
                 total += _log_softmax_at(picked, np.float64(m), np.float64(s))
         parts[c] = total
         last = _finish(counters, n_chunks)
@@ -782,7 +785,7 @@ def _check_kernel(
                 s = 0.0
                 best = -np.inf
                 for j in range(n_labels):
-                    value = np.float64(row[j])
+                    value = np.float64(_widen(row[j]))
                     s += value
                     poison += value * 0.0
                     low = _fmin(low, value)
@@ -792,7 +795,7 @@ def _check_kernel(
                 if probs:
                     dev = max(dev, abs(s - 1.0))
                     for j in range(n_labels):
-                        support[c, j] += row[j] > 0
+                        support[c, j] += _widen(row[j]) > 0
         finite[c] = math.isfinite(poison)
         minima[c] = low
         maxima[c] = high
