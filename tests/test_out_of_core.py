@@ -183,3 +183,54 @@ def test_read_only_memmap_does_not_stay_resident(tmp_path, monkeypatch):
             )
     assert result.labels.shape == (n_rows,) and len(peak) == 3
     assert max(peak) < file_bytes / 8, (max(peak), file_bytes)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_streamed_half_precision_matches_in_memory(tmp_path, small_blocks, dtype):
+    """float16 .npy files (memmaps, read ahead block by block) and bfloat16 CPU tensors
+    streamed from a factory go through the Numba kernels, which read them as stored, and
+    give the labels of the same scores held in memory (duals and codes to float32
+    rounding: the sums run over other blocks)."""
+    pytest.importorskip("numba")
+    scores = _scores((301, 70), seed=3)
+    if dtype == "float16":
+        whole = scores.astype(np.float16)
+        np.save(tmp_path / "half.npy", whole)
+        given: object = tmp_path / "half.npy"
+        engine, source = open_source(np.load(given, mmap_mode="r"))
+        assert engine.name == "numba" and isinstance(source, StreamedArray)
+    else:
+        torch = pytest.importorskip("torch")
+        whole = torch.from_numpy(scores).to(torch.bfloat16)
+        given = RowBlocks(lambda: (whole[i : i + 40] for i in range(0, 301, 40)))
+    reference = assign_labels(whole, LAM, tol=1e-6, return_codes=True)
+    streamed = assign_labels(given, LAM, tol=1e-6, return_codes=True)
+    # float32 column sums over other row blocks: the same solution up to their rounding
+    labels, codes = (np.asarray(getattr(a, "numpy", lambda a=a: a)()) for a in
+                     (streamed.labels, streamed.codes))  # fmt: skip
+    want_labels, want_codes = (np.asarray(getattr(a, "numpy", lambda a=a: a)()) for a in
+                               (reference.labels, reference.codes))  # fmt: skip
+    np.testing.assert_array_equal(labels, want_labels)
+    assert streamed.converged and abs(streamed.n_iter - reference.n_iter) <= 1
+    np.testing.assert_allclose(streamed.state.g, reference.state.g, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(codes, want_codes, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
+def test_pass_stopped_early_leaves_no_block_mapped(tmp_path, monkeypatch):
+    """A consumer that stops after one block: the block it held and the one read ahead
+    for it are both released."""
+    try:
+        _rss_file_bytes()
+    except (OSError, AttributeError):
+        pytest.skip("no /proc/self/status RssFile here")
+    monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 4 << 20)
+    path = tmp_path / "scores.npy"
+    np.save(path, _scores((100_000, 100)))
+    engine, source = open_source(np.load(path, mmap_mode="r"), "numpy")
+    before = _rss_file_bytes()
+    passes = source.blocks(0)
+    first = next(passes)
+    assert float(first.sum()) == pytest.approx(float(_scores((100_000, 100))[: len(first)].sum()))
+    passes.close()
+    assert _rss_file_bytes() - before < 1 << 20
