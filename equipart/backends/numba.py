@@ -60,7 +60,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
+from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range
 from .numpy import NumpyBackend, compute_dtype
 
 __all__ = ["BFloat16Bits", "NumbaBackend"]
@@ -833,6 +833,39 @@ def _check_kernel(
     return last
 
 
+@njit(cache=True)
+def _warm_delta(g_then, g_now):
+    """The shift delta = max(0, max_j (g_j - g_j(then))) of a warm sweep, or -1 where it
+    must be cold: a label came back from -inf, no label is finite, or the steps of g
+    spread by more than WARM_SLACK - 1 (some row's terms could all fall below 2^-WARM_SLACK
+    of its shift)."""
+    low, high = np.inf, -np.inf
+    for j in range(g_now.shape[0]):
+        if g_now[j] == -np.inf:
+            continue
+        if g_then[j] == -np.inf:
+            return -1.0
+        step = np.float64(g_now[j]) - np.float64(g_then[j])
+        low, high = min(low, step), max(high, step)
+    if high == -np.inf or high - low > WARM_SLACK - 1.0:
+        return -1.0
+    return max(high, 0.0)
+
+
+# below it, a (non-negative) float64 is 0: _any_below(colsum, _ABOVE_ZERO, g) is
+# ``needs_exact_colmax``
+_ABOVE_ZERO = float(np.finfo(np.float64).smallest_subnormal)
+
+
+@njit(cache=True)
+def _any_below(colsum, bound, g):
+    """Whether some label with a finite dual has a column sum below ``bound``."""
+    for j in range(colsum.shape[0]):
+        if colsum[j] < bound and g[j] > -np.inf:
+            return True
+    return False
+
+
 def _n_chunks(n_rows: int, n_labels: int) -> int:
     """Parallel chunks for a block: a function of its shape only (never of the threads)."""
     by_rows = max(1, n_rows // MIN_CHUNK_ROWS)
@@ -977,14 +1010,8 @@ class NumbaBackend(NumpyBackend):
         previous = self._warm.get(key)
         if previous is None or previous[0] != lam_c:  # first sweep of this block or stage
             return key, None, 0.0
-        g_then = previous[1]
-        moving = np.isfinite(g_then) & np.isfinite(g_c)
-        if not np.array_equal(moving, np.isfinite(g_c)):  # a label came back from -inf
-            return key, None, 0.0
-        steps = g_c[moving].astype(np.float64) - g_then[moving]
-        if steps.size == 0 or steps.max() - steps.min() > WARM_SLACK - 1.0:
-            return key, None, 0.0
-        return key, previous[2], max(float(steps.max()), 0.0)
+        delta = _warm_delta(previous[1], g_c)
+        return (key, None, 0.0) if delta < 0.0 else (key, previous[2], delta)
 
     def _sweep_part(
         self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
@@ -1003,13 +1030,12 @@ class NumbaBackend(NumpyBackend):
         kernel_args = (part, probs, lam_c, g_c, n_chunks, sums, row_max, key is not None)
         _run(_sweep_kernel, n_chunks, part.size, *kernel_args, warm, g_c.dtype.type(delta), redone)
         part_sum = sums.sum(axis=0)
-        if warm:
-            tiny = (part_sum < n_rows * WARM_TINY_MASS[g_c.dtype]) & (g_c > -np.inf)
-            if tiny.any():  # terms a warm shift may have flushed: this sweep again, cold
-                sums[:] = 0.0
-                cold = (False, g_c.dtype.type(0.0), redone)
-                _run(_sweep_kernel, n_chunks, part.size, *kernel_args, *cold)
-                part_sum = sums.sum(axis=0)
+        if warm and _any_below(part_sum, n_rows * WARM_TINY_MASS[g_c.dtype], g_c):
+            # terms a warm shift may have flushed: this sweep again, cold
+            sums[:] = 0.0
+            cold = (False, g_c.dtype.type(0.0), redone)
+            _run(_sweep_kernel, n_chunks, part.size, *kernel_args, *cold)
+            part_sum = sums.sum(axis=0)
         if key is not None:
             gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
             self._warm[key] = None if gave_up else (lam_c, g_c.copy(), row_max)
@@ -1029,7 +1055,7 @@ class NumbaBackend(NumpyBackend):
         for part, whole in _kernel_blocks(x):
             part_sum = self._sweep_part(part, whole, probs, lam_c, g_c)
             colsum += part_sum
-            if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
+            if _any_below(part_sum, _ABOVE_ZERO, g_c):  # a sum underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
                 _run(_colmax_kernel, n_chunks, part.size, part, probs, lam_c, g_c, n_chunks, maxima)
