@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -391,6 +392,8 @@ def test_serial_and_parallel_kernels_give_the_same_bits(kind, monkeypatch):
     helper threads claiming chunks: either way every pass gives the same bits (the chunks,
     and the order their partials merge in, depend on the shape only)."""
     numba_backend = pytest.importorskip("equipart.backends.numba")
+    monkeypatch.setattr(numba_backend, "HELPER_WAIT_SHARE", np.inf)  # helpers never pause
+    monkeypatch.setattr(numba_backend._HelperPause, "until", 0.0)
     x = scores_for(kind, (6000, 90), np.float32, seed=2)
     g = dual(90, dead=True)
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_ELEMENTS", x.size + 1)
@@ -405,6 +408,7 @@ def test_a_kernel_call_does_not_wait_for_busy_helpers(monkeypatch):
     work, the calling thread sweeps every chunk itself, with the same bits."""
     numba_backend = pytest.importorskip("equipart.backends.numba")
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(numba_backend._HelperPause, "until", 0.0)
     x = scores_for("logits", (6000, 90), np.float32, seed=3)
     g = dual(90)
     want = NB.sweep(x, "logits", 25.0, g)
@@ -415,6 +419,44 @@ def test_a_kernel_call_does_not_wait_for_busy_helpers(monkeypatch):
     finally:
         busy.set()
     assert np.array_equal(got.colsum, want.colsum)
+
+
+def test_a_helper_descheduled_while_holding_a_chunk_pauses_the_helpers(monkeypatch):
+    """A call whose caller waited for a helper's chunk longer than HELPER_WAIT_SHARE of
+    its own time (as when a busy core deschedules the helper) runs the calls of the next
+    HELPER_PAUSE_S seconds on the calling thread alone; then helpers are tried again."""
+    numba_backend = pytest.importorskip("equipart.backends.numba")
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two threads")
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(numba_backend._HelperPause, "until", 0.0)
+    lock, caller = threading.Lock(), threading.get_ident()
+
+    def kernel(counters, n_chunks, seen):  # claims as the compiled kernels do
+        last = False
+        while True:
+            with lock:
+                c, counters[0] = counters[0], counters[0] + 1
+            if c >= n_chunks:
+                return last
+            seen.append(threading.get_ident())
+            # the caller's chunks take 1 ms; the helper is descheduled with its chunk
+            time.sleep(0.001 if threading.get_ident() == caller else 0.2)
+            with lock:
+                last, counters[1] = counters[1] == n_chunks - 1, counters[1] + 1
+
+    seen: list[int] = []
+    numba_backend._run(kernel, 64, 1, 64, seen)
+    if set(seen) == {caller}:
+        pytest.skip("the helper did not start before the caller took every chunk")
+    assert numba_backend._HelperPause.until > time.perf_counter()
+    seen.clear()
+    numba_backend._run(kernel, 64, 1, 64, seen)
+    assert set(seen) == {caller}  # paused: no helper was asked
+    monkeypatch.setattr(numba_backend._HelperPause, "until", 0.0)
+    monkeypatch.setattr(numba_backend, "HELPER_WAIT_SHARE", np.inf)
+    numba_backend._run(kernel, 64, 1, 64, seen)
+    assert numba_backend._HelperPause.until == 0.0
 
 
 def test_more_threads_than_cores_gives_the_same_bits(tmp_path):

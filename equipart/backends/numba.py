@@ -49,6 +49,7 @@ import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -81,6 +82,11 @@ CONVERT_ELEMENTS = 1 << 20  # block size when integer input is converted
 # Blocks of fewer scores run on one thread (see ``_run``): below it, waking a helper costs
 # more than it saves (the crossover measured by benchmarks/bench_numba.py)
 PARALLEL_MIN_ELEMENTS = 1 << 19
+# A kernel call whose caller waited for its helpers' last chunks longer than this share of
+# its own working time (a helper descheduled by a busy core) runs the calls of the next
+# HELPER_PAUSE_S seconds on the calling thread alone (see ``_run``)
+HELPER_WAIT_SHARE = 0.25
+HELPER_PAUSE_S = 0.25
 
 # Fast-math for the kernels: reassociation (vectorised reductions) and FMA contraction,
 # but no "ninf", because g_j = -inf (zero-target labels) and log(0) (probabilities) are
@@ -291,6 +297,12 @@ def _new_team_in_child() -> None:
 os.register_at_fork(after_in_child=_new_team_in_child)
 
 
+class _HelperPause:
+    """Until when (``time.perf_counter``) kernel calls run without helpers."""
+
+    until = 0.0
+
+
 def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any) -> None:
     """``kernel(counters, *args)`` over its ``n_chunks`` chunks, with dynamic scheduling.
 
@@ -299,13 +311,16 @@ def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any
     ones also queue ``numba.get_num_threads() - 1`` helper calls of the same kernel: each
     claims whatever chunks remain when it starts, so a helper that a busy core delays
     takes a smaller share, or none, and the caller waits only for chunks a helper has
-    claimed and not yet finished, never for a helper to start.
+    claimed and not yet finished, never for a helper to start. A helper that the OS
+    took off its core while it held a chunk can still hold up the caller; a call that
+    waited for its helpers longer than HELPER_WAIT_SHARE of its own working time sends
+    the kernel calls of the next HELPER_PAUSE_S seconds to the calling thread alone.
     """
     counters = np.zeros(2, dtype=np.int64)
     helpers = 0
     if n_elements >= PARALLEL_MIN_ELEMENTS:
         helpers = min(numba.get_num_threads(), n_chunks) - 1
-    if helpers <= 0:
+    if helpers <= 0 or time.perf_counter() < _HelperPause.until:
         kernel(counters, *args)
         return
     finished = threading.Event()
@@ -320,8 +335,12 @@ def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any
             finished.set()
 
     _TEAM.submit(helper, helpers)
+    start = time.perf_counter()
     if not kernel(counters, *args):  # a helper finishes the last chunk: wait for it
+        own = time.perf_counter() - start
         finished.wait()
+        if time.perf_counter() - start - own > HELPER_WAIT_SHARE * own:
+            _HelperPause.until = time.perf_counter() + HELPER_PAUSE_S
     if failures:
         raise failures[0]
 
