@@ -48,8 +48,9 @@ class InMemory:
 
 
 # Streamed sources read about this many bytes of scores per block (per head): large enough
-# that per-block overheads vanish, small enough that a block is a fraction of any budget.
-BLOCK_BYTES = 64 << 20
+# that per-block overheads vanish, small enough that two blocks (the one swept and the one
+# read ahead) are a fraction of any budget.
+BLOCK_BYTES = 32 << 20
 FAULT_AROUND_BYTES = 1 << 20
 # Linux's madvise advice (5.14 and later) that reads a range in and maps it, in one call
 MADV_POPULATE_READ = 22
