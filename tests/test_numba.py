@@ -24,7 +24,12 @@ from column_stats_checks import assert_column_stats  # noqa: E402
 from conftest import run_python  # noqa: E402
 
 from equipart import ConvergenceWarning, Counts, assign_labels  # noqa: E402
-from equipart.backends.numba import EXP2_FLOOR, NumbaBackend, _exp_units  # noqa: E402
+from equipart.backends.numba import (  # noqa: E402
+    EXP2_FLOOR,
+    EXP2_FLOOR_F64,
+    NumbaBackend,
+    _exp_units,
+)
 from equipart.backends.numpy import NumpyBackend  # noqa: E402
 
 NB, NP = NumbaBackend(), NumpyBackend()
@@ -79,6 +84,42 @@ def test_float32_exp2_is_within_one_ulp_and_exact_at_zero():
     # monotone on a fine grid (no glitch at the range-reduction seams)
     fine = -np.linspace(0, 3, 100_001).astype(np.float32)
     assert np.all(np.diff(_exp_all(fine)) <= 0)
+
+
+def test_float64_exp2_is_within_one_ulp_and_exact_at_zero():
+    """The float64 exp2 (degree 11, no libm call) against long double exp2 over its whole
+    range, including the floor at 2^-1021 below which it returns 0 (subnormals)."""
+    if np.finfo(np.longdouble).nmant < 60:
+        pytest.skip("needs an extended-precision long double for the reference")
+    rng = np.random.default_rng(1)
+    w = -np.concatenate(
+        [np.linspace(0, 1021, 2_000_001), rng.uniform(0, 1021, 1_000_000), rng.uniform(0, 1, 10**6)]
+    )
+    got = _exp_all(w)
+    ref = np.exp2(w.astype(np.longdouble))
+    ulp = np.spacing(ref.astype(np.float64)).astype(np.longdouble)
+    assert float(np.max(np.abs(got - ref) / ulp)) <= 1.0
+    assert np.array_equal(_exp_all(np.array([0.0, -0.0])), [1.0, 1.0])
+    below = np.array([EXP2_FLOOR_F64 - 1e-9, -1022.0, -1074.5, -1e300, -np.inf])
+    assert np.array_equal(_exp_all(below), np.zeros(5))
+    fine = -np.linspace(0, 3, 1_000_001)
+    assert np.all(np.diff(_exp_all(fine)) <= 0)
+
+
+def test_exp_in_kernel_units_matches_numpy_exp():
+    """e^v as the kernels compute it, 2^(v log2 e), against np.exp over [-745, 0], both
+    precisions: within the rounding of w = v log2 e (relative |v| 2^-p, p the mantissa
+    bits) and 1 ulp; 0 wherever np.exp is subnormal (below the floor)."""
+    for dtype, floor in ((np.float64, EXP2_FLOOR_F64), (np.float32, float(EXP2_FLOOR))):
+        v = -np.linspace(0, 745 if dtype == np.float64 else 104, 1_000_001).astype(dtype)
+        w = v * dtype(np.log2(np.e))
+        got = _exp_all(w).astype(np.float64)
+        ref = np.exp(v.astype(np.float64))
+        eps = float(np.finfo(dtype).eps)
+        kept = w >= floor
+        bound = (np.abs(v[kept]) * 1.5 + 2) * eps
+        assert np.all(np.abs(got[kept] - ref[kept]) <= bound * ref[kept])
+        assert np.all(got[~kept] == 0.0) and np.all(ref[~kept] < 2.0 * np.finfo(dtype).tiny)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,4 +1,4 @@
-"""The Numba backend: the fused sweep as parallel compiled kernels, one read per sweep.
+"""The Numba backend: the fused sweep as compiled kernels, one read per sweep.
 
 Same contract and notation as ``equipart.backends.base`` (z = lam * L + g, v = z - rowmax,
 Q = exp(v) / rowsum exp(v)); this module makes the sweep run near the speed of one read of
@@ -6,39 +6,45 @@ the scores.
 
 Parallelism and determinism
     The rows of a block are split into ``n_chunks`` contiguous chunks, a number that depends
-    only on the block's shape (never on the thread count). ``prange`` hands chunks to
-    threads; each chunk accumulates its own float64 column partials, and the partials are
-    merged in chunk order. The result is therefore bit-identical for any
-    ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``. The kernels call no BLAS.
+    only on the block's shape (never on the thread count). The kernels are compiled
+    serial and claim chunks one at a time from an atomic counter (``_run``): on the
+    calling thread alone for small blocks, with helper threads of this module's own
+    (``_Team``: no OpenMP or TBB runtime, so forked children run the kernels too) for
+    larger ones, scheduled dynamically so that a helper on a busy core takes fewer chunks
+    instead of holding up the call. Each chunk accumulates its own float64 column
+    partials, and the partials are merged in chunk order. The result is therefore
+    bit-identical for any ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads`` and any
+    schedule. The kernels call no BLAS.
 
 Memory
-    Per chunk: a few K-vectors and, for inputs that are not C-contiguous, a buffer of
-    ``SUB_ROWS`` rows (the row block is copied there, in the compute precision, in the
-    order of the input's strides). Column partials: ``n_chunks x K`` float64, capped at
-    ``PARTIALS_BYTES``. A solve's backend (``for_solve``) also keeps one number per row of
-    each block for its warm sweeps (``_sweep_kernel``). Nothing of size N x K is ever
-    allocated by a sweep.
+    Per thread and call: a few K-vectors and, for inputs that are not C-contiguous, a
+    buffer of ``SUB_ROWS`` rows (the row block is copied there, in the compute precision,
+    in the order of the input's strides). Column partials: ``n_chunks x K`` float64,
+    capped at ``PARTIALS_BYTES``. A solve's backend (``for_solve``) also keeps one number
+    per row of each block for its warm sweeps (``_sweep_kernel``). Nothing of size N x K
+    is ever allocated by a sweep.
 
 Precision
-    float32 inputs compute in float32 (float16 too, converted block by block), everything
-    else in float64; column sums accumulate over ``SUB_ROWS`` rows in the compute precision
-    and then in float64. ``labels`` and ``top_labels`` form z = float(lam) * L + float(g)
-    in the compute precision with separate roundings (no FMA), exactly as the NumPy
-    backend does, so they agree with it bit for bit (for ``probs`` up to the 1-ulp
-    differences between libm's and NumPy's ``log``).
+    float32 inputs compute in float32 (float16 and bfloat16 too, widened as they are read),
+    everything else in float64; column sums accumulate over ``SUB_ROWS`` rows in the
+    compute precision and then in float64. ``labels`` and ``top_labels`` form
+    z = float(lam) * L + float(g) in the compute precision with separate roundings (no
+    FMA), exactly as the NumPy backend does, so they agree with it bit for bit (for
+    ``probs`` up to the 1-ulp differences between libm's and NumPy's ``log``).
 
 exp
-    Numba has no vectorised float32 ``exp`` on this stack (no SVML-patched LLVM), and the
-    scalar libm call costs ~10x a read of the scores. The float32 sweep and codes kernels
-    therefore work in base-2 units (lam and g multiplied by log2 e, see ``_unit``) and
-    compute 2^w for w <= 0 with ``_exp_units``: n = roundeven(w), r = w - n (exact),
-    2^r by the degree-6 polynomial interpolating it at the Chebyshev nodes of [-1/2, 1/2]
-    (relative error 2.5e-9), and n added to the exponent bits. It is exact at 0, within
-    1 ulp of the correctly rounded value elsewhere (tests/test_numba.py), and returns 0
-    below 2^``EXP2_FLOOR`` (about 2.4e-38; libm would return subnormals) and for -inf.
-    Such terms only matter in column sums that underflow anyway, and there the driver
-    uses ``colmax``, computed exactly (by ``_colmax_kernel``) wherever a column sum is
-    zero. float64 uses ``math.exp``.
+    Numba has no vectorised ``exp`` on this stack (no SVML-patched LLVM), and the scalar
+    libm call costs ~10x a read of the scores. The sweep and codes kernels therefore work
+    in base-2 units (lam and g multiplied by log2 e, see ``_unit``) and compute 2^w for
+    w <= 0 with ``_exp_units``: n = roundeven(w), r = w - n (exact), 2^r by the
+    polynomial interpolating it at the Chebyshev nodes of [-1/2, 1/2] (degree 6 in
+    float32, relative error 2.5e-9; degree 11 in float64, 4e-18), and n added to the
+    exponent bits. It is exact at 0, within 1 ulp of the correctly rounded value
+    elsewhere (tests/test_numba.py), and returns 0 below 2^``EXP2_FLOOR`` (about 2.4e-38;
+    2^``EXP2_FLOOR_F64``, 4.5e-308, in float64; libm would return subnormals) and for
+    -inf. Such terms only matter in column sums that underflow anyway, and there the
+    driver uses ``colmax``, computed exactly (by ``_colmax_kernel``) wherever a column
+    sum is zero.
 """
 
 from __future__ import annotations
