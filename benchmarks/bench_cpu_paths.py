@@ -256,6 +256,9 @@ def machine() -> dict:
         "numba_threads": numba.get_num_threads(),
         "equipart_commit": commit + (" (with uncommitted changes)" if dirty else ""),
         "parallel_min_elements": numba_backend.PARALLEL_MIN_ELEMENTS,
+        # the process's niceness (the busy loop inherits it): a negative one lets a run on
+        # a shared machine take the cores from other users' jobs, as on a quiet machine
+        "niceness": os.nice(0),
         "load_average_at_start": os.getloadavg(),
     }
 
@@ -273,7 +276,8 @@ def render(results: dict) -> str:
         f"({info['numba_threads']} threads), NumPy {info['numpy']}; commit "
         f"{info['equipart_commit'][:10]}; lam {results['lam']}, float32 logits 2 N(0, 1); "
         f"medians of interleaved rounds. The machine was shared: 1-minute load averages "
-        f"from {min(loads):.1f} to {max(loads):.1f} during the run.",
+        f"from {min(loads):.1f} to {max(loads):.1f} during the run, which ran at niceness "
+        f"{info['niceness']} (the busy loop too).",
         "",
         "Time to tol 1e-3, float64 against float32 (same values):",
         "",

@@ -488,9 +488,8 @@ def _scale_row_py(row, probs, lam, g, z):
     return m
 
 
-# One body, compiled twice: with the sweep's fast-math flags, and with the NumPy backend's
-# roundings (no FMA) for the passes whose results must match it bit for bit.
-_scale_row = njit(fastmath=_FAST)(_scale_row_py)
+# z with the NumPy backend's roundings (no FMA), for the passes whose results must match
+# it bit for bit (the sweep's passes form z with ``_shifted_row``)
 _scale_row_exact = njit(fastmath=_EXACT_Z)(_scale_row_py)
 
 
@@ -648,6 +647,7 @@ def _colmax_kernel(counters, x, probs, lam, g, n_chunks, colmax_parts):
     """Per-chunk column maxima of v = z - max_k z_k (the underflow guard; run only when a
     column sum of the sweep is exactly zero)."""
     n_rows, n_labels = x.shape
+    zero = g.dtype.type(0.0)
     buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
     z = np.empty(n_labels, dtype=g.dtype)
     last = False
@@ -660,7 +660,7 @@ def _colmax_kernel(counters, x, probs, lam, g, n_chunks, colmax_parts):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
-                m = _scale_row(rows[i], probs, lam, g, z)
+                m = _shifted_row(rows[i], probs, lam, g, z, zero)
                 if m == -np.inf:
                     continue
                 for j in range(n_labels):
@@ -685,7 +685,7 @@ def _codes_kernel(counters, x, probs, lam, g, n_chunks, out):
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 q = out[b0 + i]
-                m = _scale_row(rows[i], probs, lam, g, q)
+                m = _shifted_row(rows[i], probs, lam, g, q, zero)
                 if m == -np.inf:
                     q[:] = np.nan
                     continue
