@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from bench_numba import cpu_model, write_doc
 from numba import njit
 
 import equipart
@@ -45,7 +46,6 @@ from equipart.backends import numba as numba_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "cpu_paths.json"
-DOC = ROOT / "docs" / "numba.md"
 START, END = "<!-- bench_cpu_paths:start -->", "<!-- bench_cpu_paths:end -->"
 LAM = 25.0
 SMALL_SHAPES = ((200, 1000), (5000, 50), (256, 3000), (10_000, 100), (1000, 4096))
@@ -72,16 +72,21 @@ def median_ms(times: list[float]) -> float:
     return float(np.median(times) * 1e3)
 
 
-def interleave(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
-    """Seconds of each contender, one call each per round, after one untimed call each."""
+def interleave(
+    contenders: dict[str, Callable[[], object]], rounds: int, cpu: dict | None = None
+) -> dict[str, list]:
+    """Seconds of each contender, one call each per round, after one untimed call each;
+    with ``cpu`` (a dict), also the process's CPU seconds of each call, by name, there."""
     for run in contenders.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - start_cpu)
     return times
 
 
@@ -106,15 +111,22 @@ def bench_float64(shapes: list[tuple[int, int]], rounds: int) -> list[dict]:
                 name: (lambda name=name, x=x: run(name, x))
                 for name, x in (("float32", x32), ("float64", x64))
             }
-            times = interleave(contenders, rounds)
+            cpu: dict[str, list[float]] = {}
+            times = interleave(contenders, rounds, cpu)
             entry = {
                 "shape": [n_rows, n_labels],
                 "backend": backend,
                 "load_average": os.getloadavg(),
                 "ms": {name: median_ms(t) for name, t in times.items()},
+                # CPU time of the process (all its threads): the work, whatever share of
+                # the cores the other jobs on the machine left to the run
+                "cpu_ms": {name: median_ms(t) for name, t in cpu.items()},
                 "sweeps": sweeps,
             }
             entry["float64_over_float32"] = entry["ms"]["float64"] / entry["ms"]["float32"]
+            entry["float64_over_float32_cpu"] = (
+                entry["cpu_ms"]["float64"] / entry["cpu_ms"]["float32"]
+            )
             out.append(entry)
             print(json.dumps(entry), flush=True)
     return out
@@ -228,14 +240,6 @@ def bench_crossover(rounds: int) -> list[dict]:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
@@ -248,7 +252,7 @@ def machine() -> dict:
     except OSError:
         commit, dirty = "unknown", ""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -281,15 +285,16 @@ def render(results: dict) -> str:
         "",
         "Time to tol 1e-3, float64 against float32 (same values):",
         "",
-        "| N x K | backend | float32 ms | float64 ms | float64 / float32 | sweeps |",
-        "|---|---|---|---|---|---|",
+        "| N x K | backend | float32 ms | float64 ms | float64 / float32 | CPU time: "
+        "float64 / float32 | sweeps |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in results["float64"]:
         shape = f"{e['shape'][0]:,} x {e['shape'][1]:,}"
         lines.append(
             f"| {shape} | {e['backend']} | {e['ms']['float32']:,.1f} | {e['ms']['float64']:,.1f}"
-            f" | {e['float64_over_float32']:.2f} | {e['sweeps']['float32']} / "
-            f"{e['sweeps']['float64']} |"
+            f" | {e['float64_over_float32']:.2f} | {e['float64_over_float32_cpu']:.2f} | "
+            f"{e['sweeps']['float32']} / {e['sweeps']['float64']} |"
         )
     lines += [
         "",
@@ -340,13 +345,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results: dict) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -364,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_doc:
-        write_doc(results)
+        write_doc(render(results), START, END)
     print(render(results))
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from bench_numba import cpu_model
 
 CHUNK_ROWS = 1 << 16
 
@@ -188,7 +188,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "out_of_core",
-        "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         "no GPU (shared by other jobs)",
         "commit": _commit(),
@@ -208,16 +208,6 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _commit() -> str:
