@@ -19,9 +19,9 @@ the Numba backend's kernels where Numba is installed (float16, float32 and float
 they read through a NumPy view of the tensor's memory, without a copy, and return
 tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k demo
 solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
-benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read as float32
-copies of one row block at a time, swept cold, so results match ``NumbaBackend`` on
-``tensor.float().numpy()`` up to summation order and warm sweeps: 2.0 s against 24.5 s),
+benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read through an
+int16 view of its bits, ``BFloat16Bits``, widening each value to float32 as they read it,
+so results are those of ``NumbaBackend`` on ``tensor.float().numpy()``),
 and the blockwise torch path otherwise (no Numba).
 Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
 passed. Nothing here uses matrix units, so TF32 never enters a reduction.
@@ -62,8 +62,8 @@ KERNELS = ("auto", "triton", "torch")
 MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); more stay eager
 
 
-# CPU dtypes that the Numba kernels read: through a NumPy view, and bfloat16 (which NumPy
-# lacks) as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
+# CPU dtypes that the Numba kernels read: through a NumPy view, bfloat16 (which NumPy
+# lacks) through an int16 view of its bits (``BFloat16Bits``)
 HOST_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 # dtypes with torch's reductions; the others (float8 kinds, uint16 to uint64) are refused
 # naming scores, and complex and bool ones by the shared dtype check
@@ -216,23 +216,18 @@ class TorchBackend(Backend):
         self._with_max = False
         self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
         self._host_tried = kernel != "auto"
-        # a solve's buffer for bfloat16 rows as float32 (in a list: it is replaced by a
-        # larger one when a part needs more room)
-        self._rows_buffer: list[torch.Tensor] | None = None
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
         solve._per_solve = True
         solve._graphs, solve._failed, solve._with_max = {}, set(), False
-        solve._rows_buffer = [torch.empty(0, dtype=torch.float32)]
         if self._host is not None:  # its warm sweeps, for this solve only
             solve._host = self._host.for_solve()
         return solve
 
     def _host_view(self, block: torch.Tensor) -> Any:
         """A CPU block as the Numba kernels read it (a NumPy view; for bfloat16, a
-        ``ConvertedRows`` giving float32 copies of its row blocks), or None for the torch
-        path."""
+        ``BFloat16Bits`` view of its bits), or None for the torch path."""
         if self._host_tried and self._host is None:
             return None
         if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
@@ -243,39 +238,11 @@ class TorchBackend(Backend):
             self._host_tried = True  # (after _host: a concurrent call sees None or both)
             if self._host is None:
                 return None
-        if (reason := self._host.unavailable_reason()) is not None:
-            # the same GNU OpenMP runtime also hangs torch's own parallel loops in this
-            # child, so the torch path runs only on one thread
-            if torch.get_num_threads() > 1:
-                raise RuntimeError(
-                    f"backend: 'torch' cannot sweep CPU tensors here: {reason}; or call "
-                    "torch.set_num_threads(1) in this process to use its torch path"
-                )
-            warnings.warn(
-                f"the Numba kernels for CPU tensors cannot run here ({reason}); the torch "
-                "backend uses its blockwise torch path on one thread",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
         x = block.detach()
-        if x.dtype == torch.bfloat16:  # widening to float32 is exact
-            from .numba import ConvertedRows
+        if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, widened by the kernels
+            from .numba import BFloat16Bits
 
-            # one part's rows; a solve's passes (sequential) share one buffer, which
-            # keeps the allocator from holding a new one per pass (+30 MiB resident for
-            # the 200k x 1k demo in bfloat16)
-            holder = self._rows_buffer or [torch.empty(0, dtype=torch.float32)]
-
-            def rows(start: int, stop: int) -> np.ndarray:
-                size = (stop - start) * x.shape[1]
-                if holder[0].numel() < size:  # a larger part (streamed blocks)
-                    # a new tensor: NumPy views of the old one fix its storage's size
-                    holder[0] = torch.empty(size, dtype=torch.float32)
-                part = holder[0][:size].view(stop - start, x.shape[1])
-                return part.copy_(x[start:stop]).numpy()
-
-            return ConvertedRows(tuple(x.shape), np.dtype(np.float32), rows)
+            return BFloat16Bits(x.view(torch.int16).numpy())
         return x.resolve_conj().resolve_neg().numpy()
 
     @staticmethod
