@@ -76,6 +76,8 @@ def sinkhorn_labels(
     on_device = backend == "torch" or (backend == "auto" and _torch_backend())
     scores = logprobs if on_device else logprobs.detach().cpu().numpy()
     with warnings.catch_warnings():
+        # the paper's argmax rounding, whose cluster sizes each update logs (size_cv)
+        warnings.simplefilter("ignore", equipart.RoundingWarning)
         warnings.simplefilter("ignore", equipart.ConvergenceWarning)
         result = equipart.assign_labels(
             scores,
