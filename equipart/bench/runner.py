@@ -42,23 +42,51 @@ GB = 10**9
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
 LAMS = (10.0, 25.0, 50.0)
+# The problems of the issue's time-to-tolerance targets, run in the full CPU mode with the
+# contenders the targets name: equipart's default backend, the SeLa reference loop stopped
+# at the common tolerance, and POT's ot.sinkhorn.
+TARGET_FAMILIES = ("sela-late", "zipf", "late-training")
+TARGET_SIZES = ((50_000, 1_000), (200_000, 1_000))
+DEFAULT_EQUIPART = "equipart"  # in Case.contenders: the default backend's contender
+TARGET_CONTENDERS = (DEFAULT_EQUIPART, "sela-ref-tol", "pot-sinkhorn")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One problem solved at one or more inverse temperatures."""
+    """One problem solved at one or more inverse temperatures.
+
+    ``contenders`` limits the contenders run on it (None: every one); the name
+    ``DEFAULT_EQUIPART`` stands for the contender of equipart's default backend.
+    """
 
     spec: ProblemSpec
     lams: tuple[float, ...]
+    contenders: tuple[str, ...] | None = None
+
+
+def default_equipart(device: str) -> str:
+    """The contender of the backend ``backend="auto"`` picks for the bench's scores:
+    Numba for NumPy arrays when it is installed (else NumPy), torch for CUDA tensors."""
+    if device == "cuda":
+        return "equipart-torch"
+    from equipart.backends import available
+
+    return "equipart-numba" if "numba" in available() else "equipart-numpy"
 
 
 def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[Case]:
     """The problems of a mode (see docs/benchmarks.md for the rationale of each set)."""
     cases: list[Case] = []
 
-    def add(family: str, n: int, k: int, lams: tuple[float, ...]) -> None:
+    def add(
+        family: str,
+        n: int,
+        k: int,
+        lams: tuple[float, ...],
+        contenders: tuple[str, ...] | None = None,
+    ) -> None:
         if family in families:
-            cases.append(Case(ProblemSpec(family, n, k, seed), lams))
+            cases.append(Case(ProblemSpec(family, n, k, seed), lams, contenders))
 
     if device == "cuda":
         big = (1_281_167, 3_000)
@@ -78,6 +106,9 @@ def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[C
     for family in families:  # full mode on the CPU
         add(family, 10_000, 100, LAMS if family == "zipf" else (25.0,))
     add("zipf", 100_000, 100, (25.0,))
+    for n, k in TARGET_SIZES:
+        for family in TARGET_FAMILIES:
+            add(family, n, k, (25.0,), TARGET_CONTENDERS)
     add("sela-early", 1_000_000, 1_000, (25.0,))
     add("zipf", 1_000_000, 1_000, (25.0,))
     return cases
@@ -134,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="disk for generated problems at once (larger sets run in groups)",
     )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="print the tables of a written result file and redraw its plots beside it",
+    )
     parser.add_argument("--list", action="store_true", help="list contenders and exit")
     return parser
 
@@ -167,12 +203,17 @@ def _jobs_for(
     """(jobs to run, skipped records) of one contender."""
     missing = contender.missing()
     jobs, skipped = [], []
+    default = default_equipart(args.device)
     for case in cases:
         spec = case.spec
         if args.device not in contender.devices or (
             contender.real_data_only and spec.family not in REAL_FAMILIES
         ):
             continue  # not applicable at all: not recorded
+        if case.contenders is not None and contender.name not in {
+            default if name == DEFAULT_EQUIPART else name for name in case.contenders
+        }:
+            continue  # not part of this problem's plan: not recorded
         lams = case.lams if contender.uses_lam else case.lams[:1]
         needed = spec.nbytes + contender.extra_bytes(spec.n, spec.k)
         reason = missing or contender.out_of_scope(spec, args.device)
@@ -358,8 +399,10 @@ def _main(args: argparse.Namespace) -> int:
     except ImportError:
         tqdm = _PlainProgress
 
-    from .report import describe_machine, markdown_table, plot_results
+    from .report import describe_machine, time_to_tol
 
+    if args.report:
+        return _report(args.report, not args.no_plots)
     contenders = _select_contenders(args.contenders)
     if args.list:
         for c in contenders:
@@ -393,7 +436,7 @@ def _main(args: argparse.Namespace) -> int:
     else:
         cases = plan_cases(mode, args.device, families, args.seed)
         if args.lams:
-            cases = [Case(c.spec, tuple(args.lams)) for c in cases]
+            cases = [Case(c.spec, tuple(args.lams), c.contenders) for c in cases]
     if not cases:
         raise ValueError("no problems selected: check --families and --sizes")
     timeout = args.timeout
@@ -451,14 +494,50 @@ def _main(args: argparse.Namespace) -> int:
         ],
         "results": results,
     }
+    rows = time_to_tol(results, default_equipart(args.device), timeout)
+    document["headline"] = {"equipart": rows[0]["contender"] if rows else None, "rows": rows}
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(document, indent=1))
-    table = markdown_table(results)
-    print(table)
-    written = [json_path]
-    if not args.no_plots:
-        written += plot_results(results, stem, f"equipart bench ({label}, {args.device})")
+    written = [json_path, *_publish(document, stem, not args.no_plots)]
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _publish(document: dict[str, Any], stem: Path, plots: bool) -> list[Path]:
+    """Print the headline (time to tol, ratios) and the table of every job; write the
+    plots beside ``stem`` when asked. Returns the plots written."""
+    from .report import headline_table, markdown_table, plot_results
+
+    rows = document["headline"]["rows"]
+    print(f"## Time to tol {document['settings']['tol']:g}\n")
+    print(headline_table(rows, document["settings"]["tol"]))
+    print("\n## Every job\n")
+    print(markdown_table(document["results"]))
+    if not plots:
+        return []
+    title = f"equipart bench ({document['mode']}, {document['device']})"
+    return plot_results(document["results"], stem, title, rows)
+
+
+def _report(path: str, plots: bool) -> int:
+    """``--report FILE``: the tables (and plots, beside it) of a written JSON file.
+
+    A file written before the headline was recorded gets one computed from its jobs.
+    """
+    from .report import time_to_tol
+
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--report: cannot read {path!r} as a bench JSON file ({exc})") from exc
+    if "results" not in document or "settings" not in document:
+        raise ValueError(f"--report: {path!r} has no 'results' and 'settings': not a bench file")
+    if "headline" not in document:
+        timeout = document["settings"].get("timeout_s")
+        document["headline"] = {"rows": time_to_tol(document["results"], None, timeout)}
+    written = _publish(document, Path(path).with_suffix(""), plots)
+    if written:
+        print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
 
