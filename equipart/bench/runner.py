@@ -42,6 +42,7 @@ GB = 10**9
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
 LAMS = (10.0, 25.0, 50.0)
+STARTUP_S = 120.0  # a worker's imports, before the per-job timeout starts
 # The problems of the issue's time-to-tolerance targets, run in the full CPU mode with the
 # contenders the targets name: equipart's default backend, the SeLa reference loop stopped
 # at the common tolerance, and POT's ot.sinkhorn.
@@ -145,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=float,
-        help="seconds (> 0) per job, worker start and loading included (default: CPU "
-        "quick 6, else 300)",
+        help="seconds (> 0) per job, loading its scores included, the worker's imports "
+        "not (default: CPU quick 6, else 300)",
     )
     parser.add_argument(
         "--memory-budget-gb",
@@ -270,8 +271,8 @@ def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list
             lines: queue.Queue = queue.Queue()
             threading.Thread(target=_reader, args=(worker.stdout, lines), daemon=True).start()
             done = 0
-            failure: dict[str, Any] | None = None
-            while done < len(pending):
+            failure = _wait_ready(worker, lines, max(timeout, STARTUP_S), errors)
+            while failure is None and done < len(pending):
                 job = pending[done]
                 progress.set_description(
                     f"{job['contender']} {job['family']} {job['n']}x{job['k']}"
@@ -283,15 +284,7 @@ def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list
                     failure = {"status": "timeout", "note": f"no result within {timeout:g} s"}
                     break
                 if line is None:
-                    worker.wait()
-                    errors.seek(0)
-                    tail = errors.read()[-300:].strip().replace("\n", " ")
-                    failure = {
-                        "status": "crashed",
-                        "note": f"worker exited with code {worker.returncode}"
-                        + (" (killed: out of memory?)" if worker.returncode == -9 else "")
-                        + (f"; {tail}" if tail else ""),
-                    }
+                    failure = _crashed(worker, errors)
                     break
                 record = json.loads(line)
                 record.pop("job", None)
@@ -305,6 +298,31 @@ def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list
             done += 1
         pending = pending[done:]
     return records
+
+
+def _wait_ready(
+    worker: Any, lines: queue.Queue, limit: float, errors: Any
+) -> dict[str, Any] | None:
+    """Wait for the worker's ready line (its imports done); a failure record if none."""
+    try:
+        line = lines.get(timeout=limit)
+    except queue.Empty:
+        worker.kill()
+        return {"status": "timeout", "note": f"worker not started within {limit:g} s"}
+    return _crashed(worker, errors) if line is None else None
+
+
+def _crashed(worker: Any, errors: Any) -> dict[str, Any]:
+    """The record of a worker that exited: its exit code and the tail of its stderr."""
+    worker.wait()
+    errors.seek(0)
+    tail = errors.read()[-300:].strip().replace("\n", " ")
+    return {
+        "status": "crashed",
+        "note": f"worker exited with code {worker.returncode}"
+        + (" (killed: out of memory?)" if worker.returncode == -9 else "")
+        + (f"; {tail}" if tail else ""),
+    }
 
 
 def _merge(job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
