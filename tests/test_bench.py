@@ -336,6 +336,9 @@ def test_time_to_tol_ratios_bounds_and_targets():
     (row,) = report.time_to_tol(results, "equipart-numba", timeout_s=300.0)
     assert row["versus"]["sela-ref-tol"]["ratio"] == 150.0  # the timeout, a lower bound
     assert row["versus"]["sela-ref-tol"]["bound"] == ">="
+    results[2]["timeout_s"] = 120.0  # the job's own timeout, where recorded
+    (row,) = report.time_to_tol(results, "equipart-numba", timeout_s=300.0)
+    assert row["versus"]["sela-ref-tol"]["ratio"] == 60.0
     assert row["targets"]["pot-sinkhorn"]["verdict"] == "missed"  # 30x, measured
 
     results[0] = _job("equipart-numba", "above-tol", total_s=2.0)
@@ -377,6 +380,15 @@ def test_full_mode_runs_the_target_problems_with_the_target_contenders(tmp_path)
     )[0]
     ran = {name for name, jobs in planned.items() if jobs}
     assert ran == {runner.default_equipart("cpu"), "sela-ref-tol"}
+    # the references' default timeout is capped there; an explicit --timeout is not
+    equipart = runner.default_equipart("cpu")
+    for given, equipart_s, reference_s in ((None, 300.0, 120.0), (50.0, 50.0, 50.0)):
+        args.timeout = given
+        limits = {}
+        for name in (equipart, "sela-ref-tol"):
+            jobs, _ = runner._jobs_for(get_contender(name), case, args, paths, 1e12, given or 300)
+            limits[name] = jobs[0]["timeout_s"]
+        assert limits == {equipart: equipart_s, "sela-ref-tol": reference_s}
 
 
 def test_report_reads_a_file_without_a_headline(tmp_path, capsys):

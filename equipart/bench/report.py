@@ -151,8 +151,8 @@ def _versus(job: dict[str, Any] | None, own_s: float, timeout_s: float | None) -
     if job is None:
         return {"status": "not run", "ratio": None}
     entry = {"status": job["status"], "time_s": job.get("total_s"), "sweeps": job.get("n_iter")}
-    if job["status"] == "timeout" and timeout_s is not None:
-        entry["time_s"] = timeout_s
+    if job["status"] == "timeout":
+        entry["time_s"] = job.get("timeout_s", timeout_s)
     time_s = entry["time_s"]
     if time_s is None or job["status"] in ("skipped", "error", "oom", "crashed"):
         return {**entry, "ratio": None, "note": job.get("note", "")}
@@ -168,8 +168,8 @@ def time_to_tol(
     time and sweeps beside it and the ratio reference / equipart (see ``_versus``).
 
     ``equipart`` is the contender of the default backend (when None, or not among the
-    results: the first of numba, numpy, torch, cupy that ran); ``timeout_s`` stands in
-    as the time of a reference that timed out.
+    results: the first of numba, numpy, torch, cupy that ran); a reference that timed
+    out stands at its job's timeout (its record's ``timeout_s``, else ``timeout_s``).
     """
     if equipart is None or not any(r["contender"] == equipart for r in results):
         equipart = _default_equipart(results)
