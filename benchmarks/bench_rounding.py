@@ -269,6 +269,7 @@ def _round_balanced(x: np.ndarray, g: np.ndarray, lam: float, backend: str) -> t
 
 
 def ties(args: argparse.Namespace) -> dict:
+    load = {"start": list(os.getloadavg())}
     data = {name: tie_family(name, args.n, args.k, args.seed) for name in TIE_FAMILIES}
     duals, rounding, whole, argmax, passes, results = {}, {}, {}, {}, {}, {}
     for name, x in data.items():
@@ -326,7 +327,7 @@ def ties(args: argparse.Namespace) -> dict:
         "lam": args.lam,
         "backend": args.backend,
         "repeats": args.repeats,
-        "loadavg": list(os.getloadavg()),
+        "loadavg": {**load, "end": list(os.getloadavg())},
         "results": rows,
     }
 
