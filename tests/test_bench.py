@@ -382,6 +382,19 @@ def test_full_mode_runs_the_target_problems_with_the_target_contenders(tmp_path)
     assert ran == {runner.default_equipart("cpu"), "sela-ref-tol"}
     # the references' default timeout is capped there; an explicit --timeout is not
     equipart = runner.default_equipart("cpu")
+
+    def runs(name, family, n, k):
+        (case,) = [c for c in cases if (c.spec.family, c.spec.n, c.spec.k) == (family, n, k)]
+        path = {case.spec: str(tmp_path / "p.npy")}
+        return bool(runner._jobs_for(get_contender(name), [case], args, path, 1e12)[0])
+
+    # the slow POT methods run on the zipf lam sweep only; at 10^6 x 10^3 equipart alone
+    assert runs("pot-sinkhorn-log", "zipf", 10_000, 100)
+    assert not runs("pot-sinkhorn-log", "late-training", 10_000, 100)
+    assert runs("equipart-numpy", "late-training", 10_000, 100)
+    assert runs("pot-sinkhorn", "late-training", 10_000, 100)
+    assert runs(equipart, "zipf", 1_000_000, 1_000)
+    assert not runs("equipart-numpy", "zipf", 1_000_000, 1_000) or equipart == "equipart-numpy"
     for given, equipart_s, reference_s in ((None, 300.0, 120.0), (50.0, 50.0, 50.0)):
         args.timeout = given
         limits = {}
