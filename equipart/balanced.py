@@ -132,7 +132,19 @@ class _Transport:
         # the slack node T: its potential, and the flows f_j that keep its arcs feasible
         self.slack = _slack_price(base, self.counts, lo, hi, self.n_rows)
         self.flow = np.where(base < self.slack, hi, lo).astype(np.int64)
-        self.transfer = np.full((self.n_labels, self.n_labels), np.inf)
+        # the costs of the K + 1 node graph, in z, before potentials: label arcs (the
+        # transfer costs, inf where no candidate arc exists), j -> T costs base_j and
+        # T -> j costs -base_j, so that with node potentials (delta, slack) the reduced
+        # cost of u -> v is cost_uv + p_u - p_v
+        n_nodes = self.n_labels + 1
+        self.cost = np.full((n_nodes, n_nodes), np.inf)
+        self.cost[: self.n_labels, self.n_labels] = base
+        self.cost[self.n_labels, : self.n_labels] = -base
+        self.transfer = self.cost[: self.n_labels, : self.n_labels]  # a view
+        # every pair is an entry of the CSR graph (infinite costs are no arcs to SciPy's
+        # Dijkstra), so its structure never changes
+        self.columns = np.tile(np.arange(n_nodes, dtype=np.int32), n_nodes)
+        self.row_starts = np.arange(0, n_nodes * n_nodes + 1, n_nodes, dtype=np.int32)
         empty = np.zeros(0, dtype=np.int64)
         # per label a: the cheapest movers of every arc a -> b, as (b, point) sorted by both
         self.tight = [(empty, empty)] * self.n_labels
@@ -152,17 +164,16 @@ class _Transport:
         dest = self.cand[points]
         keep = (dest != source[:, None]) & np.isfinite(cost)
         rows = np.nonzero(keep)
-        key = source[rows[0]] * self.n_labels + dest[keep]
+        stride = self.n_labels + 1  # arc a -> b is entry a * stride + b of the cost matrix
+        key = source[rows[0]] * stride + dest[keep]
         cost, pid = cost[keep], points[rows[0]]
-        best = self.transfer.reshape(-1)
+        best = self.cost.reshape(-1)  # (a view: the cost matrix is contiguous)
         np.minimum.at(best, key, cost)
         hit = cost == best[key]  # every point at an arc's least cost moves at that cost
-        key, pid = key[hit], pid[hit]
-        order = np.lexsort((pid, key))
-        key, pid = key[order], pid[order]
-        bounds = np.searchsorted(key, (labels + np.arange(2)[:, None]) * self.n_labels).T
+        key, pid = _sorted_pairs(key[hit], pid[hit], self.n_rows)
+        bounds = np.searchsorted(key, (labels + np.arange(2)[:, None]) * stride).T
         for a, (first, last) in zip(labels.tolist(), bounds.tolist(), strict=True):
-            self.tight[a] = (key[first:last] - a * self.n_labels, pid[first:last])
+            self.tight[a] = (key[first:last] - a * stride, pid[first:last])
 
     def movers(self, a: int, b: int, used: np.ndarray) -> np.ndarray:
         """Points on label a, not yet moved this phase, whose move to b costs the least."""
@@ -182,21 +193,20 @@ class _Transport:
         """Shortest reduced distances from every surplus node, and predecessors (-1: none).
 
         The reduced costs of the K + 1 node graph are written as one dense matrix (inf
-        where there is no arc) and handed to SciPy's Dijkstra from all surplus nodes at
-        once (``min_only``: the distance to the nearest one).
+        where there is no arc) and handed, as a CSR matrix of every pair, to SciPy's
+        Dijkstra from all surplus nodes at once (``min_only``: the distance to the
+        nearest one).
         """
-        n_labels, delta = self.n_labels, self.delta
-        slack_gap = self.base + delta - self.slack  # reduced cost of j -> T; T -> j is minus
-        reduced = np.full((n_labels + 1, n_labels + 1), np.inf)
-        label_arcs = self.transfer + (delta[:, None] - delta[None, :])
-        np.maximum(label_arcs, 0.0, out=reduced[:n_labels, :n_labels])
-        to_slack = self.flow < self.hi
-        from_slack = self.flow > self.lo
-        reduced[:n_labels, n_labels][to_slack] = np.maximum(slack_gap[to_slack], 0.0)
-        reduced[n_labels, :n_labels][from_slack] = np.maximum(-slack_gap[from_slack], 0.0)
-        arcs = np.isfinite(reduced)
-        indptr = np.concatenate(([0], np.cumsum(arcs.sum(axis=1))))
-        graph = csr_matrix((reduced[arcs], np.nonzero(arcs)[1], indptr), shape=reduced.shape)
+        n_labels = self.n_labels
+        potential = np.append(self.delta, self.slack)
+        reduced = self.cost + potential[:, None]
+        reduced -= potential[None, :]
+        np.maximum(reduced, 0.0, out=reduced)
+        reduced[:n_labels, n_labels][self.flow >= self.hi] = np.inf  # j -> T is full
+        reduced[n_labels, :n_labels][self.flow <= self.lo] = np.inf  # T -> j is empty
+        graph = csr_matrix(
+            (reduced.ravel(), self.columns, self.row_starts), shape=reduced.shape, copy=False
+        )
         dist, pred, _ = shortest_paths(
             graph, indices=np.flatnonzero(surplus > 0), min_only=True, return_predecessors=True
         )
@@ -312,6 +322,16 @@ class _Transport:
             best[outside] = delta[label]
             unresolved &= ~outside
         return best
+
+
+def _sorted_pairs(key: np.ndarray, pid: np.ndarray, n_rows: int) -> tuple[np.ndarray, ...]:
+    """(key, pid) pairs sorted by key, then pid: one sort of key * N + pid (pid < N) where
+    that fits in int64, else a lexicographic sort."""
+    if key.size and int(key.max()) < (2**62) // max(n_rows, 1):
+        combined = np.sort(key * n_rows + pid)
+        return combined // n_rows, combined % n_rows
+    order = np.lexsort((pid, key))
+    return key[order], pid[order]
 
 
 def _spread_ties(value: np.ndarray) -> np.ndarray:
