@@ -273,7 +273,7 @@ class _Checker:
 
     def make(self, label: str, dtype: str, kind: str, values: np.ndarray, lam: float, g):
         host = _host(values, dtype)
-        block = self.to_backend(host, dtype)
+        block = self.to_backend(host.copy(), dtype)  # (the backend's own memory)
         return _Case(f"{dtype}, {kind}, {label}", dtype, kind, host, block, lam, g)
 
     def cases(self, dtype: str) -> Iterator[_Case]:
@@ -368,8 +368,8 @@ class _Checker:
         if "ties" in case.label:
             rows = np.flatnonzero((got != ref).any(axis=1))
             assert rows.size == 0, (
-                f"{what}s differ on exact ties at rows {rows[:5]}: got {got[rows[:3]]}, "
-                f"expected {ref[rows[:3]]} (ties keep the lower index first)"
+                f"{what}s differ on exact ties at rows {rows[:5]}: got {got[rows[:3]].tolist()}, "
+                f"expected {ref[rows[:3]].tolist()} (ties keep the lower index first)"
             )
             return
         best = np.sort(z, axis=1)[:, ::-1][:, :k]
@@ -378,8 +378,8 @@ class _Checker:
         far = ~((picked >= best - slack) | (best == -np.inf))
         rows = np.flatnonzero(far.any(axis=1))
         assert rows.size == 0, (
-            f"{what}s not the best at rows {rows[:5]}: got {got[rows[:3]]}, expected "
-            f"{ref[rows[:3]]}"
+            f"{what}s not the best at rows {rows[:5]}: got {got[rows[:3]].tolist()}, expected "
+            f"{ref[rows[:3]].tolist()}"
         )
 
     def check_codes(self, case: _Case) -> None:
@@ -438,7 +438,8 @@ class _Checker:
             for kind in KINDS:
                 values = _scores(kind, (19, 6), self.rng, "plain")
                 values[11, 4] = bad
-                case = self.make(f"a {bad} at row 11", dtype, kind, values, LAM, np.zeros(6))
+                where = f"{'+inf' if bad == np.inf else 'NaN'} at row 11"
+                case = self.make(where, dtype, kind, values, LAM, np.zeros(6))
 
                 def check(case=case) -> None:
                     got = self.call(case, "check", case.kind)
@@ -585,11 +586,11 @@ class _Checker:
         with argmax rounding and codes, and a masked multi-head solve with balanced
         rounding."""
         values = _scores("logits", (150, 10), self.rng, "plain")
-        case = self.make("assign_labels (150, 10)", dtype, "logits", values, LAM, np.zeros(10))
+        case = self.make("solve (150, 10)", dtype, "logits", values, LAM, np.zeros(10))
         self.run("assign_labels", case.label, lambda: self.solve(case, "argmax"))
         values = _scores("logits", (N_HEADS, 90, 6), self.rng, "masked")
         values[..., -1] = 0.0  # (masked everywhere, a label could get no rows)
-        case = self.make(f"assign_labels ({N_HEADS}, 90, 6) masked", dtype, "logits", values,
+        case = self.make(f"solve ({N_HEADS}, 90, 6) masked", dtype, "logits", values,
                          LAM, np.zeros(6))
         self.run("assign_labels", case.label, lambda: self.solve(case, "balanced"))
 
