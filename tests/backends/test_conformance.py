@@ -224,7 +224,7 @@ def test_reading_no_dtype_fails() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(TypeError, match="backend: expected an equipart.backends.Backend"):
+    with pytest.raises(TypeError, match=r"backend: expected an equipart\.backends\.Backend"):
         check_backend(NumpyBackend)
     with pytest.raises(ValueError, match="unknown backend"):
         check_backend("no-such-backend")
