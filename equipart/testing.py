@@ -266,6 +266,15 @@ class _Checker:
         assert np.array_equal(case.g, g_before), "it modified g"
         return out
 
+    def own(self, array: Any) -> np.ndarray:
+        """A host copy of an N-sized result, which must be in the backend's library."""
+        library = type(array).__module__.split(".", 1)[0]
+        assert self.backend.accepts(array), (
+            f"returned a {library} {type(array).__name__}, not an array of the backend's "
+            "library (its accepts is False)"
+        )
+        return self.host_of(array)
+
     def host_of(self, array: Any) -> np.ndarray:
         out = self.from_backend(array)
         assert isinstance(out, np.ndarray), f"from_backend gave {type(out).__name__}"
@@ -323,7 +332,7 @@ class _Checker:
 
     def check_labels(self, case: _Case) -> None:
         def check() -> None:
-            got = self.host_of(self.call(case, "labels", case.kind, case.lam, case.g))
+            got = self.own(self.call(case, "labels", case.kind, case.lam, case.g))
             _assert_int64(got, (case.host.shape[0],))
             self.assert_best(case, got[:, None], self.ref_z(case), "label")
 
@@ -336,7 +345,7 @@ class _Checker:
 
     def top_k(self, case: _Case, k: int) -> None:
         indices, values = self.call(case, "top_labels", case.kind, case.lam, case.g, k)
-        indices, values = self.host_of(indices), self.host_of(values)
+        indices, values = self.own(indices), self.own(values)
         n_rows = case.host.shape[0]
         _assert_int64(indices, (n_rows, k))
         assert values.shape == (n_rows, k), f"values of shape {values.shape}"
@@ -384,7 +393,7 @@ class _Checker:
 
     def check_codes(self, case: _Case) -> None:
         def check() -> None:
-            got = self.host_of(self.call(case, "codes", case.kind, case.lam, case.g))
+            got = self.own(self.call(case, "codes", case.kind, case.lam, case.g))
             assert got.shape == case.host.shape, f"shape {got.shape}"
             assert np.issubdtype(got.dtype, np.floating), f"dtype {got.dtype}"
             want = self.ref.codes(case.host, case.kind, case.lam, case.g)
@@ -447,6 +456,15 @@ class _Checker:
 
                 self.run("check", case.label, check)
 
+    def check_impossible_row(self, dtype: str) -> None:
+        """``check`` of logits with a row that is -inf at every label (which input
+        validation refuses by the block's min_row_max)."""
+        for kind in ("logits", "logprobs"):
+            values = _scores(kind, (17, 5), self.rng, "masked")
+            values[6] = -np.inf
+            case = self.make("row 6 all -inf", dtype, kind, values, LAM, np.zeros(5))
+            self.check_block_check(case)
+
     def check_empty(self, dtype: str) -> None:
         """A (0, K) block, which a distributed rank without rows passes to labels, codes,
         top_labels, logprob_sum and concat (the sweeps and column_logsumexp skip it)."""
@@ -468,7 +486,7 @@ class _Checker:
     def concat_empty(self, case: _Case) -> None:
         b, full = self.backend, self.make("", case.dtype, "logits", np.ones((3, 6)), LAM, case.g)
         parts = [b.labels(block, "logits", LAM, case.g) for block in (case.block, full.block)]
-        got = self.host_of(b.concat(parts))
+        got = self.own(b.concat(parts))
         want = self.ref.labels(full.host, "logits", LAM, case.g)
         assert np.array_equal(got, want), f"{got}, expected {want}"
 
@@ -483,13 +501,13 @@ class _Checker:
                 run = getattr(b, method)
                 joined = b.concat([run(part, case.kind, case.lam, case.g) for part in parts])
                 whole = run(case.block, case.kind, case.lam, case.g)
-                assert np.array_equal(self.host_of(joined), self.host_of(whole)), method
+                assert np.array_equal(self.own(joined), self.host_of(whole)), method
             single = b.concat([b.labels(case.block, case.kind, case.lam, case.g)])
             assert self.host_of(single).shape == (case.host.shape[0],), "a single part"
 
         def check_stack() -> None:
             labels = [b.labels(case.block, case.kind, case.lam, case.g)] * 2
-            stacked = self.host_of(b.stack(labels))
+            stacked = self.own(b.stack(labels))
             assert stacked.shape == (2, case.host.shape[0]), f"shape {stacked.shape}"
             assert np.array_equal(stacked[1], self.host_of(labels[0])), "values"
 
@@ -529,7 +547,7 @@ class _Checker:
         for index in range(N_HEADS):
             def check_head(index=index) -> None:
                 view = self.backend.head(stack.block, index)
-                got = self.host_of(view)
+                got = self.own(view)
                 assert np.array_equal(got, stack.host[index], equal_nan=True), "values"
 
             self.run("head", f"{stack.label}, head {index}", check_head)
@@ -561,6 +579,7 @@ class _Checker:
             self.check_column_logsumexp(case)
         self.check_join(cases[0])
         self.check_invalid(dtype)
+        self.check_impossible_row(dtype)
         self.check_empty(dtype)
         self.check_for_solve(dtype)
         self.check_heads(dtype)
@@ -604,10 +623,10 @@ class _Checker:
             ref = assign_labels(case.host, backend="numpy", return_codes=True, **options)
         g_got, g_ref = np.asarray(got.state.g), np.asarray(ref.state.g)
         np.testing.assert_allclose(g_got, g_ref, rtol=0, atol=case.tol.dual, err_msg="duals g")
-        codes = self.host_of(got.codes)
+        codes = self.own(got.codes)
         np.testing.assert_allclose(codes, ref.codes, rtol=0, atol=10 * case.tol.dual,
                                    err_msg="codes")
-        labels = self.host_of(got.labels)
+        labels = self.own(got.labels)
         assert labels.shape == ref.labels.shape, f"labels of shape {labels.shape}"
         if rounding == "balanced":
             counts = [np.bincount(h, minlength=case.host.shape[-1]) for h in labels.reshape(
@@ -730,7 +749,8 @@ def check_backend(
     (H, N, K) stack of heads, and two full ``assign_labels`` solves (2-D with argmax
     rounding; masked multi-head with balanced rounding). Results are compared with
     ``NumpyBackend`` on the same values within the tolerances of ``equipart.testing``'s
-    module documentation; inputs must come back unmodified.
+    module documentation; inputs must come back unmodified, and N-sized results (labels,
+    codes, top-k candidates) must be arrays of the backend's library (``accepts``).
 
     Parameters
     ----------

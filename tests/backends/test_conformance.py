@@ -246,3 +246,17 @@ def test_the_docstring_example_runs() -> None:
     failures, tried = doctest.testmod(equipart.testing, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
 
+
+
+def test_results_must_stay_in_the_backends_library() -> None:
+    pytest.importorskip("torch")
+    from equipart.backends.torch import TorchBackend
+
+    class HostLabels(TorchBackend):
+        name = "broken"
+
+        def labels(self, block, kind, lam, g):
+            return super().labels(block, kind, lam, g).numpy()
+
+    with pytest.raises(AssertionError, match=r"'broken'\): labels \[float32.*numpy ndarray"):
+        check_backend(HostLabels(kernel="torch"), dtypes=("float32",))
