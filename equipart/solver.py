@@ -364,12 +364,19 @@ class _Anderson:
 # dual. A pair across which some label's log mass moved more than QN_LOCAL nats is not
 # local curvature (a start far from the solution, where F is exponential and such a pair
 # made gamma 85 and the next step 789 nats too long): the memory restarts instead, so
-# that far away the steps are plain Sinkhorn's, which are made for that regime.
+# that far away the steps are plain Sinkhorn's, which are made for that regime. After
+# QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
+# best dual with over-relaxed steps: where the sizes are out of reach of the labels the
+# rows allow, F has no minimum and the quasi-Newton steps run along a ray where the error
+# hovers above its floor, while the plain steps converge to that floor (the gap the
+# ConvergenceWarning then reports as a stall). On the benchmark's feasible problems no
+# run of sweeps without a new best was longer than 13.
 QN_MEMORY = 5
 QN_SLOPE = 0.9
 QN_TRIALS = 6
 QN_LOCAL = 1.0
 QN_SHRINK = (0.1, 0.5)
+QN_PATIENCE = 30
 
 
 @dataclass
@@ -400,6 +407,10 @@ class _QuasiNewton:
     """One head's L-BFGS memory, its last kept dual and the line search in progress."""
 
     constraint: SmoothConstraint
+    best_error: float = np.inf
+    best_target: np.ndarray | None = None  # the plain step of the best dual
+    since_best: int = 0
+    fallback: _Relaxation | None = None  # the stepper once the patience has run out
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
     free: np.ndarray | None = None  # labels with finite g, step, masses and target
     base: _Point | None = None  # the last kept dual
@@ -470,6 +481,16 @@ class _QuasiNewton:
         self, g: np.ndarray, target: np.ndarray, error: float, log_mass: np.ndarray
     ) -> np.ndarray:
         """The next dual after the swept dual g (whose column step is ``target``)."""
+        if self.fallback is not None:
+            return self.fallback.step(g, target, error)
+        if error < self.best_error:
+            self.best_error, self.best_target, self.since_best = error, target, 0
+        elif self.best_target is not None:
+            self.since_best += 1
+            if self.since_best > QN_PATIENCE:
+                normalise = normalise_dual if self.constraint.shift_invariant else _unchanged
+                self.fallback = _Relaxation(enabled=True, normalise=normalise)
+                return self.best_target
         point = self._point(g, target, log_mass)
         if point is None:  # masses or target beyond float range: a plain step
             self.base = None
@@ -669,7 +690,7 @@ def run_sinkhorn(
     callback: Callable[[int, float], Any] | None = None,
     reduce: StatsReducer | None = None,
     anneal: bool = False,
-    acceleration: str = "overrelax",
+    acceleration: str = "auto",
     depth: float = MASK_DEPTH,
 ) -> SolveOutcome:
     """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
@@ -734,10 +755,15 @@ def run_sinkhorn(
                 "what these scores' precision allows."
             )
         if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
+            faster = (
+                " acceleration='auto' needs far fewer sweeps,"
+                if acceleration in ("none", "overrelax")
+                else ""
+            )
             advice += (
-                f" At large lam (here {lam:g}) Sinkhorn needs of the order of lam sweeps:"
-                " a smaller lam converges sooner, acceleration='anderson' often needs fewer"
-                " sweeps, and rounding='balanced' gives exact label counts from any dual."
+                f" At large lam (here {lam:g}) Sinkhorn needs many sweeps: a smaller lam"
+                f" converges sooner,{faster} and rounding='balanced' gives exact label"
+                " counts from any dual."
             )
         warnings.warn(
             f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "

@@ -110,7 +110,7 @@ def check_tol(tol: Any) -> float:
     return float(tol)
 
 
-ACCELERATIONS = ("auto", "overrelax", "anderson", "none")
+ACCELERATIONS = ("auto", "anderson", "overrelax", "none")
 
 
 def check_acceleration(acceleration: Any) -> str:

@@ -247,13 +247,16 @@ def test_max_iter_one_warns_and_reports_not_converged(backend_name):
 
 def test_large_lam_warning_says_what_to_do():
     """At lam 1e4 plain sweeps need of the order of lam iterations: the warning points to
-    a smaller lam, Anderson and balanced rounding, which then gives exact counts."""
+    a smaller lam, the accelerated default and balanced rounding, which then gives exact
+    counts."""
     scores = np.random.default_rng(0).standard_normal((2000, 10))
-    with pytest.warns(ConvergenceWarning, match="large lam.*anderson.*balanced") as caught:
-        assign_labels(scores, lam=1e4, max_iter=200, backend="numpy")
+    with pytest.warns(ConvergenceWarning, match="large lam.*'auto'.*balanced") as caught:
+        assign_labels(scores, lam=1e4, max_iter=200, backend="numpy", acceleration="none")
     assert len(caught) == 1
     with pytest.warns(ConvergenceWarning, match="max_iter=200"):
-        balanced = assign_labels(scores, lam=1e4, max_iter=200, rounding="balanced")
+        balanced = assign_labels(
+            scores, lam=1e4, max_iter=200, rounding="balanced", acceleration="none"
+        )
     assert np.bincount(balanced.labels, minlength=10).tolist() == [200] * 10
     with pytest.warns(ConvergenceWarning) as caught:  # lam 25: the generic advice only
         assign_labels(scores, lam=25.0, max_iter=1, backend="numpy")
@@ -276,7 +279,7 @@ def test_unreachable_sizes_warn_that_the_error_stalled():
             assign_labels(probs, input="probs", max_iter=400, rounding="balanced")
     scores = rng.standard_normal((2000, 10))
     with pytest.warns(ConvergenceWarning) as caught:  # still decreasing at max_iter
-        assign_labels(scores, lam=1e3, max_iter=300, backend="numpy")
+        assign_labels(scores, lam=1e3, max_iter=300, backend="numpy", acceleration="none")
     assert "has not decreased" not in str(caught[0].message)
 
 
