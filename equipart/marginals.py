@@ -389,15 +389,25 @@ class BandConstraint:
     n_rows: int
     shift_invariant: ClassVar[bool] = False
 
-    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+    def _median_step(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """The column step before the common shift."""
         with np.errstate(divide="ignore", invalid="ignore"):
             log_free = log_mass - g  # log s_j
             raise_to = np.log(self.lo) - log_free
             lower_to = np.log(self.hi) - log_free
         new = np.minimum(np.maximum(raise_to, 0.0), lower_to)
         new = np.where(np.isfinite(log_free), new, 0.0)  # unreachable label: lo_j is 0
-        new = np.where(self.hi > 0, new, -np.inf)
+        return np.where(self.hi > 0, new, -np.inf)
+
+    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        new = self._median_step(g, log_mass)
         return new + _best_common_shift(new, self.lo, self.hi, float(self.n_rows))
+
+    def pieces(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """Which piece of the column step each label is on: +1 raised to its lower limit,
+        -1 lowered to its upper limit, 0 within its band (int8, (K,)). The step is smooth
+        where this pattern does not change (Anderson's history restarts where it does)."""
+        return np.sign(self._median_step(g, log_mass)).astype(np.int8)
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))

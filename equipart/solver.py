@@ -229,14 +229,16 @@ class _Relaxation:
 # images T(g_k) with the weights whose residuals T(g_k) - g_k combine to the least-squares
 # smallest (type II, on the labels with a finite dual). It is the default for bands (whose
 # dual has a kink at g_j = 0, so the quasi-Newton step below does not apply) and any
-# marginal's with ``acceleration="anderson"``. Safeguards:
-# - a trust radius bounds how far (nats, at any label) the combination may move g beyond
+# marginal's with ``acceleration="anderson"``. Safeguards, each on combined (extrapolated)
+# duals only (plain steps far from the solution can raise the error for a few sweeps):
+# - a trust radius bounds how far (nats, at any label) a combination may move g beyond
 #   the plain step T(g): halved after a failure, doubled by a new best error;
-# - a failure is an error above ANDERSON_GUARD times the stage's best, or ANDERSON_PATIENCE
-#   sweeps without a new best. The next dual is then T(best dual), known from the sweep at
-#   the best dual (no sweep is spent going back), the history restarts from that pair, and
+# - a failure is a combination whose error exceeds ANDERSON_GUARD times the error of the
+#   dual it was made at, or ANDERSON_PATIENCE combinations without a new best error. The
+#   next dual is then the plain step of the dual before the failed combination (known from
+#   its sweep: no sweep is spent going back), the history restarts from that pair, and
 #   2^(f - 1) plain steps (f failures so far, at most ANDERSON_COOLDOWN) come before the
-#   next extrapolation; every ANDERSON_FORGIVE new bests forget one failure;
+#   next combination; every ANDERSON_FORGIVE new best errors forget one failure;
 # - the history restarts when the set of finite labels changes or a combination is not
 #   finite.
 # Without the trust radius and the cool-down, 200 x 5 logits at lam 1000 (few points per
@@ -251,17 +253,19 @@ ANDERSON_RIDGE = 1e-10  # Tikhonov term of the least squares, relative to its me
 
 @dataclass
 class _Anderson:
-    """One head's history of column steps, its best dual and its safeguards' state."""
+    """One head's history of column steps, the last dual swept and the safeguards' state."""
 
     enabled: bool
     normalise: Callable[[np.ndarray], np.ndarray]
+    # the piece of a piecewise-smooth column step each label is on (bands), or None
+    pieces: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    piece: np.ndarray | None = None
     duals: list[np.ndarray] = field(default_factory=list)  # g_k on the finite labels
     residuals: list[np.ndarray] = field(default_factory=list)  # T(g_k) - g_k there
     finite: np.ndarray | None = None
-    best_error: float = np.inf
-    best_g: np.ndarray | None = None
-    best_target: np.ndarray | None = None
-    since_best: int = 0
+    previous: tuple[np.ndarray, np.ndarray, float] | None = None  # (g, T(g), error)
+    best_error: float = np.inf  # since the last failure
+    since_best: int = 0  # combinations since then
     failures: int = 0
     new_bests: int = 0
     cooldown: int = 0
@@ -276,30 +280,29 @@ class _Anderson:
         self.duals = [*self.duals[-ANDERSON_MEMORY:], g[finite]]
         self.residuals = [*self.residuals[-ANDERSON_MEMORY:], target[finite] - g[finite]]
 
-    def _note(self, g: np.ndarray, target: np.ndarray, error: float) -> None:
-        """Keep the best dual of the stage (and its plain step) and the trust radius."""
+    def _note(self, error: float, combined: bool) -> None:
+        """Track the best error since the last failure, and grow the trust radius."""
         if error < self.best_error:
-            if self.last_move > 0:
+            if combined:
                 self.radius = max(self.radius, 2.0 * self.last_move)
-            self.best_error, self.best_g, self.best_target = error, g.copy(), target.copy()
-            self.since_best = 0
+            self.best_error, self.since_best = error, 0
             self.new_bests += 1
             if self.new_bests >= ANDERSON_FORGIVE and self.failures:
                 self.failures, self.new_bests = self.failures - 1, 0
-        else:
+        elif combined:
             self.since_best += 1
 
-    def _fail(self) -> np.ndarray:
-        """Back to the plain step of the best dual, with a fresh history."""
-        assert self.best_g is not None and self.best_target is not None
-        if self.last_move > 0:
-            self.radius = 0.5 * self.last_move
+    def _fail(self, g: np.ndarray, target: np.ndarray, error: float) -> np.ndarray:
+        """The plain step of (g, target), with a fresh history and a cool-down."""
+        self.radius = 0.5 * self.last_move
         self.failures += 1
         self.last_move, self.since_best, self.new_bests = 0.0, 0, 0
+        self.best_error = error
         self.cooldown = min(2 ** (self.failures - 1), ANDERSON_COOLDOWN)
         self.duals, self.residuals, self.finite = [], [], None
-        self._record(self.best_g, self.best_target)
-        return self.best_target.copy()
+        self._record(g, target)
+        self.previous = (g, target, error)
+        return target
 
     def _combine(self, target: np.ndarray) -> np.ndarray | None:
         """The Anderson combination (within the trust radius of ``target``), or None."""
@@ -330,21 +333,29 @@ class _Anderson:
         """The next dual after g, given the plain Sinkhorn step ``target`` = T(g)."""
         if not self.enabled:
             return target
-        self._note(g, target, error)
-        if self.best_g is None:  # no finite error yet (nothing to return to)
-            return target
-        if error > ANDERSON_GUARD * self.best_error or self.since_best > ANDERSON_PATIENCE:
-            return self._fail()
+        combined = self.last_move > 0  # g is a combination
+        self._note(error, combined)
+        if combined and self.previous is not None:
+            if error > ANDERSON_GUARD * self.previous[2]:
+                return self._fail(*self.previous)
+            if self.since_best > ANDERSON_PATIENCE:
+                return self._fail(g, target, error)
+        self.previous = (g, target, error)
+        if self.pieces is not None and log_mass is not None:
+            piece = self.pieces(g, log_mass)
+            if self.piece is not None and not np.array_equal(piece, self.piece):
+                self.duals, self.residuals = [], []
+            self.piece = piece
         self._record(g, target)
+        self.last_move = 0.0
         if self.cooldown > 0 or len(self.duals) < 2:
             self.cooldown = max(0, self.cooldown - 1)
-            self.last_move = 0.0
             return target
-        combined = self._combine(target)
-        if combined is None:
-            self.duals, self.residuals, self.last_move = self.duals[-1:], self.residuals[-1:], 0.0
+        combination = self._combine(target)
+        if combination is None:
+            self.duals, self.residuals = self.duals[-1:], self.residuals[-1:]
             return target
-        return combined
+        return combination
 
 
 # Quasi-Newton steps on the semi-dual (L-BFGS: Nocedal, "Updating quasi-Newton matrices
@@ -361,8 +372,8 @@ class _Anderson:
 # times its magnitude at t = 0 (the trapezoid rule's sufficient decrease); otherwise t
 # shrinks to the zero of the slope's secant, kept within 0.1-0.5 of t, for at most
 # QN_TRIALS sweeps, after which the memory restarts from the plain step at the last kept
-# dual. A pair across which some label's log mass moved more than QN_LOCAL nats is not
-# local curvature (a start far from the solution, where F is exponential and such a pair
+# dual. A pair across which some label's log mass (or log aimed mass) moved more than
+# QN_LOCAL nats is not local curvature (a start far from the solution, where F is exponential and such a pair
 # made gamma 85 and the next step 789 nats too long): the memory restarts instead, so
 # that far away the steps are plain Sinkhorn's, which are made for that regime. After
 # QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
@@ -390,6 +401,7 @@ class _Point:
     x: np.ndarray
     gradient: np.ndarray
     metric: np.ndarray  # W on the free labels
+    log_masses: np.ndarray  # log m and log a on the free labels, (2, free)
 
 
 def _sinkhorn_metric(log_mass: np.ndarray, log_aim: np.ndarray, rho: float) -> np.ndarray:
@@ -436,15 +448,15 @@ class _QuasiNewton:
             metric = _sinkhorn_metric(log_mass[free], log_aim[free], self.constraint.rho)
         if not (np.isfinite(gradient).all() and np.isfinite(metric).all()):
             return None
-        return _Point(g, target, log_mass, g[free], gradient, metric)
+        log_masses = np.stack([log_mass[free], log_aim[free]])
+        return _Point(g, target, log_mass, g[free], gradient, metric, log_masses)
 
     def _keep(self, point: _Point) -> None:
         """Make ``point`` the kept dual, learning the curvature between it and the last."""
         base, self.base = self.base, point
         if base is None:
             return
-        local = np.abs(point.log_mass[self.free] - base.log_mass[self.free]).max(initial=0.0)
-        if local > QN_LOCAL:
+        if np.abs(point.log_masses - base.log_masses).max(initial=0.0) > QN_LOCAL:
             self.pairs = []
             return
         s, y = point.x - base.x, point.gradient - base.gradient
@@ -534,7 +546,8 @@ def _stepper(acceleration: str, constraint: ColumnConstraint) -> Stepper:
             return _QuasiNewton(constraint)  # type: ignore[arg-type]
         acceleration = "anderson"
     if acceleration == "anderson":
-        return _Anderson(enabled=True, normalise=normalise)
+        pieces = getattr(constraint, "pieces", None)
+        return _Anderson(enabled=True, normalise=normalise, pieces=pieces)
     return _Relaxation(enabled=acceleration == "overrelax", normalise=normalise)
 
 
