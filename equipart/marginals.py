@@ -403,6 +403,15 @@ class BandConstraint:
         new = self._median_step(g, log_mass)
         return new + _best_common_shift(new, self.lo, self.hi, float(self.n_rows))
 
+    def kink_guard(self, proposal: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """``proposal`` (an extrapolated dual) with every label it puts on the other side
+        of g_j = 0 than the column step ``step`` does put at 0 instead: the dual has a
+        kink there, where labels within their band end, and a line through two points on
+        one side says nothing about the other (extrapolated steps that jumped across it
+        cycled between the two sides)."""
+        crossed = np.sign(proposal) * np.sign(step) < 0
+        return np.where(crossed, 0.0, proposal)
+
     def pieces(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
         """Which piece of the column step each label is on: +1 raised to its lower limit,
         -1 lowered to its upper limit, 0 within its band (int8, (K,)). The step is smooth

@@ -260,6 +260,8 @@ class _Anderson:
     # the piece of a piecewise-smooth column step each label is on (bands), or None
     pieces: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     piece: np.ndarray | None = None
+    # (proposal, step) -> the proposal kept off the far side of the dual's kinks, or None
+    kink_guard: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     duals: list[np.ndarray] = field(default_factory=list)  # g_k on the finite labels
     residuals: list[np.ndarray] = field(default_factory=list)  # T(g_k) - g_k there
     finite: np.ndarray | None = None
@@ -325,6 +327,8 @@ class _Anderson:
         self.last_move = move
         out = target.copy()
         out[self.finite] = combined
+        if self.kink_guard is not None:
+            out = self.kink_guard(out, target)
         return self.normalise(out)
 
     def step(
@@ -382,7 +386,7 @@ class _Anderson:
 # hovers above its floor, while the plain steps converge to that floor (the gap the
 # ConvergenceWarning then reports as a stall). On the benchmark's feasible problems no
 # run of sweeps without a new best was longer than 13.
-QN_MEMORY = 5
+QN_MEMORY = 10
 QN_SLOPE = 0.9
 QN_TRIALS = 6
 QN_LOCAL = 1.0
@@ -547,7 +551,8 @@ def _stepper(acceleration: str, constraint: ColumnConstraint) -> Stepper:
         acceleration = "anderson"
     if acceleration == "anderson":
         pieces = getattr(constraint, "pieces", None)
-        return _Anderson(enabled=True, normalise=normalise, pieces=pieces)
+        guard = getattr(constraint, "kink_guard", None)
+        return _Anderson(enabled=True, normalise=normalise, pieces=pieces, kink_guard=guard)
     return _Relaxation(enabled=acceleration == "overrelax", normalise=normalise)
 
 
