@@ -16,6 +16,7 @@ from .distributed import DistributedSolveError
 from .exact import exact_assign
 from .marginals import Bounds, Counts, Marginal, Prior, Relaxed, Uniform
 from .result import Assignment, SolverState
+from .rounding import RoundingWarning
 from .solver import ConvergenceWarning
 from .sources import RowBlocks
 
@@ -30,6 +31,7 @@ __all__ = [
     "Marginal",
     "Prior",
     "Relaxed",
+    "RoundingWarning",
     "RowBlocks",
     "SolverState",
     "Uniform",
