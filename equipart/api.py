@@ -338,8 +338,8 @@ def assign_labels(
         How the column step is accelerated (any marginal). ``"auto"``: quasi-Newton
         (L-BFGS) steps on the semi-dual for equalities and relaxed targets, Anderson
         acceleration for bands, each falling back to plain steps where it does not
-        help; 5-100x fewer sweeps than plain Sinkhorn on the problems of
-        benchmarks/results/acceleration.json, never more. ``"anderson"``: safeguarded
+        help; 11x fewer sweeps than plain Sinkhorn (geometric mean; 1.3-290x) on the
+        problems of benchmarks/results/acceleration.json, never more. ``"anderson"``: safeguarded
         Anderson acceleration for every marginal. ``"overrelax"``: adaptive
         over-relaxation (up to about 2x fewer sweeps). ``"none"``: plain Sinkhorn.
         Accelerated iterates depend on rounding (another backend, rank count or
