@@ -270,18 +270,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# (label, import name) of the libraries `equipart info` reports
+LIBRARIES = (("numpy", "numpy"), ("scipy", "scipy"), ("POT", "ot"), ("numba", "numba"),
+             ("torch", "torch"), ("cupy", "cupy"))  # fmt: skip
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
     from .backends import available
 
     print(f"equipart {__version__} (Python {sys.version.split()[0]})")
-    for name in ("numpy", "scipy", "POT", "numba", "torch", "cupy"):
-        try:
-            version = md.version(name if name != "cupy" else "cupy")
-        except md.PackageNotFoundError:
-            version = "not installed"
-        print(f"  {name:<6} {version}")
+    # by import name: a library's distribution may be named otherwise (cupy-cuda12x, POT)
+    distributions = md.packages_distributions()
+    for label, module in LIBRARIES:
+        found = [f"{d} {md.version(d)}" for d in sorted(set(distributions.get(module, [])))]
+        print(f"  {label:<6} {', '.join(found) or 'not installed'}")
     print(f"backends available: {', '.join(available())}")
     devices = ["cpu"]
     if "torch" in available():

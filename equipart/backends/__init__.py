@@ -127,9 +127,9 @@ def _auto_backend(scores: Any) -> Backend:
             continue
         if _unavailable_reason(backend) is None:
             return backend
-    for custom in _CUSTOM.values():
-        if custom.accepts(scores):
-            return _load(custom.name)
+    for name, custom in _CUSTOM.items():
+        if custom.accepts(scores) and _unavailable_reason(backend := _load(name)) is None:
+            return backend
     raise TypeError(
         f"scores: no backend reads arrays of type {type(scores).__module__}."
         f"{type(scores).__name__}; pass a NumPy array, a memmap, a torch tensor or a "
