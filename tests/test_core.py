@@ -62,7 +62,9 @@ def test_converged_masses_meet_target_and_rows_sum_to_one(backend_name, problem)
     assert result.error <= 1e-4
 
 
-FIXED = {"tol": 0.0, "max_iter": 60}
+# 60 identical sweeps for two forms of one problem: plain steps (accelerated ones depend on
+# the forms' rounding, and agree at convergence only: tests/test_acceleration.py)
+FIXED = {"tol": 0.0, "max_iter": 60, "acceleration": "none"}
 no_convergence_warning = pytest.mark.filterwarnings("ignore::equipart.ConvergenceWarning")
 
 
