@@ -313,7 +313,7 @@ def _add_solver_options(parser: argparse.ArgumentParser, scores_kind: bool = Tru
         parser.set_defaults(input="logits")
     parser.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
     parser.add_argument(
-        "--acceleration", default="overrelax", help="overrelax (default), anderson or none"
+        "--acceleration", default="auto", help="auto (default), anderson, overrelax or none"
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Prior",
     "Relaxed",
     "RelaxedConstraint",
+    "SmoothConstraint",
     "Uniform",
     "as_marginal",
     "normalise_dual",
@@ -67,6 +68,28 @@ class ColumnConstraint(Protocol):
         ...
 
 
+class SmoothConstraint(ColumnConstraint, Protocol):
+    """A constraint whose semi-dual F(g) (rows eliminated) is differentiable in g.
+
+    F(g) = sum_i LSE_j(lam L_ij + g_j) + phi(g), convex, with gradient m(g) - a(g): the
+    column masses of the sweep at g minus the masses ``aimed_log_mass`` names (log a);
+    ``rho`` scales the column step (its exact step moves g_j by rho log(a_j / m_j)), and
+    ``rebalance`` moves g to the minimum of F along the common shift (which leaves Q
+    unchanged). The quasi-Newton step of ``equipart.solver`` needs these; bands (whose
+    phi has a kink at g_j = 0) do without.
+    """
+
+    rho: float
+
+    def aimed_log_mass(self, g: np.ndarray) -> np.ndarray:
+        """log a(g) (K,), -inf for labels with no target."""
+        ...
+
+    def rebalance(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """g moved along the common shift to the semi-dual's minimum there."""
+        ...
+
+
 @dataclass(frozen=True)
 class EqualityConstraint:
     """Column masses equal to ``target`` (float64 counts, (K,), summing to ``n_rows``).
@@ -77,6 +100,9 @@ class EqualityConstraint:
     Labels with a zero target keep ``g_j = -inf`` and so never receive mass.
     ``error`` is max_j |m_j / b_j - 1| over labels with b_j > 0: the largest relative
     deviation of a label's mass from its target, independent of N and K.
+
+    The semi-dual is F(g) = sum_i LSE_j(lam L_ij + g_j) - sum_j b_j g_j, with gradient
+    m - b (``SmoothConstraint``); a common shift of g leaves it unchanged.
     """
 
     target: np.ndarray
@@ -84,6 +110,7 @@ class EqualityConstraint:
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
     shift_invariant: ClassVar[bool] = True
+    rho: ClassVar[float] = 1.0
     # derived once (the driver calls update and error every sweep): labels with b_j > 0,
     # and log b_j there (-inf elsewhere)
     _positive: np.ndarray = field(init=False, repr=False, compare=False)
@@ -103,6 +130,14 @@ class EqualityConstraint:
         keep = self._positive
         new[keep] = g[keep] + (self._log_target[keep] - log_mass[keep])
         return normalise_dual(new)
+
+    def aimed_log_mass(self, g: np.ndarray) -> np.ndarray:
+        """log b (-inf where b_j = 0), whatever g."""
+        return self._log_target
+
+    def rebalance(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """g with its largest finite entry at 0 (every common shift is a minimum)."""
+        return normalise_dual(g)
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         if self._positive is None:
@@ -354,15 +389,34 @@ class BandConstraint:
     n_rows: int
     shift_invariant: ClassVar[bool] = False
 
-    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+    def _median_step(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """The column step before the common shift."""
         with np.errstate(divide="ignore", invalid="ignore"):
             log_free = log_mass - g  # log s_j
             raise_to = np.log(self.lo) - log_free
             lower_to = np.log(self.hi) - log_free
         new = np.minimum(np.maximum(raise_to, 0.0), lower_to)
         new = np.where(np.isfinite(log_free), new, 0.0)  # unreachable label: lo_j is 0
-        new = np.where(self.hi > 0, new, -np.inf)
+        return np.where(self.hi > 0, new, -np.inf)
+
+    def update(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        new = self._median_step(g, log_mass)
         return new + _best_common_shift(new, self.lo, self.hi, float(self.n_rows))
+
+    def kink_guard(self, proposal: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """``proposal`` (an extrapolated dual) with every label it puts on the other side
+        of g_j = 0 than the column step ``step`` does put at 0 instead: the dual has a
+        kink there, where labels within their band end, and a line through two points on
+        one side says nothing about the other (extrapolated steps that jumped across it
+        cycled between the two sides)."""
+        crossed = np.sign(proposal) * np.sign(step) < 0
+        return np.where(crossed, 0.0, proposal)
+
+    def pieces(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """Which piece of the column step each label is on: +1 raised to its lower limit,
+        -1 lowered to its upper limit, 0 within its band (int8, (K,)). The step is smooth
+        where this pattern does not change (Anderson's history restarts where it does)."""
+        return np.sign(self._median_step(g, log_mass)).astype(np.int8)
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))
@@ -393,6 +447,9 @@ class RelaxedConstraint:
     masses the new g implies, b_j exp(-g_j / kappa), sum to N: the shift is
     c = kappa (log sum_j b_j exp(-g_j / kappa) - log N) over the reachable labels.
     ``error`` is the step residual max_j |exp(g_new - g) - 1|.
+
+    The semi-dual is F(g) = sum_i LSE_j(lam L_ij + g_j) + kappa sum_j b_j exp(-g_j / kappa),
+    with gradient m - a, a_j = b_j exp(-g_j / kappa) (``SmoothConstraint``).
     """
 
     target: np.ndarray
@@ -434,6 +491,20 @@ class RelaxedConstraint:
         terms = np.log(b) + exponents
         top = terms.max()
         return float(self.kappa * (top + np.log(np.exp(terms - top).sum()) - np.log(total)))
+
+    def aimed_log_mass(self, g: np.ndarray) -> np.ndarray:
+        """log (b_j exp(-g_j / kappa)) (-inf where b_j = 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_target = np.log(self.target)
+            return log_target if np.isinf(self.kappa) else log_target - g / self.kappa
+
+    def rebalance(self, g: np.ndarray, log_mass: np.ndarray) -> np.ndarray:
+        """g plus the common shift that ``update`` also takes (over the reachable labels:
+        finite g and log mass, positive target), in closed form."""
+        reachable = np.isfinite(g) & np.isfinite(log_mass) & (self.target > 0)
+        if np.isinf(self.kappa) or not reachable.any():
+            return g
+        return g + self._common_shift(g[reachable], self.target[reachable])
 
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         return _step_residual(g, self.update(g, log_mass))

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .backends.base import Backend, ColumnStats, ScoreKind
-from .marginals import ColumnConstraint, normalise_dual
+from .marginals import ColumnConstraint, SmoothConstraint, normalise_dual
 
 __all__ = ["ConvergenceWarning", "RowSource", "SolveOutcome", "run_sinkhorn"]
 
@@ -202,7 +202,9 @@ class _Relaxation:
                 self.omega = omega
                 self.error_at_switch = min(self.error_at_switch, error)
 
-    def step(self, g: np.ndarray, target: np.ndarray, error: float) -> np.ndarray:
+    def step(
+        self, g: np.ndarray, target: np.ndarray, error: float, log_mass: np.ndarray | None = None
+    ) -> np.ndarray:
         """The next dual, moving from g past the plain Sinkhorn step ``target``."""
         if not self.enabled:
             return target
@@ -221,89 +223,337 @@ class _Relaxation:
         return self.normalise(relaxed)
 
 
-# Anderson acceleration of the column step (Anderson, J. ACM 1965;
-# Walker & Ni, "Anderson acceleration for fixed-point iterations", SIAM J. Numer. Anal.
-# 2011): Sinkhorn's column step is a fixed-point map g -> T(g), and the next dual is the
-# combination of the last ANDERSON_MEMORY + 1 images T(g_k) whose residuals T(g_k) - g_k
-# combine to the least-squares smallest one (type II, on the labels with a finite dual).
-# It needs nothing but the K-dim duals the driver already holds (opt-in:
-# ``acceleration="anderson"``; the least-squares step makes the iterates sensitive to
-# rounding, so two runs that differ only in rounding agree at convergence, not sweep by
-# sweep as with over-relaxation). Safeguards: when the error exceeds ANDERSON_GUARD times
-# the best error of the stage, the next sweep goes back to the best dual seen and the
-# history restarts (after ANDERSON_RETREATS such returns, or ANDERSON_PATIENCE steps
-# without a new best error, the stage goes on from its best dual with the default
-# over-relaxed steps: at large lam an extrapolated step can land where the error stalls
-# far above tol); the
-# history also restarts when the set of finite labels changes or the combination is not
-# finite. Sweep counts against the other modes: benchmarks/results/acceleration.json.
-ANDERSON_MEMORY = 5
-ANDERSON_GUARD = 2.0
-ANDERSON_RETREATS = 3
-ANDERSON_PATIENCE = 300
+# Anderson acceleration of the column step (Anderson, J. ACM 1965; Walker & Ni, "Anderson
+# acceleration for fixed-point iterations", SIAM J. Numer. Anal. 2011): the column step is
+# a fixed-point map g -> T(g), and the next dual combines the last ANDERSON_MEMORY + 1
+# images T(g_k) with the weights whose residuals T(g_k) - g_k combine to the least-squares
+# smallest (type II, on the labels with a finite dual). It is the default for bands (whose
+# dual has a kink at g_j = 0, so the quasi-Newton step below does not apply) and any
+# marginal's with ``acceleration="anderson"``. Safeguards, each on combined (extrapolated)
+# duals only (plain steps far from the solution can raise the error for a few sweeps):
+# - a trust radius bounds how far (nats, at any label) a combination may move g beyond
+#   the plain step T(g): halved after a failure, doubled by a new best error;
+# - a failure is a combination whose error exceeds ANDERSON_GUARD times the error of the
+#   dual it was made at, or ANDERSON_PATIENCE combinations without a new best error. The
+#   next dual is then the plain step of the dual before the failed combination (known from
+#   its sweep: no sweep is spent going back), the history restarts from that pair, and
+#   2^(f - 1) plain steps (f failures so far, at most ANDERSON_COOLDOWN) come before the
+#   next combination; every ANDERSON_FORGIVE new best errors forget one failure;
+# - the history restarts when the set of finite labels changes or a combination is not
+#   finite.
+# Without the trust radius and the cool-down, 200 x 5 logits at lam 1000 (few points per
+# label: nearly a hard assignment) stalled at errors of 0.02-0.025 for hundreds of sweeps.
+ANDERSON_MEMORY = 10
+ANDERSON_GUARD = 3.0
+ANDERSON_PATIENCE = 20
+ANDERSON_COOLDOWN = 64
+ANDERSON_FORGIVE = 4
+ANDERSON_RIDGE = 1e-10  # Tikhonov term of the least squares, relative to its mean diagonal
 
 
 @dataclass
 class _Anderson:
-    """One head's history of column steps, and the best error seen in this stage."""
+    """One head's history of column steps, the last dual swept and the safeguards' state."""
 
     enabled: bool
     normalise: Callable[[np.ndarray], np.ndarray]
-    images: list[np.ndarray] = field(default_factory=list)  # T(g_k) on the finite labels
+    # the piece of a piecewise-smooth column step each label is on (bands), or None
+    pieces: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    piece: np.ndarray | None = None
+    # (proposal, step) -> the proposal kept off the far side of the dual's kinks, or None
+    kink_guard: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    duals: list[np.ndarray] = field(default_factory=list)  # g_k on the finite labels
     residuals: list[np.ndarray] = field(default_factory=list)  # T(g_k) - g_k there
     finite: np.ndarray | None = None
-    best_error: float = np.inf
-    best_g: np.ndarray | None = None
-    retreats: int = 0
-    since_best: int = 0
-    fallback: _Relaxation | None = None  # the stepper once Anderson has given up
+    previous: tuple[np.ndarray, np.ndarray, float] | None = None  # (g, T(g), error)
+    best_error: float = np.inf  # since the last failure
+    since_best: int = 0  # combinations since then
+    failures: int = 0
+    new_bests: int = 0
+    cooldown: int = 0
+    radius: float = np.inf
+    last_move: float = 0.0  # how far the last combination went beyond its plain step
 
-    def _restart(self) -> None:
-        self.images, self.residuals, self.finite = [], [], None
-
-    def step(self, g: np.ndarray, target: np.ndarray, error: float) -> np.ndarray:
-        """The next dual after g, given the plain Sinkhorn step ``target`` = T(g)."""
-        if self.fallback is not None:
-            return self.fallback.step(g, target, error)
-        if not self.enabled:
-            return target
-        if error < self.best_error:
-            self.best_error, self.best_g, self.since_best = error, g.copy(), 0
-        else:
-            self.since_best += 1
-        if self.best_g is None:  # no finite error yet (nothing to return to)
-            return target
-        if error > ANDERSON_GUARD * self.best_error or self.since_best > ANDERSON_PATIENCE:
-            self._restart()
-            self.retreats += 1
-            self.since_best = 0
-            if self.retreats > ANDERSON_RETREATS or error <= ANDERSON_GUARD * self.best_error:
-                # over-relaxed steps from here on
-                self.fallback = _Relaxation(enabled=True, normalise=self.normalise)
-            return self.best_g.copy()
+    def _record(self, g: np.ndarray, target: np.ndarray) -> None:
         finite = np.isfinite(target) & np.isfinite(g)
         if self.finite is not None and not np.array_equal(finite, self.finite):
-            self._restart()
+            self.duals, self.residuals = [], []
         self.finite = finite
-        image = target[finite]
-        self.images = [*self.images[-ANDERSON_MEMORY:], image]
-        self.residuals = [*self.residuals[-ANDERSON_MEMORY:], image - g[finite]]
-        if len(self.residuals) < 2:
+        self.duals = [*self.duals[-ANDERSON_MEMORY:], g[finite]]
+        self.residuals = [*self.residuals[-ANDERSON_MEMORY:], target[finite] - g[finite]]
+
+    def _note(self, error: float, combined: bool) -> None:
+        """Track the best error since the last failure, and grow the trust radius."""
+        if error < self.best_error:
+            if combined:
+                self.radius = max(self.radius, 2.0 * self.last_move)
+            self.best_error, self.since_best = error, 0
+            self.new_bests += 1
+            if self.new_bests >= ANDERSON_FORGIVE and self.failures:
+                self.failures, self.new_bests = self.failures - 1, 0
+        elif combined:
+            self.since_best += 1
+
+    def _fail(self, g: np.ndarray, target: np.ndarray, error: float) -> np.ndarray:
+        """The plain step of (g, target), with a fresh history and a cool-down."""
+        self.radius = 0.5 * self.last_move
+        self.failures += 1
+        self.last_move, self.since_best, self.new_bests = 0.0, 0, 0
+        self.best_error = error
+        self.cooldown = min(2 ** (self.failures - 1), ANDERSON_COOLDOWN)
+        self.duals, self.residuals, self.finite = [], [], None
+        self._record(g, target)
+        self.previous = (g, target, error)
+        return target
+
+    def _combine(self, target: np.ndarray) -> np.ndarray | None:
+        """The Anderson combination (within the trust radius of ``target``), or None."""
+        duals, residuals = np.array(self.duals), np.array(self.residuals)
+        d_dual, d_residual = np.diff(duals, axis=0), np.diff(residuals, axis=0)
+        gram = d_residual @ d_residual.T
+        ridge = ANDERSON_RIDGE * max(float(np.trace(gram)) / len(gram), np.finfo(float).tiny)
+        try:
+            gamma = np.linalg.solve(gram + ridge * np.eye(len(gram)), d_residual @ residuals[-1])
+        except np.linalg.LinAlgError:
+            return None
+        combined = duals[-1] + residuals[-1] - gamma @ (d_dual + d_residual)
+        beyond = combined - target[self.finite]
+        move = float(np.abs(beyond).max(initial=0.0))
+        if not np.isfinite(move):
+            return None
+        if move > self.radius:
+            combined = target[self.finite] + beyond * (self.radius / move)
+            move = self.radius
+        self.last_move = move
+        out = target.copy()
+        out[self.finite] = combined
+        if self.kink_guard is not None:
+            out = self.kink_guard(out, target)
+        return self.normalise(out)
+
+    def step(
+        self, g: np.ndarray, target: np.ndarray, error: float, log_mass: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The next dual after g, given the plain Sinkhorn step ``target`` = T(g)."""
+        if not self.enabled:
             return target
-        d_residual = np.diff(np.array(self.residuals), axis=0).T  # (k, m)
-        d_image = np.diff(np.array(self.images), axis=0).T
-        gamma = np.linalg.lstsq(d_residual, self.residuals[-1], rcond=None)[0]
-        combined = image - d_image @ gamma
-        if not np.all(np.isfinite(combined)):
+        combined = self.last_move > 0  # g is a combination
+        self._note(error, combined)
+        if combined and self.previous is not None:
+            if error > ANDERSON_GUARD * self.previous[2]:
+                return self._fail(*self.previous)
+            if self.since_best > ANDERSON_PATIENCE:
+                return self._fail(g, target, error)
+        self.previous = (g, target, error)
+        if self.pieces is not None and log_mass is not None:
+            piece = self.pieces(g, log_mass)
+            if self.piece is not None and not np.array_equal(piece, self.piece):
+                self.duals, self.residuals = [], []
+            self.piece = piece
+        self._record(g, target)
+        self.last_move = 0.0
+        if self.cooldown > 0 or len(self.duals) < 2:
+            self.cooldown = max(0, self.cooldown - 1)
+            return target
+        combination = self._combine(target)
+        if combination is None:
+            self.duals, self.residuals = self.duals[-1:], self.residuals[-1:]
+            return target
+        return combination
+
+
+# Quasi-Newton steps on the semi-dual (L-BFGS: Nocedal, "Updating quasi-Newton matrices
+# with limited storage", Math. Comp. 1980) where the marginal's semi-dual F is smooth
+# (equalities and relaxed targets: ``SmoothConstraint``). F is convex and its gradient at g
+# is m(g) - a(g), both known after the sweep at g, so the driver keeps the last QN_MEMORY
+# pairs (s, y) (change of g, change of the gradient) and moves along d = -H grad, H the
+# L-BFGS inverse Hessian built on the diagonal gamma W: W_j = rho log(a_j / m_j) /
+# (a_j - m_j) makes -W grad the marginal's exact column step (with no pairs the step is plain
+# Sinkhorn's), and gamma = max(1, s.y / y.W y) of the newest pair (near the solution
+# the Hessian is at most W^-1, so the scale that fits is at least 1).
+# No value of F is known (a sweep returns column statistics only), so the line search
+# reads slopes: a trial g + t d is kept when F's slope along d there is at most QN_SLOPE
+# times its magnitude at t = 0 (the trapezoid rule's sufficient decrease); otherwise t
+# shrinks to the zero of the slope's secant, kept within 0.1-0.5 of t, for at most
+# QN_TRIALS sweeps, after which the memory restarts from the plain step at the last kept
+# dual. A pair across which some label's log mass (or log aimed mass) moved more than
+# QN_LOCAL nats is not local curvature (far from the solution F is exponential: such a
+# pair made gamma 85 and the next step 789 nats too long): the memory restarts instead, so
+# that far away the steps are plain Sinkhorn's, which are made for that regime. After
+# QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
+# best dual with over-relaxed steps: where the sizes are out of reach of the labels the
+# rows allow, F has no minimum and the quasi-Newton steps run along a ray where the error
+# hovers above its floor, while the plain steps converge to that floor (the gap the
+# ConvergenceWarning then reports as a stall). On the benchmark's feasible problems no
+# run of sweeps without a new best was longer than 13.
+QN_MEMORY = 10
+QN_SLOPE = 0.9
+QN_TRIALS = 6
+QN_LOCAL = 1.0
+QN_SHRINK = (0.1, 0.5)
+QN_PATIENCE = 30
+
+
+@dataclass
+class _Point:
+    """A swept dual: the whole g, its column step, its log masses, and on the free labels
+    its coordinates and the semi-dual's gradient."""
+
+    g: np.ndarray
+    target: np.ndarray
+    log_mass: np.ndarray
+    x: np.ndarray
+    gradient: np.ndarray
+    metric: np.ndarray  # W on the free labels
+    log_masses: np.ndarray  # log m and log a on the free labels, (2, free)
+
+
+def _sinkhorn_metric(log_mass: np.ndarray, log_aim: np.ndarray, rho: float) -> np.ndarray:
+    """W_j = rho log(a_j / m_j) / (a_j - m_j) > 0, the diagonal with -W grad = the column
+    step: (rho / a_j) gap / expm1(gap), gap = log m_j - log a_j (-> rho / a_j at gap 0)."""
+    gap = log_mass - log_aim
+    small = np.abs(gap) < 1e-8
+    with np.errstate(over="ignore"):
+        ratio = np.where(small, 1.0 - gap / 2, gap / np.expm1(np.where(small, 1.0, gap)))
+    return rho * ratio * np.exp(-log_aim)
+
+
+@dataclass
+class _QuasiNewton:
+    """One head's L-BFGS memory, its last kept dual and the line search in progress."""
+
+    constraint: SmoothConstraint
+    best_error: float = np.inf
+    best_target: np.ndarray | None = None  # the plain step of the best dual
+    since_best: int = 0
+    fallback: _Relaxation | None = None  # the stepper once the patience has run out
+    pairs: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
+    free: np.ndarray | None = None  # labels with finite g, step, masses and target
+    base: _Point | None = None  # the last kept dual
+    direction: np.ndarray | None = None  # None: the pending dual is base's plain step
+    slope0: float = 0.0
+    t: float = 1.0
+    trials: int = 0
+
+    def _restart(self) -> np.ndarray | None:
+        """Forget the memory; the plain step of the kept dual (None if there is none)."""
+        self.pairs, self.direction = [], None
+        return None if self.base is None else self.base.target
+
+    def _point(self, g, target, log_mass) -> _Point | None:
+        log_aim = self.constraint.aimed_log_mass(g)
+        free = np.isfinite(g) & np.isfinite(target) & np.isfinite(log_aim)
+        free &= np.isfinite(log_mass)
+        if self.free is None or not np.array_equal(free, self.free):
+            self.free, self.base = free, None
+            self._restart()
+        with np.errstate(over="ignore"):
+            gradient = np.exp(log_mass[free]) - np.exp(log_aim[free])
+            metric = _sinkhorn_metric(log_mass[free], log_aim[free], self.constraint.rho)
+        if not (np.isfinite(gradient).all() and np.isfinite(metric).all()):
+            return None
+        log_masses = np.stack([log_mass[free], log_aim[free]])
+        return _Point(g, target, log_mass, g[free], gradient, metric, log_masses)
+
+    def _keep(self, point: _Point) -> None:
+        """Make ``point`` the kept dual, learning the curvature between it and the last."""
+        base, self.base = self.base, point
+        if base is None:
+            return
+        if np.abs(point.log_masses - base.log_masses).max(initial=0.0) > QN_LOCAL:
+            self.pairs = []
+            return
+        s, y = point.x - base.x, point.gradient - base.gradient
+        curvature = float(s @ y)
+        if curvature > 1e-10 * np.sqrt(float(s @ s) * float(y @ y)):
+            self.pairs = [*self.pairs[-(QN_MEMORY - 1) :], (s, y, 1.0 / curvature)]
+
+    def _descent(self, point: _Point) -> np.ndarray | None:
+        """-H grad by the two-loop recursion, or None (no pairs, or not a descent)."""
+        if not self.pairs:
+            return None
+        q = point.gradient.copy()
+        alphas = []
+        for s, y, inverse in reversed(self.pairs):
+            alpha = inverse * float(s @ q)
+            q -= alpha * y
+            alphas.append(alpha)
+        s, y, inverse = self.pairs[-1]
+        scale = max(1.0, 1.0 / (inverse * float(y @ (point.metric * y))))
+        d = scale * point.metric * q
+        for (s, y, inverse), alpha in zip(self.pairs, reversed(alphas), strict=True):
+            d += s * (alpha - inverse * float(y @ d))
+        d = -d
+        slope = float(point.gradient @ d)
+        return d if slope < 0 and np.isfinite(d).all() else None
+
+    def _trial(self) -> np.ndarray:
+        assert self.base is not None and self.direction is not None
+        out = self.base.target.copy()
+        out[self.free] = self.base.x + self.t * self.direction
+        return self.constraint.rebalance(out, self.base.log_mass)
+
+    def step(
+        self, g: np.ndarray, target: np.ndarray, error: float, log_mass: np.ndarray
+    ) -> np.ndarray:
+        """The next dual after the swept dual g (whose column step is ``target``)."""
+        if self.fallback is not None:
+            return self.fallback.step(g, target, error)
+        if error < self.best_error:
+            self.best_error, self.best_target, self.since_best = error, target, 0
+        elif self.best_target is not None:
+            self.since_best += 1
+            if self.since_best > QN_PATIENCE:
+                normalise = normalise_dual if self.constraint.shift_invariant else _unchanged
+                self.fallback = _Relaxation(enabled=True, normalise=normalise)
+                return self.best_target
+        point = self._point(g, target, log_mass)
+        if point is None:  # masses or target beyond float range: a plain step
+            self.base = None
             self._restart()
             return target
-        out = target.copy()
-        out[finite] = combined
-        return self.normalise(out)
+        if self.direction is not None:  # g is a trial along the direction from base
+            slope = float(point.gradient @ self.direction)
+            if slope > QN_SLOPE * -self.slope0:
+                if self.trials < QN_TRIALS:
+                    secant = self.t * -self.slope0 / (slope - self.slope0)
+                    low, high = QN_SHRINK
+                    self.t = min(max(secant, low * self.t), high * self.t)
+                    self.trials += 1
+                    return self._trial()
+                fallback = self._restart()
+                assert fallback is not None
+                return fallback
+        self._keep(point)
+        direction = self._descent(point)
+        if direction is None:
+            self.direction = None
+            return target
+        self.direction, self.slope0 = direction, float(point.gradient @ direction)
+        self.t, self.trials = 1.0, 0
+        return self._trial()
 
 
 def _unchanged(g: np.ndarray) -> np.ndarray:
     return g
+
+
+Stepper = _Relaxation | _Anderson | _QuasiNewton
+
+
+def _stepper(acceleration: str, constraint: ColumnConstraint) -> Stepper:
+    """One head's step rule: ``"auto"`` is quasi-Newton where the semi-dual is smooth
+    (``SmoothConstraint``) and Anderson otherwise (bands)."""
+    normalise = normalise_dual if constraint.shift_invariant else _unchanged
+    if acceleration == "auto":
+        if hasattr(constraint, "aimed_log_mass"):
+            return _QuasiNewton(constraint)  # type: ignore[arg-type]
+        acceleration = "anderson"
+    if acceleration == "anderson":
+        pieces = getattr(constraint, "pieces", None)
+        guard = getattr(constraint, "kink_guard", None)
+        return _Anderson(enabled=True, normalise=normalise, pieces=pieces, kink_guard=guard)
+    return _Relaxation(enabled=acceleration == "overrelax", normalise=normalise)
 
 
 @dataclass
@@ -341,11 +591,7 @@ def _iterate(
     best_error = np.full(n_heads, np.inf)
     error = np.full(n_heads, np.inf)
     running = np.ones(n_heads, dtype=bool)
-    normalise = normalise_dual if constraint.shift_invariant else _unchanged
-    kind_of_step = _Anderson if acceleration == "anderson" else _Relaxation
-    steppers = [
-        kind_of_step(enabled=acceleration != "none", normalise=normalise) for _ in range(n_heads)
-    ]
+    steppers = [_stepper(acceleration, constraint) for _ in range(n_heads)]
     n_iter = 0
     stopped_by_callback = False
 
@@ -366,7 +612,7 @@ def _iterate(
                 running[head] = False
                 continue
             step = constraint.update(g[head], log_mass)
-            g[head] = steppers[head].step(g[head], step, error[head])
+            g[head] = steppers[head].step(g[head], step, error[head], log_mass)
         if is_check:
             current = float(error.max())
             history.append(current)
@@ -488,7 +734,7 @@ def run_sinkhorn(
     callback: Callable[[int, float], Any] | None = None,
     reduce: StatsReducer | None = None,
     anneal: bool = False,
-    acceleration: str = "overrelax",
+    acceleration: str = "auto",
     depth: float = MASK_DEPTH,
     spread: float = 0.0,
 ) -> SolveOutcome:
@@ -551,10 +797,15 @@ def run_sinkhorn(
                 _sharpness(lam, spread) if lam * spread > SHARP_SPREAD else _out_of_reach()
             )
         if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
+            faster = (
+                " acceleration='auto' needs far fewer sweeps,"
+                if acceleration in ("none", "overrelax")
+                else ""
+            )
             advice += (
-                f" At large lam (here {lam:g}) Sinkhorn needs of the order of lam sweeps:"
-                " a smaller lam converges sooner, acceleration='anderson' often needs fewer"
-                " sweeps, and rounding='balanced' gives exact label counts from any dual."
+                f" At large lam (here {lam:g}) Sinkhorn needs many sweeps: a smaller lam"
+                f" converges sooner,{faster} and rounding='balanced' gives exact label"
+                " counts from any dual."
             )
         warnings.warn(
             f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "

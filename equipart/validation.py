@@ -111,7 +111,7 @@ def check_tol(tol: Any) -> float:
     return float(tol)
 
 
-ACCELERATIONS = ("overrelax", "anderson", "none")
+ACCELERATIONS = ("auto", "anderson", "overrelax", "none")
 
 
 def check_acceleration(acceleration: Any) -> str:

@@ -147,10 +147,13 @@ def test_triton_variants_match_numpy(variant, prefetch, num_stages, block_m, num
 def test_torch_cuda_solve_outputs_on_device_and_agrees() -> None:
     torch = _torch_cuda()
     x, _ = _problem(3, 5000, 64)
-    ref = equipart.assign_labels(x, backend="numpy", return_codes=True)
+    # over-relaxed steps follow the same sweeps on both backends, so the duals compare to
+    # 1e-4 at tol 1e-3 (accelerated ones agree within docs/design.md's dual tolerance)
+    same = {"acceleration": "overrelax"}
+    ref = equipart.assign_labels(x, backend="numpy", return_codes=True, **same)
     tensor = torch.from_numpy(x).cuda()
     before = tensor.clone()
-    got = equipart.assign_labels(tensor, return_codes=True)
+    got = equipart.assign_labels(tensor, return_codes=True, **same)
     assert torch.equal(tensor, before)
     assert got.labels.is_cuda and got.labels.dtype == torch.int64 and got.codes.is_cuda
     np.testing.assert_allclose(got.state.g, ref.state.g, atol=1e-4)
@@ -266,9 +269,10 @@ def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
 def test_cupy_solve_agrees_with_numpy() -> None:
     cp = _cupy()
     x, _ = _problem(6, 4000, 50)
-    ref = equipart.assign_labels(x, backend="numpy")
+    same = {"acceleration": "overrelax"}  # the same sweeps on both (as in the torch test)
+    ref = equipart.assign_labels(x, backend="numpy", **same)
     array = cp.asarray(x)
-    got = equipart.assign_labels(array, backend="cupy", return_codes=True)
+    got = equipart.assign_labels(array, backend="cupy", return_codes=True, **same)
     assert isinstance(got.labels, cp.ndarray) and got.labels.dtype == np.int64
     np.testing.assert_allclose(got.state.g, ref.state.g, atol=1e-4)
     assert (got.labels.get() != ref.labels).mean() < 1e-3

@@ -532,6 +532,7 @@ def test_more_threads_than_cores_gives_the_same_bits(tmp_path):
 
 
 def solve_both(x: np.ndarray, **kwargs):
+    kwargs.setdefault("acceleration", "overrelax")  # the same sweeps on both backends
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return (

@@ -233,8 +233,11 @@ def test_cpu_bfloat16_runs_the_numba_kernels_on_its_bits(kind) -> None:
     assert torch.equal(tensor, original)  # read, never written
     if kind == "probs":  # (bfloat16 row sums pass a looser check than their upcast)
         return
-    got = equipart.assign_labels(tensor, input=kind)
-    want = equipart.assign_labels(original.float().numpy(), input=kind, backend="numba")
+    # the same sweeps on both (accelerated iterates agree at convergence, not bit for bit)
+    got = equipart.assign_labels(tensor, input=kind, acceleration="none")
+    want = equipart.assign_labels(
+        original.float().numpy(), input=kind, backend="numba", acceleration="none"
+    )
     assert got.converged and got.n_iter == want.n_iter
     np.testing.assert_array_equal(got.labels.numpy(), want.labels)
     np.testing.assert_allclose(got.state.g, want.state.g, atol=1e-5)
