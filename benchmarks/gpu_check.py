@@ -70,11 +70,11 @@ POT_SAFE_LAM = 1.0
 # most promising first (the budget may cut the tail); block_k None = the padded row (4096
 # for K = 3000), 1024 = "split" into 3 chunks (3072 lanes). The first is the reference
 # ("tile", which also computes the column maxima); the second the untuned default rule.
-# Then the first split runs' winners (gpu_tune_nvidia_h200.json: 1/8/3 fp32, 1/4/4 bf16;
-# gpu_nvidia_h200_run4.json: 2/4/3 both) and, for bf16, the software-pipelined split
-# (num_stages S >= 2, tiles staged in shared memory with cp.async): a bf16 tile holds half
-# the bytes of an fp32 one per register, so with register prefetch an SM keeps too few
-# bytes in flight (the bf16 kernel stayed at 1.30x the read while fp32 reached 0.98x).
+# Then split configs (block_m/num_warps/programs_per_sm) with register prefetch and, for
+# bf16 mostly, the software-pipelined split (num_stages S >= 2, tiles staged in shared
+# memory with cp.async): a bf16 tile holds half the bytes of an fp32 one per register, so
+# with register prefetch an SM keeps too few bytes in flight (2/4/3 with register
+# prefetch: bf16 1.32x the read, fp32 0.98x; benchmarks/results/gpu_nvidia_h200.json).
 # programs_per_sm is what fits an SM's 64K registers (shared memory is never the limit):
 # ptxas (Triton 3.6.0, sm_90, K = 3000, compiled on the CPU machine), registers of the
 # split kernel at block_m/warps/S: fp32 1/8/1 64, 1/4/1 117, 2/8/1 99, 2/4/1 168,
@@ -109,8 +109,8 @@ CANDIDATES = {
     for dtype, split in _SPLIT.items()
 }
 GIB = 2**30
-# the tests subprocess: run9 44 s; run10 over 85 s on a fresh machine (Numba compiles the
-# CPU-tensor tests, bfloat16 ones included), 27 s when rerun there warm
+# the tests subprocess: 96 s on a fresh machine (Numba compiles the CPU-tensor
+# tests, bfloat16 ones included), 27 s warm (benchmarks/results/gpu_nvidia_h200.log)
 TESTS_TIMEOUT_S = 130
 RESULTS: dict[str, Any] = {"stages": {}, "errors": {}}
 

@@ -336,8 +336,8 @@ def _best_common_shift(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, total: flo
     g, lo, hi = g[open_], lo[open_], hi[open_]
     slope_right = total - lo[g >= 0].sum() - hi[g < 0].sum()
     slope_left = total - lo[g > 0].sum() - hi[g <= 0].sum()
-    # rounding of the slope's sums (sum(lo) or sum(hi) equal to N gave a slope of -1 ulp
-    # with no crossing to walk to); infinite upper limits add nothing to it
+    # rounding of the slope's sums (sum(lo) or sum(hi) equal to N can give a slope of
+    # -1 ulp with no crossing to walk to); infinite upper limits add nothing to it
     slack = 1e-12 * (total + hi[np.isfinite(hi)].sum() + lo.sum())
     if slope_right < -slack:  # the dual decreases to the right of 0: raise every g_j
         slope, crossings = slope_right, -g[g < 0]
@@ -374,13 +374,12 @@ class BandConstraint:
         g_j <- median(log lo_j - log s_j, 0, log hi_j - log s_j).
 
     The dual's zero is meaningful here (g_j = 0: no bound active), but Q is unchanged by a
-    common shift of g (the row normalisation absorbs it), so the column step alone moves
-    g along that direction only through the few labels inside their band: with strong
-    label biases a 0.9-1.1 band took 2,200 sweeps (benchmarks/results/
-    acceleration_before_shift.json; 189 with this step). Each update
-    therefore also takes the exact minimum of the dual along the shift
-    (``_best_common_shift``), an extra block of the same coordinate descent: the masses
-    stay as they are and the dual decreases, and at the optimum the shift is 0.
+    common shift of g (the row normalisation absorbs it), so the column step alone moves g
+    along that direction only through the few labels inside their band, which takes
+    thousands of sweeps on strongly label-biased scores. Each update therefore also takes
+    the exact minimum of the dual along the shift (``_best_common_shift``), an extra block
+    of the same coordinate descent: the masses stay as they are and the dual decreases, and
+    at the optimum the shift is 0.
     ``error`` is the step residual max_j |exp(g_new_j - g_j) - 1|.
     """
 
@@ -439,13 +438,11 @@ class RelaxedConstraint:
         g_j <- rho (log b_j - log s_j),   rho = lam tau / (lam tau + 1),
 
     with s_j = m_j exp(-g_j). As for bands (``BandConstraint``), Q does not change with a
-    common shift of g, along which this step alone moves slowly at large tau (1,399
-    sweeps for tau = 10 on strongly biased scores, against 54 on unbiased ones:
-    benchmarks/results/acceleration_before_shift.json); each
-    update also takes the dual's exact minimum along that shift, which in closed form
-    (kappa = lam tau, the dual's term per label kappa b_j exp(-g_j / kappa)) makes the
-    masses the new g implies, b_j exp(-g_j / kappa), sum to N: the shift is
-    c = kappa (log sum_j b_j exp(-g_j / kappa) - log N) over the reachable labels.
+    common shift of g, along which this step alone moves slowly at large tau on strongly
+    label-biased scores; each update also takes the dual's exact minimum along that shift,
+    which in closed form (kappa = lam tau, the dual's term per label kappa b_j exp(-g_j /
+    kappa)) makes the masses the new g implies, b_j exp(-g_j / kappa), sum to N: the shift
+    is c = kappa (log sum_j b_j exp(-g_j / kappa) - log N) over the reachable labels.
     ``error`` is the step residual max_j |exp(g_new - g) - 1|.
 
     The semi-dual is F(g) = sum_i LSE_j(lam L_ij + g_j) + kappa sum_j b_j exp(-g_j / kappa),
@@ -596,8 +593,8 @@ class Bounds(Marginal):
         lo, hi = lo.astype(np.float64), hi.astype(np.float64)
         # limits summing to N leave one point of the band: m = lo (or m = hi). As a band
         # its step could move only the labels below their limit (the others are held at
-        # g_j = 0 by the median), and such solves stalled near error 1e-3 for thousands
-        # of sweeps; as the equality they are plain (over-relaxed) Sinkhorn.
+        # g_j = 0 by the median), so such solves stall near error 1e-3 for thousands of
+        # sweeps; as the equality they are plain (over-relaxed) Sinkhorn.
         for limit in (lo, hi):
             if abs(limit.sum() - n_rows) <= 1e-12 * n_rows:
                 return _equality(limit * (n_rows / limit.sum()), n_rows)

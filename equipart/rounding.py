@@ -7,7 +7,7 @@ Every rounder has one signature,
 ``argmax`` gives labels_i = argmax_j (lam * L_ij + g_j), the SeLa reference rounding (the
 first index on ties). Its counts are near the targets when the rows of Q are decided,
 but tied or near-tied rows (an untrained network's constant output, integer-valued
-scores) all go to the first of their tied labels: 2,000 x 20 zeros gave every point
+scores) all go to the first of their tied labels: 2,000 x 20 zeros give every point
 label 0 from a converged Q.
 
 ``balanced`` gives every label a count within its integer bounds (``count_bounds``) and

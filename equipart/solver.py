@@ -242,7 +242,7 @@ class _Relaxation:
 # - the history restarts when the set of finite labels changes or a combination is not
 #   finite.
 # Without the trust radius and the cool-down, 200 x 5 logits at lam 1000 (few points per
-# label: nearly a hard assignment) stalled at errors of 0.02-0.025 for hundreds of sweeps.
+# label: nearly a hard assignment) stall at errors of 0.02-0.025 for hundreds of sweeps.
 ANDERSON_MEMORY = 10
 ANDERSON_GUARD = 3.0
 ANDERSON_PATIENCE = 20
@@ -378,7 +378,7 @@ class _Anderson:
 # QN_TRIALS sweeps, after which the memory restarts from the plain step at the last kept
 # dual. A pair across which some label's log mass (or log aimed mass) moved more than
 # QN_LOCAL nats is not local curvature (far from the solution F is exponential: such a
-# pair made gamma 85 and the next step 789 nats too long): the memory restarts instead, so
+# pair can make gamma 85 and the next step 789 nats too long): the memory restarts instead, so
 # that far away the steps are plain Sinkhorn's, which are made for that regime. After
 # QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
 # best dual with over-relaxed steps: where the sizes are out of reach of the labels the
@@ -645,8 +645,8 @@ def _starting_dual(g0: np.ndarray, constraint: ColumnConstraint) -> np.ndarray:
             head[shut] = finite.min() if finite.size else 0.0
     if constraint.shift_invariant:
         # equality targets: a common shift of g changes nothing but the float32 sweep's
-        # digits of lam * L next to g (a warm start offset by 1e8 gave wrong labels after
-        # one "converged" sweep), so start from the normalised dual every update keeps
+        # digits of lam * L next to g (a warm start offset by 1e8 would give wrong labels
+        # after one "converged" sweep), so start from the normalised dual every update keeps
         g = np.stack([normalise_dual(head) for head in g])
     return g
 

@@ -262,13 +262,13 @@ def _check_resolution(
     """Refuse a lam at which the sweep's float rounds lam * L by more than RESOLUTION.
 
     The sweep forms z = lam * L + g and z - max_k z_k in ``precision``; near a row's best
-    score (``magnitude`` in size: at most log K for probabilities) each rounds by up to
-    half a unit in the last place of lam * magnitude, which no number of sweeps can undo
-    (float32 logits scaled by 1e4 at
-    lam 25: 1e6, rounded by 0.06 nats; the solve ran 1,000 sweeps and stopped at error
-    0.33). Fixes: scores on a smaller scale or a smaller lam (lam times the scores is the
-    problem's inverse temperature), a per-row shift where the rows' offsets, not their
-    spread, are large (logits are unchanged by one), or float64 scores.
+    score (``magnitude`` in size: at most log K for probabilities) each rounds by up to half
+    a unit in the last place of lam * magnitude, which no number of sweeps can undo (float32
+    logits scaled by 1e4 at lam 25: 1e6, rounded by 0.06 nats; solved anyway, such a problem
+    stops at error 0.33 after 1,000 sweeps). Fixes: scores on a smaller scale or a smaller
+    lam (lam times the scores is the problem's inverse temperature), a per-row shift where
+    the rows' offsets, not their spread, are large (logits are unchanged by one), or float64
+    scores.
     """
     half_ulp = float(np.finfo(precision).eps) / 2.0
     rounding = lam * magnitude * half_ulp

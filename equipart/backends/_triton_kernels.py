@@ -506,12 +506,12 @@ class SweepConfig:
 
 
 # The defaults, keyed by (scores dtype, BLOCK_K); other keys use the rule in sweep_config.
-# Measured on one NVIDIA H200 at K = 3000 (BLOCK_K = 4096), N = 1,281,167, lam = 25:
-# benchmarks/results/gpu_nvidia_h200_run8.json, the fastest correct config per dtype of
-# its tuning stage (the 'split' variant, 3 chunks of 1024 lanes): fp32 3.41 ms = 0.98x
-# the read pass with register prefetch; bf16 2.22 ms = 1.22x software-pipelined through
-# shared memory (2.42 ms with register prefetch in the same run). gpu_check.py prints the
-# entries to put here.
+# Chosen by benchmarks/gpu_check.py's tuning stage on NVIDIA H200 cards at K = 3000
+# (BLOCK_K = 4096), N = 1,281,167, lam = 25 (benchmarks/results/gpu_nvidia_h200.json):
+# the 'split' variant, 3 chunks of 1024 lanes; fp32 with register prefetch, 3.41-3.51 ms
+# = 0.98-0.99x the read pass; bf16 software-pipelined through shared memory, 2.22-2.57 ms
+# = 1.21-1.38x (2.42-2.44 ms with register prefetch in the same runs). gpu_check.py
+# prints the entries to put here.
 TUNED_CONFIGS: dict[tuple[torch.dtype, int], SweepConfig] = {
     (torch.float32, 4096): SweepConfig(2, 1024, 4, 3, variant="split"),
     (torch.bfloat16, 4096): SweepConfig(2, 1024, 4, 3, variant="split", num_stages=3),
@@ -522,8 +522,8 @@ def sweep_config(n_labels: int, dtype: torch.dtype | None = None) -> SweepConfig
     """The default config for K labels of scores in ``dtype``, None if K is too wide.
 
     ``TUNED_CONFIGS`` where it has an entry, otherwise the ``"pipe"`` variant with
-    prefetch and about 8192 values per tile (faster than ``"tile"`` for both dtypes at
-    K = 3000 on the H200: ``benchmarks/results/gpu_nvidia_h200.json``).
+    prefetch and about 8192 values per tile (about 1.6x faster than ``"tile"`` for both
+    dtypes at K = 3000 on the H200: ``benchmarks/results/gpu_nvidia_h200.json``).
     """
     block_k = triton.next_power_of_2(max(n_labels, 16))
     if block_k > MAX_BLOCK_K:

@@ -153,9 +153,9 @@ class _CapturedSweep:
     g goes in and the column sums come out through fixed buffers (pinned on the host, so
     both copies are asynchronous): a sweep then costs the host one graph launch, two small
     copies and one synchronisation, instead of the Triton launcher's and torch's per-call
-    Python work, during which the GPU would idle (54-73 us for ``sweep_stats`` on a 4-row
-    tensor on the H200 machine: benchmarks/results/gpu_round_trip_nvidia_h200_run5 to
-    _run8.json). The graph reads the tensor's memory at each replay, so it sees the tensor
+    Python work, during which the GPU would idle (54 us for ``sweep_stats`` on a 4-row
+    tensor on the H200 machine: benchmarks/results/gpu_round_trip_nvidia_h200.json). The
+    graph reads the tensor's memory at each replay, so it sees the tensor
     as it is then. Each graph keeps its scratch (the (P, K) float32 partials, 4.75 MB at
     K = 3000 and P = 396) in its own memory pool until the solve's backend is dropped.
     Sweeps that also compute the column maxima (after an underflow) are not captured.
@@ -295,9 +295,8 @@ class TorchBackend(Backend):
                 support += (x > 0).sum(dim=0)
         # amin / amax propagate NaN, and +inf is the maximum: no NaN or +inf iff both
         # extremes are numbers and the maximum is below +inf (-inf may be the minimum: an
-        # impossible label). (torch.isfinite's block temporaries left 12 to 495 MiB more
-        # resident after this check of the 200k x 1k demo, varying from run to run;
-        # without them, 5 MiB in four runs.)
+        # impossible label). (torch.isfinite's block temporaries would leave 12 to 495 MiB
+        # more resident after this check of the 200k x 1k demo; without them, 5 MiB.)
         low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         lowest_best = torch.stack(lowest_bests).amin()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
