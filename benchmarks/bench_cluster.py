@@ -198,15 +198,209 @@ def run_kmc(seeds: int) -> None:
     )
 
 
+# --------------------------------------------------------------------------- factored
+FACTORED_SHAPE = (400_000, 1_000, 32)
+FACTORED_LAM = 1.0  # on cosine similarities / 0.1 (scale 10): SwAV's temperature
+
+CHILD = r"""
+import json, resource, sys, time, tracemalloc
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import bench_cluster as bench
+from equipart import Factored, assign_labels
+
+form, traced, out = sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+small = bench.factored_problem(2_000)
+for rounding in ("argmax", "balanced"):  # compile and warm up
+    assign_labels(small if form == "factored" else small.to_dense(), bench.FACTORED_LAM,
+                  rounding=rounding)
+with open("/proc/self/clear_refs", "w") as marks:
+    marks.write("5")  # the resident high-water mark back to the current size
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if traced:
+    tracemalloc.start()
+scores = bench.factored_problem(bench.FACTORED_SHAPE[0])
+if form == "dense":
+    scores = scores.to_dense()
+report = {"form": form, "traced": traced}
+for rounding in ("argmax", "balanced"):
+    start = time.perf_counter()
+    result = assign_labels(scores, bench.FACTORED_LAM, rounding=rounding)
+    report[rounding] = {"seconds": time.perf_counter() - start, "n_iter": result.n_iter,
+                        "objective": result.objective}
+    np.save(f"{out}_{rounding}_labels.npy", result.labels)
+    np.save(f"{out}_{rounding}_g.npy", result.state.g)
+if traced:
+    report["traced_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+report["rss_base_mib"] = base
+report["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+report["extra_mib"] = report["rss_peak_mib"] - base
+print(json.dumps(report))
+"""
+
+
+def factored_problem(n_rows: int) -> Any:
+    """Cosine scores / 0.1 of clustered float32 embeddings (N x 32) against 1,000
+    prototypes drawn near the clusters: SwAV's prototype head, as Factored scores."""
+    from equipart import Factored
+
+    _, n_labels, n_features = FACTORED_SHAPE
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((200, n_features)).astype(np.float32)
+    features = np.empty((n_rows, n_features), dtype=np.float32)
+    step = 100_000
+    for start in range(0, n_rows, step):
+        part = features[start : start + step]
+        part[:] = centres[rng.integers(0, 200, part.shape[0])]
+        part += 0.7 * rng.standard_normal(part.shape, dtype=np.float32)
+    prototypes = centres[rng.integers(0, 200, n_labels)]
+    prototypes = prototypes + 0.5 * rng.standard_normal(prototypes.shape, dtype=np.float32)
+    return Factored(features, prototypes, metric="cosine", scale=10.0)
+
+
+def _child(form: str, traced: bool, out: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(Path(__file__).parent), form, "1" if traced else "0",
+         out],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _gemm_blocks_kernel():
+    """A Numba kernel running only the fused sweep's GEMMs (same chunks and blocks)."""
+    from numba import njit, prange
+
+    from equipart.backends.numba import _chunk_bounds
+
+    @njit(parallel=True)
+    def gemms(x, protos_t, n_chunks, gemm_rows, sink):
+        n_rows = x.shape[0]
+        for c in prange(n_chunks):
+            r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+            buffer = np.empty((gemm_rows, protos_t.shape[1]), dtype=x.dtype)
+            for b0 in range(r0, r1, gemm_rows):
+                b1 = min(b0 + gemm_rows, r1)
+                np.dot(x[b0:b1], protos_t, buffer[: b1 - b0])
+            sink[c] = buffer[0, 0]
+
+    return gemms
+
+
+def _sweep_speed(repeats: int) -> dict[str, Any]:
+    """Seconds per pass, interleaved repeats: the fused sweep, NumPy's GEMM into an N x K
+    array, the fused sweep's GEMMs alone, and the Numba backend's sweep of the N x K array."""
+    from equipart._factored_numba import blas_single_thread
+    from equipart.backends.numba import NumbaBackend, _n_chunks
+
+    scores = factored_problem(FACTORED_SHAPE[0])
+    n_rows, n_labels, n_features = FACTORED_SHAPE
+    engine, source = scores.open("numba")
+    (block,) = source.blocks(0)
+    fused = engine._fused
+    # the GEMM alone reads the prepared (normalised, scaled) factors
+    x, factors, protos_t, _ = scores.host_factors()
+    x = np.ascontiguousarray(x * factors[:, None])
+    dense = np.empty((n_rows, n_labels), dtype=np.float32)
+    gemms = _gemm_blocks_kernel()
+    n_chunks = _n_chunks(n_rows, n_labels)
+    sink = np.empty(n_chunks, dtype=np.float32)
+    g = np.zeros(n_labels)
+    numba_backend = NumbaBackend()
+
+    def blocks_only():
+        with blas_single_thread():
+            gemms(x, protos_t[0], n_chunks, fused.gemm_rows, sink)
+
+    passes = {
+        "fused_sweep": lambda: engine.sweep(block, "logits", FACTORED_LAM, g),
+        "numpy_gemm": lambda: np.matmul(x, protos_t[0], out=dense),
+        "gemm_in_fused_blocks": blocks_only,
+        "numba_sweep_of_dense": lambda: numba_backend.sweep(dense, "logits", FACTORED_LAM, g),
+    }
+    for run in passes.values():  # compile, fault pages in
+        run()
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(repeats):
+        for name, run in passes.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    flops = 2.0 * n_rows * n_labels * n_features
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    return {
+        "seconds": times,
+        "median_seconds": medians,
+        "gflops": {name: flops / t / 1e9 for name, t in medians.items()},
+        "fused_vs_numpy_gemm": medians["numpy_gemm"] / medians["fused_sweep"],
+        "fused_vs_gemm_in_blocks": medians["gemm_in_fused_blocks"] / medians["fused_sweep"],
+        "flops_per_sweep": flops,
+    }
+
+
+def run_factored(repeats: int) -> None:
+    import tempfile
+
+    n_rows, n_labels, _ = FACTORED_SHAPE
+    dense_mib = n_rows * n_labels * 4 / 2**20
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {
+            "factored": _child("factored", False, f"{tmp}/factored"),
+            "factored_traced": _child("factored", True, f"{tmp}/traced"),
+            "dense": _child("dense", False, f"{tmp}/dense"),
+        }
+        labels = {}
+        for rounding in ("argmax", "balanced"):
+            mine = np.load(f"{tmp}/factored_{rounding}_labels.npy")
+            theirs = np.load(f"{tmp}/dense_{rounding}_labels.npy")
+            duals = [np.load(f"{tmp}/{form}_{rounding}_g.npy") for form in ("factored", "dense")]
+            g_gap = np.abs(duals[0] - duals[1]).max()
+            labels[rounding] = {
+                "identical": bool(np.array_equal(mine, theirs)),
+                "differing_labels": int((mine != theirs).sum()),
+                "max_dual_difference": float(g_gap),
+                "n_iter": [runs["factored"][rounding]["n_iter"], runs["dense"][rounding]["n_iter"]],
+            }
+    print(json.dumps(runs), json.dumps(labels), flush=True)
+    speed = _sweep_speed(repeats)
+    print(json.dumps(speed["median_seconds"]), flush=True)
+    write(
+        "factored_cpu.json",
+        {
+            "benchmark": "Factored scores, 400,000 x 1,000, d = 32, float32 cosine / 0.1",
+            "targets": {"extra_memory_of_dense": 0.25, "sweep_gflops_of_gemm": 0.70},
+            "machine": machine(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "dense_mib": dense_mib,
+            "memory": {
+                "factored_extra_mib": runs["factored"]["extra_mib"],
+                "factored_extra_of_dense": runs["factored"]["extra_mib"] / dense_mib,
+                "factored_traced_peak_mib": runs["factored_traced"]["traced_peak_mib"],
+                "factored_traced_of_dense": runs["factored_traced"]["traced_peak_mib"]
+                / dense_mib,
+                "dense_solve_extra_mib": runs["dense"]["extra_mib"],
+            },
+            "labels": labels,
+            "solves": runs,
+            "sweep_speed": speed,
+        },
+    )
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("kmc", "scale", "factored"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
     if args.mode == "kmc":
         run_kmc(args.seeds)
+    elif args.mode == "factored":
+        run_factored(args.repeats)
 
 
 if __name__ == "__main__":

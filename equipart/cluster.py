@@ -12,10 +12,15 @@ iteration
 
    solved as equipart solves SeLa's: a Sinkhorn solve on the scores
    L_ij = -|x_i - c_j|^2 (``equipart.Factored(..., metric="sqeuclidean")``, one GEMM per
-   block of rows, never forming the N x K matrix) gives the dual g, warm-started from the
-   previous iteration's, and ``rounding="balanced"`` turns it into the LP's certified
-   exact optimum (``equipart.balanced``); the Sinkhorn solve only supplies good prices,
-   so it runs to a loose tolerance (``SINKHORN_TOL``);
+   block of rows, never forming the N x K matrix) gives a dual g, and the balanced
+   rounding (``rounding="balanced"``, ``equipart.balanced``) turns prices into the LP's
+   certified exact optimum. The Sinkhorn solve only supplies prices, so it is loose
+   (``SINKHORN_TOL``, at most ``SINKHORN_MAX_ITER`` sweeps, Anderson-accelerated) and
+   warm-started from the previous iteration's dual; the rounding starts from the
+   previous iteration's exact prices moved by the change of the Sinkhorn dual (the
+   offset between the entropic dual and the LP's changes slowly from one iteration to the
+   next: late iterations then move a few dozen points). The first solve starts cold at
+   lam / ``COLD_DIVISOR`` and continues at lam from that dual, scaled up;
 2. moves every centre to the mean of its points (a cluster left empty, possible only when
    its lower size is 0, keeps its centre);
 
@@ -30,7 +35,10 @@ The inverse temperature of the Sinkhorn solves, ``lam``, does not change the lab
 iteration (the rounding is exact for any dual), only how fast they are found. ``"auto"``
 takes lam = ``LAM_AUTO`` / s, with s the median, over up to ``LAM_SAMPLE`` points, of the
 gap between a point's squared distances to its nearest and second-nearest initial centres:
-lam times a typical margin between a point's two best clusters is then ``LAM_AUTO``.
+lam times a typical margin between a point's two best clusters is then ``LAM_AUTO``
+(30 was the fastest of 10, 30 and 100 on the 20,000 x 32, 100-cluster mixture of
+benchmarks/bench_cluster.py: a smaller lam leaves the rounding more points to move, a
+larger one needs more sweeps).
 """
 
 from __future__ import annotations
