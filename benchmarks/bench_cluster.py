@@ -1,22 +1,22 @@
 """Benchmarks of balanced clustering and factored scores (issue 22), side by side in one run.
 
-    python benchmarks/bench_cluster.py kmc        # BalancedKMeans against KMeansConstrained
-    python benchmarks/bench_cluster.py scale      # BalancedKMeans at 1,000,000 x 64, K = 1,000
-    python benchmarks/bench_cluster.py factored   # Factored scores: memory, labels, GFLOP/s
+    python benchmarks/bench_cluster.py                  # all three parts, one result file
+    python benchmarks/bench_cluster.py --scale-rows 200000 --seeds 1   # smaller
 
 ``kmc``: 20,000 points in 32 dimensions into 100 clusters of exactly 200, on three data
 sets (an unequal Gaussian mixture whose natural clusters the sizes must cut, 100 equal
 blobs, structureless Gaussian noise), ``--seeds`` seeds each; every seed runs equipart's
 ``BalancedKMeans`` and ``k_means_constrained.KMeansConstrained`` (a min-cost flow over all
-N x K arcs per iteration; ``pip install k-means-constrained``) one after the other, both
-with k-means++, ``n_init=1``, ``tol=1e-4`` and their own seeding from the same integer.
-Reported per data set: the median time ratio and the ratio of mean inertias (targets: at
-least 10x faster, inertia within 1%), with every run's time, inertia, iterations and
-cluster sizes (checked exact).
+N x K arcs per iteration; ``pip install k-means-constrained``, skipped with a message where
+it is missing) one after the other, alternating which goes first, both with k-means++,
+``n_init=1``, ``tol=1e-4`` and their own seeding from the same integer. Reported per data
+set: the median time ratio and the ratio of mean inertias (targets: at least 10x faster,
+inertia within 1%), with every run's time, inertia, iterations and cluster sizes (checked
+exact).
 
-``scale``: one ``BalancedKMeans(1000)`` fit of an unequal Gaussian mixture of 1,000,000
-points in 64 dimensions (float32), with its phases timed (k-means++, each iteration's
-Sinkhorn sweeps and balanced rounding).
+``scale``: one ``BalancedKMeans(1000)`` fit of an unequal Gaussian mixture of
+``--scale-rows`` (default 1,000,000) points in 64 dimensions (float32): seconds, iterations
+and the sizes.
 
 ``factored``: at N = 400,000, K = 1,000, d = 32 (float32; the N x K scores would be 1.5
 GiB), each in a fresh subprocess: (1) a Factored solve's peak resident memory above the
@@ -29,10 +29,9 @@ on the same shapes: NumPy's ``matmul`` into a preallocated N x K array, and the 
 GEMMs in the fused sweep's blocks with no sweep (target: at least 70%); interleaved
 repeats, medians.
 
-Each result file records the machine (CPU model, cores), the commit (and whether the
-package's files differ from it), Numba's thread count and the load average before and
-after: benchmarks/results/cluster_kmc_cpu.json, cluster_scale_cpu.json,
-factored_cpu.json.
+The result file, benchmarks/results/cluster_cpu.json, records the machine (CPU model,
+cores, commit, and whether the package's files differ from it), Numba's thread count and
+the load average before and after each part.
 """
 
 from __future__ import annotations
@@ -70,9 +69,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / name
+def write(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     print(f"wrote {path}")
     return path
@@ -81,7 +79,7 @@ def write(name: str, payload: dict[str, Any]) -> Path:
 # --------------------------------------------------------------------------- data
 def mixture(n_rows: int, n_features: int, n_components: int, seed: int) -> np.ndarray:
     """A Gaussian mixture with Dirichlet(1) weights (natural clusters of unequal sizes),
-    centres uniform in [-10, 10]^d, unit... cluster_std 2, centred, float32."""
+    centres uniform in [-10, 10]^d, standard deviation 2, centred, float32."""
     from sklearn.datasets import make_blobs
 
     rng = np.random.default_rng(seed)
@@ -150,7 +148,13 @@ def _record(seconds: float, inertia: float, n_iter: int, labels: np.ndarray, k: 
     }
 
 
-def run_kmc(seeds: int) -> None:
+def run_kmc(seeds: int) -> dict[str, Any]:
+    try:
+        import k_means_constrained  # noqa: F401
+    except ImportError:
+        reason = "k-means-constrained is not installed (pip install k-means-constrained)"
+        print(f"kmc: skipped: {reason}", flush=True)
+        return {"skipped": reason}
     n_clusters, size = 100, 200
     warm = dataset("gaussian", 99)[:2_000]
     fit_equipart(warm, 10, 0)  # compile the kernels (cached on disk after the first run)
@@ -184,18 +188,37 @@ def run_kmc(seeds: int) -> None:
             "exact_sizes": all(r["size_min"] == r["size_max"] == size for r in mine + theirs),
         }
         print(json.dumps({name: summary[name]}), flush=True)
-    write(
-        "cluster_kmc_cpu.json",
-        {
-            "benchmark": "BalancedKMeans vs KMeansConstrained, 20,000 x 32, 100 clusters of 200",
-            "targets": {"speedup": 10.0, "inertia_within": 0.01},
-            "machine": machine(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-            "summary": summary,
-            "runs": rows,
-        },
+    return {
+        "benchmark": "BalancedKMeans vs KMeansConstrained, 20,000 x 32, 100 clusters of 200",
+        "targets": {"speedup": 10.0, "inertia_within": 0.01},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "summary": summary,
+        "runs": rows,
+    }
+
+
+# --------------------------------------------------------------------------- scale
+def run_scale(n_rows: int) -> dict[str, Any]:
+    """One BalancedKMeans(1000) fit of an n_rows x 64 float32 mixture."""
+    from equipart.cluster import BalancedKMeans
+
+    n_clusters = 1_000
+    x = mixture(n_rows, 64, n_clusters, 0)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    model = BalancedKMeans(n_clusters, random_state=0).fit(x)
+    seconds = time.perf_counter() - start
+    out = _record(seconds, model.inertia_, model.n_iter_, model.labels_, n_clusters)
+    out.update(
+        benchmark=f"BalancedKMeans({n_clusters}) on {n_rows:,} x 64 float32",
+        n_rows=n_rows,
+        lam=model.lam_,
+        load_before=load_before,
+        load_after=os.getloadavg(),
     )
+    print(json.dumps(out), flush=True)
+    return out
 
 
 # --------------------------------------------------------------------------- factored
@@ -268,21 +291,27 @@ def _child(form: str, traced: bool, out: str) -> dict[str, Any]:
 
 
 def _gemm_blocks_kernel():
-    """A Numba kernel running only the fused sweep's GEMMs (same chunks and blocks)."""
-    from numba import njit, prange
+    """A Numba kernel running only the fused sweep's GEMMs (same chunks, blocks and
+    threads: ``equipart.backends.numba._run``)."""
+    from numba import njit
 
-    from equipart.backends.numba import _chunk_bounds
+    from equipart.backends.numba import _chunk_bounds, _claim, _finish
 
-    @njit(parallel=True)
-    def gemms(x, protos_t, n_chunks, gemm_rows, sink):
+    @njit(nogil=True)
+    def gemms(counters, x, protos_t, n_chunks, gemm_rows, sink):
         n_rows = x.shape[0]
-        for c in prange(n_chunks):
+        buffer = np.empty((gemm_rows, protos_t.shape[1]), dtype=x.dtype)
+        last = False
+        c = _claim(counters)
+        while c < n_chunks:
             r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-            buffer = np.empty((gemm_rows, protos_t.shape[1]), dtype=x.dtype)
             for b0 in range(r0, r1, gemm_rows):
                 b1 = min(b0 + gemm_rows, r1)
                 np.dot(x[b0:b1], protos_t, buffer[: b1 - b0])
             sink[c] = buffer[0, 0]
+            last = _finish(counters, n_chunks)
+            c = _claim(counters)
+        return last
 
     return gemms
 
@@ -291,7 +320,7 @@ def _sweep_speed(repeats: int) -> dict[str, Any]:
     """Seconds per pass, interleaved repeats: the fused sweep, NumPy's GEMM into an N x K
     array, the fused sweep's GEMMs alone, and the Numba backend's sweep of the N x K array."""
     from equipart._factored_numba import blas_single_thread
-    from equipart.backends.numba import NumbaBackend, _n_chunks
+    from equipart.backends.numba import NumbaBackend, _n_chunks, _run
 
     scores = factored_problem(FACTORED_SHAPE[0])
     n_rows, n_labels, n_features = FACTORED_SHAPE
@@ -310,7 +339,8 @@ def _sweep_speed(repeats: int) -> dict[str, Any]:
 
     def blocks_only():
         with blas_single_thread():
-            gemms(x, protos_t[0], n_chunks, fused.gemm_rows, sink)
+            _run(gemms, n_chunks, x.shape[0] * n_labels, x, protos_t[0], n_chunks,
+                 fused.gemm_rows, sink)  # fmt: skip
 
     passes = {
         "fused_sweep": lambda: engine.sweep(block, "logits", FACTORED_LAM, g),
@@ -338,7 +368,7 @@ def _sweep_speed(repeats: int) -> dict[str, Any]:
     }
 
 
-def run_factored(repeats: int) -> None:
+def run_factored(repeats: int) -> dict[str, Any]:
     import tempfile
 
     n_rows, n_labels, _ = FACTORED_SHAPE
@@ -365,42 +395,45 @@ def run_factored(repeats: int) -> None:
     print(json.dumps(runs), json.dumps(labels), flush=True)
     speed = _sweep_speed(repeats)
     print(json.dumps(speed["median_seconds"]), flush=True)
-    write(
-        "factored_cpu.json",
-        {
-            "benchmark": "Factored scores, 400,000 x 1,000, d = 32, float32 cosine / 0.1",
-            "targets": {"extra_memory_of_dense": 0.25, "sweep_gflops_of_gemm": 0.70},
-            "machine": machine(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-            "dense_mib": dense_mib,
-            "memory": {
-                "factored_extra_mib": runs["factored"]["extra_mib"],
-                "factored_extra_of_dense": runs["factored"]["extra_mib"] / dense_mib,
-                "factored_traced_peak_mib": runs["factored_traced"]["traced_peak_mib"],
-                "factored_traced_of_dense": runs["factored_traced"]["traced_peak_mib"]
-                / dense_mib,
-                "dense_solve_extra_mib": runs["dense"]["extra_mib"],
-            },
-            "labels": labels,
-            "solves": runs,
-            "sweep_speed": speed,
+    return {
+        "benchmark": "Factored scores, 400,000 x 1,000, d = 32, float32 cosine / 0.1",
+        "targets": {"extra_memory_of_dense": 0.25, "sweep_gflops_of_gemm": 0.70},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "dense_mib": dense_mib,
+        "memory": {
+            "factored_extra_mib": runs["factored"]["extra_mib"],
+            "factored_extra_of_dense": runs["factored"]["extra_mib"] / dense_mib,
+            "factored_traced_peak_mib": runs["factored_traced"]["traced_peak_mib"],
+            "factored_traced_of_dense": runs["factored_traced"]["traced_peak_mib"] / dense_mib,
+            "dense_solve_extra_mib": runs["dense"]["extra_mib"],
         },
-    )
+        "labels": labels,
+        "solves": runs,
+        "sweep_speed": speed,
+    }
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("kmc", "scale", "factored"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3, help="kmc: seeds per data set")
+    parser.add_argument("--scale-rows", type=int, default=1_000_000, help="scale: N")
+    parser.add_argument("--repeats", type=int, default=5, help="factored: timed sweeps")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cluster_cpu.json")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
-    if args.mode == "kmc":
-        run_kmc(args.seeds)
-    elif args.mode == "factored":
-        run_factored(args.repeats)
+    payload: dict[str, Any] = {"machine": machine()}
+    parts = {
+        "kmc": lambda: run_kmc(args.seeds),
+        "factored": lambda: run_factored(args.repeats),
+        "scale": lambda: run_scale(args.scale_rows),
+    }
+    for name, run in parts.items():
+        start = time.perf_counter()
+        payload[name] = run()
+        payload[name]["part_seconds"] = time.perf_counter() - start
+        write(args.out, payload)  # after every part: a long run keeps what it finished
 
 
 if __name__ == "__main__":

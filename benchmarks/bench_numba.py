@@ -287,21 +287,24 @@ def measure_compile() -> dict:
     return {"cold_cache_s": cold, "warm_cache_s": warm}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import numba
     import ot
     import psutil
 
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
@@ -373,11 +376,12 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results: dict) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
+def write_doc(table: str, start: str = START, end: str = END, doc: Path = DOC) -> None:
+    """Put ``table`` between the markers ``start`` and ``end`` of ``doc``."""
+    text = doc.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -436,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_doc:
-        write_doc(results)
+        write_doc(render(results))
     print(render(results))
 
 

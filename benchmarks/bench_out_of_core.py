@@ -1,18 +1,20 @@
 """Out-of-core benchmark: solve a .npy memmap several times larger than a memory budget.
 
-Writes an N x K score file (float16 by default), then measures, each in a fresh child
-process so that its peak resident memory (VmHWM) is its own:
+Writes an N x K score file (float16 by default), then, in rounds, side by side:
 
-* the disk's sequential read speed (file evicted from the page cache first, with
-  ``posix_fadvise(POSIX_FADV_DONTNEED)``) and the page cache's (a slice read twice);
-* ``assign_labels(path, ...)`` with the file evicted before every sweep ("cold": every
-  sweep reads the disk) and without eviction ("cached": whatever the page cache holds),
-  reporting seconds per sweep, the bytes each sweep streams per second, and VmHWM
-  against the stated budget.
+* a plain sequential read of the whole file (``readinto`` a 64 MiB buffer): from the disk
+  (file evicted from the page cache first, with ``posix_fadvise(POSIX_FADV_DONTNEED)``)
+  and from the page cache (the file read once before, and kept there);
+* ``assign_labels(path, ...)`` (backend "auto": Numba where installed), each in a fresh
+  child process so that its peak resident memory (VmHWM) is its own, with the file
+  evicted before every sweep ("cold": every sweep reads the disk) and without eviction
+  ("cached": the page cache holds the file), reporting seconds per sweep, the bytes each
+  sweep streams per second, their ratio to the plain read of the same round (disk for
+  cold, page cache for cached), and VmHWM against the stated budget.
 
 Run under the team's heavy lock, e.g.
     flock /tmp/equipart-heavy.lock python benchmarks/bench_out_of_core.py \
-        --rows 3000000 --labels 1000 --budget-gib 1 --out benchmarks/results/ooc_cpu.json
+        --rows 1000000 --labels 1000 --budget-gib 0.5 --out benchmarks/results/ooc_cpu.json
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from bench_numba import cpu_model
 
 CHUNK_ROWS = 1 << 16
 
@@ -128,13 +130,14 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=3_000_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--lam", type=float, default=10.0)
-    parser.add_argument("--sweeps", type=int, default=3)
-    parser.add_argument("--backend", default="numpy")
-    parser.add_argument("--budget-gib", type=float, default=1.0)
+    parser.add_argument("--sweeps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--budget-gib", type=float, default=0.5)
     parser.add_argument("--path", default="/tmp/equipart_ooc_scores.npy")
     parser.add_argument("--keep", action="store_true", help="keep the score file")
     parser.add_argument("--out", default=None)
@@ -149,30 +152,46 @@ def main() -> None:
     file_bytes = args.rows * args.labels * np.dtype(args.dtype).itemsize
     budget = int(args.budget_gib * (1 << 30))
     write_s = write_scores(path, args.rows, args.labels, args.dtype, seed=0)
-    disk = read_speed(path, None, cold=True)
-    cache_slice = min(file_bytes, budget)
-    read_speed(path, cache_slice, cold=True)
-    cache = read_speed(path, cache_slice, cold=False)
-    runs = []
-    for mode in ("cold", "cached"):
-        command = [sys.executable, __file__, "--child", "--mode", mode, "--path", str(path)]
-        command += ["--lam", str(args.lam), "--sweeps", str(args.sweeps)]
-        command += ["--backend", args.backend]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        run = json.loads(done.stdout.strip().splitlines()[-1])
-        per_sweep = float(np.median(run["seconds_per_sweep"]))
-        run["median_seconds_per_sweep"] = per_sweep
-        run["sweep_gb_per_s"] = file_bytes / per_sweep / 1e9
-        run["within_budget"] = run["peak_rss_bytes"] <= budget
-        runs.append(run)
-        print(json.dumps(run), flush=True)
+    runs: dict[str, list[dict]] = {"cold": [], "cached": []}
+    for _ in range(args.rounds):
+        for mode in ("cold", "cached"):
+            if mode == "cached":
+                read_speed(path, None, cold=False)  # the file into the page cache
+            read = read_speed(path, None, cold=mode == "cold")
+            command = [sys.executable, __file__, "--child", "--mode", mode, "--path", str(path)]
+            command += ["--lam", str(args.lam), "--sweeps", str(args.sweeps)]
+            command += ["--backend", args.backend]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            per_sweep = float(np.median(run["seconds_per_sweep"]))
+            run["load_average"] = os.getloadavg()
+            run["plain_read"] = read
+            run["median_seconds_per_sweep"] = per_sweep
+            run["sweep_gb_per_s"] = file_bytes / per_sweep / 1e9
+            run["sweep_over_read"] = run["sweep_gb_per_s"] / read["gb_per_s"]
+            run["within_budget"] = run["peak_rss_bytes"] <= budget
+            runs[mode].append(run)
+            print(json.dumps(run), flush=True)
     if not args.keep:
         path.unlink()
+    summary = {
+        mode: {
+            "median_sweep_gb_per_s": float(np.median([r["sweep_gb_per_s"] for r in rounds])),
+            "median_plain_read_gb_per_s": float(
+                np.median([r["plain_read"]["gb_per_s"] for r in rounds])
+            ),
+            "median_sweep_over_read": float(np.median([r["sweep_over_read"] for r in rounds])),
+            "max_peak_rss_bytes": max(r["peak_rss_bytes"] for r in rounds),
+            "within_budget": all(r["within_budget"] for r in rounds),
+        }
+        for mode, rounds in runs.items()
+    }
     report = {
         "benchmark": "out_of_core",
-        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         "no GPU (shared by other jobs)",
+        "commit": _commit(),
         "shape": [args.rows, args.labels],
         "dtype": args.dtype,
         "file_bytes": file_bytes,
@@ -180,15 +199,28 @@ def main() -> None:
         "file_over_budget": file_bytes / budget,
         "backend": args.backend,
         "lam": args.lam,
+        "sweeps_per_solve": args.sweeps,
         "write_seconds": write_s,
-        "disk_read": disk,
-        "page_cache_read": cache,
+        "summary": summary,
         "runs": runs,
     }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/bench_rounding.py quality   # 20,000 x 200, three families, lam=25
     flock /tmp/equipart-heavy.lock python benchmarks/bench_rounding.py speed
     python benchmarks/bench_rounding.py exact-time   # the LP's time against its size
+    python benchmarks/bench_rounding.py ties   # 5,000 x 50: tied scores against random ones
 
 ``quality`` solves each SeLa-shaped family once, rounds the same dual with ``argmax`` and
 ``balanced``, solves the hard LP with ``exact_assign`` (POT's ``ot.emd``), and records
@@ -13,7 +14,12 @@ solve separately), with the peak resident memory. ``exact-time`` times ``exact_a
 (the dense LP through ``ot.emd``, after one small warm-up call) on the three families from
 10^5 to 4 x 10^6 arcs (N x K with K = 200, arcs counted as the size guard counts them) and
 fits seconds = s_4M (arcs / 4 x 10^6)^p by least squares on the logarithms of the slowest
-family at each size: the constants of the size guard in ``equipart/exact.py``. Results go to
+family at each size: the constants of the size guard in ``equipart/exact.py``. ``ties``
+rounds the Sinkhorn dual of four families of one shape (random, constant, integer-valued
+and near-uniform scores, ``tie_family``) with ``balanced``, interleaved over repeats, and
+reports each family's median time as a ratio to the random family's (the rounding alone,
+and the whole ``assign_labels`` call), with the passes, phases and moves it made and its
+objective against ``ot.emd``'s. Results go to
 ``benchmarks/results/rounding_<mode>.json`` together with the machine's description (the
 CPU's model name and family from /proc/cpuinfo) and the commit of the checkout with the
 package files that differ from it.
@@ -34,9 +40,10 @@ import numpy as np
 
 import equipart
 from equipart.backends import get_backend
-from equipart.balanced import FIRST_WIDTH, solve_candidates
+from equipart.balanced import FIRST_WIDTH, balanced_passes, solve_candidates
 from equipart.exact import estimate_cost
 from equipart.marginals import Uniform
+from equipart.sources import InMemory
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -228,15 +235,113 @@ def exact_time(args: argparse.Namespace) -> dict:
     }
 
 
+TIE_FAMILIES = ("random", "constant", "integer", "near-uniform")
+
+
+def tie_family(name: str, n_rows: int, n_labels: int, seed: int) -> np.ndarray:
+    """Float32 logits whose rows tie exactly or nearly.
+
+    random: N(0, 1), no ties (the baseline). constant: every score 0 (every label tied
+    in every row). integer: uniform integers 0..9 (about K/10 labels tied at each row's
+    top). near-uniform: 0.01 N(0, 1), a network early in training (distinct but close).
+    """
+    rng = np.random.default_rng(seed)
+    shape = (n_rows, n_labels)
+    if name == "random":
+        return rng.standard_normal(shape, dtype=np.float32)
+    if name == "constant":
+        return np.zeros(shape, dtype=np.float32)
+    if name == "integer":
+        return rng.integers(0, 10, size=shape).astype(np.float32)
+    if name == "near-uniform":
+        return 0.01 * rng.standard_normal(shape, dtype=np.float32)
+    raise ValueError(f"family: unknown {name!r}")
+
+
+def _round_balanced(x: np.ndarray, g: np.ndarray, lam: float, backend: str) -> tuple:
+    """The balanced rounder on one dual: (seconds, labels, its (width, solution) passes)."""
+    engine = get_backend(backend, x)
+    source = InMemory(engine, x, 1, x.shape[0], x.shape[1], False)
+    constraint = Uniform().bind(*x.shape)
+    start = time.perf_counter()
+    passes, _ = balanced_passes(source, engine, 0, "logits", lam, g, constraint)
+    return time.perf_counter() - start, passes[-1][1].labels, passes
+
+
+def ties(args: argparse.Namespace) -> dict:
+    load = {"start": list(os.getloadavg())}
+    data = {name: tie_family(name, args.n, args.k, args.seed) for name in TIE_FAMILIES}
+    duals, rounding, whole, argmax, passes, results = {}, {}, {}, {}, {}, {}
+    for name, x in data.items():
+        soft = equipart.assign_labels(x, lam=args.lam, backend=args.backend)
+        duals[name] = np.asarray(soft.state.g)
+        rounding[name], whole[name], argmax[name] = [], [], []
+    for _ in range(args.repeats):  # interleaved: a load change hits every family alike
+        for name, x in data.items():
+            seconds, _, passes[name] = _round_balanced(x, duals[name], args.lam, args.backend)
+            rounding[name].append(seconds)
+            start = time.perf_counter()
+            results[name] = equipart.assign_labels(
+                x, lam=args.lam, backend=args.backend, rounding="balanced"
+            )
+            whole[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            equipart.assign_labels(x, lam=args.lam, backend=args.backend, rounding="argmax")
+            argmax[name].append(time.perf_counter() - start)
+    rows = []
+    for name, x in data.items():
+        exact = equipart.exact_assign(x, backend="numpy")
+        objective = results[name].objective
+        row = {
+            "family": name,
+            "rounding_s": float(np.median(rounding[name])),
+            "rounding_ratio_to_random": float(
+                np.median(rounding[name]) / np.median(rounding["random"])
+            ),
+            "assign_labels_s": float(np.median(whole[name])),
+            "assign_labels_ratio_to_random": float(
+                np.median(whole[name]) / np.median(whole["random"])
+            ),
+            "argmax_assign_labels_s": float(np.median(argmax[name])),
+            "passes": [
+                {
+                    "width": width,
+                    "feasible": sol.feasible,
+                    "certified": sol.certified,
+                    "n_phases": sol.n_phases,
+                    "n_moves": sol.n_moves,
+                }
+                for width, sol in passes[name]
+            ],
+            "counts": counts_range(np.asarray(results[name].labels), args.k),
+            "objective": objective,
+            "exact_objective": exact.objective,
+            "gap_to_exact": exact.objective - objective,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {
+        "mode": "ties",
+        "n": args.n,
+        "k": args.k,
+        "lam": args.lam,
+        "backend": args.backend,
+        "repeats": args.repeats,
+        "loadavg": {**load, "end": list(os.getloadavg())},
+        "results": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("quality", "speed", "exact-time"))
+    parser.add_argument("mode", choices=("quality", "speed", "exact-time", "ties"))
     parser.add_argument("--n", type=int)
     parser.add_argument("--k", type=int)
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--family", default="planted")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.mode == "quality":
@@ -245,6 +350,9 @@ def main() -> None:
     elif args.mode == "exact-time":
         args.k = args.k or 200
         record = exact_time(args)
+    elif args.mode == "ties":
+        args.n, args.k = args.n or 5_000, args.k or 50
+        record = ties(args)
     else:
         args.n, args.k = args.n or 1_000_000, args.k or 1_000
         record = speed(args)

@@ -17,6 +17,7 @@ from .exact import exact_assign
 from .factored import Factored
 from .marginals import Bounds, Counts, Marginal, Prior, Relaxed, Uniform
 from .result import Assignment, SolverState
+from .rounding import RoundingWarning
 from .solver import ConvergenceWarning
 from .sources import RowBlocks
 
@@ -33,6 +34,7 @@ __all__ = [
     "Marginal",
     "Prior",
     "Relaxed",
+    "RoundingWarning",
     "RowBlocks",
     "SolverState",
     "Uniform",

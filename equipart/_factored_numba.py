@@ -2,13 +2,14 @@
 in one parallel region.
 
 A sweep over rows of features x (N x d) against prepared prototypes P (d x K, see
-``equipart.factored``) is one ``prange`` over the chunks of ``_n_chunks`` (a function of
-the shape only, as in the Numba backend). Each thread, for ``gemm_rows`` rows of its chunk
-at a time,
+``equipart.factored``) is one kernel call over the chunks of ``_n_chunks`` (a function of
+the shape only), which the calling thread and the Numba backend's helper threads claim one
+at a time (``equipart.backends.numba._run``). Each thread, for ``gemm_rows`` rows of its
+chunk at a time,
 
 1. computes their scores s = x P (+ the column terms) with one ``np.dot`` into a buffer
-   of about ``CACHE_BYTES`` (BLAS: Numba calls SciPy's, held to one thread inside the
-   region by ``blas_single_thread``, so the region's threads are the only ones), and
+   of about ``CACHE_BYTES`` (BLAS: Numba calls SciPy's, held to one thread during the
+   call by ``blas_single_thread``, so the kernel's threads are the only ones), and
 2. runs the Numba backend's row loops on the buffer while it is in cache: z = lam s + g
    (``_affine``), the row maximum, then exp and the row sum with the previous row's
    column-sum update folded in; column sums accumulate in the compute precision over
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls: loaded first)
-from numba import njit, prange
+from numba import njit
 
 from .backends.base import ColumnStats, needs_exact_colmax
 from .backends.numba import (
@@ -41,10 +42,12 @@ from .backends.numba import (
     NumbaBackend,
     _affine,
     _chunk_bounds,
+    _claim,
     _exp_units,
+    _finish,
     _fmax,
     _n_chunks,
-    _parallel_section,
+    _run,
     _scale_row_exact,
     _scaled_params,
     _unit,
@@ -113,17 +116,19 @@ def _scores(x, factors, protos_t, bias, b0, b1, rows_in, out):
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _sweep_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, sums):
+def _sweep_kernel(counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, sums):
     """Per-chunk float64 column sums of Q for the rows of x (see the module docs)."""
     n_rows, n_features = x.shape
     n_labels = protos_t.shape[1]
     zero, one, none = g.dtype.type(0.0), g.dtype.type(1.0), g.dtype.type(-np.inf)
-    for c in prange(n_chunks):
+    buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
+    rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
+    e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
+    acc = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
-        rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
-        e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
-        acc = np.empty(n_labels, dtype=g.dtype)
         total = sums[c]
         for b0 in range(r0, r1, gemm_rows):
             b1 = min(b0 + gemm_rows, r1)
@@ -147,19 +152,24 @@ def _sweep_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, sums)
                     weight = one / t
                 for j in range(n_labels):
                     total[j] += acc[j] + e[j] * weight
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _colmax_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, maxima):
+def _colmax_kernel(counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, maxima):
     """Per-chunk column maxima of v = z - max_k z_k (the underflow guard)."""
     n_rows, n_features = x.shape
     n_labels = protos_t.shape[1]
     none = g.dtype.type(-np.inf)
-    for c in prange(n_chunks):
+    buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
+    rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
-        rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         cmax = maxima[c]
         cmax[:] = -np.inf
         for b0 in range(r0, r1, gemm_rows):
@@ -174,6 +184,9 @@ def _colmax_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, maxi
                     continue
                 for j in range(n_labels):
                     cmax[j] = _fmax(cmax[j], z[j] - m)
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(fastmath=_EXACT_Z, inline="always")
@@ -200,17 +213,21 @@ def _select_top(z, k, idx, val):
 
 
 @njit(**_OPTS, fastmath=_EXACT_Z)
-def _top_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, indices, values):
+def _top_kernel(
+    counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, indices, values
+):
     """The k = indices.shape[1] best labels of every row by z = lam * s + g (z rounded as
     the Numba backend's ``top_labels`` rounds it), best first, lower index on ties."""
     n_rows, n_features = x.shape
     n_labels = protos_t.shape[1]
     k = indices.shape[1]
-    for c in prange(n_chunks):
+    buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
+    rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
-        rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         for b0 in range(r0, r1, gemm_rows):
             b1 = min(b0 + gemm_rows, r1)
             s = _scores(x, factors, protos_t, bias, b0, b1, rows_in, buffer)
@@ -224,6 +241,9 @@ def _top_kernel(x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, indices
                         val[t] = z[order[t]]
                 else:
                     _select_top(z, k, idx, val)
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 def gemm_rows(n_labels: int, itemsize: int) -> int:
@@ -274,14 +294,15 @@ class FusedPasses:
         arguments = self._arguments(head, start, stop, lam, g, self.unit)
         n_chunks, n_labels = arguments[-1], g.shape[0]
         sums = np.zeros((n_chunks, n_labels))
-        with blas_single_thread(), _parallel_section():
-            _sweep_kernel(*arguments, self.gemm_rows, sums)
+        n_scores = (stop - start) * n_labels
+        with blas_single_thread():
+            _run(_sweep_kernel, n_chunks, n_scores, *arguments, self.gemm_rows, sums)
         colsum = sums.sum(axis=0)
         colmax = np.full(n_labels, -np.inf)
         if needs_exact_colmax(colsum, arguments[5]):  # a column sum underflowed: one more pass
             maxima = np.empty((n_chunks, n_labels), dtype=self.features.dtype)
-            with blas_single_thread(), _parallel_section():
-                _colmax_kernel(*arguments, self.gemm_rows, maxima)
+            with blas_single_thread():
+                _run(_colmax_kernel, n_chunks, n_scores, *arguments, self.gemm_rows, maxima)
             colmax = maxima.max(axis=0).astype(np.float64) / self.unit
         return ColumnStats(colsum, colmax)
 
@@ -294,6 +315,7 @@ class FusedPasses:
         k = min(int(k), g.shape[0])
         indices = np.empty((stop - start, k), dtype=np.int64)
         values = np.empty((stop - start, k), dtype=self.features.dtype)
-        with blas_single_thread(), _parallel_section():
-            _top_kernel(*arguments, self.gemm_rows, indices, values)
+        with blas_single_thread():
+            kernel_arguments = (*arguments, self.gemm_rows, indices, values)
+            _run(_top_kernel, arguments[-1], values.shape[0] * g.shape[0], *kernel_arguments)
         return indices, values

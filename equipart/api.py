@@ -8,16 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, ScoreKind
+from .backends.base import Backend, ColumnStats, ScoreKind
 from .distributed import open_group
 from .exact import exact_assign
 from .factored import Factored
-from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal
+from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal, normalise_dual
 from .result import Assignment, SolverState
-from .rounding import ROUNDERS
+from .rounding import ROUNDERS, CountCheck, round_head
 from .solver import RowSource, check_feasible, column_stats, mask_depth, run_sinkhorn
 from .sources import InMemory, RowBlocks, open_source
 from .validation import (
+    ScoreSummary,
     check_acceleration,
     check_flag,
     check_kind,
@@ -98,13 +99,20 @@ def _exact_labels(
 
 def _check_all_values(
     source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
-) -> list[np.ndarray | None]:
-    """``check_values`` over every head; per head, its labels' support (probs only; zero
-    for a rank without rows)."""
+) -> list[ScoreSummary]:
+    """``check_values`` over every head (for a rank without rows: support and spread 0)."""
     if source.n_rows == 0:
-        return [np.zeros(source.n_labels, dtype=np.int64)] * source.n_heads
+        empty = ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)
+        return [empty] * source.n_heads
     return [
-        check_values(backend, source.blocks(head), kind, lam=lam, lam_name=lam_name)
+        check_values(
+            backend,
+            source.blocks(head),
+            kind,
+            lam=lam,
+            lam_name=lam_name,
+            where=f" of head {head}" if source.n_heads > 1 else "",
+        )
         for head in range(source.n_heads)
     ]
 
@@ -127,7 +135,7 @@ def _stranded_rows(
                 precision = sweep_precision(backend.shape_dtype(block)[1])
                 values = backend.top_labels(block, kind, 1.0, g_open, 1)[1]
                 best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
-                rows = np.flatnonzero(best_open < -np.finfo(precision).max / lam)
+                rows = np.flatnonzero(best_open < -float(np.finfo(precision).max) / lam)
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size
@@ -145,8 +153,9 @@ def _check_placeable(
     supports: list,
 ) -> None:
     """Before the solve: refuse rows that can take only labels the marginals close (size
-    0; a pass only when labels are closed) and, for probabilities, labels whose support
-    is below their least size, from counts summed over the ranks in one all-reduce."""
+    0; a pass only when labels are closed) and labels possible at fewer rows than their
+    least size (zero probabilities, -inf scores), from counts summed over the ranks in
+    one all-reduce."""
     least, most = constraint.count_bounds()
     closed = most == 0
     count, first = 0, None
@@ -173,7 +182,7 @@ def _check_placeable(
             "check the scores"
         )
     for head, support in enumerate(totals):
-        check_support(support, least, head if source.stacked else None)
+        check_support(support, least, head if source.stacked else None, kind)
 
 
 def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
@@ -203,17 +212,18 @@ def finish_assignment(
     converged: bool,
     error: float,
     history: tuple[float, ...],
-    rounder: Any = None,
+    check: CountCheck,
 ) -> Assignment:
-    """Round every head, compute the objective (and codes), and package the result.
-
-    ``rounder`` replaces ``ROUNDERS[rounding]`` (a distributed solve's own rounder).
-    """
-    rounder = ROUNDERS[rounding] if rounder is None else rounder
-    labels, codes, total = [], [], 0.0
+    """Round every head (``equipart.rounding.round_head``), compute the objective (and
+    codes), and package the result. ``check`` carries the count check's hooks (a
+    distributed solve's own rounder and sums across ranks)."""
+    labels, codes, used, total = [], [], [], 0.0
     for head in range(source.n_heads):
-        head_labels = rounder(source, backend, head, kind, lam, g[head], constraint)
+        head_labels, how = round_head(
+            rounding, source, backend, head, kind, lam, g[head], constraint, check
+        )
         labels.append(head_labels)
+        used.append(how)
         total += _logprob_sum(source, backend, head, kind, head_labels)
         if return_codes:
             parts = [backend.codes(b, kind, lam, g[head]) for b in source.blocks(head)]
@@ -235,7 +245,7 @@ def finish_assignment(
         error=error,
         history=history,
         objective=total / (source.n_rows * source.n_heads),
-        rounding=rounding,
+        rounding=used[0] if len(set(used)) == 1 else ",".join(used),
         codes=_per_head(backend, codes, source.stacked) if return_codes else None,
     )
 
@@ -245,7 +255,7 @@ def assign_labels(
     lam: float = 25.0,
     *,
     marginals: Marginal | None = None,
-    rounding: str = "argmax",
+    rounding: str = "auto",
     tol: float = 1e-3,
     max_iter: int = 1000,
     check_every: int = 1,
@@ -278,16 +288,25 @@ def assign_labels(
         streamed in row blocks every sweep with memory O(block + N + K); or
         ``equipart.Factored(features, prototypes)``, computed a block of rows at a time
         (one GEMM each), never forming N x K. Never modified.
-        With ``group``, this rank's rows only (possibly none).
+        With ``group``, this rank's rows only (possibly none). -inf in logits or
+        log-probabilities marks a label impossible for a point (zero probability, as
+        ``masked_fill(mask, float("-inf"))`` writes); NaN and +inf are refused.
     lam : float, default 25.0
         Inverse temperature (SeLa's lambda): larger is closer to the hard LP.
     marginals : Marginal, optional
         Label masses: ``Uniform()`` (default), ``Counts(sizes)``, ``Prior(p)``, a band
         ``Bounds(lo, hi)`` / ``Bounds.relative(0.9, 1.1)``, or ``Relaxed(target, tau)``.
-    rounding : {"argmax", "balanced", "exact"}
-        How hard labels are made. ``"argmax"`` is SeLa's rule. ``"balanced"`` gives every
-        label exactly its size (floor/ceil of N b_j), a certified optimum of the hard LP
-        (``equipart.balanced``). ``"exact"`` skips the solve and calls ``exact_assign``
+    rounding : {"auto", "argmax", "balanced", "exact"}, default "auto"
+        How hard labels are made. ``"argmax"`` is SeLa's rule, argmax_j (lam L_ij + g_j);
+        it warns (``RoundingWarning``) where its label counts miss their sizes by more
+        than rounding noise (tied rows, such as an untrained network's constant output,
+        all take the first of their tied labels). ``"balanced"`` gives every label
+        exactly its size (floor/ceil of N b_j), a certified optimum of the hard LP
+        (``equipart.balanced``). ``"auto"`` is argmax where its counts are within that
+        noise of the sizes and balanced where they are not (for ``Relaxed``, which has
+        no hard sizes, argmax with the warning); ``result.rounding`` says which ran
+        (per head, comma-separated, where heads differ; docs/rounding.md). ``"exact"``
+        skips the solve and calls ``exact_assign``
         (POT's network simplex; refuses problems too big for it, ``RowBlocks`` streams and
         ``return_codes=True``; the other arguments are checked as for a solve, a
         ``warm_start`` included, though the LP does not use it; its ``state`` holds lam
@@ -321,8 +340,8 @@ def assign_labels(
         concatenation of every member rank's ``scores`` (in rank order): column statistics
         are all-reduced per sweep (O(K) numbers), the marginals bind to the global N, every
         rank stops at the same sweep with the same state, and each rank gets the labels of
-        its own rows. ``rounding="argmax"`` and ``"balanced"`` (exact global counts)
-        work across ranks. See ``equipart.distributed`` and docs/distributed.md.
+        its own rows. ``rounding="auto"``, ``"argmax"`` and ``"balanced"`` (exact
+        global counts) work across ranks. See ``equipart.distributed`` and docs/distributed.md.
     acceleration : {"overrelax", "anderson", "none"}, default "overrelax"
         How the column step is extrapolated (any marginal).
         ``"overrelax"``: adaptive over-relaxation, up to about 2x fewer sweeps than plain
@@ -370,7 +389,7 @@ def assign_labels(
         if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
             spec.bind(source.n_rows, source.n_labels, lam)
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-        supports = _check_all_values(source, engine, kind, lam)
+        summaries = _check_all_values(source, engine, kind, lam)
     n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
         source.n_rows,
         entry="assign_labels",
@@ -391,8 +410,8 @@ def assign_labels(
     )
     constraint = spec.bind(n_rows, source.n_labels, lam)
     source, engine = comm.shard(source, engine, n_rows)
-    if kind == "probs" or (constraint.count_bounds()[1] == 0).any():  # (same on every rank)
-        _check_placeable(comm, source, engine, kind, lam, constraint, supports)
+    supports = [summary.support for summary in summaries]
+    _check_placeable(comm, source, engine, kind, lam, constraint, supports)
 
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
     loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
@@ -411,6 +430,7 @@ def assign_labels(
         anneal=warm_start is None,
         acceleration=acceleration,
         depth=mask_depth(source.dtype),
+        spread=max(summary.spread for summary in summaries),
     )
     g = comm.same_dual(outcome.g)
     result = None  # stays None on a rank whose rounding failed; comm.finish names it
@@ -428,7 +448,12 @@ def assign_labels(
             converged=outcome.converged,
             error=outcome.error,
             history=outcome.history,
-            rounder=comm.rounder(rounding),
+            check=CountCheck(
+                error=outcome.error,
+                balanced=comm.rounder("balanced") or ROUNDERS["balanced"],
+                total=comm.total_counts,
+                reduce=comm.reduce,
+            ),
         )
     return comm.finish(result)
 
@@ -442,27 +467,38 @@ def sinkhorn_codes(
     backend: str | Backend = "auto",
     group: Any = None,
 ) -> Any:
-    """Soft batch codes of SwAV / DINOv2: a fixed number of Sinkhorn steps, no tolerance.
+    r"""Soft batch codes of SwAV / DINOv2: their Sinkhorn loop, a fixed number of steps.
 
-    With lam = 1/eps (SwAV's epsilon is a temperature), runs ``n_iter`` column updates
-    toward equal label masses B/K, each after a row normalisation, then returns the
-    row-normalised Q: every row sums to 1 (one unit per sample) and every column is close
-    to B/K. Unlike SwAV's loop, which starts with a column step on the raw kernel, every
-    column step here follows a row normalisation (the fused sweep's order).
+    The loop of SwAV's ``distributed_sinkhorn`` (Caron et al., NeurIPS 2020) and of
+    DINOv2's ``sinkhorn_knopp_teacher`` (with ``eps`` the teacher temperature), step for
+    step: with P = exp(scores / eps), B samples and K prototypes, ``n_iter`` times
+    normalise every prototype's column of P to mass 1/K and then every sample's row to
+    1/B, and return B P (every row sums to 1, every column is close to B/K). Their first
+    step acts on the raw kernel, so the result depends on the rows' scales; it is part of
+    their algorithm and kept here.
+
+    Computed in the log domain on the column dual g (P_ij = exp(lam S_ij + f_i + g_j),
+    lam = 1/eps): the first prototype step is g_j = -log sum_i exp(lam S_ij), taken with
+    each column's maximum subtracted (``Backend.column_logsumexp``), so scores whose
+    lam S_ij overflow exp, where their loops return inf or NaN, give finite codes; each
+    later prototype step is one fused sweep (rows normalised, column masses measured,
+    g_j += log(B/K) - log m_j); the codes are the row-normalised Q at the last g.
 
     Parameters
     ----------
     scores : array, shape (B, K) or (H, B, K)
-        Prototype scores of a batch (for example cosine similarities), any backend.
+        Prototype scores of a batch (for example cosine similarities), any backend;
+        -inf marks a prototype impossible for a sample.
     eps : float, default 0.05
         Entropic temperature (SwAV: 0.05; DINOv2 teacher: the teacher temperature).
     n_iter : int, default 3
-        Column updates (SwAV and DINOv2 use 3).
+        Prototype (column) steps, each followed by a sample (row) step; SwAV and DINOv2
+        use 3.
     group : None, "default" or torch.distributed.ProcessGroup
         As in :func:`assign_labels`: ``None`` is this process only; otherwise every rank
         passes its part of the global batch, the column sums are all-reduced (SwAV's
-        ``dist.all_reduce(sum_Q)``, here 2K + 2 float64 numbers per step) and the targets
-        are B/K for the global batch size B; each rank gets the codes of its own rows.
+        ``dist.all_reduce(sum_of_rows)``), B is the global batch size, and each rank gets
+        the codes of its own rows.
 
     Returns
     -------
@@ -479,7 +515,7 @@ def sinkhorn_codes(
             raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
         lam = check_lam(1.0 / eps)
         n_iter = check_positive_int(n_iter, "n_iter")
-        _check_all_values(source, engine, kind, lam, lam_name="eps")
+        summaries = _check_all_values(source, engine, kind, lam, lam_name="eps")
     n_rows = comm.agree(
         source.n_rows,
         entry="sinkhorn_codes",
@@ -496,22 +532,47 @@ def sinkhorn_codes(
     source, engine = comm.shard(source, engine, n_rows)
     codes = []
     for head in range(source.n_heads):
-        g = np.zeros(source.n_labels)
-        for step in range(n_iter):
+        where = f"head {head}: " if source.n_heads > 1 else ""
+        # the masks test of assign_labels, on a sweep at g = 0 (reduced: the same on every
+        # rank, which all make it); in one process only where some entry lies more than
+        # the mask depth below another (-inf or zero probabilities included)
+        zero = np.zeros(source.n_labels)
+        if comm.sharded or summaries[head].extent > depth:
+            stats = column_stats(source, engine, head, kind, lam, zero, comm.reduce)
+            remedy = "leave those prototypes out of the scores, or check the scores"
+            check_feasible(constraint, stats, lam, zero, depth, remedy=remedy, where=where)
+        g = normalise_dual(-_column_logsumexp(source, engine, head, kind, lam, comm.reduce))
+        for _ in range(n_iter - 1):
             stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)
-            if step == 0:  # (the same on every rank: the statistics are reduced)
-                check_feasible(
-                    constraint,
-                    stats,
-                    lam,
-                    g,
-                    depth,
-                    remedy="leave those prototypes out of the scores, or check the scores",
-                    where=f"head {head}: " if source.n_heads > 1 else "",
-                )
             g = constraint.update(g, stats.log_mass())
         with comm.rounding():  # a rank failing here is named by the collective below
             parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
             codes.append(engine.concat(parts))
     comm.raise_failures("codes pass")
     return _per_head(engine, codes, source.stacked)
+
+
+def _column_logsumexp(
+    source: RowSource,
+    backend: Backend,
+    head: int,
+    kind: ScoreKind,
+    lam: float,
+    reduce: Callable[[ColumnStats], ColumnStats] | None,
+) -> np.ndarray:
+    """log sum_i exp(lam L_ij) over every row of ``head`` and every rank (float64, (K,)).
+
+    Blocks merge by ``np.logaddexp``; ranks by the column-statistics reducer, twice: the
+    maxima (as ``colmax``), then the sums of exp(lse - max) (as ``colsum``)."""
+    total = np.full(source.n_labels, -np.inf)
+    for block in source.blocks(head):
+        if block.shape[0]:
+            np.logaddexp(total, backend.column_logsumexp(block, kind, lam), out=total)
+    if reduce is None:
+        return total
+    zeros = np.zeros(source.n_labels)
+    top = reduce(ColumnStats(zeros, total)).colmax
+    shift = np.where(top > -np.inf, top, 0.0)
+    with np.errstate(divide="ignore"):
+        summed = reduce(ColumnStats(np.exp(total - shift), top)).colsum
+        return np.log(summed) + shift

@@ -12,21 +12,28 @@ sign of the Sinkhorn dual g: a point prefers the label maximising w_ij + pi_j).
 Candidates. Each row keeps only its k best labels by z_ij = w_ij + g_j (the backend's
 ``top_labels``), so the host holds N*k numbers and never an N x K array.
 
-Algorithm (primal-dual, successive shortest paths). Start with every point on its best
+Algorithm (primal-dual, successive shortest paths). Start with every point on a best
 candidate under pi = g (Sinkhorn's dual, already near-optimal, so the counts are already
-close to the targets). Label j's *surplus* is c_j - f_j, where f_j in [lo_j, hi_j] is the
-flow it passes to a slack node T (f_j = hi_j when pi_j < pi_T, lo_j when pi_j > pi_T,
-which keeps the slack arcs dual feasible); T's surplus is sum_j f_j - N. A residual arc
-a -> b (move one point from label a to label b) costs, in reduced terms,
+close to the targets); a row whose best candidates tie exactly starts on slot i mod t of
+its t tied ones, so identical rows spread over their tied labels. Label j's *surplus* is
+c_j - f_j, where f_j in [lo_j, hi_j] is the flow it passes to a slack node T (f_j = hi_j
+when pi_j < pi_T, lo_j when pi_j > pi_T, which keeps the slack arcs dual feasible); T's
+surplus is sum_j f_j - N. A residual arc a -> b (move one point from label a to label b)
+costs, in reduced terms,
 
     R_ab = min_{i on a, b in cand(i)} (w_ia + pi_a) - (w_ib + pi_b)  >= 0,
 
 and the slack arcs j -> T (f_j < hi_j) and T -> j (f_j > lo_j) cost pi_j - pi_T and
-pi_T - pi_j. Each phase runs one dense Dijkstra from all surplus nodes over the K + 1
-nodes, raises pi by the distances (every reduced cost stays >= 0, so every point stays on
-a best candidate), and pushes one unit along every shortest path to a deficit node whose
-arcs (one point each) are still unused. Phases repeat until no node has a surplus.
-Only the rows of R whose labels gained or lost points are recomputed.
+pi_T - pi_j. The arc a -> b carries as many units at that cost as label a has points
+attaining the minimum (its *tight movers*: all of them when rows tie). Each phase runs
+one Dijkstra from all surplus nodes over the K + 1 nodes (SciPy's, on the dense reduced
+costs), raises pi by the distances (every reduced cost stays >= 0, so every point stays
+on a best candidate, and every arc of the shortest-path tree has reduced cost 0), and
+pushes along the tree path of every reached deficit node as many units as its root's
+surplus, its deficit, its slack arcs and the still unmoved tight movers of its label arcs
+allow. Phases repeat until no node has a surplus; their number grows with the distinct
+price levels the flow needs, not with the points moved. Only the rows of R whose labels
+gained or lost points are recomputed, and R is built only when some point must move.
 
 Guarantee (the certificate). At the end every point sits on a maximiser of w_ij + pi_j
 over its candidates, every slack arc has a non-negative reduced cost, and counts are
@@ -46,12 +53,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra as shortest_paths
 
 from .backends.base import Backend, ScoreKind
 from .marginals import ColumnConstraint
 from .solver import RowSource
 
-__all__ = ["FIRST_WIDTH", "WIDEN", "CandidateSolution", "balanced_labels", "solve_candidates"]
+__all__ = [
+    "FIRST_WIDTH",
+    "WIDEN",
+    "CandidateSolution",
+    "balanced_labels",
+    "balanced_passes",
+    "solve_candidates",
+]
 
 FIRST_WIDTH = 8  # candidates per row at the first try
 WIDEN = 4  # growth of the candidate count when the certificate fails
@@ -107,8 +123,8 @@ class _Transport:
         self.lo, self.hi = lo, hi
         self.base = base  # g with -inf (labels that take no point) read as 0
         self.delta = np.zeros(self.n_labels)  # label potentials pi = g + delta
-        self.slot = np.zeros(self.n_rows, dtype=np.int64)  # every row on its best candidate
-        self.assign = cand[:, 0].copy()
+        self.slot = _spread_ties(value)  # every row on one of its best candidates
+        self.assign = cand[np.arange(self.n_rows), self.slot]
         counts = np.bincount(self.assign, minlength=self.n_labels)
         order = np.argsort(self.assign, kind="stable")
         self.members = np.split(order, np.cumsum(counts)[:-1])
@@ -116,35 +132,55 @@ class _Transport:
         # the slack node T: its potential, and the flows f_j that keep its arcs feasible
         self.slack = _slack_price(base, self.counts, lo, hi, self.n_rows)
         self.flow = np.where(base < self.slack, hi, lo).astype(np.int64)
-        self.transfer = np.full((self.n_labels, self.n_labels), np.inf)
-        self.mover = np.full((self.n_labels, self.n_labels), -1, dtype=np.int64)
+        # the costs of the K + 1 node graph, in z, before potentials: label arcs (the
+        # transfer costs, inf where no candidate arc exists), j -> T costs base_j and
+        # T -> j costs -base_j, so that with node potentials (delta, slack) the reduced
+        # cost of u -> v is cost_uv + p_u - p_v
+        n_nodes = self.n_labels + 1
+        self.cost = np.full((n_nodes, n_nodes), np.inf)
+        self.cost[: self.n_labels, self.n_labels] = base
+        self.cost[self.n_labels, : self.n_labels] = -base
+        self.transfer = self.cost[: self.n_labels, : self.n_labels]  # a view
+        # every pair is an entry of the CSR graph (infinite costs are no arcs to SciPy's
+        # Dijkstra), so its structure never changes
+        self.columns = np.tile(np.arange(n_nodes, dtype=np.int32), n_nodes)
+        self.row_starts = np.arange(0, n_nodes * n_nodes + 1, n_nodes, dtype=np.int32)
+        empty = np.zeros(0, dtype=np.int64)
+        # per label a: the cheapest movers of every arc a -> b, as (b, point) sorted by both
+        self.tight = [(empty, empty)] * self.n_labels
         self.n_moves = 0
 
     # -- the label graph ---------------------------------------------------------------
 
     def refresh(self, labels: np.ndarray) -> None:
-        """Recompute the transfer rows (cost in z, argmin point) of ``labels``."""
+        """Recompute the transfer rows (cost in z) and cheapest movers of ``labels``."""
         if labels.size == 0:
             return
         self.transfer[labels] = np.inf
-        self.mover[labels] = -1
         points = np.concatenate([self.members[a] for a in labels])
-        if points.size == 0:
-            return
         source = self.assign[points]
         own = self.value[points, self.slot[points]]
         cost = own[:, None] - self.value[points]
         dest = self.cand[points]
         keep = (dest != source[:, None]) & np.isfinite(cost)
         rows = np.nonzero(keep)
-        key = source[rows[0]] * self.n_labels + dest[keep]
+        stride = self.n_labels + 1  # arc a -> b is entry a * stride + b of the cost matrix
+        key = source[rows[0]] * stride + dest[keep]
         cost, pid = cost[keep], points[rows[0]]
-        best = self.transfer.reshape(-1)
+        best = self.cost.reshape(-1)  # (a view: the cost matrix is contiguous)
         np.minimum.at(best, key, cost)
-        hit = cost == best[key]  # the cheapest point(s) of each arc; the lowest id wins
-        mover = self.mover.reshape(-1)
-        mover[key[hit]] = self.n_rows
-        np.minimum.at(mover, key[hit], pid[hit])
+        hit = cost == best[key]  # every point at an arc's least cost moves at that cost
+        key, pid = _sorted_pairs(key[hit], pid[hit], self.n_rows)
+        bounds = np.searchsorted(key, (labels + np.arange(2)[:, None]) * stride).T
+        for a, (first, last) in zip(labels.tolist(), bounds.tolist(), strict=True):
+            self.tight[a] = (key[first:last] - a * stride, pid[first:last])
+
+    def movers(self, a: int, b: int, used: np.ndarray) -> np.ndarray:
+        """Points on label a, not yet moved this phase, whose move to b costs the least."""
+        dest, pid = self.tight[a]
+        first, last = np.searchsorted(dest, (b, b + 1))
+        points = pid[first:last]
+        return points[~used[points]]
 
     def surplus(self) -> np.ndarray:
         """Surplus of every node (labels, then T); they sum to zero."""
@@ -154,38 +190,36 @@ class _Transport:
     # -- one phase ---------------------------------------------------------------------
 
     def dijkstra(self, surplus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Shortest reduced distances from every surplus node, and predecessors."""
-        n_labels, delta = self.n_labels, self.delta
-        slack_gap = self.base + delta - self.slack  # reduced cost of j -> T; T -> j is minus
-        dist = np.full(n_labels + 1, np.inf)
-        dist[surplus > 0] = 0.0
-        pred = np.full(n_labels + 1, -1, dtype=np.int64)
-        done = np.zeros(n_labels + 1, dtype=bool)
-        open_dist = dist.copy()
-        to_slack = self.flow < self.hi
-        from_slack = self.flow > self.lo
-        for _ in range(n_labels + 1):
-            u = int(np.argmin(open_dist))
-            if not np.isfinite(open_dist[u]):
-                break
-            done[u] = True
-            open_dist[u] = np.inf
-            if u < n_labels:
-                reduced = np.maximum(self.transfer[u] + (delta[u] - delta), 0.0)
-                new = np.append(dist[u] + reduced, np.inf)
-                if to_slack[u]:
-                    new[n_labels] = dist[u] + max(slack_gap[u], 0.0)
-            else:
-                new = np.full(n_labels + 1, np.inf)
-                new[:n_labels][from_slack] = dist[u] + np.maximum(-slack_gap[from_slack], 0.0)
-            better = (new < dist) & ~done
-            dist[better] = new[better]
-            open_dist[better] = new[better]
-            pred[better] = u
-        return dist, pred
+        """Shortest reduced distances from every surplus node, and predecessors (-1: none).
+
+        The reduced costs of the K + 1 node graph are written as one dense matrix (inf
+        where there is no arc) and handed, as a CSR matrix of every pair, to SciPy's
+        Dijkstra from all surplus nodes at once (``min_only``: the distance to the
+        nearest one).
+        """
+        n_labels = self.n_labels
+        potential = np.append(self.delta, self.slack)
+        reduced = self.cost + potential[:, None]
+        reduced -= potential[None, :]
+        np.maximum(reduced, 0.0, out=reduced)
+        reduced[:n_labels, n_labels][self.flow >= self.hi] = np.inf  # j -> T is full
+        reduced[n_labels, :n_labels][self.flow <= self.lo] = np.inf  # T -> j is empty
+        graph = csr_matrix(
+            (reduced.ravel(), self.columns, self.row_starts), shape=reduced.shape, copy=False
+        )
+        dist, pred, _ = shortest_paths(
+            graph, indices=np.flatnonzero(surplus > 0), min_only=True, return_predecessors=True
+        )
+        return dist, np.where(pred >= 0, pred, -1).astype(np.int64)
 
     def phase(self) -> bool:
-        """One Dijkstra and the augmentations it allows; False if no deficit is reachable."""
+        """One Dijkstra and the augmentations it allows; False if no deficit is reachable.
+
+        After the potentials are raised by the distances every arc of the shortest-path
+        tree has reduced cost 0, so flow may be pushed along any tree path: as many units
+        as its end nodes need, the slack arcs allow and its label arcs have unmoved
+        least-cost points (all tied points of an arc move at once).
+        """
         n_labels = self.n_labels
         surplus = self.surplus()
         dist, pred = self.dijkstra(surplus)
@@ -196,50 +230,64 @@ class _Transport:
         raise_by = np.where(reached, dist, dist[reached].max())
         self.delta += raise_by[:n_labels]
         self.slack += raise_by[n_labels]
-        used = set()
-        touched: set[int] = set()
+        used = np.zeros(self.n_rows, dtype=bool)
         spare_to = self.hi - self.flow
         spare_from = self.flow - self.lo
-        for t in targets[np.lexsort((targets, dist[targets]))]:
-            path, v = [], int(t)
+        moves: list[tuple[np.ndarray, int, int]] = []
+        for t in targets[np.lexsort((targets, dist[targets]))].tolist():
+            path, v = [], t
             while pred[v] >= 0:
                 path.append((int(pred[v]), v))
                 v = int(pred[v])
             root = v
-            if surplus[root] <= 0 or surplus[t] >= 0:
-                continue
-            movers = [int(self.mover[a, b]) for a, b in path if a < n_labels and b < n_labels]
-            if any(m in used for m in movers):
-                continue
-            if any(
-                (b == n_labels and spare_to[a] < 1) or (a == n_labels and spare_from[b] < 1)
-                for a, b in path
-            ):
+            amount = min(int(surplus[root]), int(-surplus[t]))
+            movers = {}
+            for a, b in path:
+                if a == n_labels:
+                    amount = min(amount, int(spare_from[b]))
+                elif b == n_labels:
+                    amount = min(amount, int(spare_to[a]))
+                else:
+                    movers[a, b] = self.movers(a, b, used)
+                    amount = min(amount, movers[a, b].size)
+            if amount <= 0:
                 continue
             for a, b in path:
                 if a == n_labels:
-                    self.flow[b] -= 1
-                    spare_from[b] -= 1
+                    self.flow[b] -= amount
+                    spare_from[b] -= amount
                 elif b == n_labels:
-                    self.flow[a] += 1
-                    spare_to[a] -= 1
+                    self.flow[a] += amount
+                    spare_to[a] -= amount
                 else:
-                    self._move(int(self.mover[a, b]), a, b)
-                    touched.update((a, b))
-            used.update(movers)
-            surplus[root] -= 1
-            surplus[t] += 1
-        self.refresh(np.array(sorted(touched), dtype=np.int64))
+                    points = movers[a, b][:amount]
+                    used[points] = True
+                    moves.append((points, a, b))
+            surplus[root] -= amount
+            surplus[t] += amount
+        self._apply(moves)
         return True
 
-    def _move(self, point: int, source: int, dest: int) -> None:
-        self.members[source] = self.members[source][self.members[source] != point]
-        self.members[dest] = np.append(self.members[dest], point)
-        self.slot[point] = int(np.flatnonzero(self.cand[point] == dest)[0])
-        self.assign[point] = dest
-        self.counts[source] -= 1
-        self.counts[dest] += 1
-        self.n_moves += 1
+    def _apply(self, moves: list[tuple[np.ndarray, int, int]]) -> None:
+        """Move the phase's points and refresh the graph rows of the labels they touched."""
+        if not moves:
+            return
+        points = np.concatenate([p for p, _, _ in moves])
+        source = np.concatenate([np.full(p.size, a) for p, a, _ in moves])
+        dest = np.concatenate([np.full(p.size, b) for p, _, b in moves])
+        touched = np.union1d(source, dest)
+        self.assign[points] = dest
+        self.slot[points] = np.argmax(self.cand[points] == dest[:, None], axis=1)
+        np.add.at(self.counts, source, -1)
+        np.add.at(self.counts, dest, 1)
+        gone = np.zeros(self.n_rows, dtype=bool)
+        gone[points] = True
+        for a in touched.tolist():
+            arrived = points[dest == a]
+            kept = self.members[a][~gone[self.members[a]]]
+            self.members[a] = np.concatenate((kept, arrived))
+        self.n_moves += points.size
+        self.refresh(touched)
 
     # -- the certificate ---------------------------------------------------------------
 
@@ -276,6 +324,32 @@ class _Transport:
         return best
 
 
+def _sorted_pairs(key: np.ndarray, pid: np.ndarray, n_rows: int) -> tuple[np.ndarray, ...]:
+    """(key, pid) pairs sorted by key, then pid: one sort of key * N + pid (pid < N) where
+    that fits in int64, else a lexicographic sort."""
+    if key.size and int(key.max()) < (2**62) // max(n_rows, 1):
+        combined = np.sort(key * n_rows + pid)
+        return combined // n_rows, combined % n_rows
+    order = np.lexsort((pid, key))
+    return key[order], pid[order]
+
+
+def _spread_ties(value: np.ndarray) -> np.ndarray:
+    """The slot of a best candidate for every row, tied rows spread round-robin.
+
+    A row whose leading candidates tie exactly (equal z) may start on any of them: the
+    start is then still optimal for the potentials g, as the successive shortest paths
+    require. Row i with t tied leading candidates starts on slot i mod t, so identical
+    rows (constant scores) spread evenly over their tied labels instead of all taking
+    the lowest index; the flow corrects whatever imbalance is left.
+    """
+    n_rows, width = value.shape
+    if width < 2 or n_rows == 0:
+        return np.zeros(n_rows, dtype=np.int64)
+    n_tied = np.count_nonzero(value == value[:, :1], axis=1)
+    return np.arange(n_rows, dtype=np.int64) % np.maximum(n_tied, 1)
+
+
 def _slack_price(
     potential: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_rows: int
 ) -> float:
@@ -297,6 +371,19 @@ def _slack_price(
     if best == d.size:
         return float(d[-1]) + 1.0
     return 0.5 * float(d[best - 1] + d[best])
+
+
+def _labels_can_cover(cand: np.ndarray, value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """A necessary condition for a feasible candidate graph, checked before any work.
+
+    Every label with lo > 0 must be some row's (possible) candidate, and the candidate
+    labels' upper bounds must hold all N rows. Exactly tied rows ranked by the lowest
+    index share their candidates, so narrow widths fail here at no cost.
+    """
+    possible = np.isfinite(value)
+    labels = cand.ravel() if possible.all() else cand[possible]
+    present = np.bincount(labels, minlength=lo.shape[0]) > 0
+    return not np.any(lo[~present] > 0) and int(hi[present].sum()) >= cand.shape[0]
 
 
 def solve_candidates(
@@ -325,11 +412,21 @@ def solve_candidates(
     """
     value = np.asarray(value, dtype=np.float64)
     cand = np.asarray(cand, dtype=np.int64)
+    if not _labels_can_cover(cand, value, lo, hi):
+        return CandidateSolution(
+            labels=cand[:, 0].copy(),
+            prices=np.array(g, dtype=np.float64),
+            certified=False,
+            feasible=False,
+            n_phases=0,
+            n_moves=0,
+        )
     base = np.where(np.isfinite(g), g, 0.0)
     state = _Transport(cand, value, base, lo, hi)
-    state.refresh(np.flatnonzero(state.counts > 0))
     n_phases, feasible = 0, True
     while np.any(state.surplus() != 0):
+        if n_phases == 0:  # the label graph is built only when some point must move
+            state.refresh(np.flatnonzero(state.counts > 0))
         n_phases += 1
         if not state.phase():
             feasible = False
@@ -346,6 +443,69 @@ def solve_candidates(
     )
 
 
+def balanced_passes(
+    source: RowSource,
+    backend: Backend,
+    head: int,
+    kind: ScoreKind,
+    lam: float,
+    g: np.ndarray,
+    constraint: ColumnConstraint,
+) -> tuple[list[tuple[int, CandidateSolution]], Any]:
+    """The candidate passes of ``balanced_labels``: (width, solution) for each, and a block.
+
+    Asks the backend for each row's ``k`` best labels by lam * L + g (k = ``FIRST_WIDTH``
+    at first), moves those N*k candidates to the host and solves the restricted LP exactly
+    (``solve_candidates``). When the certificate fails (a row's non-candidate label could
+    be better at the final prices) it re-ranks with the final prices and ``WIDEN`` times
+    as many candidates, up to all K. Each pass reads the blocks afresh from ``source`` (a
+    loader may reuse one buffer), so one block is held at a time. The block returned is
+    the last one read (the library and device of the labels).
+    """
+    lo, hi = constraint.count_bounds()
+    n_labels = lo.shape[0]
+    width = min(FIRST_WIDTH, n_labels)
+    prices = np.asarray(g, dtype=np.float64)
+    like = None
+    passes = []
+    while True:
+        cand, value = [], []
+        for block in source.blocks(head):
+            idx, val = backend.top_labels(block, kind, lam, prices, width)
+            cand.append(backend.to_numpy(idx))
+            value.append(backend.to_numpy(val))
+            like = block
+        values = value[0] if len(value) == 1 else np.concatenate(value)
+        solution = solve_candidates(
+            cand[0] if len(cand) == 1 else np.concatenate(cand),
+            values,
+            prices,
+            lo,
+            hi,
+            complete=width == n_labels,
+        )
+        passes.append((width, solution))
+        if solution.certified or width == n_labels:
+            return passes, like
+        width = _next_width(width, n_labels, values, solution)
+        prices = solution.prices
+
+
+def _next_width(width: int, n_labels: int, values: np.ndarray, failed: CandidateSolution) -> int:
+    """The candidate width after a pass that did not certify: ``WIDEN`` times wider, or K.
+
+    All K labels at once when the candidate labels could not even cover the bands
+    (``_labels_can_cover``) and every row's candidates tie exactly: the backend breaks
+    ties by label index, so rows tied beyond the width (constant scores, a collapsed
+    network) all share the lowest-index labels, and the intermediate widths would fail
+    the same way, each after a full pass over the scores.
+    """
+    uncovered = not failed.feasible and failed.n_phases == 0
+    if uncovered and values.size and np.all(values[:, -1] == values[:, 0]):
+        return n_labels
+    return min(n_labels, width * WIDEN)
+
+
 def balanced_labels(
     source: RowSource,
     backend: Backend,
@@ -357,38 +517,10 @@ def balanced_labels(
 ) -> Any:
     """The ``rounding="balanced"`` rounder: certified optimal labels with counts in bands.
 
-    Asks the backend for each row's ``k`` best labels by lam * L + g (k = ``FIRST_WIDTH``
-    at first), moves those N*k candidates to the host, solves the restricted LP exactly
-    (``solve_candidates``) and returns the labels in the backend's library. When the
-    certificate fails (a row's non-candidate label could be better at the final prices)
-    it re-ranks with the final prices and ``WIDEN`` times as many candidates, up to all K.
-    Each pass reads the blocks afresh from ``source`` (a loader may reuse one buffer), so
-    one block is held at a time.
+    Runs ``balanced_passes`` and returns the last pass's labels in the backend's library.
     """
-    lo, hi = constraint.count_bounds()
-    n_labels = lo.shape[0]
-    width = min(FIRST_WIDTH, n_labels)
-    prices = np.asarray(g, dtype=np.float64)
-    like = None  # a block of this head: the library and device of the labels
-    while True:
-        cand, value = [], []
-        for block in source.blocks(head):
-            idx, val = backend.top_labels(block, kind, lam, prices, width)
-            cand.append(backend.to_numpy(idx))
-            value.append(backend.to_numpy(val))
-            like = block
-        solution = solve_candidates(
-            np.concatenate(cand),
-            np.concatenate(value),
-            prices,
-            lo,
-            hi,
-            complete=width == n_labels,
-        )
-        if solution.certified or width == n_labels:
-            break
-        width = min(n_labels, width * WIDEN)
-        prices = solution.prices
+    passes, like = balanced_passes(source, backend, head, kind, lam, g, constraint)
+    solution = passes[-1][1]
     if not solution.feasible:
         raise ValueError(
             "marginals: no labelling gives every label a count within its bounds using "

@@ -77,7 +77,8 @@ def _summary(result: Assignment, seconds: float, marginals: Marginal | None, lam
     return "\n".join(
         [
             f"solved {result.state.shape} in {seconds:.2f} s: {result.n_iter} iterations, "
-            f"converged={result.converged}, error={result.error:.3g}",
+            f"converged={result.converged}, error={result.error:.3g}, "
+            f"rounding={result.rounding}",
             f"objective (mean log-probability of the labels): {result.objective:.6g}",
             f"label sizes: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()}; "
             f"{np.count_nonzero(outside)} of {sizes.size} outside their target's integer "
@@ -217,6 +218,13 @@ def _solve_and_report(scores, args, marginals: Marginal | None) -> Assignment:
 
 def _cmd_solve(args: argparse.Namespace) -> int:
     _check_solver_options(args)
+    if args.out is None and not args.no_save:
+        raise CliError(
+            "--out: expected the .npy file to write the labels to (for example --out "
+            "labels.npy); pass --no-save instead to solve and print the summary only"
+        )
+    if args.out is not None and args.no_save:
+        raise CliError("--no-save: the labels cannot go to --out and nowhere; pass one of them")
     out = _out_path(args.out, (args.scores, args.marginals))
     scores = _load_scores(args.scores)
     marginals = _load_marginals(args.marginals)
@@ -229,7 +237,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
                 "sum to 1"
             )
     result = _solve_and_report(scores, args, marginals)
-    if out is not None:
+    if out is None:
+        print("labels not saved (--no-save)")
+    else:
         _save_labels(out, _to_host(result.labels))
         print(f"labels written to {out}")
     return 0
@@ -290,7 +300,9 @@ def _add_solver_options(parser: argparse.ArgumentParser, scores_kind: bool = Tru
     parser.add_argument("--lam", type=float, default=25.0, help="inverse temperature (25)")
     parser.add_argument("--tol", type=float, default=1e-3, help="max relative mass error")
     parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--rounding", default="argmax", help="argmax, balanced or exact")
+    parser.add_argument(
+        "--rounding", default="auto", help="auto (default), argmax, balanced or exact"
+    )
     if scores_kind:  # (the demo's generated scores are logits)
         parser.add_argument("--input", default="logits", help="logits, logprobs or probs")
     else:
@@ -313,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument(
         "--out",
         help="write the int64 labels to this .npy file (.npy is appended when the name "
-        "lacks it, as np.save does; an existing file is replaced)",
+        "lacks it, as np.save does; an existing file is replaced); required unless "
+        "--no-save is given",
+    )
+    solve.add_argument(
+        "--no-save", action="store_true", help="solve and print the summary, write no labels"
     )
     solve.add_argument(
         "--marginals", help=".npy of integer label sizes (Counts) or proportions (Prior)"

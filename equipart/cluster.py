@@ -329,7 +329,9 @@ def _kmeans_plusplus(x: np.ndarray, n_clusters: int, rng: Any) -> np.ndarray:
     size = max(INIT_SAMPLE, 50 * n_clusters)
     if x.shape[0] > size:
         x = x[np.sort(rng.choice(x.shape[0], size=size, replace=False))]
-    return kmeans_plusplus(x, n_clusters, random_state=rng)[0]
+    # float64: scikit-learn computes float32 distances in small upcast chunks, far slower
+    centers = kmeans_plusplus(x.astype(np.float64), n_clusters, random_state=rng)[0]
+    return centers.astype(x.dtype)
 
 
 def _auto_lam(x: np.ndarray, centers: np.ndarray, rng: Any) -> float:

@@ -78,7 +78,7 @@ FIELDS = (
 NUMERIC = {"n_heads", "n_labels", "lam", "tol", "max_iter", "check_every", "n_iter"}
 # Roundings available across ranks: "argmax" needs only the shared dual; "balanced" gathers
 # every rank's candidate labels once per widening round (see RankGroup.rounder).
-SHARDED_ROUNDINGS = ("argmax", "balanced")
+SHARDED_ROUNDINGS = ("auto", "argmax", "balanced")
 
 
 class DistributedSolveError(RuntimeError):
@@ -123,6 +123,9 @@ class SingleProcess:
 
     def same_dual(self, g: np.ndarray) -> np.ndarray:
         return g
+
+    def total_counts(self, local: Callable[[], np.ndarray], n_labels: int) -> np.ndarray:
+        return local()
 
     def total_support(
         self, supports: list[np.ndarray | None], n_labels: int, stranded: int
@@ -229,6 +232,14 @@ class _GuardedBackend:
                 self._comm.record(exc)
         return ColumnStats.empty(g.shape[0])
 
+    def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
+        if self._comm.failure is None:
+            try:
+                return self._backend.column_logsumexp(block, kind, lam)
+            except Exception as exc:
+                self._comm.record(exc)
+        return np.full(block.shape[1], -np.inf)
+
 
 class RankGroup:
     """One rank's view of a distributed solve: collectives with failure flags."""
@@ -301,7 +312,8 @@ class RankGroup:
         return out[2:]
 
     def _max(self, payload: np.ndarray, what: str) -> np.ndarray:
-        buffer = self._tensor(payload)
+        # a copy: on the CPU the tensor would share the caller's array, reduced in place
+        buffer = self._tensor(np.array(payload, dtype=np.float64))
         self._call(what, self._dist.all_reduce, buffer, op=self._dist.ReduceOp.MAX)
         return buffer.cpu().numpy()
 
@@ -408,6 +420,18 @@ class RankGroup:
         g = np.asarray(g, dtype=np.float64)
         mine = g.ravel() if self.rank == 0 else np.zeros(g.size)
         return self._sum(mine, "final dual exchange").reshape(g.shape)
+
+    def total_counts(self, local: Callable[[], np.ndarray], n_labels: int) -> np.ndarray:
+        """This rank's label counts (``local()``, int64 (K,)) summed over the ranks, in
+        one all-reduce that every rank joins (a rank whose ``local`` fails joins it with
+        its failure flag set, and every rank raises)."""
+        counts = np.zeros(n_labels)
+        if self.failure is None:
+            try:
+                counts = local()
+            except Exception as exc:
+                self.record(exc)
+        return self._sum(counts, "label-count all-reduce").astype(np.int64)
 
     def rounder(self, rounding: str) -> Callable[..., Any] | None:
         """The rounder to use across ranks (None: the single-process one is correct)."""

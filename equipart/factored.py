@@ -222,14 +222,18 @@ def _check_nonzero(norms: np.ndarray, name: str) -> None:
         )
 
 
-def _check_partner(lib: Any, features: Any, prototypes: Any) -> None:
-    """prototypes: the library, device, feature count and dtype of the features."""
+def _check_library(lib: Any, features: Any, prototypes: Any) -> None:
+    """prototypes: the array library of the features."""
     if _library(prototypes, "prototypes").name != lib.name:
         raise TypeError(
             f"prototypes: a {type(prototypes).__module__}.{type(prototypes).__name__}, but "
             f"features are a {type(features).__module__}.{type(features).__name__}; pass "
             "both from one array library"
         )
+
+
+def _check_partner(lib: Any, features: Any, prototypes: Any) -> None:
+    """prototypes: the device, feature count and dtype of the features."""
     if str(lib.device(prototypes)) != str(lib.device(features)):
         raise ValueError(
             f"prototypes: on {lib.device(prototypes)}, but features are on "
@@ -296,6 +300,7 @@ class Factored:
             prototypes = np.asarray(prototypes)
         lib = _library(features, "features")
         _check_array(lib, features, "features", (2,), "a 2-D (N, d) array of features")
+        _check_library(lib, features, prototypes)
         _check_array(lib, prototypes, "prototypes", (2, 3), "a (K, d) or (H, K, d) array")
         _check_partner(lib, features, prototypes)
         self._metric = check_choice(metric, "metric", METRICS)
@@ -498,20 +503,31 @@ class FactoredSource:
         yield RowRange(head, 0, self.n_rows, self.n_labels)
 
 
-def _merge_checks(first: BlockCheck | None, second: BlockCheck) -> BlockCheck:
-    """The report of two disjoint row sets (NaN fields: not reported, ignored)."""
-    if first is None:
-        return second
+def _merge_checks(
+    reports: list[BlockCheck], rows: list[int], n_labels: int, kind: ScoreKind
+) -> BlockCheck:
+    """One report for disjoint pieces of rows (``rows[i]`` rows in ``reports[i]``; NaN
+    fields: not reported, ignored). As the backends report it, the support of logits and
+    log-probabilities is given only where some piece holds -inf, each piece without -inf
+    counting all its rows; it is None where a piece that needs it did not report it."""
+    counts = []
+    for report, n_rows in zip(reports, rows, strict=True):
+        counted = report.support
+        if counted is None and kind != "probs" and report.min_value > -np.inf:
+            counted = np.full(n_labels, n_rows, dtype=np.int64)
+        counts.append(counted)
+    min_value = float(np.fmin.reduce([r.min_value for r in reports]))
+    wanted = kind == "probs" or min_value == -np.inf
     support = None
-    if first.support is not None and second.support is not None:
-        support = first.support + second.support
+    if wanted and all(c is not None for c in counts):
+        support = np.sum(counts, axis=0, dtype=np.int64)
     return BlockCheck(
-        first.all_finite and second.all_finite,
-        float(np.fmin(first.min_value, second.min_value)),
-        float(np.fmax(first.max_row_sum_deviation, second.max_row_sum_deviation)),
-        float(np.fmax(first.max_value, second.max_value)),
+        all(r.finite_or_neg_inf for r in reports),
+        min_value,
+        float(np.fmax.reduce([r.max_row_sum_deviation for r in reports])),
+        float(np.fmax.reduce([r.max_value for r in reports])),
         support,
-        min_row_max=float(np.fmin(first.min_row_max, second.min_row_max)),
+        min_row_max=float(np.fmin.reduce([r.min_row_max for r in reports])),
     )
 
 
@@ -557,11 +573,12 @@ class FactoredBackend(Backend):
     def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
         if not isinstance(block, RowRange):
             return self.inner.check(block, kind)
-        report = None
+        reports, rows = [], []
         for _, scores in self._pieces(block):
             if scores.shape[0]:
-                report = _merge_checks(report, self.inner.check(scores, kind))
-        return report
+                reports.append(self.inner.check(scores, kind))
+                rows.append(scores.shape[0])
+        return _merge_checks(reports, rows, block.n_labels, kind)
 
     def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if not isinstance(block, RowRange):
@@ -573,6 +590,15 @@ class FactoredBackend(Backend):
             if scores.shape[0]:
                 stats = stats.merge(self.inner.sweep(scores, kind, lam, g))
         return stats
+
+    def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
+        if not isinstance(block, RowRange):
+            return self.inner.column_logsumexp(block, kind, lam)
+        total = np.full(block.n_labels, -np.inf)
+        for _, scores in self._pieces(block):
+            if scores.shape[0]:
+                np.logaddexp(total, self.inner.column_logsumexp(scores, kind, lam), out=total)
+        return total
 
     def labels(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
         if not isinstance(block, RowRange):
@@ -641,7 +667,9 @@ def _fused_passes(inner: Backend, factored: Factored) -> Any:
         return None
     try:
         from ._factored_numba import FusedPasses
-    except ImportError:  # no Numba (or its JIT is off): the blocks go to the inner backend
+    except ModuleNotFoundError as exc:  # no Numba here: the blocks go to the inner backend
+        if (exc.name or "").split(".")[0] not in ("numba", "scipy", "llvmlite"):
+            raise
         return None
     fused = FusedPasses(*factored.host_factors())
     return fused if fused.unavailable_reason() is None else None

@@ -116,7 +116,9 @@ class Assignment:
         Mean log-probability of the assigned labels, (1/N) sum_i log P_i,labels_i
         (averaged over heads): comparable across roundings.
     rounding : str
-        How hard labels were made from the soft solution.
+        The rounding that made the labels: ``"argmax"``, ``"balanced"`` or ``"exact"``
+        (``rounding="auto"`` records the one it ran; heads that differ are listed in
+        order, comma-separated, such as ``"argmax,balanced"``).
     codes : array or None
         The soft assignment Q (rows sum to 1), when ``return_codes=True``.
     """

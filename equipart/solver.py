@@ -448,6 +448,32 @@ def _stalled_since(history: list[float], check_every: int) -> int | None:
     return first * check_every + 1
 
 
+SHARP_SPREAD = 1e3
+"""lam times the scores' spread (nats) above which a stalled solve's warning names the
+problem's sharpness: near the hard assignment, Sinkhorn's column steps (of the order of
+the error, in nats) barely move labels whose scores differ by that much."""
+
+
+def _out_of_reach() -> str:
+    return (
+        "the sizes may be out of reach of the labels the scores allow (rows with zero "
+        "probability or masked scores on the labels that need them; for example more rows "
+        "that can take only one label than its size), where more sweeps do not help and "
+        "rounding='balanced' names an impossible problem; or tol is below what these "
+        "scores' precision allows."
+    )
+
+
+def _sharpness(lam: float, spread: float) -> str:
+    return (
+        f"lam times the spread of the scores is {lam * spread:.3g} nats (lam {lam:g} times "
+        f"{spread:.3g}, the largest score minus the lowest row maximum), so sharp a problem "
+        "that each sweep's step barely moves its labels; divide the scores by their scale "
+        "(or pass a smaller lam), or use rounding='balanced' or 'exact' for exact sizes at "
+        "this lam (or, rarely, the sizes are out of reach of the labels the scores allow)."
+    )
+
+
 def run_sinkhorn(
     source: RowSource,
     backend: Backend,
@@ -464,6 +490,7 @@ def run_sinkhorn(
     anneal: bool = False,
     acceleration: str = "overrelax",
     depth: float = MASK_DEPTH,
+    spread: float = 0.0,
 ) -> SolveOutcome:
     """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
 
@@ -475,7 +502,9 @@ def run_sinkhorn(
     ``acceleration`` extrapolates the column step (any marginal): ``"overrelax"``
     (``_Relaxation``), ``"anderson"`` (``_Anderson``) or ``"none"`` (plain Sinkhorn).
     A label with a positive target and no mass at the first sweep (``check_feasible``,
-    masks ``depth`` below the rows' best) is refused with ValueError.
+    masks ``depth`` below the rows' best) is refused with ValueError. ``spread`` (the
+    largest score minus the lowest row maximum, score units) only words the warning of a
+    stalled solve: lam times it above SHARP_SPREAD names the problem's sharpness.
     """
     history: list[float] = []
     stages = lam_schedule(lam, anneal)
@@ -518,13 +547,8 @@ def run_sinkhorn(
         advice = "Raise max_iter, loosen tol, or warm-start from this result's state."
         stalled_since = _stalled_since(history, check_every)
         if stalled_since is not None and not stage.stopped_by_callback:
-            advice = (
-                f"The error has not decreased since iteration {stalled_since}: the sizes may "
-                "be out of reach of the labels the scores allow (rows with zero probability "
-                "or masked scores on the labels that need them; for example more rows "
-                "that can take only one label than its size), where more sweeps do not "
-                "help and rounding='balanced' names an impossible problem; or tol is below "
-                "what these scores' precision allows."
+            advice = f"The error has not decreased since iteration {stalled_since}: " + (
+                _sharpness(lam, spread) if lam * spread > SHARP_SPREAD else _out_of_reach()
             )
         if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
             advice += (

@@ -10,10 +10,13 @@ implementing the ``RowSource`` protocol of ``equipart.solver``.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import numbers
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +49,29 @@ class InMemory:
 
 
 # Streamed sources read about this many bytes of scores per block (per head): large enough
-# that per-block overheads vanish, small enough that a block is a fraction of any budget.
-BLOCK_BYTES = 64 << 20
+# that per-block overheads vanish, small enough that two blocks (the one swept and the one
+# read ahead) are a fraction of any budget.
+BLOCK_BYTES = 32 << 20
 FAULT_AROUND_BYTES = 1 << 20
+# Linux's madvise advice (5.14 and later) that reads a range in and maps it, in one call
+MADV_POPULATE_READ = 22
+
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise through ctypes (which releases the GIL while it runs) on Linux, else
+    None. Called with (page-aligned address, length, advice); returns 0 or -1."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_MADVISE = _libc_madvise()
 
 
 def _block_rows(n_labels: int, itemsize: int, block_bytes: int) -> int:
@@ -68,12 +91,17 @@ class StreamedArray:
 
     Each head of an (N, K) or (H, N, K) array is handed to the backend as consecutive
     views of ``block_rows`` rows, so a sweep touches one block (about ``BLOCK_BYTES``) at a
-    time. For a read-only, C-contiguous memmap the pages of a block are unmapped from the
-    process (``madvise(MADV_DONTNEED)``) once the consumer moves on: they stay in the
-    kernel's page cache, but the process's resident memory stays O(block) instead of
-    growing to the file size; and the next block is requested ahead
-    (``madvise(MADV_WILLNEED)``) so the disk reads it while this one is computed.
-    Writable or copy-on-write maps are never released.
+    time. For a read-only, C-contiguous memmap:
+
+    * the next block is read ahead while the consumer works on this one: a helper thread
+      maps it in (``madvise(MADV_POPULATE_READ)`` on Linux 5.14 and later: the disk is read
+      and the pages are mapped there, so the consumer takes no page faults; elsewhere
+      ``MADV_WILLNEED``, an asynchronous read into the page cache);
+    * the pages of a block are unmapped from the process (``madvise(MADV_DONTNEED)``) once
+      the consumer moves on: they stay in the kernel's page cache, but the process's
+      resident memory stays at about two blocks instead of growing to the file size.
+
+    Writable or copy-on-write maps are neither read ahead nor released.
     """
 
     backend: Backend
@@ -110,28 +138,36 @@ class StreamedArray:
                 address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
         return cls(backend, scores, **shape, block_rows=rows, _map=mapping, _map_address=address)
 
-    def _prefetch(self, block: np.ndarray) -> None:
-        """Ask the kernel to start reading ``block`` (async), so disk reads overlap compute."""
+    def _pages(self, block: np.ndarray, margin: int = 0) -> tuple[int, int] | None:
+        """(offset, length) in the map of the pages holding ``block`` and ``margin`` bytes
+        before it, or None for an empty block."""
         if self._map is None or block.nbytes == 0:
-            return
+            return None
         start = block.ctypes.data - self._map_address
-        stop = start + block.nbytes
+        stop = min(start + block.nbytes, len(self._map))
+        start = max(0, start - margin)
         start -= start % mmap.PAGESIZE
-        if 0 <= start < len(self._map):
-            self._map.madvise(mmap.MADV_WILLNEED, start, min(stop, len(self._map)) - start)
+        return (start, stop - start) if 0 <= start < stop else None
+
+    def _read_ahead(self, block: np.ndarray) -> None:
+        """Map ``block`` in (reading the disk where it must), run on the helper thread."""
+        pages = self._pages(block)
+        if pages is None:
+            return
+        if _MADVISE is not None:
+            address = self._map_address + pages[0]
+            if _MADVISE(address, pages[1], MADV_POPULATE_READ) == 0:
+                return
+        # an older kernel (or another OS): start an asynchronous read into the page cache
+        self._map.madvise(mmap.MADV_WILLNEED, *pages)
 
     def _release(self, block: np.ndarray) -> None:
-        if self._map is None or block.nbytes == 0:
-            return
-        start = block.ctypes.data - self._map_address
-        stop = start + block.nbytes
         # The kernel maps neighbouring cached pages on a fault ("fault-around", 64 KiB by
         # default), so the next block's first fault re-maps the tail of this one: release
         # a margin before the block too.
-        start = max(0, start - FAULT_AROUND_BYTES)
-        start -= start % mmap.PAGESIZE
-        if 0 <= start < len(self._map):
-            self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
+        pages = self._pages(block, margin=FAULT_AROUND_BYTES)
+        if pages is not None:
+            self._map.madvise(mmap.MADV_DONTNEED, *pages)
 
     @property
     def dtype(self) -> str:
@@ -144,13 +180,25 @@ class StreamedArray:
             yield rows
             return
         step = self.block_rows
-        for start in range(0, self.n_rows, step):
-            block = rows[start : start + step]
-            self._prefetch(rows[start + step : start + 2 * step])
+        views = [rows[start : start + step] for start in range(0, self.n_rows, step)]
+        if self._map is None or len(views) == 1:  # nothing to release or to overlap
+            yield from views
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="equipart-read-ahead") as helper:
+            following = views[0]
+            ahead: Future = helper.submit(self._read_ahead, following)
             try:
-                yield block
-            finally:
-                self._release(block)
+                for index, block in enumerate(views):
+                    ahead.result()  # this block is mapped in
+                    following = views[index + 1] if index + 1 < len(views) else block[:0]
+                    ahead = helper.submit(self._read_ahead, following)
+                    try:
+                        yield block
+                    finally:
+                        self._release(block)
+            finally:  # a consumer that stopped early: the block read ahead goes too
+                ahead.result()
+                self._release(following)
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from .backends.base import Backend, BlockCheck, ScoreKind
 from .result import SolverState
 
 SCORE_KINDS: tuple[ScoreKind, ...] = ("logits", "logprobs", "probs")
-ROUNDINGS = ("argmax", "balanced", "exact")
+ROUNDINGS = ("auto", "argmax", "balanced", "exact")
 
 
 def dtype_kind(dtype: Any) -> str:
@@ -247,11 +248,78 @@ def check_lam_scale(
             f"{name}: {_lam_or_eps(name, lam)} times a row's best score, {magnitude:.3g} in "
             f"size, overflows the {precision} sweep (limit {limit:.3g}); {fix}"
         )
+    _check_resolution(lam, report, kind, magnitude, precision, name)
+
+
+RESOLUTION = 1e-2
+"""The largest rounding, in nats, that the sweep may make of lam * L next to a row's best
+score: it moves each Q_ij by up to that much, relatively (1%)."""
+
+
+def _check_resolution(
+    lam: float, report: BlockCheck, kind: ScoreKind, magnitude: float, precision: str, name: str
+) -> None:
+    """Refuse a lam at which the sweep's float rounds lam * L by more than RESOLUTION.
+
+    The sweep forms z = lam * L + g and z - max_k z_k in ``precision``; near a row's best
+    score (``magnitude`` in size: at most log K for probabilities) each rounds by up to
+    half a unit in the last place of lam * magnitude, which no number of sweeps can undo
+    (float32 logits scaled by 1e4 at
+    lam 25: 1e6, rounded by 0.06 nats; the solve ran 1,000 sweeps and stopped at error
+    0.33). Fixes: scores on a smaller scale or a smaller lam (lam times the scores is the
+    problem's inverse temperature), a per-row shift where the rows' offsets, not their
+    spread, are large (logits are unchanged by one), or float64 scores.
+    """
+    half_ulp = float(np.finfo(precision).eps) / 2.0
+    rounding = lam * magnitude * half_ulp
+    if rounding <= RESOLUTION:
+        return
+    spread = report.max_value - report.min_row_max  # (probabilities: the bound log K)
+    bound = RESOLUTION / (magnitude * half_ulp)
+    if kind != "probs" and math.isfinite(spread) and lam * spread * half_ulp <= RESOLUTION / 2:
+        fix = (
+            "subtract each row's maximum and pass input='logits' (a per-row shift of "
+            "logits changes nothing)"
+        )
+    elif name == "eps":
+        fix = f"divide the scores by their scale or pass eps above {1 / bound:.3g}"
+    else:
+        fix = f"divide the scores by their scale or pass lam below {bound:.3g}"
+    if precision == "float32":
+        fix += ", or pass float64 scores"
+    raise ValueError(
+        f"{name}: {_lam_or_eps(name, lam)} times the rows' best scores ({magnitude:.3g} in "
+        f"size) is {lam * magnitude:.3g}, which the {precision} sweep rounds by up to "
+        f"{rounding:.2g} nats (at most {RESOLUTION:g}: each Q_ij would be off by that much, "
+        f"and no number of sweeps converges past it); {fix}"
+    )
 
 
 def _lam_or_eps(name: str, lam: float) -> str:
     """How a message names the inverse temperature: lam itself, or 1/eps."""
     return f"1/eps = {lam:.3g}" if name == "eps" else f"lam = {lam:.3g}"
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What ``check_values`` learns about a head's scores.
+
+    Attributes
+    ----------
+    support : int64 (K,) or None
+        The rows where each label is possible (positive probability, or a score above
+        -inf) over all the blocks; None if a backend did not report it.
+    spread : float
+        The largest score minus the lowest row maximum, in score units (0 for
+        probabilities and for constant rows): lam times it bounds how sharp the problem is.
+    extent : float
+        The largest entry minus the smallest (inf with -inf entries; for probabilities,
+        inf with zeros, else 0): below the mask depth, no entry can be a mask.
+    """
+
+    support: np.ndarray | None
+    spread: float
+    extent: float = 0.0
 
 
 def check_values(
@@ -261,55 +329,92 @@ def check_values(
     name: str = "scores",
     lam: float | None = None,
     lam_name: str = "lam",
-) -> np.ndarray | None:
-    """Read every block once: finite values, valid probabilities for ``input="probs"``,
-    and, given ``lam``, that lam times every row's best score stays finite in the sweep.
-
-    Returns, for probabilities, the number of rows giving each label a positive
-    probability over all the blocks (None if a backend did not report it).
+    where: str = "",
+) -> ScoreSummary:
+    """Read every block once: no NaN or +inf, valid probabilities for ``input="probs"``,
+    no row without a possible label, and, given ``lam``, that lam times every row's best
+    score stays finite, and resolved, in the sweep. -inf marks an impossible label (zero
+    probability) in logits and log-probabilities. ``where`` names the head in messages.
     """
-    support, reported = None, True
+    support, reported, start = None, True, 0
+    top, lowest_best, lowest = -np.inf, np.inf, np.inf
     for block in blocks:
-        if block.shape[0] == 0:
+        n_rows = block.shape[0]
+        if n_rows == 0:
             continue
         report = backend.check(block, kind)
-        if not report.all_finite:
+        if not report.finite_or_neg_inf:
             raise ValueError(
-                f"{name}: contains NaN or infinite values; clean them (for example "
-                "np.nan_to_num) or mask those labels with a large negative finite logit"
+                f"{name}: contains NaN or +inf values; clean them (for example np.nan_to_num), "
+                "and mark a label impossible for a point with a logit of -inf"
             )
-        if kind == "logprobs" and report.max_value > input_tolerance(backend.shape_dtype(block)[1]):
+        if kind != "probs" and report.min_row_max == -np.inf:
+            row = start + _first_impossible_row(backend, block, kind)
             raise ValueError(
-                f"{name}: input='logprobs' needs log-probabilities (<= 0), found "
-                f"{report.max_value:.3g}; pass input='logits' for unnormalised scores"
+                f"{name}: row {row}{where} is -inf at every label, so no label is possible "
+                "for that point; drop the row or give it a label with a finite score"
             )
-        if kind == "probs":
-            if report.min_value < 0:
-                raise ValueError(
-                    f"{name}: input='probs' needs non-negative probabilities, found "
-                    f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
-                )
-            if report.max_row_sum_deviation > input_tolerance(backend.shape_dtype(block)[1]):
-                raise ValueError(
-                    f"{name}: input='probs' needs rows summing to 1, found a row off by "
-                    f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
-                    "input='logits'"
-                )
+        _check_kind_range(backend, block, report, kind, name)
+        top, lowest_best = max(top, report.max_value), min(lowest_best, report.min_row_max)
+        lowest = min(lowest, report.min_value)
         if lam is not None:
             shape, dtype = backend.shape_dtype(block)
             check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
-        if kind == "probs":
-            reported = reported and report.support is not None
-            if reported:
-                support = report.support if support is None else support + report.support
-    return support if reported else None
+        counted = report.support
+        if counted is None and kind != "probs" and report.min_value > -np.inf:
+            counted = np.full(block.shape[1], n_rows, dtype=np.int64)  # every row
+        reported = reported and counted is not None
+        if reported:
+            support = counted if support is None else support + counted
+        start += n_rows
+    if kind == "probs":
+        spread, extent = 0.0, (np.inf if lowest <= 0 else 0.0)
+    else:
+        spread = top - lowest_best if math.isfinite(top - lowest_best) else 0.0
+        extent = top - lowest if start else 0.0
+    return ScoreSummary(support if reported else None, spread, extent)
 
 
-def check_support(support: np.ndarray | None, least: np.ndarray, head: int | None = None) -> None:
-    """Refuse probabilities whose zeros leave a label fewer rows than its least count.
+def _check_kind_range(
+    backend: Backend, block: Any, report: BlockCheck, kind: ScoreKind, name: str
+) -> None:
+    """Log-probabilities at most 0, probabilities non-negative with rows summing to 1
+    (each up to the rounding slack of the block's dtype)."""
+    slack = input_tolerance(backend.shape_dtype(block)[1])
+    if kind == "logprobs" and report.max_value > slack:
+        raise ValueError(
+            f"{name}: input='logprobs' needs log-probabilities (<= 0), found "
+            f"{report.max_value:.3g}; pass input='logits' for unnormalised scores"
+        )
+    if kind == "probs":
+        if report.min_value < 0:
+            raise ValueError(
+                f"{name}: input='probs' needs non-negative probabilities, found "
+                f"{report.min_value:.3g}; pass input='logits' for raw network outputs"
+            )
+        if report.max_row_sum_deviation > slack:
+            raise ValueError(
+                f"{name}: input='probs' needs rows summing to 1, found a row off by "
+                f"{report.max_row_sum_deviation:.3g}; normalise the rows or pass "
+                "input='logits'"
+            )
 
-    Each row carries mass 1 and can go only to labels of positive probability, so label j
-    gets at most support_j rows; below its least integer size (``count_bounds()[0]``: the
+
+def _first_impossible_row(backend: Backend, block: Any, kind: ScoreKind) -> int:
+    """The index in ``block`` of its first row that is -inf at every label."""
+    best = backend.top_labels(block, kind, 1.0, np.zeros(block.shape[1]), 1)[1]
+    return int(np.flatnonzero(backend.to_numpy(best)[:, 0] == -np.inf)[0])
+
+
+def check_support(
+    support: np.ndarray | None, least: np.ndarray, head: int | None = None, kind: str = "probs"
+) -> None:
+    """Refuse scores whose zero probabilities (or -inf scores) leave a label fewer rows
+    than its least count.
+
+    Each row carries mass 1 and can go only to its possible labels (positive probability,
+    or a score above -inf), so label j gets at most support_j rows; below its least
+    integer size (``count_bounds()[0]``: the
     floor of its target for Uniform and Prior) no labelling meets the marginals. A
     necessary condition only: rows shared by several short labels can still make a
     problem infeasible, which the solve then reports. (Between the floor and a fractional
@@ -325,8 +430,9 @@ def check_support(support: np.ndarray | None, least: np.ndarray, head: int | Non
         )
         more = f" and {short.size - 5} more" if short.size > 5 else ""
         where = f" of head {head}" if head is not None else ""
+        possible = "non-zero probability" if kind == "probs" else "a score above -inf"
         raise ValueError(
-            f"scores: {short.size} label(s){where} have non-zero probability at fewer rows "
+            f"scores: {short.size} label(s){where} have {possible} at fewer rows "
             f"than their least size ({listed}{more}), so no assignment meets the marginals; "
             "give them smaller sizes (Counts, Bounds), use Relaxed, or check the scores"
         )

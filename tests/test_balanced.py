@@ -44,8 +44,13 @@ marginal_cases = st.sampled_from(["uniform", "counts", "prior"])
     seed=st.integers(0, 10_000),
 )
 def test_counts_are_exact_and_labels_optimal(n, k, which, seed):
+    _check_exact_and_optimal(_scores(n, k, seed), which, seed)
+
+
+def _check_exact_and_optimal(x, which, seed):
+    """Balanced rounding of x under a drawn marginal: exact counts, ot.emd's objective."""
+    n, k = x.shape
     rng = np.random.default_rng(seed)
-    x = _scores(n, k, seed)
     if which == "counts":
         marginals = Counts(np.bincount(rng.integers(k, size=n), minlength=k))
     elif which == "prior":
@@ -158,3 +163,98 @@ def test_every_backend_gives_exact_counts(backend_name):
     _check_counts(result.labels, None, 203, 7)
     optimum = exact_assign(x, backend="numpy").objective
     assert result.objective == pytest.approx(optimum, abs=1e-5)
+
+
+def _tied_scores(which, n, k, seed):
+    """Scores whose rows tie exactly (constant, integer-valued) or nearly (near-uniform)."""
+    rng = np.random.default_rng(seed)
+    if which == "constant":
+        return np.zeros((n, k), dtype=np.float32)
+    if which == "integer":
+        return rng.integers(0, 4, size=(n, k)).astype(np.float32)
+    if which == "identical":
+        return np.repeat(_scores(1, k, seed), n, axis=0)
+    return (0.01 * rng.standard_normal((n, k))).astype(np.float32)
+
+
+tied_cases = st.sampled_from(["constant", "integer", "identical", "near-uniform"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    k=st.integers(1, 12),
+    which=tied_cases,
+    marginal=marginal_cases,
+    seed=st.integers(0, 10_000),
+)
+def test_tied_scores_get_exact_counts_and_the_lp_optimum(n, k, which, marginal, seed):
+    _check_exact_and_optimal(_tied_scores(which, n, k, seed), marginal, seed)
+
+
+@pytest.mark.parametrize("which", ["constant", "integer", "identical", "near-uniform"])
+def test_tied_scores_at_width_of_the_benchmark_are_certified_optimal(which):
+    # 600 x 30 (the benchmark's families at a size ot.emd solves quickly), with bands
+    x = _tied_scores(which, 600, 30, seed=3)
+    for marginals in (None, equipart.Bounds.relative(0.8, 1.3)):
+        result = _balanced(x, marginals)
+        _check_counts(result.labels, marginals, 600, 30)
+        optimum = exact_assign(x, marginals, backend="numpy").objective
+        assert result.objective == pytest.approx(optimum, abs=1e-6 * (1 + abs(optimum)))
+
+
+def test_tied_movers_move_together_in_one_phase():
+    # identical rows preferring label 0 by a margin, tied on every other label: the
+    # whole surplus of label 0 leaves in one phase, 180 of its points at once
+    k, n = 10, 200
+    x = np.zeros((n, k), dtype=np.float32)
+    x[:, 0] = 1.0
+    cand = np.tile(np.arange(k), (n, 1))
+    value = x[:, cand[0]].astype(np.float64)
+    lo, hi = Uniform().bind(n, k).count_bounds()
+    solution = solve_candidates(cand, value, np.zeros(k), lo, hi, complete=True)
+    assert solution.feasible and solution.certified
+    assert np.bincount(solution.labels, minlength=k).tolist() == [20] * k
+    assert (solution.n_phases, solution.n_moves) == (1, 180)
+    # deterministic: the lowest-index points move first, to the lowest-index labels
+    assert solution.labels.tolist() == np.repeat(np.r_[np.arange(1, k), 0], 20).tolist()
+
+
+def test_exact_ties_are_spread_before_the_flow():
+    # constant rows start spread round-robin over their tied candidates: no move needed
+    n, k = 120, 6
+    cand = np.tile(np.arange(k), (n, 1))
+    lo, hi = Uniform().bind(n, k).count_bounds()
+    solution = solve_candidates(cand, np.zeros((n, k)), np.zeros(k), lo, hi, complete=True)
+    assert solution.certified and (solution.n_phases, solution.n_moves) == (0, 0)
+    assert np.bincount(solution.labels, minlength=k).tolist() == [20] * k
+
+
+def test_candidates_that_cannot_cover_the_bands_are_refused_before_any_phase():
+    n, k = 50, 10
+    cand = np.tile(np.arange(4), (n, 1))  # labels 4..9 appear in no row
+    lo, hi = Uniform().bind(n, k).count_bounds()
+    solution = solve_candidates(cand, np.zeros((n, 4)), np.zeros(k), lo, hi, complete=False)
+    assert not solution.feasible and not solution.certified
+    assert (solution.n_phases, solution.n_moves) == (0, 0)
+
+
+def test_rows_tied_across_every_candidate_widen_to_all_labels_at_once():
+    from equipart.backends.numpy import NumpyBackend
+    from equipart.sources import InMemory
+
+    n, k = 400, 50
+    x = np.zeros((n, k), dtype=np.float32)
+    backend = NumpyBackend()
+    source = InMemory(backend, x, 1, n, k, False)
+    passes, _ = equipart.balanced.balanced_passes(
+        source, backend, 0, "logits", 25.0, np.zeros(k), Uniform().bind(n, k)
+    )
+    assert [width for width, _ in passes] == [equipart.balanced.FIRST_WIDTH, k]
+    assert passes[-1][1].certified
+    # a row that is not fully tied keeps the gradual widening
+    x[0, :] = np.arange(k, dtype=np.float32)
+    passes, _ = equipart.balanced.balanced_passes(
+        source, backend, 0, "logits", 25.0, np.zeros(k), Uniform().bind(n, k)
+    )
+    assert [width for width, _ in passes][:2] == [8, 8 * equipart.balanced.WIDEN]

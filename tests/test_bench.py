@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from equipart.bench import runner
+from equipart.bench import problems, report, runner
 from equipart.bench.checker import judge_dual, judge_labels
 from equipart.bench.contenders import get_contender
 from equipart.bench.problems import (
@@ -43,6 +43,24 @@ def test_problem_families_have_their_shape():
     zipf = generate(ProblemSpec("zipf", n, k))
     top = np.bincount(zipf.argmax(axis=1), minlength=k)
     assert top.max() > 3 * n / k  # a few labels are preferred
+    late = generate(ProblemSpec("late-training", n, k))
+    planted = problems._planted(ProblemSpec("late-training", n, k))
+    assert np.bincount(planted, minlength=k).tolist() == [n // k] * k
+    assert (late.argmax(axis=1) == planted).mean() > 0.5  # peaked on the planted label
+    assert late.mean(axis=0).std() > 0.5  # a bias per label (the planted part is balanced)
+
+
+def test_prototypes_are_negative_squared_distances_over_the_temperature():
+    spec = ProblemSpec("prototypes", 600, 12)
+    points, prototypes = family_features(spec)
+    distance = ((points[:, None, :] - prototypes[None]) ** 2).sum(axis=2)
+    scores = generate(spec)
+    np.testing.assert_allclose(scores, -distance / problems.DISTANCE_TEMPERATURE, atol=1e-3)
+    assert np.mean(np.sum(problems._real_data("prototypes") ** 2, axis=1)) == pytest.approx(1.0)
+    # the nearest prototype of a prototype's own image is itself
+    index = problems._prototype_index(spec, problems._real_data("prototypes").shape[0])
+    own = problems._real_data("prototypes")[index]
+    assert np.all(np.argmin(((own[:, None] - prototypes[None]) ** 2).sum(2), axis=1) == range(12))
 
 
 def test_real_family_equals_cosine_of_features():
@@ -141,8 +159,28 @@ def test_runner_end_to_end_writes_json_and_table(tmp_path, capsys):
         assert r["error"] <= 1e-3 * 1.01 and r["peak_rss_mb"] > 0 and r["n_iter"] >= 1
     assert document["machine"]["logical_cores"] >= 1 and "numpy" in document["machine"]["versions"]
     assert (tmp_path / "t_time.png").exists() and (tmp_path / "t_lam.png").exists()
+    assert (tmp_path / "t_speedup.png").exists()
     table = capsys.readouterr().out
     assert "| zipf 400x8 | 25 | sela-ref-tol | ok |" in table
+    # the headline: equipart's time to tol with each reference's time, sweeps and ratio
+    headline = document["headline"]
+    assert headline["equipart"] == "equipart-numpy"  # the one equipart backend run
+    assert [(row["family"], row["lam"]) for row in headline["rows"]] == [
+        ("zipf", 10.0),
+        ("zipf", 25.0),
+    ]
+    by_job = {(r["contender"], r["lam"]): r for r in results}
+    for row in headline["rows"]:
+        assert row["time_s"] == by_job["equipart-numpy", row["lam"]]["total_s"]
+        for name in ("sela-ref-tol", "pot-sinkhorn"):
+            versus, job = row["versus"][name], by_job[name, row["lam"]]
+            assert versus["ratio"] == pytest.approx(job["total_s"] / row["time_s"])
+            assert versus["bound"] == "=" and versus["sweeps"] == job["n_iter"]
+    assert "## Time to tol 0.001" in table and "SeLa loop / equipart" in table
+    # --report prints the same tables from the file
+    assert runner.main(["--report", str(tmp_path / "t.json"), "--no-plots"]) == 0
+    again = capsys.readouterr().out
+    assert again.split("## Every job")[0] == table.split("## Every job")[0]
     # a rerun at one lam has no lam plot: the previous run's one is removed, not left stale
     args = ["--sizes", "400x8", "--families", "zipf", "--contenders", "equipart-numpy"]
     assert runner.main([*args, "--out", str(tmp_path), "--name", "t"]) == 0
@@ -161,14 +199,14 @@ def test_runner_records_skips_and_timeouts(tmp_path):
     path = tmp_path / "p.npy"
     np.save(path, generate(cases[0].spec))
     job = {
-        "contender": "sela-ref",
+        "contender": "sela-ref-tol",
         "family": "zipf",
         "n": 400,
         "k": 8,
         "seed": 0,
         "lam": 25.0,
-        "tol": 1e-3,
-        "max_iter": 10,
+        "tol": 0.0,  # never reached: the job runs until the runner kills it
+        "max_iter": 10**9,
         "device": "cpu",
         "path": str(path),
     }
@@ -180,8 +218,11 @@ def test_runner_records_skips_and_timeouts(tmp_path):
         def set_description(self, text):
             pass
 
-    (record,) = runner._run_jobs([job], timeout=0.01, progress=Silent())
-    assert record["status"] == "timeout" and record["contender"] == "sela-ref"
+    # the timeout counts from the worker's ready line (its imports are not timed)
+    quick = {**job, "tol": 1e-3, "max_iter": 10}
+    first, second = runner._run_jobs([job, quick], timeout=1.0, progress=Silent())
+    assert first["status"] == "timeout" and first["contender"] == "sela-ref-tol"
+    assert "within 1 s" in first["note"] and second["status"] == "above-tol"  # a fresh worker
 
 
 def test_runner_rejects_bad_arguments(capsys, tmp_path, monkeypatch):
@@ -257,3 +298,128 @@ def test_torch_tensor_paths_used_on_cuda(name):
     on_host = judge_dual(scores.numpy(), 10.0, output.g, 1e-3, rows_ok=output.rows_ok)
     assert verdict.error == pytest.approx(on_host.error, rel=1e-9)
     assert verdict.objective == pytest.approx(on_host.objective, rel=1e-9)
+
+
+def _job(contender, status="ok", total_s=1.0, n_iter=10, n=50_000, k=1_000, family="zipf"):
+    return {
+        "contender": contender,
+        "family": family,
+        "n": n,
+        "k": k,
+        "lam": 25.0,
+        "status": status,
+        "total_s": total_s,
+        "n_iter": n_iter,
+    }
+
+
+def test_time_to_tol_ratios_bounds_and_targets():
+    results = [
+        _job("equipart-numba", total_s=2.0, n_iter=40),
+        _job("equipart-numpy", total_s=9.0, n_iter=40),
+        _job("sela-ref-tol", total_s=50.0, n_iter=400),
+        _job("pot-sinkhorn", "above-tol", total_s=60.0, n_iter=1000),
+    ]
+    (row,) = report.time_to_tol(results, "equipart-numba", timeout_s=300.0)
+    assert (row["contender"], row["time_s"], row["sweeps"]) == ("equipart-numba", 2.0, 40)
+    sela, pot = row["versus"]["sela-ref-tol"], row["versus"]["pot-sinkhorn"]
+    assert (sela["ratio"], sela["bound"], sela["sweeps"]) == (25.0, "=", 400)
+    assert (pot["ratio"], pot["bound"]) == (30.0, ">=")  # stopped at max_iter above tol
+    # 25x meets the 20x target; a lower bound of 30x below the 40x target is still open
+    assert row["targets"]["sela-ref-tol"] == {"goal": 20.0, "verdict": "met"}
+    assert row["targets"]["pot-sinkhorn"] == {"goal": 40.0, "verdict": "open"}
+    table = report.headline_table([row], 1e-3)
+    assert "| zipf 50,000x1,000 | 25 | 2 | 40 | 50 | 400 | 25x | > 60 | 1000 | ≥ 30x |" in table
+
+    results[2] = {**_job("sela-ref-tol", "timeout", total_s=None, n_iter=None), "note": "t"}
+    results[3] = _job("pot-sinkhorn", total_s=60.0)
+    (row,) = report.time_to_tol(results, "equipart-numba", timeout_s=300.0)
+    assert row["versus"]["sela-ref-tol"]["ratio"] == 150.0  # the timeout, a lower bound
+    assert row["versus"]["sela-ref-tol"]["bound"] == ">="
+    results[2]["timeout_s"] = 120.0  # the job's own timeout, where recorded
+    (row,) = report.time_to_tol(results, "equipart-numba", timeout_s=300.0)
+    assert row["versus"]["sela-ref-tol"]["ratio"] == 60.0
+    assert row["targets"]["pot-sinkhorn"]["verdict"] == "missed"  # 30x, measured
+
+    results[0] = _job("equipart-numba", "above-tol", total_s=2.0)
+    (row,) = report.time_to_tol(results, "equipart-numba")
+    assert all(v["ratio"] is None for v in row["versus"].values())
+    assert {t["verdict"] for t in row["targets"].values()} == {"open"}
+    # no equipart-numba among the results: the first equipart backend that ran
+    assert report.time_to_tol(results[1:], "equipart-numba")[0]["contender"] == "equipart-numpy"
+    # targets apply to their families only
+    other = [_job("equipart-numba", family="collapsed")]
+    assert report.time_to_tol(other, "equipart-numba")[0]["targets"] == {}
+
+
+def test_full_mode_runs_the_target_problems_with_the_target_contenders(tmp_path):
+    cases = runner.plan_cases("full", "cpu", available_families(), 0)
+    target = {
+        (c.spec.family, c.spec.n, c.spec.k): c.contenders
+        for c in cases
+        if (c.spec.n, c.spec.k) in runner.TARGET_SIZES
+    }
+    assert set(target) == {
+        (family, n, k)
+        for family in ("sela-late", "zipf", "late-training")
+        for n, k in ((50_000, 1_000), (200_000, 1_000))
+    }
+    assert set(target.values()) == {("equipart", "sela-ref-tol", "pot-sinkhorn")}
+    small = {c.spec.family for c in cases if (c.spec.n, c.spec.k) == (10_000, 100)}
+    assert {"late-training", "prototypes"} <= small
+    # only the named contenders get jobs on a restricted case, equipart's default among them
+    args = runner.build_parser().parse_args([])
+    case = [c for c in cases if c.spec.n == 50_000 and c.spec.family == "zipf"]
+    paths = {case[0].spec: str(tmp_path / "p.npy")}
+    planned = {
+        name: runner._jobs_for(get_contender(name), case, args, paths, 1e12)[0]
+        for name in ("equipart-numpy", "sela-ref", "sela-ref-tol", "pot-sinkhorn-log")
+    }
+    planned[runner.default_equipart("cpu")] = runner._jobs_for(
+        get_contender(runner.default_equipart("cpu")), case, args, paths, 1e12
+    )[0]
+    ran = {name for name, jobs in planned.items() if jobs}
+    assert ran == {runner.default_equipart("cpu"), "sela-ref-tol"}
+    # the references' default timeout is capped there; an explicit --timeout is not
+    equipart = runner.default_equipart("cpu")
+
+    def runs(name, family, n, k):
+        (case,) = [c for c in cases if (c.spec.family, c.spec.n, c.spec.k) == (family, n, k)]
+        path = {case.spec: str(tmp_path / "p.npy")}
+        return bool(runner._jobs_for(get_contender(name), [case], args, path, 1e12)[0])
+
+    # the slow POT methods run on the zipf lam sweep only; at 10^6 x 10^3 equipart alone
+    assert runs("pot-sinkhorn-log", "zipf", 10_000, 100)
+    assert not runs("pot-sinkhorn-log", "late-training", 10_000, 100)
+    assert runs("equipart-numpy", "late-training", 10_000, 100)
+    assert runs("pot-sinkhorn", "late-training", 10_000, 100)
+    assert runs(equipart, "zipf", 1_000_000, 1_000)
+    assert not runs("equipart-numpy", "zipf", 1_000_000, 1_000) or equipart == "equipart-numpy"
+    for given, equipart_s, reference_s in ((None, 300.0, 120.0), (50.0, 50.0, 50.0)):
+        args.timeout = given
+        limits = {}
+        for name in (equipart, "sela-ref-tol"):
+            jobs, _ = runner._jobs_for(get_contender(name), case, args, paths, 1e12, given or 300)
+            limits[name] = jobs[0]["timeout_s"]
+        assert limits == {equipart: equipart_s, "sela-ref-tol": reference_s}
+
+
+def test_report_reads_a_file_without_a_headline(tmp_path, capsys):
+    document = {
+        "mode": "full",
+        "device": "cpu",
+        "settings": {"tol": 1e-3, "timeout_s": 300.0},
+        "results": [
+            _job("equipart-numba", n=10_000, k=100),
+            _job("sela-ref-tol", total_s=1.5, n=10_000, k=100),
+        ],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(document))
+    assert runner.main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| zipf 10,000x100 | 25 | 1 | 10 | 1.5 | 10 | 1.5x |" in out
+    assert "sela-ref-tol 2x: missed" in out
+    assert (tmp_path / "old_speedup.png").exists() and (tmp_path / "old_time.png").exists()
+    assert runner.main(["--report", str(tmp_path / "missing.json")]) == 2
+    assert "--report" in capsys.readouterr().err

@@ -50,11 +50,13 @@ def test_solve_with_counts_marginals(tmp_path, capsys):
                 str(tmp_path / "m.npy"),
                 "--backend",
                 "numpy",
+                "--no-save",
             ]
         )
         == 0
     )
-    assert "converged=True" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "converged=True" in printed and "labels not saved (--no-save)" in printed
 
 
 def test_bad_out_folder_is_refused_before_the_solve(tmp_path, capsys, monkeypatch):
@@ -90,7 +92,7 @@ def test_missing_array_library_is_one_line(tmp_path, capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_cupy)
-    assert main(["solve", str(tmp_path / "s.npy"), "--backend", "cupy"]) == 2
+    assert main(["solve", str(tmp_path / "s.npy"), "--backend", "cupy", "--no-save"]) == 2
     assert "equipart[cupy]" in capsys.readouterr().err
 
 
@@ -107,7 +109,8 @@ def test_warm_up_rows_do_not_decide_feasibility(tmp_path, capsys):
 def test_sizes_that_do_not_sum_to_n_say_how_to_give_proportions(tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.zeros((40, 4)))
     np.save(tmp_path / "m.npy", np.full(4, 25.0))  # percentages
-    assert main(["solve", str(tmp_path / "s.npy"), "--marginals", str(tmp_path / "m.npy")]) == 2
+    args = ["solve", str(tmp_path / "s.npy"), "--marginals", str(tmp_path / "m.npy")]
+    assert main([*args, "--no-save"]) == 2
     assert "sum to N=40 (these sum to 100)" in capsys.readouterr().err
 
 
@@ -144,7 +147,7 @@ def test_torch_backend_reads_a_npy_file(tmp_path, capsys):
 def test_corrupt_file_is_one_line(tmp_path, capsys, content):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(content)
-    assert main(["solve", str(bad)]) == 2
+    assert main(["solve", str(bad), "--no-save"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("equipart solve: error:") and "\n" not in err
     assert "Traceback" not in err
@@ -154,16 +157,16 @@ def test_corrupt_file_is_one_line(tmp_path, capsys, content):
 def test_scores_of_fewer_than_two_dimensions_are_one_line(tmp_path, capsys, array):
     """0-d and 1-d files reached the warm-up's row slice first (IndexError traceback)."""
     np.save(tmp_path / "flat.npy", array)
-    assert main(["solve", str(tmp_path / "flat.npy")]) == 2
+    assert main(["solve", str(tmp_path / "flat.npy"), "--no-save"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("equipart solve: error: scores: expected an (N, K) array")
 
 
 def test_missing_file_and_bad_scores(tmp_path, capsys):
-    assert main(["solve", str(tmp_path / "nope.npy")]) == 2
+    assert main(["solve", str(tmp_path / "nope.npy"), "--no-save"]) == 2
     assert "not found" in capsys.readouterr().err
     np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0], [0.0, 1.0]]))
-    assert main(["solve", str(tmp_path / "nan.npy")]) == 2
+    assert main(["solve", str(tmp_path / "nan.npy"), "--no-save"]) == 2
     assert "NaN" in capsys.readouterr().err
 
 
@@ -367,3 +370,54 @@ def test_bench_timeout_is_used_as_given(tmp_path, monkeypatch):
     args = ["--sizes", "40x4", "--contenders", "equipart-numpy", "--no-plots"]
     assert runner.main([*args, "--out", str(tmp_path), "--timeout", "0.5"]) == 0
     assert used == [0.5]
+
+
+def test_solve_without_out_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """The labels went nowhere without a word; now --out (or --no-save) is asked for."""
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    _no_solve(monkeypatch)
+    monkeypatch.setattr("equipart.cli._load_scores", lambda *a: pytest.fail("loaded"))
+    assert main(["solve", str(tmp_path / "s.npy")]) == 2
+    err = _one_line_error(capsys, "solve")
+    assert "--out: expected the .npy file to write the labels to" in err and "--no-save" in err
+    both = ["solve", str(tmp_path / "s.npy"), "--out", str(tmp_path / "o.npy"), "--no-save"]
+    assert main(both) == 2
+    assert "--no-save: the labels cannot go to --out and nowhere" in _one_line_error(
+        capsys, "solve"
+    )
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_solve_rounds_tied_scores_to_their_sizes_by_default(tmp_path, capsys):
+    """Constant scores (an untrained network) put every label-0 tie on label 0 under
+    argmax; the default rounding ("auto") balances them and says so."""
+    np.save(tmp_path / "s.npy", np.zeros((60, 3), np.float32))
+    args = ["solve", str(tmp_path / "s.npy"), "--backend", "numpy"]
+    assert main([*args, "--out", str(tmp_path / "o.npy")]) == 0
+    assert "rounding=balanced" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.bincount(np.load(tmp_path / "o.npy")), [20, 20, 20])
+    assert main([*args, "--rounding", "argmax", "--no-save"]) == 0
+    captured = capsys.readouterr()
+    assert "rounding=argmax" in captured.out
+    assert "warning: rounding: argmax labels miss their targets" in captured.err
+
+
+def test_bench_writes_to_a_fresh_folder_by_default(tmp_path, capsys, monkeypatch):
+    """Run from the repository, `equipart bench` wrote over benchmarks/results; by default
+    it now makes a new folder named for the run's time, and says which."""
+    from datetime import datetime
+
+    from equipart.bench import runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "_run_jobs", lambda *a: [])
+    args = ["bench", "--sizes", "40x4", "--contenders", "equipart-numpy", "--no-plots"]
+    assert main(args) == 0
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("equipart-bench-") and len(folder.name) == 30
+    assert f"results go to {folder.name}/" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["bench_custom_cpu.json"]
+    when = datetime(2025, 1, 2, 3, 4, 5)
+    (tmp_path / "equipart-bench-20250102-030405").mkdir()
+    assert runner.fresh_folder(when).name == "equipart-bench-20250102-030405-2"
+    assert not (tmp_path / "benchmarks").exists()

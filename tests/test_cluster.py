@@ -167,7 +167,7 @@ def test_bad_data_gets_scikit_learn_messages():
         BalancedKMeans(3).fit(x)
     model = BalancedKMeans(3, random_state=0).fit(np.nan_to_num(x))
     with pytest.raises(ValueError, match="X has 2 features, but BalancedKMeans is expecting 3"):
-        model.predict(x[:, :2])
+        model.predict(np.nan_to_num(x)[:, :2])
 
 
 def test_exported_lazily_from_equipart():

@@ -300,14 +300,22 @@ def test_callback_sees_every_check_and_can_stop(backend_name):
 def test_objective_keeps_its_digits_under_a_large_row_offset(backend_name):
     """log P = (x - max) - log sum: with the max added to the log-sum first, an offset of
     2^36 (exact in float64, as is 25 times it) lost digits of the log-sum, and a constant
-    row of -1e30 gave an objective of 0 instead of -log K."""
+    row of -1e30 gave an objective of 0 instead of -log K. (A solve of such rows at lam
+    25 is refused: lam times 1e30 is beyond what a float64 sweep resolves.)"""
+    from equipart.backends import get_backend
+
     scores = np.random.default_rng(3).integers(-3, 4, size=(300, 10)).astype(np.float64)
     result, labels, _ = solve(scores, backend_name, lam=25.0)
     offset = solve(scores + 2.0**36, backend_name, lam=25.0)[0]
     assert (to_numpy(offset.labels) == labels).all()
     assert offset.objective == pytest.approx(result.objective, rel=1e-12)
-    masked = solve(np.full((20, 10), -1e30), backend_name, lam=25.0)[0]
-    assert masked.objective == pytest.approx(-np.log(10), rel=1e-12)
+    masked = to_backend(np.full((20, 10), -1e30), backend_name)
+    total = get_backend(backend_of(backend_name), masked).logprob_sum(
+        masked, "logits", np.arange(20) % 10
+    )
+    assert total / 20 == pytest.approx(-np.log(10), rel=1e-12)
+    with pytest.raises(ValueError, match="subtract each row's maximum"):
+        solve(np.full((20, 10), -1e30), backend_name, lam=25.0)
 
 
 def test_logprob_sum_refuses_labels_out_of_range(backend_name):
@@ -400,3 +408,203 @@ def test_uniform_is_default():
     a = assign_labels(scores, backend="numpy")
     b = assign_labels(scores, backend="numpy", marginals=Uniform())
     np.testing.assert_array_equal(a.labels, b.labels)
+
+
+# ---- rounding: no silent collapse on tied rows ---------------------------------------
+
+
+def _tied(family: str, n_rows: int, n_labels: int) -> np.ndarray:
+    """Scores an untrained or coarse network gives: every row tied ("constant"), ties
+    within rows ("integer", values 0..9), or barely separated ("near-uniform")."""
+    rng = np.random.default_rng(11)
+    if family == "constant":
+        return np.zeros((n_rows, n_labels), np.float32)
+    if family == "integer":
+        return rng.integers(0, 10, (n_rows, n_labels)).astype(np.float32)
+    return (0.01 * rng.standard_normal((n_rows, n_labels))).astype(np.float32)
+
+
+@pytest.mark.parametrize("family, n_rows, n_labels", [("constant", 120, 6), ("integer", 1000, 10)])
+def test_tied_scores_get_their_sizes_by_default(backend_name, family, n_rows, n_labels):
+    """argmax put every tied row on its first tied label (120 x 6 zeros: all 120 on label
+    0, reported converged; integers 0..9: counts of 60 to 143 for a size of 100); the
+    default rounding gives every label its size, through the balanced rounding, and
+    argmax asked for explicitly warns. (Small shapes: balanced rounding is slow on exact
+    ties here.)"""
+    scores = _tied(family, n_rows, n_labels)
+    size = n_rows // n_labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result, labels, _ = solve(scores, backend_name, lam=25.0)
+    assert result.rounding == "balanced" and result.converged
+    np.testing.assert_array_equal(np.bincount(labels, minlength=n_labels), [size] * n_labels)
+    with pytest.warns(equipart.RoundingWarning, match=rf"has \d+ points, its size is {size}"):
+        plain, argmax, _ = solve(scores, backend_name, lam=25.0, rounding="argmax")
+    assert plain.rounding == "argmax"
+    assert np.bincount(argmax, minlength=n_labels).max() > 1.4 * size
+    assert result.objective == pytest.approx(plain.objective, abs=1e-6)  # the same ties
+
+
+def test_near_uniform_and_normal_scores_keep_argmax(backend_name):
+    """Rows decided by their scores (or as near-uniform as early training gives) round
+    to counts within the noise of a random draw from Q: the default is then SeLa's
+    argmax itself, label for label, with no warning."""
+    normal = np.random.default_rng(12).standard_normal((2000, 20)).astype(np.float32)
+    for family_scores in (_tied("near-uniform", 2000, 20), normal):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            auto, labels, _ = solve(family_scores, backend_name, lam=25.0)
+            plain, argmax, _ = solve(family_scores, backend_name, lam=25.0, rounding="argmax")
+        assert auto.rounding == "argmax"
+        np.testing.assert_array_equal(labels, argmax)
+        counts = np.bincount(labels, minlength=20)
+        slack = equipart.rounding.count_slack(np.full(20, 100.0), auto.error, 20)
+        assert np.all(np.abs(counts - 100) <= slack)
+
+
+def test_count_slack_is_the_noise_of_a_random_rounding():
+    """Labels drawn from a converged Q (randomised rounding) stay inside the slack in
+    all but about FALSE_ALARM of draws; a collapse is far outside it."""
+    rng = np.random.default_rng(0)
+    n_rows, n_labels = 2000, 20
+    q = rng.dirichlet(np.ones(n_labels) * 0.5, size=n_rows)
+    mass = q.sum(axis=0)
+    slack = equipart.rounding.count_slack(mass, 0.0, n_labels)
+    outside = 0
+    for _ in range(200):
+        draws = (q.cumsum(axis=1) > rng.random((n_rows, 1))).argmax(axis=1)
+        outside += np.any(np.abs(np.bincount(draws, minlength=n_labels) - mass) > slack)
+    assert outside <= 2
+    assert 2000 - 100 > equipart.rounding.count_slack(np.array([100.0]), 0.0, n_labels)[0]
+
+
+def test_multi_head_rounds_each_head_on_its_own(backend_name):
+    """A tied head is balanced, a decided one keeps argmax: each as if solved alone."""
+    decided = np.random.default_rng(13).standard_normal((120, 6)).astype(np.float32) * 3
+    heads = np.stack([_tied("constant", 120, 6), decided])
+    stacked, labels, _ = solve(heads, backend_name, lam=25.0)
+    assert stacked.rounding == "balanced,argmax"
+    for h in range(2):
+        single, single_labels, _ = solve(heads[h], backend_name, lam=25.0)
+        np.testing.assert_array_equal(labels[h], single_labels)
+    np.testing.assert_array_equal(np.bincount(labels[0], minlength=6), [20] * 6)
+
+
+def test_relaxed_marginals_warn_on_a_collapse():
+    """Relaxed has no hard sizes to balance: argmax counts far from Q's own column masses
+    are warned about (the soft solution of constant scores is uniform)."""
+    scores = np.zeros((300, 5), np.float32)
+    relaxed = equipart.Relaxed(Uniform(), 1.0)
+    with pytest.warns(equipart.RoundingWarning, match="mass in Q is 60"):
+        result = assign_labels(scores, marginals=relaxed, backend="numpy")
+    assert result.rounding == "argmax"
+
+
+def test_a_sharp_problem_names_its_sharpness_when_it_stalls():
+    """Logits scaled by 100 at lam 25 (float64, which resolves them): 1,000 sweeps, then
+    the warning blamed masks and sizes out of reach; it now names lam times the scores'
+    spread, the real cause."""
+    scores = np.random.default_rng(0).standard_normal((2000, 20)) * 100
+    with pytest.warns(ConvergenceWarning, match="has not decreased since") as caught:
+        assign_labels(scores, lam=25.0)
+    message = str(caught[0].message)
+    assert "lam times the spread of the scores is 1.1" in message and "nats" in message
+    assert "divide the scores by their scale" in message
+    assert not message.split("since iteration")[1].startswith(" 1: the sizes may")
+
+
+# ---- sinkhorn_codes: SwAV's and DINOv2's loop -----------------------------------------
+
+
+def swav_sinkhorn(scores: np.ndarray, eps: float, n_iter: int) -> np.ndarray:
+    """The loop of SwAV's ``distributed_sinkhorn`` (and DINOv2's teacher Sinkhorn, eps
+    being the teacher temperature), in one process and float64: Q = exp(S / eps)^T
+    (K x B), Q /= sum(Q); n_iter times: rows (prototypes) to 1/K, then columns (samples)
+    to 1/B; Q *= B; return Q^T."""
+    q = np.exp(scores.astype(np.float64) / eps).T
+    q /= q.sum()
+    n_prototypes, batch = q.shape
+    for _ in range(n_iter):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= n_prototypes
+        q /= q.sum(axis=0, keepdims=True)
+        q /= batch
+    q *= batch
+    return q.T
+
+
+def swav_sinkhorn_shifted(scores: np.ndarray, eps: float, n_iter: int) -> np.ndarray:
+    """The same loop with exp(S / eps - max(S / eps)): exactly equivalent (every step is
+    a normalisation, which a common factor does not change), and finite wherever S / eps
+    does not span more than float64's exponent range."""
+    z = scores.astype(np.float64) / eps
+    return swav_sinkhorn(z - z[np.isfinite(z)].max(), 1.0, n_iter)
+
+
+def _prototype_scores(batch: int, n_prototypes: int, seed: int = 0) -> np.ndarray:
+    """Cosine similarities of unit embeddings and prototypes, as SwAV's head gives."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((batch, 32))
+    proto = rng.standard_normal((n_prototypes, 32))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    proto /= np.linalg.norm(proto, axis=1, keepdims=True)
+    return (emb @ proto.T).astype(np.float32)
+
+
+@pytest.mark.parametrize("family", ["cosine", "peaked"])
+@pytest.mark.parametrize("eps", [0.05, 0.04, 0.07])  # SwAV; DINOv2's teacher temperatures
+@pytest.mark.parametrize("n_iter", [1, 3, 10])
+def test_sinkhorn_codes_reproduce_the_published_loop(backend_name, family, eps, n_iter):
+    """To float32 rounding. The codes used to start with a row normalisation where SwAV
+    starts with a column step on the raw kernel: 5e-5 to 1e-2 apart on cosine scores at
+    eps 0.05, and up to 0.9 on peaked logits."""
+    if family == "cosine":
+        scores = _prototype_scores(96, 40)
+    else:
+        scores = (np.random.default_rng(1).standard_normal((96, 40)) * 0.3).astype(np.float32)
+        scores[np.arange(96), np.arange(96) % 40] += 0.5
+    codes = to_numpy(
+        equipart.sinkhorn_codes(
+            to_backend(scores, backend_name), eps, n_iter, backend=backend_of(backend_name)
+        )
+    )
+    want = swav_sinkhorn(scores, eps, n_iter)
+    assert codes.dtype == np.float32 and codes.shape == scores.shape
+    np.testing.assert_allclose(codes, want, rtol=2e-5, atol=2e-6)
+
+
+def test_sinkhorn_codes_stay_finite_where_the_published_loop_overflows(backend_name):
+    """|S| / eps beyond exp's range (logits of 40 at eps 0.05: exp(800) is inf in float64
+    too): the published loop returns NaN; the codes are finite and equal to the same loop
+    run with the maximum subtracted."""
+    scores = (np.random.default_rng(2).standard_normal((64, 24)) * 10 + 30).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(swav_sinkhorn(scores, 0.05, 3)).all()
+    codes = to_numpy(
+        equipart.sinkhorn_codes(
+            to_backend(scores, backend_name), 0.05, 3, backend=backend_of(backend_name)
+        )
+    )
+    assert np.isfinite(codes).all()
+    # float32 rounding of S / eps near 1,200 (its unit in the last place: 1.2e-4 nats)
+    np.testing.assert_allclose(codes, swav_sinkhorn_shifted(scores, 0.05, 3), atol=2e-5)
+
+
+def test_sinkhorn_codes_of_stacked_heads_and_masked_prototypes(backend_name):
+    """(H, B, K) codes are each head's; -inf (an impossible prototype for a sample) gets
+    exactly zero, as in the published loop (exp(-inf) = 0), and equals a -1e9 mask."""
+    heads = np.stack([_prototype_scores(50, 12, seed) for seed in (3, 4)])
+    masked = heads.copy()
+    masked[:, ::4, 5] = -np.inf
+    backend = backend_of(backend_name)
+    codes = to_numpy(equipart.sinkhorn_codes(to_backend(masked, backend_name), backend=backend))
+    for h in range(2):
+        np.testing.assert_allclose(codes[h], swav_sinkhorn(masked[h], 0.05, 3), atol=2e-6)
+    assert (codes[:, ::4, 5] == 0.0).all()
+    finite = to_numpy(
+        equipart.sinkhorn_codes(
+            to_backend(np.where(np.isinf(masked), -1e9, masked).astype(np.float32), backend_name),
+            backend=backend,
+        )
+    )
+    np.testing.assert_array_equal(codes, finite)

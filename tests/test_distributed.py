@@ -371,6 +371,40 @@ def _cuda(rank: int, world: int, workdir: str) -> dict:
     }
 
 
+TIED_SHARDS = [50, 0, 70]  # 120 rows
+INTEGER_SHARDS = [400, 250, 350]  # 1,000 rows
+
+
+def _trust_problems() -> dict[str, np.ndarray]:
+    """Tied scores (constant; integers 0..9), -inf masks and peaked prototype scores."""
+    rng = np.random.default_rng(31)
+    masked = _scores()
+    masked[:, 1:][rng.random((N_ROWS, N_LABELS - 1)) < 0.2] = -np.inf  # label 0: every row
+    peaked = (rng.standard_normal((257, 12)) * 0.3).astype(np.float32)
+    peaked[np.arange(257), np.arange(257) % 12] += 0.5
+    return {
+        "constant": np.zeros((120, 6), np.float32),
+        "integer": rng.integers(0, 10, (1000, 10)).astype(np.float32),
+        "masked": masked,
+        "peaked": peaked,
+    }
+
+
+def _trust(rank: int, world: int, workdir: str) -> dict:
+    """The default rounding on tied scores, -inf masks and SwAV's codes, across ranks."""
+    problems = _trust_problems()
+    out = {}
+    for name, shards in (("constant", TIED_SHARDS), ("integer", INTEGER_SHARDS)):
+        result = assign_labels(_shard(problems[name], shards, rank), 25.0, group="default")
+        out[name] = (result.labels, result.rounding)
+    masked = assign_labels(_shard(problems["masked"], SHARDS[3], rank), LAM, group="default")
+    out["masked"] = (masked.labels, masked.state.g)
+    out["codes"] = sinkhorn_codes(
+        _shard(problems["peaked"], SHARDS[3], rank), 0.05, 3, group="default"
+    )
+    return out
+
+
 def _factors() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(5)
     return rng.standard_normal((N_ROWS, 4), dtype=np.float32), rng.standard_normal(
@@ -399,6 +433,7 @@ def _factored(rank: int, world: int, workdir: str) -> dict:
 
 
 SCENARIOS = {
+    "trust": _trust,
     "equivalence": _equivalence,
     "factored": _factored,
     "rejections": _rejections,
@@ -570,3 +605,24 @@ def test_group_argument_is_checked_in_process():
     with pytest.raises(TypeError, match="^group: expected None"):
         assign_labels(scores, group=3)
     assert isinstance(equipart.assign_labels(scores, group=None), equipart.Assignment)
+
+
+def test_tied_scores_masks_and_swav_codes_across_ranks(tmp_path):
+    """Sharded over 3 ranks (one without rows): tied scores get their exact global sizes
+    under the default rounding, the same labels as in one process; -inf masks solve as
+    in one process; the codes are SwAV's loop with B the global batch."""
+    from test_core import swav_sinkhorn
+
+    results = _run_world(("trust",), 3, tmp_path)["trust"]
+    problems = _trust_problems()
+    parts = [results[rank] for rank in range(3)]
+    for name, size in (("constant", 20), ("integer", 100)):
+        labels = np.concatenate([p[name][0] for p in parts])
+        assert all(p[name][1] == "balanced" for p in parts)
+        assert np.bincount(labels).tolist() == [size] * problems[name].shape[1]
+        np.testing.assert_array_equal(labels, assign_labels(problems[name], 25.0).labels)
+    single = assign_labels(problems["masked"], LAM)
+    np.testing.assert_array_equal(np.concatenate([p["masked"][0] for p in parts]), single.labels)
+    np.testing.assert_allclose(parts[0]["masked"][1], single.state.g, atol=1e-6)
+    codes = np.concatenate([p["codes"] for p in parts])
+    np.testing.assert_allclose(codes, swav_sinkhorn(problems["peaked"], 0.05, 3), atol=2e-6)

@@ -7,6 +7,7 @@ not accumulate the file in the process's resident memory.
 
 from __future__ import annotations
 
+import mmap
 import re
 import warnings
 
@@ -150,13 +151,20 @@ def _rss_file_bytes() -> int:
     return int(match.group(1)) * 1024
 
 
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
-def test_read_only_memmap_does_not_stay_resident(tmp_path, monkeypatch):
-    """Sweeping a 48 MB file in 1 MiB blocks keeps the mapped file pages near one block."""
+@pytest.fixture
+def rss_file():
+    """``_rss_file_bytes``, where maps are released (madvise) and RssFile is reported."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        pytest.skip("needs madvise")
     try:
         _rss_file_bytes()
     except (OSError, AttributeError):
         pytest.skip("no /proc/self/status RssFile here")
+    return _rss_file_bytes
+
+
+def test_read_only_memmap_does_not_stay_resident(tmp_path, monkeypatch, rss_file):
+    """Sweeping a 48 MB file in 1 MiB blocks keeps the mapped file pages near one block."""
     monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 1 << 20)
     path = tmp_path / "big.npy"
     n_rows, n_labels = 120_000, 100
@@ -172,14 +180,60 @@ def test_read_only_memmap_does_not_stay_resident(tmp_path, monkeypatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for name in ("small.npy", "big.npy"):  # the small solve maps every library first
             peak.clear()
-            before = _rss_file_bytes()
+            before = rss_file()
             result = assign_labels(
                 np.load(tmp_path / name, mmap_mode="r"),
                 2.0,
                 tol=0.0,
                 max_iter=3,
                 backend="numpy",
-                callback=lambda i, e, start=before: peak.append(_rss_file_bytes() - start),
+                callback=lambda i, e, start=before: peak.append(rss_file() - start),
             )
     assert result.labels.shape == (n_rows,) and len(peak) == 3
     assert max(peak) < file_bytes / 8, (max(peak), file_bytes)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_streamed_half_precision_matches_in_memory(tmp_path, small_blocks, dtype):
+    """float16 .npy files (memmaps, read ahead block by block) and bfloat16 CPU tensors
+    streamed from a factory go through the Numba kernels, which read them as stored, and
+    give the labels of the same scores held in memory (duals and codes to float32
+    rounding: the sums run over other blocks)."""
+    pytest.importorskip("numba")
+    scores = _scores((301, 70), seed=3)
+    if dtype == "float16":
+        whole = scores.astype(np.float16)
+        np.save(tmp_path / "half.npy", whole)
+        given: object = tmp_path / "half.npy"
+        engine, source = open_source(np.load(given, mmap_mode="r"))
+        assert engine.name == "numba" and isinstance(source, StreamedArray)
+    else:
+        torch = pytest.importorskip("torch")
+        whole = torch.from_numpy(scores).to(torch.bfloat16)
+        given = RowBlocks(lambda: (whole[i : i + 40] for i in range(0, 301, 40)))
+    reference = assign_labels(whole, LAM, tol=1e-6, return_codes=True)
+    streamed = assign_labels(given, LAM, tol=1e-6, return_codes=True)
+    # float32 column sums over other row blocks: the same solution up to their rounding
+    labels, codes = (np.asarray(getattr(a, "numpy", lambda a=a: a)()) for a in
+                     (streamed.labels, streamed.codes))  # fmt: skip
+    want_labels, want_codes = (np.asarray(getattr(a, "numpy", lambda a=a: a)()) for a in
+                               (reference.labels, reference.codes))  # fmt: skip
+    np.testing.assert_array_equal(labels, want_labels)
+    assert streamed.converged and abs(streamed.n_iter - reference.n_iter) <= 1
+    np.testing.assert_allclose(streamed.state.g, reference.state.g, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(codes, want_codes, rtol=0, atol=1e-5)
+
+
+def test_pass_stopped_early_leaves_no_block_mapped(tmp_path, monkeypatch, rss_file):
+    """A consumer that stops after one block: the block it held and the one read ahead
+    for it are both released."""
+    monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 4 << 20)
+    path = tmp_path / "scores.npy"
+    np.save(path, _scores((100_000, 100)))
+    engine, source = open_source(np.load(path, mmap_mode="r"), "numpy")
+    before = rss_file()
+    passes = source.blocks(0)
+    first = next(passes)
+    assert float(first.sum()) == pytest.approx(float(_scores((100_000, 100))[: len(first)].sum()))
+    passes.close()
+    assert rss_file() - before < 1 << 20

@@ -14,12 +14,14 @@ from equipart import (
     Counts,
     Prior,
     Relaxed,
+    RoundingWarning,
     RowBlocks,
     SolverState,
     Uniform,
     assign_labels,
     sinkhorn_codes,
 )
+from equipart.validation import RESOLUTION
 
 GOOD = np.random.default_rng(0).standard_normal((20, 4))
 
@@ -157,8 +159,9 @@ def test_log_probabilities_are_checked(backend_name):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
     """lam times the largest logit beyond the sweep's float range: refused naming lam (and
-    eps for codes), with the bound for these scores; just below it the solve runs
-    without overflow."""
+    eps for codes), with the bound for these scores. Below it, lam is held to what the
+    sweep's float resolves (``test_lam_beyond_the_sweeps_resolution_is_refused``); just
+    below that bound the solve runs without overflow."""
     scores = (GOOD / np.abs(GOOD).max() * 4).astype(dtype)
     scores[0, 0] = 4.0  # the largest logit
     limit = float(np.finfo(dtype).max) / 4
@@ -168,11 +171,15 @@ def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
         assign_labels(to_backend(scores, backend_name), lam=limit / 3, backend=backend)
     with pytest.raises(ValueError, match="eps: .*pass eps above"):
         sinkhorn_codes(to_backend(scores, backend_name), eps=3 / limit, backend=backend)
+    with pytest.raises(ValueError, match=f"lam: .*which the {dtype} sweep rounds by up to"):
+        assign_labels(to_backend(scores, backend_name), lam=limit / 5, backend=backend)
+    resolved = RESOLUTION / (4.0 * float(np.finfo(dtype).eps) / 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no overflow inside the sweeps
         warnings.simplefilter("ignore", ConvergenceWarning)  # an LP-like lam: may not converge
+        warnings.simplefilter("ignore", RoundingWarning)
         result = assign_labels(
-            to_backend(scores, backend_name), lam=limit / 5, backend=backend, max_iter=20
+            to_backend(scores, backend_name), lam=0.99 * resolved, backend=backend, max_iter=20
         )
     assert np.isfinite(result.state.g).all()
 
@@ -215,8 +222,10 @@ def test_probabilities_bound_lam_by_log_k():
     probs[0] = [0.5, 0.5, 0.0, 0.0]
     with pytest.raises(ValueError, match=r"lam: .*1.39 in size"):
         assign_labels(probs, input="probs", lam=1e38)
+    with pytest.raises(ValueError, match=r"lam: .*which the float32 sweep rounds by up to"):
+        assign_labels(probs, input="probs", lam=1e36)  # resolved only below 1.2e5
     with pytest.warns(ConvergenceWarning):  # lam * log p = -inf for the zeros: no mass
-        assign_labels(probs, input="probs", lam=1e36, max_iter=5)
+        assign_labels(probs, input="probs", lam=1e5, max_iter=5)
 
 
 def _one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
@@ -543,3 +552,145 @@ def test_a_lam_at_which_every_score_underflows_is_refused():
         sinkhorn_codes(x, eps=1e300)
     assert assign_labels(x.astype(np.float64), lam=1e-300).converged  # float64 sweeps hold it
     assert np.bincount(assign_labels(x, lam=1e-30).labels).min() > 10
+
+
+# ---- -inf: an impossible label ---------------------------------------------------------
+
+
+def _masked_logits(dtype, input_kind: str = "logits"):
+    """Logits with a quarter of the entries masked (never a whole row or column)."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((240, 6)).astype(dtype)
+    masked = rng.random((240, 6)) < 0.25
+    masked[:, 0] = False  # every row keeps a label
+    if input_kind == "logprobs":
+        x = (x - np.log(np.exp(x.astype(np.float64)).sum(axis=1, keepdims=True))).astype(dtype)
+    return x, masked
+
+
+@pytest.mark.parametrize("input_kind", ["logits", "logprobs"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding", ["argmax", "balanced"])
+def test_neg_inf_masks_equal_finite_masks(backend_name, input_kind, dtype, rounding):
+    """torch's masked_fill(mask, -inf) was refused as "infinite"; it now gives exactly the
+    solve of a finite mask far below the rows' best (-1e9, or 1e8 below the best score):
+    zero probability, the same labels, dual and codes."""
+    x, masked = _masked_logits(dtype, input_kind)
+    backend = backend_of(backend_name)
+    runs = []
+    for fill in (-np.inf, -1e9, float(x.max()) - 1e8):
+        scores = np.where(masked, fill, x).astype(dtype)
+        result = assign_labels(
+            to_backend(scores, backend_name),
+            input=input_kind,
+            backend=backend,
+            rounding=rounding,
+            return_codes=rounding == "argmax",
+        )
+        runs.append(result)
+    labels = [to_numpy(r.labels) for r in runs]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.state.g, runs[0].state.g)
+        assert other.n_iter == runs[0].n_iter and other.objective == runs[0].objective
+    for other in labels[1:]:
+        np.testing.assert_array_equal(other, labels[0])
+    assert not masked[np.arange(240), labels[0]].any()
+    if rounding == "argmax":
+        codes = [to_numpy(r.codes) for r in runs]
+        assert (codes[0][masked] == 0.0).all()
+        np.testing.assert_array_equal(codes[1], codes[0])
+
+
+def test_neg_inf_with_exact_rounding_and_torch_masked_fill():
+    """The idiom itself: scores.masked_fill(mask, float("-inf")), on every rounding."""
+    torch = pytest.importorskip("torch")
+    x, masked = _masked_logits(np.float32)
+    logits = torch.from_numpy(x).masked_fill(torch.from_numpy(masked), float("-inf"))
+    reference = assign_labels(np.where(masked, -1e9, x), rounding="exact")
+    result = assign_labels(logits, rounding="exact")
+    np.testing.assert_array_equal(result.labels.numpy(), reference.labels)
+    for rounding in ("auto", "argmax", "balanced"):
+        labels = assign_labels(logits, rounding=rounding).labels.numpy()
+        assert not masked[np.arange(240), labels].any()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_pos_inf_are_still_refused(backend_name, bad):
+    x, _ = _masked_logits(np.float32)
+    x[5, 2] = bad
+    with pytest.raises(ValueError, match=r"^scores: contains NaN or \+inf values"):
+        assign_labels(to_backend(x, backend_name), backend=backend_of(backend_name))
+    with pytest.raises(ValueError, match=r"^scores: contains NaN or \+inf values"):
+        sinkhorn_codes(to_backend(x, backend_name), backend=backend_of(backend_name))
+
+
+def test_neg_inf_probabilities_are_refused():
+    probs = np.full((10, 2), 0.5)
+    probs[3, 1] = -np.inf
+    with pytest.raises(ValueError, match="input='probs' needs non-negative probabilities"):
+        assign_labels(probs, input="probs")
+
+
+def test_a_row_at_neg_inf_everywhere_is_refused_naming_it(backend_name):
+    x, _ = _masked_logits(np.float32)
+    x[37] = -np.inf
+    backend = backend_of(backend_name)
+    with pytest.raises(ValueError, match=r"^scores: row 37 is -inf at every label"):
+        assign_labels(to_backend(x, backend_name), backend=backend)
+    with pytest.raises(ValueError, match=r"^scores: row 37 is -inf at every label"):
+        sinkhorn_codes(to_backend(x, backend_name), backend=backend)
+    heads = np.stack([np.where(np.isinf(x), 0.0, x), x]).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^scores: row 37 of head 1 is -inf at every label"):
+        assign_labels(to_backend(heads, backend_name), backend=backend)
+    blocks = RowBlocks(lambda: (x[i : i + 50] for i in range(0, 240, 50)), 240, 6)
+    with pytest.raises(ValueError, match=r"^scores: row 37 is -inf at every label"):
+        assign_labels(blocks, backend="numpy")  # counted across streamed blocks
+
+
+def test_a_label_at_neg_inf_where_it_needs_rows_is_refused_naming_it(backend_name):
+    """A label -inf at every row, or at so many that fewer rows than its size remain,
+    cannot meet its target: refused before the solve, naming the label."""
+    x, _ = _masked_logits(np.float32)
+    backend = backend_of(backend_name)
+    everywhere = x.copy()
+    everywhere[:, 4] = -np.inf
+    with pytest.raises(ValueError, match=r"label 4: 0 rows, needs 40\)"):
+        assign_labels(to_backend(everywhere, backend_name), backend=backend)
+    with pytest.raises(ValueError, match=r"label\(s\) \[4\] have zero probability"):
+        sinkhorn_codes(to_backend(everywhere, backend_name), backend=backend)
+    short = x.copy()
+    short[:215, 4] = -np.inf  # 25 rows left for a size of 40
+    with pytest.raises(ValueError, match=r"a score above -inf at fewer rows.*label 4: 25 rows"):
+        assign_labels(to_backend(short, backend_name), backend=backend)
+    # with a size that fits, the same scores solve, and label 4 takes only its rows
+    sizes = Counts([50, 50, 50, 45, 25, 20])
+    labels = to_numpy(
+        assign_labels(
+            to_backend(short, backend_name), marginals=sizes, rounding="balanced", backend=backend
+        ).labels
+    )
+    np.testing.assert_array_equal(np.bincount(labels, minlength=6), sizes.sizes)
+    assert (labels[:215] != 4).all()
+
+
+def test_lam_beyond_the_sweeps_resolution_is_refused(backend_name):
+    """Logits scaled by 1e4 at lam 25: a float32 sweep rounds lam * L (1.2e6) by 0.07
+    nats; the solve ran 1,000 sweeps and then blamed masks and sizes out of reach. Now
+    refused up front with the numbers; float64 scores of the same values are not, and
+    a row offset is named as such."""
+    scores = np.random.default_rng(0).standard_normal((400, 20)) * 1e4
+    backend = backend_of(backend_name)
+    with pytest.raises(
+        ValueError,
+        match=r"^lam: lam = 25 times the rows' best scores \(.* in size\) is .*, which the "
+        r"float32 sweep rounds by up to 0\.0\d+ nats .*pass lam below .*or pass float64",
+    ):
+        assign_labels(to_backend(scores.astype(np.float32), backend_name), backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assign_labels(to_backend(scores, backend_name), backend=backend, max_iter=2)
+    offset = (np.random.default_rng(1).standard_normal((400, 20)) + 1e5).astype(np.float32)
+    with pytest.raises(ValueError, match="subtract each row's maximum"):
+        assign_labels(to_backend(offset, backend_name), backend=backend)
+    with pytest.raises(ValueError, match=r"^eps: 1/eps = 20 times .*pass eps above"):
+        sinkhorn_codes(to_backend(scores.astype(np.float32), backend_name), backend=backend)

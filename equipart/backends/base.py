@@ -84,13 +84,15 @@ def check_label_range(low: int, high: int, n_labels: int) -> None:
 class BlockCheck:
     """What input validation learns from one block of scores."""
 
-    all_finite: bool
+    # no NaN and no +inf anywhere (-inf is allowed: an impossible label, and min_value)
+    finite_or_neg_inf: bool
     min_value: float
     max_row_sum_deviation: float  # max_i |sum_j x_ij - 1|, only computed for probs
     max_value: float = float("nan")  # the largest entry (NaN: not reported by this backend)
-    # for probs: per label, the number of rows giving it a positive probability, int64
-    # (K,); None for other kinds or where the backend does not report it (an array: left
-    # out of ==, compare it with np.array_equal)
+    # per label, the number of rows where it is possible, int64 (K,): for probs the rows
+    # giving it a positive probability; for logits and logprobs the rows where its score
+    # is above -inf, reported only for blocks holding -inf (None: every row, or not
+    # reported by the backend). An array: left out of ==, compare it with np.array_equal
     support: np.ndarray | None = field(default=None, compare=False)
     # min_i max_j x_ij: the lowest of the rows' best entries (NaN: not reported)
     min_row_max: float = float("nan")
@@ -117,7 +119,8 @@ class Backend(ABC):
 
     @abstractmethod
     def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
-        """Validate one block: finiteness, minimum, and row sums for probabilities."""
+        """Validate one block: NaN and +inf, extremes, row sums and support (see
+        ``BlockCheck``)."""
 
     @abstractmethod
     def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
@@ -153,6 +156,19 @@ class Backend(ABC):
     @abstractmethod
     def stack(self, parts: list[Any]) -> Any:
         """Stack per-head results along a new first axis."""
+
+    def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
+        """log sum_i exp(lam * L_ij) over the block's rows (no row normalisation), float64
+        (K,) on the host: -inf for a label impossible at every row. lam * L is formed in
+        the compute precision, as in the sweep, and the sums are taken with each column's
+        maximum subtracted, so that no exp overflows. Merge blocks with ``np.logaddexp``.
+
+        This default copies the block to the host (``to_numpy``) and runs the NumPy
+        backend's; array-library backends compute it where the block lives.
+        """
+        from .numpy import NumpyBackend
+
+        return NumpyBackend().column_logsumexp(self.to_numpy(block), kind, lam)
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this process now (None: it can). ``"auto"``

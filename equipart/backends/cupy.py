@@ -237,12 +237,10 @@ class CupyBackend(Backend):
 
     def check(self, block: cp.ndarray, kind: ScoreKind) -> BlockCheck:
         with block.device:
-            finite = cp.ones((), dtype=cp.bool_)
             lows, highs, lowest_bests, deviations = [], [], [], []
             support = cp.zeros(block.shape[1], dtype=cp.int64)
             for rows in _row_blocks(*block.shape):
                 x = block[rows]
-                finite &= cp.isfinite(x).all()
                 lows.append(x.min().astype(cp.float64))
                 row_max = x.max(axis=1)
                 highs.append(row_max.max().astype(cp.float64))
@@ -251,12 +249,20 @@ class CupyBackend(Backend):
                     sums = x.sum(axis=1, dtype=cp.float64)
                     deviations.append(cp.abs(sums - 1.0).max())
                     support += cp.count_nonzero(x > 0, axis=0)
+            # min and max propagate NaN, and +inf is the maximum: no NaN or +inf iff both
+            # extremes are numbers and the maximum is below +inf (-inf: an impossible label)
             low, high = cp.stack(lows).min(), cp.stack(highs).max()
             lowest_best = cp.stack(lowest_bests).min()
             deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
-            host = cp.stack([finite.astype(cp.float64), low, deviation, high, lowest_best]).get()
+            host = cp.stack([low, deviation, high, lowest_best]).get()
+            valid = not (np.isnan(host[0]) or np.isnan(host[2])) and host[2] < np.inf
             counts = support.get() if kind == "probs" else None
-        return BlockCheck(bool(host[0]), *map(float, host[1:4]), counts, min_row_max=float(host[4]))
+            if kind != "probs" and valid and host[0] == -np.inf:  # masked labels: 2nd pass
+                counts = sum(
+                    cp.count_nonzero(block[rows] > -cp.inf, axis=0)
+                    for rows in _row_blocks(*block.shape)
+                ).get()
+        return BlockCheck(valid, *map(float, host[:3]), counts, min_row_max=float(host[3]))
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         with block.device:
@@ -288,6 +294,22 @@ class CupyBackend(Backend):
                 _normalise_rows(z)
                 out[rows] = z
         return out
+
+    def column_logsumexp(self, block: cp.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        """Blockwise CuPy operations on the block's device (one pass, O(K) to the host)."""
+        n_labels = block.shape[1]
+        with block.device:
+            zeros = cp.zeros(n_labels, dtype=compute_dtype(block.dtype))
+            total = cp.full(n_labels, -cp.inf, dtype=cp.float64)
+            for rows in _row_blocks(*block.shape):
+                z = _scaled(block[rows], kind, lam, zeros)
+                top = z.max(axis=0)
+                top = cp.where(top > -cp.inf, top, 0).astype(z.dtype)  # a column all -inf
+                z -= top
+                cp.exp(z, out=z)
+                part = cp.log(z.sum(axis=0, dtype=cp.float64)) + top
+                total = cp.logaddexp(total, part)
+            return total.get()
 
     def top_labels(
         self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int

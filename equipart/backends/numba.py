@@ -1,4 +1,4 @@
-"""The Numba backend: the fused sweep as parallel compiled kernels, one read per sweep.
+"""The Numba backend: the fused sweep as compiled kernels, one read per sweep.
 
 Same contract and notation as ``equipart.backends.base`` (z = lam * L + g, v = z - rowmax,
 Q = exp(v) / rowsum exp(v)); this module makes the sweep run near the speed of one read of
@@ -6,71 +6,93 @@ the scores.
 
 Parallelism and determinism
     The rows of a block are split into ``n_chunks`` contiguous chunks, a number that depends
-    only on the block's shape (never on the thread count). ``prange`` hands chunks to
-    threads; each chunk accumulates its own float64 column partials, and the partials are
-    merged in chunk order. The result is therefore bit-identical for any
-    ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``. The kernels call no BLAS.
+    only on the block's shape (never on the thread count). The kernels are compiled
+    serial and claim chunks one at a time from an atomic counter (``_run``): on the
+    calling thread alone for small blocks, with helper threads of this module's own
+    (``_Team``: no OpenMP or TBB runtime, so forked children run the kernels too) for
+    larger ones, scheduled dynamically so that a helper on a busy core takes fewer chunks
+    instead of holding up the call. Each chunk accumulates its own float64 column
+    partials, and the partials are merged in chunk order. The result is therefore
+    bit-identical for any ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads`` and any
+    schedule. The kernels call no BLAS.
 
 Memory
-    Per chunk: a few K-vectors and, for inputs that are not C-contiguous, a buffer of
-    ``SUB_ROWS`` rows (the row block is copied there, in the compute precision, in the
-    order of the input's strides). Column partials: ``n_chunks x K`` float64, capped at
-    ``PARTIALS_BYTES``. A solve's backend (``for_solve``) also keeps one number per row of
-    each block for its warm sweeps (``_sweep_kernel``). Nothing of size N x K is ever
-    allocated by a sweep.
+    Per thread and call: a few K-vectors and, for inputs that are not C-contiguous, a
+    buffer of ``SUB_ROWS`` rows (the row block is copied there, in the compute precision,
+    in the order of the input's strides). Column partials: ``n_chunks x K`` float64,
+    capped at ``PARTIALS_BYTES``. A solve's backend (``for_solve``) also keeps one number
+    per row of each block for its warm sweeps (``_sweep_kernel``). Nothing of size N x K
+    is ever allocated by a sweep.
 
 Precision
-    float32 inputs compute in float32 (float16 too, converted block by block), everything
-    else in float64; column sums accumulate over ``SUB_ROWS`` rows in the compute precision
-    and then in float64. ``labels`` and ``top_labels`` form z = float(lam) * L + float(g)
-    in the compute precision with separate roundings (no FMA), exactly as the NumPy
-    backend does, so they agree with it bit for bit (for ``probs`` up to the 1-ulp
-    differences between libm's and NumPy's ``log``).
+    float32 inputs compute in float32 (float16 and bfloat16 too, widened as they are read),
+    everything else in float64; column sums accumulate over ``SUB_ROWS`` rows in the
+    compute precision and then in float64. ``labels`` and ``top_labels`` form
+    z = float(lam) * L + float(g) in the compute precision with separate roundings (no
+    FMA), exactly as the NumPy backend does, so they agree with it bit for bit (for
+    ``probs`` up to the 1-ulp differences between libm's and NumPy's ``log``).
 
 exp
-    Numba has no vectorised float32 ``exp`` on this stack (no SVML-patched LLVM), and the
-    scalar libm call costs ~10x a read of the scores. The float32 sweep and codes kernels
-    therefore work in base-2 units (lam and g multiplied by log2 e, see ``_unit``) and
-    compute 2^w for w <= 0 with ``_exp_units``: n = roundeven(w), r = w - n (exact),
-    2^r by the degree-6 polynomial interpolating it at the Chebyshev nodes of [-1/2, 1/2]
-    (relative error 2.5e-9), and n added to the exponent bits. It is exact at 0, within
-    1 ulp of the correctly rounded value elsewhere (tests/test_numba.py), and returns 0
-    below 2^``EXP2_FLOOR`` (about 2.4e-38; libm would return subnormals) and for -inf.
-    Such terms only matter in column sums that underflow anyway, and there the driver
-    uses ``colmax``, computed exactly (by ``_colmax_kernel``) wherever a column sum is
-    zero. float64 uses ``math.exp``.
+    Numba has no vectorised ``exp`` on this stack (no SVML-patched LLVM), and the scalar
+    libm call costs ~10x a read of the scores. The sweep and codes kernels therefore work
+    in base-2 units (lam and g multiplied by log2 e, see ``_unit``) and compute 2^w for
+    w <= 0 with ``_exp_units``: n = roundeven(w), r = w - n (exact), 2^r by the
+    polynomial interpolating it at the Chebyshev nodes of [-1/2, 1/2] (degree 6 in
+    float32, relative error 2.5e-9; degree 11 in float64, 4e-18), and n added to the
+    exponent bits. It is exact at 0, within 1 ulp of the correctly rounded value
+    elsewhere (tests/test_numba.py), and returns 0 below 2^``EXP2_FLOOR`` (about 2.4e-38;
+    2^``EXP2_FLOOR_F64``, 4.5e-308, in float64; libm would return subnormals) and for
+    -inf. Such terms only matter in column sums that underflow anyway, and there the
+    driver uses ``colmax``, computed exactly (by ``_colmax_kernel``) wherever a column
+    sum is zero.
 """
 
 from __future__ import annotations
 
 import copy
+import decimal
 import math
 import os
+import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range, needs_exact_colmax
-from .numpy import NumpyBackend, compute_dtype
+from .base import BlockCheck, ColumnStats, ScoreKind, check_label_range
+from .numpy import NumpyBackend, compute_dtype, possible_rows
 
-__all__ = ["ConvertedRows", "NumbaBackend"]
+__all__ = ["BFloat16Bits", "NumbaBackend"]
 
 if numba.config.DISABLE_JIT:  # the kernels' LLVM intrinsics cannot run as Python
     raise ImportError("Numba's JIT is disabled (NUMBA_DISABLE_JIT=1)")
 
 SUB_ROWS = 64  # rows per sub-block: column sums flush to float64 once per sub-block
+ROW_PAD = 64  # the sweep's scratch rows are padded to a multiple of this many labels
+# From this many labels on, a warm row is shifted and exponentiated in one pass; below,
+# in two (see ``_sweep_kernel``): the faster of the two on either side, in side tests
+# on the 2-core AMD EPYC (float32 and float64, K = 250 and 1,000)
+FUSED_MIN_LABELS = 512
 MIN_CHUNK_ROWS = 128  # fewest rows per chunk: float64 partials stay <= 3.2% of float32 rows
 MAX_CHUNKS = 256  # most chunks (the merge reads n_chunks x K partials)
 PARTIALS_BYTES = 16 << 20  # cap on the float64 partials of one sweep
-CONVERT_ELEMENTS = 1 << 20  # block size when float16 / integer input is converted
+CONVERT_ELEMENTS = 1 << 20  # block size when integer input is converted
+# Blocks of fewer scores run on one thread (see ``_run``): below it, waking a helper costs
+# more than it saves (the crossover measured by benchmarks/bench_numba.py)
+PARALLEL_MIN_ELEMENTS = 1 << 19
+# A kernel call whose caller waited for its helpers' last chunks longer than this share of
+# its own working time (a helper descheduled by a busy core) runs the calls of the next
+# HELPER_PAUSE_S seconds on the calling thread alone (see ``_run``)
+HELPER_WAIT_SHARE = 0.25
+HELPER_PAUSE_S = 0.25
 
 # Fast-math for the kernels: reassociation (vectorised reductions) and FMA contraction,
 # but no "ninf", because g_j = -inf (zero-target labels) and log(0) (probabilities) are
@@ -80,16 +102,17 @@ _FAST = {"nnan", "nsz", "arcp", "reassoc", "contract", "afn"}
 _EXACT_Z = {"nnan", "nsz", "arcp", "reassoc", "afn"}
 _CHECK = {"nsz", "reassoc", "contract"}  # values may be NaN or inf: no "nnan", "ninf"
 _NO_REASSOC = {"nnan", "nsz", "arcp", "contract", "afn"}
-_OPTS = {"parallel": True, "cache": True, "nogil": True}
+_OPTS = {"cache": True, "nogil": True}
 
 _F32 = np.float32
-# float32 works in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e) needs no
-# multiply and the range reduction w = n + r (n = round(w)) is exact.
+# Both precisions work in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e)
+# needs no multiply and the range reduction w = n + r (n = round(w)) is exact.
 LOG2E = 1.0 / math.log(2.0)
 EXP2_FLOOR = _F32(-125.0)  # exp2 returns 0 below: 2^-125 = 2.4e-38, near float32's normal floor
-# A warm sweep's shift may exceed a row's maximum by up to WARM_SLACK kernel units (log2
-# for float32: the largest term is then at least 2^-30) and fall short of it by rounding
-# only; past WARM_SLACK_UP the exp would leave its domain, and the row is redone cold.
+EXP2_FLOOR_F64 = -1021.0  # the same for float64: 2^-1021 = 4.5e-308
+# A warm sweep's shift may exceed a row's maximum by up to WARM_SLACK kernel units (log2:
+# the largest term is then at least 2^-30) and fall short of it by rounding only; past
+# WARM_SLACK_UP the exp would leave its domain, and the row is redone cold.
 WARM_SLACK = 30.0
 WARM_SLACK_UP = 1.0
 MAX_WARM_BLOCKS = 64  # row-maximum caches per solve (heads x blocks); more stay cold
@@ -104,49 +127,76 @@ WARM_MAX_LABELS = 2048
 # other rows than last time: a loader reusing buffers) is swept cold for the rest of the
 # solve: a redone row costs about twice a cold one.
 WARM_GIVE_UP = 0.125
-# float32 terms below 2^-125 flush to 0, so a warm shift up to WARM_SLACK above a row's
-# maximum loses terms between 2^-125 and 2^-95 of it that the cold sweep keeps; they
-# matter only to a column whose whole mass is that small, which is then swept again cold.
-WARM_TINY_MASS = 2.0**-90
-_MANTISSA_BITS = np.int32(23)
-# 2^r on [-1/2, 1/2]: the degree-6 polynomial interpolating it at the Chebyshev nodes
-# (relative error 2.5e-9 = 0.04 float32 ulp; the middle node is r = 0, so p(0) = 1).
-_EXP2_POLY = tuple(
-    _F32(c)
-    for c in np.polynomial.Chebyshev.interpolate(np.exp2, 6, domain=[-0.5, 0.5])
-    .convert(kind=np.polynomial.Polynomial)
-    .coef
-)
+# Terms below 2^EXP2_FLOOR flush to 0, so a warm shift up to WARM_SLACK above a row's
+# maximum loses terms between 2^floor and 2^(floor + 30) of it that the cold sweep keeps;
+# they matter only to a column whose whole mass is below 2^(floor + 35) per row, which is
+# then swept again cold.
+WARM_TINY_MASS = {np.dtype(np.float32): 2.0**-90, np.dtype(np.float64): 2.0**-986}
 
 
-@intrinsic
-def _f32_bits(typingctx, value):
-    """The bits of a float32 as an int32 (an LLVM bitcast: free, and vectorisable)."""
-    if value != types.float32:
-        return None
+def _exp2_coefficients(degree: int) -> list[Fraction]:
+    """Power-basis coefficients, exact rationals, of the polynomial interpolating 2^r at
+    (float64 roundings of) the degree + 1 Chebyshev nodes of [-1/2, 1/2], with 2^r taken
+    to 40 digits: what is left in them is their final rounding to the kernel's precision
+    (a float64 or long double computation leaves errors of several ulp in the
+    coefficients above degree 2, enough to take the float64 exp2 past 1 ulp)."""
+    n = degree + 1
+    with decimal.localcontext() as context:
+        context.prec = 40
+        ln2 = decimal.Decimal(2).ln()
+        nodes = [Fraction(math.cos(math.pi * (k + 0.5) / n) / 2) for k in range(n)]
+        values = [
+            Fraction((decimal.Decimal(t.numerator) / t.denominator * ln2).exp()) for t in nodes
+        ]
+    # the Vandermonde system sum_i c_i t^i = 2^t at the nodes, by exact Gaussian elimination
+    rows = [[t**i for i in range(n)] + [value] for t, value in zip(nodes, values, strict=True)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, n):
+            factor = rows[r][col] / rows[col][col]
+            rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
+    coefs = [Fraction(0)] * n
+    for r in reversed(range(n)):
+        known = sum(rows[r][i] * coefs[i] for i in range(r + 1, n))
+        coefs[r] = (rows[r][n] - known) / rows[r][r]
+    return coefs
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
 
-    return types.int32(types.float32), codegen
+# 2^r on [-1/2, 1/2]. float32: degree 6 (relative error 2.5e-9 = 0.04 float32 ulp);
+# float64: degree 11 (relative error 4e-18 = 0.04 float64 ulp). The constant terms round to
+# exactly 1, so both are exact at r = 0.
+_EXP2_POLY = tuple(_F32(c) for c in _exp2_coefficients(6))
+_EXP2_POLY_F64 = tuple(float(c) for c in _exp2_coefficients(11))
 
 
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret the bits of an int32 as a float32 (an LLVM bitcast)."""
-    if bits != types.int32:
-        return None
+def _bitcast_intrinsic(source: types.Type, target: types.Type, llvm_target: ir.Type):
+    """An intrinsic reinterpreting the bits of ``source`` as ``target`` (an LLVM bitcast:
+    free, and vectorisable)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+    def typer(typingctx, value):
+        if value != source:
+            return None
 
-    return types.float32(types.int32), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_target)
+
+        return target(source), codegen
+
+    typer.__name__ = typer.__qualname__ = f"_bits_{source}_to_{target}"
+    return intrinsic(typer)
+
+
+_f32_bits = _bitcast_intrinsic(types.float32, types.int32, ir.IntType(32))
+_f32_from_bits = _bitcast_intrinsic(types.int32, types.float32, ir.FloatType())
+_f64_bits = _bitcast_intrinsic(types.float64, types.int64, ir.IntType(64))
+_f64_from_bits = _bitcast_intrinsic(types.int64, types.float64, ir.DoubleType())
 
 
 @intrinsic
 def _round_even(typingctx, value):
     """value rounded to the nearest integer (ties to even), as LLVM's roundeven."""
-    if value != types.float32:
+    if value not in (types.float32, types.float64):
         return None
 
     def codegen(context, builder, signature, args):
@@ -154,7 +204,8 @@ def _round_even(typingctx, value):
         fn = builder.module.declare_intrinsic("llvm.roundeven", [ty], ir.FunctionType(ty, [ty]))
         return builder.call(fn, args)
 
-    return types.float32(types.float32), codegen
+    return value(value), codegen
+
 
 
 def _minmax_intrinsic(llvm_name: str):
@@ -183,98 +234,225 @@ _fmax = _minmax_intrinsic("llvm.maxnum")
 _fmin = _minmax_intrinsic("llvm.minnum")
 
 
-_PARALLEL_LOCK = threading.Lock()
-# Set in a child process forked after GNU OpenMP (Numba's "omp" layer with libgomp) had
-# started in the parent: any parallel kernel there would abort the child ("fork() called
-# from a process already using GNU OpenMP"). Such a child gets this message instead.
-_FORK_BLOCKED: str | None = None
+@intrinsic
+def _fetch_add(typingctx, counters, index):
+    """Atomically add 1 to ``counters[index]`` (a C-contiguous 1-D int64 array) and return
+    its previous value (an LLVM ``atomicrmw add``, sequentially consistent)."""
+    if not (
+        isinstance(counters, types.Array)
+        and counters.dtype == types.int64
+        and counters.ndim == 1
+        and isinstance(index, types.Integer)
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        position = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = builder.gep(array.data, [position])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", pointer, one, "seq_cst")
+
+    return types.int64(counters, index), codegen
 
 
-def _after_fork_in_child() -> None:
-    global _FORK_BLOCKED
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel code ran in the parent: the child picks its own layer
+@njit(inline="always")
+def _claim(counters):
+    """The next unclaimed chunk of a kernel call (``counters[0]`` counts claims)."""
+    return _fetch_add(counters, 0)
+
+
+@njit(inline="always")
+def _finish(counters, n_chunks):
+    """Count a finished chunk (``counters[1]``); True for the call that finished the last."""
+    return _fetch_add(counters, 1) == n_chunks - 1
+
+
+class _Team:
+    """Helper threads for the kernels: each serves kernel calls from one shared queue."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None], copies: int) -> None:
+        """Queue ``copies`` runs of ``task``, starting helper threads up to that many."""
+        with self._lock:
+            while self._size < copies:
+                name = f"equipart-numba-{self._size}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
+                self._size += 1
+        for _ in range(copies):
+            self._tasks.put(task)
+
+    def _serve(self) -> None:
+        while True:
+            self._tasks.get()()
+
+
+_TEAM = _Team()
+
+
+def _new_team_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own when needed."""
+    global _TEAM
+    _TEAM = _Team()
+
+
+os.register_at_fork(after_in_child=_new_team_in_child)
+
+
+class _HelperPause:
+    """Until when (``time.perf_counter``) kernel calls run without helpers."""
+
+    until = 0.0
+
+
+def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any) -> None:
+    """``kernel(counters, *args)`` over its ``n_chunks`` chunks, with dynamic scheduling.
+
+    Every kernel claims chunks one at a time (``_claim``) until none is left. Blocks of
+    fewer than ``PARALLEL_MIN_ELEMENTS`` scores run on the calling thread alone. Larger
+    ones also queue ``numba.get_num_threads() - 1`` helper calls of the same kernel: each
+    claims whatever chunks remain when it starts, so a helper that a busy core delays
+    takes a smaller share, or none, and the caller waits only for chunks a helper has
+    claimed and not yet finished, never for a helper to start. A helper that the OS
+    took off its core while it held a chunk can still hold up the caller; a call that
+    waited for its helpers longer than HELPER_WAIT_SHARE of its own working time sends
+    the kernel calls of the next HELPER_PAUSE_S seconds to the calling thread alone.
+    """
+    counters = np.zeros(2, dtype=np.int64)
+    helpers = 0
+    if n_elements >= PARALLEL_MIN_ELEMENTS:
+        helpers = min(numba.get_num_threads(), n_chunks) - 1
+    if helpers <= 0 or time.perf_counter() < _HelperPause.until:
+        kernel(counters, *args)
         return
-    if layer == "omp":
-        from numba.np.ufunc import omppool
+    finished = threading.Event()
+    failures: list[BaseException] = []
 
-        if omppool.openmp_vendor == "GNU":
-            _FORK_BLOCKED = (
-                "Numba's threading layer in this process is GNU OpenMP, started before the "
-                "process was forked, and GNU OpenMP cannot run in a forked child; start "
-                "workers with multiprocessing's 'spawn' or 'forkserver' method, or set "
-                "NUMBA_THREADING_LAYER=workqueue (or install TBB) before the first solve"
-            )
+    def helper() -> None:
+        try:
+            if kernel(counters, *args):
+                finished.set()
+        except BaseException as exc:  # surfaced in the calling thread
+            failures.append(exc)
+            finished.set()
 
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@contextmanager
-def _parallel_section() -> Iterator[None]:
-    """Around every parallel kernel call: refused in a child forked from a GNU OpenMP
-    process (see ``_FORK_BLOCKED``); exclusive under Numba's workqueue threading layer
-    (used where neither TBB nor OpenMP is available), which aborts the process when two
-    threads run parallel code at once; other layers take concurrent calls as they are."""
-    if _FORK_BLOCKED is not None:
-        raise RuntimeError(f"backend: 'numba' cannot run here: {_FORK_BLOCKED}")
-    try:
-        exclusive = numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-        exclusive = True
-    if not exclusive:
-        yield
-        return
-    with _PARALLEL_LOCK:
-        yield
+    _TEAM.submit(helper, helpers)
+    start = time.perf_counter()
+    if not kernel(counters, *args):  # a helper finishes the last chunk: wait for it
+        own = time.perf_counter() - start
+        finished.wait()
+        if time.perf_counter() - start - own > HELPER_WAIT_SHARE * own:
+            _HelperPause.until = time.perf_counter() + HELPER_PAUSE_S
+    if failures:
+        raise failures[0]
 
 
 def _unit(dtype: np.dtype) -> float:
-    """Kernel units per natural-log unit: log2(e) for float32 (base 2), 1 for float64."""
-    return LOG2E if dtype == np.float32 else 1.0
+    """Kernel units per natural-log unit: log2(e) (the kernels exponentiate in base 2)."""
+    return LOG2E
 
 
 def _exp_units(w):
-    """exp of a non-positive number w given in kernel units (2^w in float32, e^w in float64)."""
-    return math.exp(w)
+    """2^w for a non-positive number w in kernel units (base 2), float32 or float64."""
+    return math.exp2(w)
 
 
 @overload(_exp_units, jit_options={"fastmath": _FAST})
 def _exp_units_impl(w):
-    if w != types.float32:
-        return lambda w: math.exp(w)
+    if w == types.float32:
+        c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
 
-    c0, c1, c2, c3, c4, c5, c6 = _EXP2_POLY
+        def poly(r):
+            return c0 + r * (c1 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
 
-    def exp2_f32(w):
-        # No clamp of w before the reduction: lanes with w < EXP2_FLOOR (-inf included)
+        floor, bits, from_bits, int_t, mantissa = (
+            EXP2_FLOOR, _f32_bits, _f32_from_bits, np.int32, np.int32(23)
+        )
+    elif w == types.float64:
+        d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11 = _EXP2_POLY_F64
+
+        def poly(r):
+            p = d11 * r + d10
+            p = (((p * r + d9) * r + d8) * r + d7) * r + d6
+            return (((((p * r + d5) * r + d4) * r + d3) * r + d2) * r + d1) * r + d0
+
+        floor, bits, from_bits, int_t, mantissa = (
+            EXP2_FLOOR_F64, _f64_bits, _f64_from_bits, np.int64, np.int64(52)
+        )
+    else:
+        return None
+    poly = njit(fastmath=_FAST, inline="always")(poly)
+
+    def exp2(w):
+        # No clamp of w before the reduction: lanes with w below the floor (-inf included)
         # compute garbage (poison in LLVM's terms) that the final select discards.
         n = _round_even(w)
         r = w - n  # exact, in [-1/2, 1/2]
-        p = c6
-        p = p * r + c5
-        p = p * r + c4
-        p = p * r + c3
-        p = p * r + c2
-        p = p * r + c1
-        p = p * r + c0
-        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5]; where kept, n >= -125)
-        bits = np.int32(_f32_bits(p) + (np.int32(n) << _MANTISSA_BITS))
+        p = poly(r)  # Horner, one FMA per coefficient
+        # p * 2^n by adding n to p's exponent field (p in [0.7, 1.5]; where kept, the
+        # biased exponent stays >= 1)
+        out = int_t(bits(p) + (int_t(n) << mantissa))
         # below the floor: the bits of +0.0 (one masked move on AVX-512)
-        return _f32_from_bits(bits if w >= EXP2_FLOOR else np.int32(0))
+        return from_bits(out if w >= floor else int_t(0))
 
-    return exp2_f32
+    return exp2
+
+
+@intrinsic
+def _half_to_f32(typingctx, bits):
+    """The float16 whose bits are ``bits`` (uint16), widened to float32 (exact: LLVM's
+    ``fpext``, which vectorises to vcvtph2ps)."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+def _widen(value):
+    """A score as the kernels compute with it: float32 and float64 as they are, the bits of
+    a float16 (uint16) or of a bfloat16 (int16, see ``BFloat16Bits``) widened to float32."""
+    return value
+
+
+@overload(_widen, inline="always")
+def _widen_impl(value):
+    if value == types.uint16:
+        return lambda value: _half_to_f32(value)
+    if value == types.int16:  # bfloat16: the high half of a float32
+        return lambda value: _f32_from_bits(np.int32(np.int32(np.uint16(value)) << 16))
+    return lambda value: value
+
+
+def _row_buffer(x):
+    """A scratch block of SUB_ROWS rows of x in the precision the kernels compute it in."""
+    return np.empty((SUB_ROWS, x.shape[1]), dtype=x.dtype)
+
+
+@overload(_row_buffer, inline="always")
+def _row_buffer_impl(x):
+    if x.dtype in (types.uint16, types.int16):  # 16-bit floats' bits: widened to float32
+        return lambda x: np.empty((SUB_ROWS, x.shape[1]), dtype=np.float32)
+    return lambda x: np.empty((SUB_ROWS, x.shape[1]), dtype=x.dtype)
 
 
 def _load_rows(x, start, stop, buf):
-    """Rows start:stop of x, C-contiguous in the compute precision (a view where possible)."""
+    """Rows start:stop of x, C-contiguous (a view where possible; otherwise copied into
+    ``buf``, a SUB_ROWS-row block of the compute precision, in the order of x's strides);
+    callers read every value through ``_widen``."""
     return x[start:stop]
 
 
 @overload(_load_rows)
 def _load_rows_impl(x, start, stop, buf):
-    if x.layout == "C" and x.dtype == buf.dtype:
+    # 16-bit floats' bits are widened where the row loops read them (``_widen``)
+    if x.layout == "C" and (x.dtype == buf.dtype or x.dtype in (types.uint16, types.int16)):
         return lambda x, start, stop, buf: x[start:stop]
 
     def copy_rows(x, start, stop, buf):
@@ -284,11 +462,11 @@ def _load_rows_impl(x, start, stop, buf):
         if x.strides[0] <= x.strides[1]:  # column-major-like: walk down the columns
             for j in range(n_labels):
                 for i in range(n_rows):
-                    out[i, j] = x[start + i, j]
+                    out[i, j] = _widen(x[start + i, j])
         else:
             for i in range(n_rows):
                 for j in range(n_labels):
-                    out[i, j] = x[start + i, j]
+                    out[i, j] = _widen(x[start + i, j])
         return out
 
     return copy_rows
@@ -299,20 +477,19 @@ def _scale_row_py(row, probs, lam, g, z):
     m = z.dtype.type(-np.inf)
     if probs:
         for j in range(row.shape[0]):
-            zj = lam * np.log(row[j]) + g[j]
+            zj = lam * np.log(_widen(row[j])) + g[j]
             z[j] = zj
             m = _fmax(m, zj)
     else:
         for j in range(row.shape[0]):
-            zj = lam * row[j] + g[j]
+            zj = lam * _widen(row[j]) + g[j]
             z[j] = zj
             m = _fmax(m, zj)
     return m
 
 
-# One body, compiled twice: with the sweep's fast-math flags, and with the NumPy backend's
-# roundings (no FMA) for the passes whose results must match it bit for bit.
-_scale_row = njit(fastmath=_FAST)(_scale_row_py)
+# z with the NumPy backend's roundings (no FMA), for the passes whose results must match
+# it bit for bit (the sweep's passes form z with ``_shifted_row``)
 _scale_row_exact = njit(fastmath=_EXACT_Z)(_scale_row_py)
 
 
@@ -339,73 +516,93 @@ def _chunk_bounds(c, n_chunks, n_rows):
 
 
 @njit(fastmath=_FAST, inline="always")
-def _row_max(row, probs, lam, g, z):
-    """max_j z_j for one row, z = lam * L + g. For probabilities z is stored (by
-    ``_scale_row``: its logarithm is costly); for scores it is not, and ``_exp_fold_row``
-    recomputes it with the same expression and flags, so the maximum is attained."""
+def _shifted_row(row, probs, lam, g, w, shift):
+    """w_j = z_j - shift for one row, z = lam * L + g (for scores formed by ``_affine``, so
+    that z_j - max_k z_k <= 0 exactly; probabilities are swept cold: their shift is 0);
+    returns max_j w_j. w may be longer than the row: its tail is left as it is."""
+    w_max = w.dtype.type(-np.inf)
     if probs:
-        return _scale_row(row, probs, lam, g, z)
-    m = z.dtype.type(-np.inf)
-    for j in range(row.shape[0]):
-        m = _fmax(m, _affine(lam, row[j], g[j]))
-    return m
+        for j in range(row.shape[0]):
+            wj = lam * np.log(_widen(row[j])) + g[j]
+            w[j] = wj
+            w_max = _fmax(w_max, wj)
+    else:
+        for j in range(row.shape[0]):
+            wj = _affine(lam, _widen(row[j]), g[j]) - shift
+            w[j] = wj
+            w_max = _fmax(w_max, wj)
+    return w_max
 
 
 @njit(fastmath=_FAST, inline="always")
-def _exp_fold_row(row, probs, lam, g, z, m, e, acc, weight):
-    """One pass over a row: acc += weight * e (the column-sum update of the previous row,
-    whose exponentials e still hold) and then e = exp(z - m) for this row, in kernel
-    units. Returns this row's sum_j e_j and max_j (z_j - m) (which callers that passed
-    the exact maximum ignore, and the compiler then drops)."""
+def _exp_fold(w, m, e, acc, weight):
+    """acc += weight * e (the column-sum update of the previous row, whose exponentials e
+    still hold), then e = exp(w - m) for this row, in kernel units; returns sum_j e_j.
+    Runs over the padded length of w (a multiple of ROW_PAD; past K, w = -inf and e = 0),
+    so that the vectorised loop has no scalar remainder, where each exp would cost about
+    as much as a vector of them."""
+    s = e.dtype.type(0.0)
+    for j in range(w.shape[0]):
+        acc[j] += e[j] * weight
+        ej = _exp_units(w[j] - m)
+        e[j] = ej
+        s += ej
+    return s
+
+
+@njit(fastmath=_FAST, inline="always")
+def _shift_exp_fold(row, lam, g, shift, e, acc, weight):
+    """``_shifted_row`` and ``_exp_fold`` of a row of scores in one pass (no scratch row:
+    faster for wide rows, where the scalar remainder weighs little); returns sum_j e_j and
+    max_j (z_j - shift)."""
     s = e.dtype.type(0.0)
     w_max = e.dtype.type(-np.inf)
-    if probs:
-        for j in range(row.shape[0]):
-            acc[j] += e[j] * weight
-            w = z[j] - m
-            w_max = _fmax(w_max, w)
-            ej = _exp_units(w)
-            e[j] = ej
-            s += ej
-    else:
-        for j in range(row.shape[0]):
-            acc[j] += e[j] * weight
-            w = _affine(lam, row[j], g[j]) - m
-            w_max = _fmax(w_max, w)
-            ej = _exp_units(w)
-            e[j] = ej
-            s += ej
+    for j in range(row.shape[0]):
+        acc[j] += e[j] * weight
+        w = _affine(lam, _widen(row[j]), g[j]) - shift
+        w_max = _fmax(w_max, w)
+        ej = _exp_units(w)
+        e[j] = ej
+        s += ej
     return s, w_max
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm, delta, redone):
+def _sweep_kernel(
+    counters, x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm, delta, redone
+):
     """Per-chunk float64 column sums of Q for one sweep, and each row's maximum of z.
 
-    Cold (``warm`` False): two passes over each row while it is in cache, the row maximum
-    m, then exp and the row sum with the previous row's column-sum update folded in (the
-    accumulator is loaded and stored once per row, and the maximum loop stays light).
-    Warm: the maximum pass is skipped. The row is shifted by c = m_prev + delta, where
-    m_prev is its maximum in the previous sweep (``row_max`` on entry) and delta the
-    largest increase of any g_j since then, so max_j z_j <= c; the exp pass also returns
-    max_j (z_j - c), which gives this sweep's maximum for free and checks the shift: a row
-    where it is above WARM_SLACK_UP (the shift did not bound the row: not expected, but
-    then nothing is assumed) or below -WARM_SLACK (too loose a shift) is redone cold.
-    Either way Q = e / sum e is the same up to rounding. With ``track`` the row's maximum
-    is written to ``row_max`` (N long; otherwise it may be a 1-element dummy), and each
-    chunk counts its warm rows that were redone cold in ``redone[c]``. Scores only
-    (probabilities keep the cold path: their logarithm pass is the costly one). The
-    column maximum of v is not computed here (see ``_colmax_kernel``).
+    Each row is worked on in two passes while it is in cache: z (or z - shift) into a
+    scratch row w with its maximum, then exp, the row sum and the previous row's
+    column-sum update (the accumulator is loaded and stored once per row). Cold (``warm``
+    False): w = z and the exp pass subtracts the row maximum m. Warm: the row is shifted by
+    c = m_prev + delta, where m_prev is its maximum in the previous sweep (``row_max`` on
+    entry) and delta the largest increase of any g_j since then, so max_j z_j <= c; the
+    first pass then gives this sweep's maximum c + max_j (z_j - c) for free and checks the
+    shift: a row where max_j (z_j - c) is above WARM_SLACK_UP (the shift did not bound the
+    row: not expected, but then nothing is assumed) or below -WARM_SLACK (too loose a
+    shift) is redone cold. For K >= FUSED_MIN_LABELS a warm row takes one pass
+    (``_shift_exp_fold``), checked after its column-sum update. Either way Q = e / sum e
+    is the same up to rounding. With ``track`` the row's maximum is written to
+    ``row_max`` (N long; otherwise it may be a 1-element dummy), and each chunk counts its
+    warm rows that were redone cold in ``redone[c]``. Scores only (probabilities keep the
+    cold path: their logarithm pass is the costly one). The column maximum of v is not
+    computed here (see ``_colmax_kernel``).
     """
     n_rows, n_labels = x.shape
     zero, one, none = g.dtype.type(0.0), g.dtype.type(1.0), g.dtype.type(-np.inf)
     slack, slack_up = g.dtype.type(-WARM_SLACK), g.dtype.type(WARM_SLACK_UP)
-    for c in prange(n_chunks):
+    fused = warm and n_labels >= FUSED_MIN_LABELS
+    padded = -(-n_labels // ROW_PAD) * ROW_PAD
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    w = np.full(padded, none, dtype=g.dtype)  # the row, shifted (past K: -inf)
+    e = np.zeros(padded, dtype=g.dtype)  # exp of the row awaiting its column update
+    acc = np.empty(padded, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
-        e = np.zeros(n_labels, dtype=g.dtype)  # exp of the row awaiting its column update
-        acc = np.empty(n_labels, dtype=g.dtype)
         total = colsum_parts[c]
         misses = 0
         for b0 in range(r0, r1, SUB_ROWS):
@@ -414,9 +611,9 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm
             acc[:] = zero
             weight = zero  # 1 / rowsum of the row held in e (0: nothing pending)
             for i in range(b1 - b0):
-                shift = row_max[b0 + i] + delta if warm else none  # (one dtype)
-                if shift > -np.inf:
-                    s, w_max = _exp_fold_row(rows[i], probs, lam, g, z, shift, e, acc, weight)
+                shift = row_max[b0 + i] + delta if warm else none
+                if shift > -np.inf and fused:
+                    s, w_max = _shift_exp_fold(rows[i], lam, g, shift, e, acc, weight)
                     if slack <= w_max <= slack_up:
                         row_max[b0 + i] = shift + w_max
                         weight = one / s
@@ -424,54 +621,107 @@ def _sweep_kernel(x, probs, lam, g, n_chunks, colsum_parts, row_max, track, warm
                     e[:] = zero  # redo this row cold (the previous row is already folded)
                     weight = zero
                     misses += 1
-                m = _row_max(rows[i], probs, lam, g, z)
+                elif shift > -np.inf:
+                    w_max = _shifted_row(rows[i], probs, lam, g, w, shift)
+                    if slack <= w_max <= slack_up:
+                        row_max[b0 + i] = shift + w_max
+                        weight = one / _exp_fold(w, zero, e, acc, weight)
+                        continue
+                    misses += 1  # redo this row cold
+                m = _shifted_row(rows[i], probs, lam, g, w, zero)
                 if track:
                     row_max[b0 + i] = m
                 if m == -np.inf:  # no label reachable from this row: it carries no mass
                     continue  # (the pending row in e stays pending)
-                s, _ = _exp_fold_row(rows[i], probs, lam, g, z, m, e, acc, weight)
-                weight = one / s
+                weight = one / _exp_fold(w, m, e, acc, weight)
             for j in range(n_labels):
                 total[j] += acc[j] + e[j] * weight
         redone[c] = misses
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _colmax_kernel(x, probs, lam, g, n_chunks, colmax_parts):
+def _colmax_kernel(counters, x, probs, lam, g, n_chunks, colmax_parts):
     """Per-chunk column maxima of v = z - max_k z_k (the underflow guard; run only when a
     column sum of the sweep is exactly zero)."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    zero = g.dtype.type(0.0)
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         cmax = colmax_parts[c]
         cmax[:] = -np.inf
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
-                m = _scale_row(rows[i], probs, lam, g, z)
+                m = _shifted_row(rows[i], probs, lam, g, z, zero)
                 if m == -np.inf:
                     continue
                 for j in range(n_labels):
                     cmax[j] = _fmax(cmax[j], z[j] - m)
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _codes_kernel(x, probs, lam, g, n_chunks, out):
+def _column_lse_kernel(counters, x, probs, lam, g, n_chunks, top_parts, sum_parts):
+    """Per chunk c, over its rows: top_parts[c, j] = max_i z_ij and sum_parts[c, j] =
+    sum_i exp(z_ij - top_parts[c, j]) (float64), z = lam * L + g in kernel units: the
+    raw column log-sum-exp of ``column_logsumexp`` (g = 0), two passes over the chunk."""
+    n_rows, n_labels = x.shape
+    zero = g.dtype.type(0.0)
+    buf = _row_buffer(x)
+    z = np.empty(n_labels, dtype=g.dtype)
+    shift = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
+        r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
+        top = top_parts[c]
+        top[:] = -np.inf
+        for b0 in range(r0, r1, SUB_ROWS):
+            rows = _load_rows(x, b0, min(b0 + SUB_ROWS, r1), buf)
+            for i in range(rows.shape[0]):
+                _shifted_row(rows[i], probs, lam, g, z, zero)
+                for j in range(n_labels):
+                    top[j] = _fmax(top[j], z[j])
+        for j in range(n_labels):  # 0 for a column that is -inf throughout
+            shift[j] = top[j] if top[j] > -np.inf else zero
+        total = sum_parts[c]
+        for b0 in range(r0, r1, SUB_ROWS):
+            rows = _load_rows(x, b0, min(b0 + SUB_ROWS, r1), buf)
+            for i in range(rows.shape[0]):
+                _shifted_row(rows[i], probs, lam, g, z, zero)
+                for j in range(n_labels):
+                    total[j] += _exp_units(z[j] - shift[j])
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
+
+
+@njit(**_OPTS, fastmath=_FAST)
+def _codes_kernel(counters, x, probs, lam, g, n_chunks, out):
     """out = Q for every row of x (rows sum to 1), in the compute precision."""
     n_rows, n_labels = x.shape
     zero, one = g.dtype.type(0.0), g.dtype.type(1.0)
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 q = out[b0 + i]
-                m = _scale_row(rows[i], probs, lam, g, q)
+                m = _shifted_row(rows[i], probs, lam, g, q, zero)
                 if m == -np.inf:
                     q[:] = np.nan
                     continue
@@ -483,16 +733,21 @@ def _codes_kernel(x, probs, lam, g, n_chunks, out):
                 inv = one / s
                 for j in range(n_labels):
                     q[j] *= inv
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_EXACT_Z)
-def _labels_kernel(x, probs, lam, g, n_chunks, out):
+def _labels_kernel(counters, x, probs, lam, g, n_chunks, out):
     """out_i = argmax_j z_ij, the first index among ties."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -502,17 +757,22 @@ def _labels_kernel(x, probs, lam, g, n_chunks, out):
                 while z[best] != top:
                     best += 1
                 out[b0 + i] = best
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_EXACT_Z)
-def _top_kernel(x, probs, lam, g, n_chunks, indices, values):
+def _top_kernel(counters, x, probs, lam, g, n_chunks, indices, values):
     """The k = indices.shape[1] largest z_ij per row, best first, lower index on ties."""
     n_rows, n_labels = x.shape
     k = indices.shape[1]
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
+    z = np.empty(n_labels, dtype=g.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
-        z = np.empty(n_labels, dtype=g.dtype)
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
@@ -540,24 +800,29 @@ def _top_kernel(x, probs, lam, g, n_chunks, indices, values):
                     idx[t] = j
                     if filled < k:
                         filled += 1
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_FAST)
-def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
+def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
     """parts[c] = sum over chunk c of log P_i,labels_i (kind_code 0 logits, 1 logprobs,
     2 probs). For logits the row's log-sum-exp is subtracted: log P_il = x_il - m_i -
     log sum_j exp(x_ij - m_i), the sum taken in the compute precision (``unit`` holds the
     kernel unit in it) and everything else in float64."""
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = np.empty((SUB_ROWS, n_labels), dtype=unit.dtype)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=unit.dtype)
         total = 0.0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             if kind_code != 0:
                 for i in range(b0, b1):
-                    picked = np.float64(x[i, labels[i]])
+                    picked = np.float64(_widen(x[i, labels[i]]))
                     if kind_code == 1:
                         total += picked
                     else:
@@ -566,30 +831,38 @@ def _logprob_kernel(x, kind_code, unit, labels, n_chunks, parts):
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 row = rows[i]
-                m = row[0]
+                m = _widen(row[0])
                 for j in range(1, n_labels):
-                    m = _fmax(m, row[j])
+                    m = _fmax(m, _widen(row[j]))
                 s = unit[0] * 0
                 for j in range(n_labels):
-                    s += _exp_units((row[j] - m) * unit[0])
-                picked = np.float64(row[labels[b0 + i]])
+                    s += _exp_units((_widen(row[j]) - m) * unit[0])
+                picked = np.float64(_widen(row[labels[b0 + i]]))
                 total += _log_softmax_at(picked, np.float64(m), np.float64(s))
         parts[c] = total
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
 
 
 @njit(**_OPTS, fastmath=_CHECK)
-def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support):
-    """Per chunk: all finite, the minimum, the maximum, the lowest row maximum, and for
-    probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each column
-    (``support``, (C, K); unused otherwise).
+def _check_kernel(
+    counters, x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support
+):
+    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum, and
+    for probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each
+    column (``support``, (C, K); unused otherwise).
 
-    Finiteness: sum_j x_ij * 0 is 0 for finite rows and NaN otherwise (no "nnan"/"ninf"
-    fast-math here, so the product is kept); the minimum is then only read when finite.
+    NaN and +inf: the sum of x_ij * 0 over the entries other than -inf is 0 when there
+    are none and NaN otherwise (no "nnan"/"ninf" fast-math here, so the product is kept;
+    -inf, an impossible label, is left out); the extremes are only read when it is 0.
     """
     n_rows, n_labels = x.shape
-    for c in prange(n_chunks):
+    buf = _row_buffer(x)
+    last = False
+    c = _claim(counters)
+    while c < n_chunks:
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
-        buf = np.empty((SUB_ROWS, n_labels), dtype=x.dtype)
         poison = 0.0
         low, high, lowest_best = np.inf, -np.inf, np.inf
         dev = 0.0
@@ -601,9 +874,9 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviatio
                 s = 0.0
                 best = -np.inf
                 for j in range(n_labels):
-                    value = np.float64(row[j])
+                    value = np.float64(_widen(row[j]))
                     s += value
-                    poison += value * 0.0
+                    poison += (0.0 if value == -np.inf else value) * 0.0
                     low = _fmin(low, value)
                     best = _fmax(best, value)
                 high = _fmax(high, best)
@@ -611,12 +884,48 @@ def _check_kernel(x, probs, n_chunks, finite, minima, maxima, row_best, deviatio
                 if probs:
                     dev = max(dev, abs(s - 1.0))
                     for j in range(n_labels):
-                        support[c, j] += row[j] > 0
+                        support[c, j] += _widen(row[j]) > 0
         finite[c] = math.isfinite(poison)
         minima[c] = low
         maxima[c] = high
         row_best[c] = lowest_best
         deviation[c] = dev
+        last = _finish(counters, n_chunks)
+        c = _claim(counters)
+    return last
+
+
+@njit(cache=True)
+def _warm_delta(g_then, g_now):
+    """The shift delta = max(0, max_j (g_j - g_j(then))) of a warm sweep, or -1 where it
+    must be cold: a label came back from -inf, no label is finite, or the steps of g
+    spread by more than WARM_SLACK - 1 (some row's terms could all fall below 2^-WARM_SLACK
+    of its shift)."""
+    low, high = np.inf, -np.inf
+    for j in range(g_now.shape[0]):
+        if g_now[j] == -np.inf:
+            continue
+        if g_then[j] == -np.inf:
+            return -1.0
+        step = np.float64(g_now[j]) - np.float64(g_then[j])
+        low, high = min(low, step), max(high, step)
+    if high == -np.inf or high - low > WARM_SLACK - 1.0:
+        return -1.0
+    return max(high, 0.0)
+
+
+# below it, a (non-negative) float64 is 0: _any_below(colsum, _ABOVE_ZERO, g) is
+# ``needs_exact_colmax``
+_ABOVE_ZERO = float(np.finfo(np.float64).smallest_subnormal)
+
+
+@njit(cache=True)
+def _any_below(colsum, bound, g):
+    """Whether some label with a finite dual has a column sum below ``bound``."""
+    for j in range(colsum.shape[0]):
+        if colsum[j] < bound and g[j] > -np.inf:
+            return True
+    return False
 
 
 def _n_chunks(n_rows: int, n_labels: int) -> int:
@@ -627,44 +936,53 @@ def _n_chunks(n_rows: int, n_labels: int) -> int:
 
 
 @dataclass(frozen=True)
-class ConvertedRows:
-    """Scores that NumPy cannot view (the torch backend's CPU bfloat16 tensors), handed to
-    the kernels part by part: ``rows(start, stop)`` returns rows start:stop as an array of
-    ``dtype`` (float32 or float64), which may be overwritten by the next call. The kernels
-    ask for ``CONVERT_ELEMENTS`` at a time, as they convert float16 arrays, and finish
-    with a part before asking for the next, so no N x K copy exists; parts are swept cold
-    (no warm row maxima)."""
+class BFloat16Bits:
+    """bfloat16 scores, which NumPy cannot view (the torch backend's CPU bfloat16 tensors),
+    as their bit patterns: ``bits`` is an (n, K) int16 view of their memory, any strides.
+    The kernels widen each value to float32 (exact) as they read it, so nothing is copied
+    and a solve's warm sweeps apply as for float32 arrays."""
 
-    shape: tuple[int, int]
-    dtype: np.dtype
-    rows: Callable[[int, int], np.ndarray]
+    bits: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The precision the kernels compute in (float32)."""
+        return np.dtype(np.float32)
 
 
-def _kernel_blocks(x: np.ndarray | ConvertedRows) -> Iterator[np.ndarray]:
-    """x itself when the kernels read its dtype (float32/float64, any strides); otherwise
-    (float16, integers, bool, ``ConvertedRows``) consecutive row blocks converted to the
-    compute precision."""
-    if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
-        yield x
+def _kernel_blocks(x: np.ndarray | BFloat16Bits) -> Iterator[tuple[np.ndarray, bool]]:
+    """(block, True) for an array the kernels read as it is: float32, float64, float16 (as
+    its uint16 bits) and ``BFloat16Bits`` (as int16), any strides; otherwise (integers,
+    bool) consecutive row blocks converted to float64, each with False."""
+    if isinstance(x, BFloat16Bits):
+        yield x.bits.view(np.int16), True
+        return
+    if x.dtype in (np.float32, np.float64):
+        yield x, True
+        return
+    if x.dtype == np.float16:
+        yield x.view(np.uint16), True
         return
     dtype = compute_dtype(x.dtype)
     step = max(1, CONVERT_ELEMENTS // max(x.shape[1], 1))
     for start in range(0, x.shape[0], step):
-        stop = min(start + step, x.shape[0])
-        rows = x.rows(start, stop) if isinstance(x, ConvertedRows) else x[start:stop]
-        part = np.asarray(rows, dtype=dtype)
+        part = np.asarray(x[start : start + step], dtype=dtype)
         part.flags.writeable = False
-        yield part
+        yield part, False
 
 
-def _as_array(block: Any) -> np.ndarray | ConvertedRows:
+def _as_array(block: Any) -> np.ndarray | BFloat16Bits:
     """A read-only plain ndarray view of the block (memmaps included), checked to be 2-D;
-    ``ConvertedRows`` as they are.
+    ``BFloat16Bits`` as they are.
 
     Read-only for every input, so that writable and read-only arrays share one compiled
     specialisation of each kernel (the kernels never write to the scores).
     """
-    if isinstance(block, ConvertedRows):
+    if isinstance(block, BFloat16Bits):
         return block
     x = np.asarray(block).view(np.ndarray)
     if x.ndim != 2:
@@ -680,6 +998,16 @@ def _scaled_params(
     return dtype.type(lam * unit), np.ascontiguousarray(np.asarray(g) * unit, dtype=dtype)
 
 
+_BFLOAT16_NEG_INF = np.int16(-128)  # the bits of bfloat16 -inf (0xff80) as an int16
+
+
+def _possible_rows(x: np.ndarray | BFloat16Bits) -> np.ndarray:
+    """Per label, the number of rows whose score is above -inf (int64, (K,))."""
+    if isinstance(x, BFloat16Bits):
+        return np.count_nonzero(x.bits.view(np.int16) != _BFLOAT16_NEG_INF, axis=0)
+    return possible_rows(x)
+
+
 class NumbaBackend(NumpyBackend):
     """NumPy arrays and memmaps, swept by parallel Numba kernels (see the module docs).
 
@@ -692,27 +1020,27 @@ class NumbaBackend(NumpyBackend):
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
         probs = kind == "probs"
-        all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        valid, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
         min_row_max = np.inf
         support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
             minima, maxima, row_best = (np.empty(n_chunks) for _ in range(3))
             dev = np.empty(n_chunks)
             counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
-            with _parallel_section():
-                _check_kernel(part, probs, n_chunks, finite, minima, maxima, row_best, dev, counts)
-            all_finite = all_finite and bool(finite.all())
+            stats = (finite, minima, maxima, row_best, dev, counts)
+            _run(_check_kernel, n_chunks, part.size, part, probs, n_chunks, *stats)
+            valid = valid and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
             min_row_max = min(min_row_max, float(row_best.min()))
             deviation = max(deviation, float(dev.max()))
             if support is not None:
                 support += counts.sum(axis=0)
-        return BlockCheck(
-            all_finite, min_value, deviation, max_value, support, min_row_max=min_row_max
-        )
+        if not probs and valid and min_value == -np.inf:  # masked labels: a second pass
+            support = _possible_rows(x)
+        return BlockCheck(valid, min_value, deviation, max_value, support, min_row_max=min_row_max)
 
     # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
     # gets its own dict in for_solve; the class-level one is never written)
@@ -724,9 +1052,6 @@ class NumbaBackend(NumpyBackend):
         # a solve's row maxima by block: (data address, shape, strides, dtype) -> (lam, g,
         # row_max) of the block's last sweep in kernel units, or None once it gave up
         self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
-
-    def unavailable_reason(self) -> str | None:
-        return _FORK_BLOCKED
 
     def for_solve(self) -> NumbaBackend:
         """A copy whose sweeps skip the row-maximum pass from a block's second sweep on
@@ -757,14 +1082,8 @@ class NumbaBackend(NumpyBackend):
         previous = self._warm.get(key)
         if previous is None or previous[0] != lam_c:  # first sweep of this block or stage
             return key, None, 0.0
-        g_then = previous[1]
-        moving = np.isfinite(g_then) & np.isfinite(g_c)
-        if not np.array_equal(moving, np.isfinite(g_c)):  # a label came back from -inf
-            return key, None, 0.0
-        steps = g_c[moving].astype(np.float64) - g_then[moving]
-        if steps.size == 0 or steps.max() - steps.min() > WARM_SLACK - 1.0:
-            return key, None, 0.0
-        return key, previous[2], max(float(steps.max()), 0.0)
+        delta = _warm_delta(previous[1], g_c)
+        return (key, None, 0.0) if delta < 0.0 else (key, previous[2], delta)
 
     def _sweep_part(
         self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
@@ -781,16 +1100,14 @@ class NumbaBackend(NumpyBackend):
         elif key is None:
             row_max = np.empty(1, dtype=g_c.dtype)  # not kept: nothing to write
         kernel_args = (part, probs, lam_c, g_c, n_chunks, sums, row_max, key is not None)
-        with _parallel_section():
-            _sweep_kernel(*kernel_args, warm, g_c.dtype.type(delta), redone)
+        _run(_sweep_kernel, n_chunks, part.size, *kernel_args, warm, g_c.dtype.type(delta), redone)
         part_sum = sums.sum(axis=0)
-        if warm and g_c.dtype == np.float32:
-            tiny = (part_sum < n_rows * WARM_TINY_MASS) & (g_c > -np.inf)
-            if tiny.any():  # terms a warm shift may have flushed: this sweep again, cold
-                sums[:] = 0.0
-                with _parallel_section():
-                    _sweep_kernel(*kernel_args, False, g_c.dtype.type(0.0), redone)
-                part_sum = sums.sum(axis=0)
+        if warm and _any_below(part_sum, n_rows * WARM_TINY_MASS[g_c.dtype], g_c):
+            # terms a warm shift may have flushed: this sweep again, cold
+            sums[:] = 0.0
+            cold = (False, g_c.dtype.type(0.0), redone)
+            _run(_sweep_kernel, n_chunks, part.size, *kernel_args, *cold)
+            part_sum = sums.sum(axis=0)
         if key is not None:
             gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
             self._warm[key] = None if gave_up else (lam_c, g_c.copy(), row_max)
@@ -807,14 +1124,13 @@ class NumbaBackend(NumpyBackend):
         probs = kind == "probs"
         colsum = np.zeros(n_labels)
         colmax = np.full(n_labels, -np.inf)  # exact where colsum_j == 0, see ColumnStats
-        for part in _kernel_blocks(x):
-            part_sum = self._sweep_part(part, part is x, probs, lam_c, g_c)
+        for part, whole in _kernel_blocks(x):
+            part_sum = self._sweep_part(part, whole, probs, lam_c, g_c)
             colsum += part_sum
-            if needs_exact_colmax(part_sum, g_c):  # underflowed: one more read
+            if _any_below(part_sum, _ABOVE_ZERO, g_c):  # a sum underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)
                 maxima = np.empty((n_chunks, n_labels), dtype=dtype)
-                with _parallel_section():
-                    _colmax_kernel(part, probs, lam_c, g_c, n_chunks, maxima)
+                _run(_colmax_kernel, n_chunks, part.size, part, probs, lam_c, g_c, n_chunks, maxima)
                 np.maximum(colmax, maxima.max(axis=0), out=colmax)
         return ColumnStats(colsum, colmax / unit)
 
@@ -829,11 +1145,11 @@ class NumbaBackend(NumpyBackend):
         unit = _unit(dtype) if kernel is _codes_kernel else 1.0
         lam_c, g_c = _scaled_params(lam, g, dtype, unit)
         start = 0
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             stop = start + part.shape[0]
             views = [out[start:stop] for out in outs]
-            with _parallel_section():
-                kernel(part, kind == "probs", lam_c, g_c, _n_chunks(*part.shape), *views)
+            n_chunks = _n_chunks(*part.shape)
+            _run(kernel, n_chunks, part.size, part, kind == "probs", lam_c, g_c, n_chunks, *views)
             start = stop
 
     def labels(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> np.ndarray:
@@ -845,6 +1161,24 @@ class NumbaBackend(NumpyBackend):
         out = np.empty(block.shape, dtype=compute_dtype(block.dtype))
         self._rowwise(_codes_kernel, block, kind, lam, g, out)
         return out
+
+    def column_logsumexp(self, block: np.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        x = _as_array(block)
+        n_labels = x.shape[1]
+        dtype = compute_dtype(x.dtype)
+        unit = _unit(dtype)
+        lam_c, g_c = _scaled_params(lam, np.zeros(n_labels), dtype, unit)
+        total = np.full(n_labels, -np.inf)
+        for part, _ in _kernel_blocks(x):
+            n_chunks = _n_chunks(*part.shape)
+            top = np.empty((n_chunks, n_labels), dtype=dtype)
+            sums = np.zeros((n_chunks, n_labels))
+            args = (part, kind == "probs", lam_c, g_c, n_chunks, top, sums)
+            _run(_column_lse_kernel, n_chunks, part.size, *args)
+            with np.errstate(divide="ignore", invalid="ignore"):  # (-inf columns: log 0)
+                lse = np.where(top > -np.inf, top / unit, 0.0) + np.log(sums)
+            total = np.logaddexp.reduce(np.vstack([total, lse]), axis=0)
+        return total
 
     def top_labels(
         self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
@@ -862,15 +1196,15 @@ class NumbaBackend(NumpyBackend):
         if picks.size:
             check_label_range(int(picks.min()), int(picks.max()), x.shape[1])
         kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
+        dtype = compute_dtype(x.dtype)
+        unit = np.array([_unit(dtype)], dtype=dtype)
         total, start = 0.0, 0
-        for part in _kernel_blocks(x):
+        for part, _ in _kernel_blocks(x):
             stop = start + part.shape[0]
             n_chunks = _n_chunks(*part.shape)
             parts = np.empty(n_chunks)
-            dtype = compute_dtype(part.dtype)
-            unit = np.array([_unit(dtype)], dtype=dtype)
-            with _parallel_section():
-                _logprob_kernel(part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            args = (part, kind_code, unit, picks[start:stop], n_chunks, parts)
+            _run(_logprob_kernel, n_chunks, part.size, *args)
             total += float(parts.sum())
             start = stop
         return total

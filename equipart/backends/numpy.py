@@ -74,6 +74,14 @@ def _top_k(z: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(chosen, np.argsort(-picked, axis=1, kind="stable"), axis=1)
 
 
+def possible_rows(block: np.ndarray) -> np.ndarray:
+    """Per label, the number of rows whose score is above -inf (int64, (K,))."""
+    support = np.zeros(block.shape[1], dtype=np.int64)
+    for rows in row_blocks(block.shape[0], block.shape[1]):
+        support += np.count_nonzero(block[rows] > -np.inf, axis=0)
+    return support
+
+
 class NumpyBackend(Backend):
     """Reference implementation for NumPy arrays and memmaps."""
 
@@ -96,24 +104,24 @@ class NumpyBackend(Backend):
         return scores[index]
 
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
-        all_finite, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
+        valid, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
         min_row_max = np.inf
         support = np.zeros(block.shape[1], dtype=np.int64) if kind == "probs" else None
         for rows in row_blocks(block.shape[0], block.shape[1]):
             x = block[rows]
-            all_finite = all_finite and bool(np.isfinite(x).all())
+            row_max = x.max(axis=1)  # NaN in a row with NaN, +inf in one with +inf
+            top = float(row_max.max())
+            valid = valid and not np.isnan(row_max).any() and top < np.inf
             min_value = min(min_value, float(x.min()))
-            row_max = x.max(axis=1)
-            max_value = max(max_value, float(row_max.max()))
+            max_value = max(max_value, top)
             min_row_max = min(min_row_max, float(row_max.min()))
-            if support is not None:
+            if kind == "probs":
                 sums = x.sum(axis=1, dtype=np.float64)
                 deviation = max(deviation, float(np.abs(sums - 1.0).max()))
                 support += np.count_nonzero(x > 0, axis=0)
-        return BlockCheck(
-            all_finite, min_value, deviation, max_value, support, min_row_max=min_row_max
-        )
-
+        if kind != "probs" and valid and min_value == -np.inf:  # masked labels: a 2nd pass
+            support = possible_rows(block)
+        return BlockCheck(valid, min_value, deviation, max_value, support, min_row_max=min_row_max)
     def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         colsum = np.zeros(block.shape[1])
         colmax = np.full(block.shape[1], -np.inf)
@@ -136,6 +144,20 @@ class NumpyBackend(Backend):
             _normalised_exp(z)
             out[rows] = z
         return out
+
+    def column_logsumexp(self, block: np.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
+        n_labels = block.shape[1]
+        total = np.full(n_labels, -np.inf)
+        for rows in row_blocks(block.shape[0], n_labels):
+            z = _scaled(block[rows], kind, lam, np.zeros(n_labels))
+            top = z.max(axis=0)
+            top = np.where(top > -np.inf, top, 0.0).astype(z.dtype)  # (a column all -inf)
+            z -= top
+            np.exp(z, out=z)
+            with np.errstate(divide="ignore"):
+                part = np.log(z.sum(axis=0, dtype=np.float64)) + top
+            np.logaddexp(total, part, out=total)
+        return total
 
     def top_labels(
         self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int

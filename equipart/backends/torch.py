@@ -19,9 +19,9 @@ the Numba backend's kernels where Numba is installed (float16, float32 and float
 they read through a NumPy view of the tensor's memory, without a copy, and return
 tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k demo
 solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
-benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read as float32
-copies of one row block at a time, swept cold, so results match ``NumbaBackend`` on
-``tensor.float().numpy()`` up to summation order and warm sweeps: 2.0 s against 24.5 s),
+benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read through an
+int16 view of its bits, ``BFloat16Bits``, widening each value to float32 as they read it,
+so results are those of ``NumbaBackend`` on ``tensor.float().numpy()``),
 and the blockwise torch path otherwise (no Numba).
 Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
 passed. Nothing here uses matrix units, so TF32 never enters a reduction.
@@ -62,8 +62,8 @@ KERNELS = ("auto", "triton", "torch")
 MAX_GRAPHS = 8  # captured sweeps per solve (heads x blocks of one lam stage); more stay eager
 
 
-# CPU dtypes that the Numba kernels read: through a NumPy view, and bfloat16 (which NumPy
-# lacks) as float32 copies of CONVERT_ELEMENTS at a time (``ConvertedRows``)
+# CPU dtypes that the Numba kernels read: through a NumPy view, bfloat16 (which NumPy
+# lacks) through an int16 view of its bits (``BFloat16Bits``)
 HOST_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 # dtypes with torch's reductions; the others (float8 kinds, uint16 to uint64) are refused
 # naming scores, and complex and bool ones by the shared dtype check
@@ -216,23 +216,18 @@ class TorchBackend(Backend):
         self._with_max = False
         self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
         self._host_tried = kernel != "auto"
-        # a solve's buffer for bfloat16 rows as float32 (in a list: it is replaced by a
-        # larger one when a part needs more room)
-        self._rows_buffer: list[torch.Tensor] | None = None
 
     def for_solve(self) -> TorchBackend:
         solve = copy.copy(self)  # subclasses and settings carry over
         solve._per_solve = True
         solve._graphs, solve._failed, solve._with_max = {}, set(), False
-        solve._rows_buffer = [torch.empty(0, dtype=torch.float32)]
         if self._host is not None:  # its warm sweeps, for this solve only
             solve._host = self._host.for_solve()
         return solve
 
     def _host_view(self, block: torch.Tensor) -> Any:
         """A CPU block as the Numba kernels read it (a NumPy view; for bfloat16, a
-        ``ConvertedRows`` giving float32 copies of its row blocks), or None for the torch
-        path."""
+        ``BFloat16Bits`` view of its bits), or None for the torch path."""
         if self._host_tried and self._host is None:
             return None
         if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
@@ -243,39 +238,11 @@ class TorchBackend(Backend):
             self._host_tried = True  # (after _host: a concurrent call sees None or both)
             if self._host is None:
                 return None
-        if (reason := self._host.unavailable_reason()) is not None:
-            # the same GNU OpenMP runtime also hangs torch's own parallel loops in this
-            # child, so the torch path runs only on one thread
-            if torch.get_num_threads() > 1:
-                raise RuntimeError(
-                    f"backend: 'torch' cannot sweep CPU tensors here: {reason}; or call "
-                    "torch.set_num_threads(1) in this process to use its torch path"
-                )
-            warnings.warn(
-                f"the Numba kernels for CPU tensors cannot run here ({reason}); the torch "
-                "backend uses its blockwise torch path on one thread",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
         x = block.detach()
-        if x.dtype == torch.bfloat16:  # widening to float32 is exact
-            from .numba import ConvertedRows
+        if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, widened by the kernels
+            from .numba import BFloat16Bits
 
-            # one part's rows; a solve's passes (sequential) share one buffer, which
-            # keeps the allocator from holding a new one per pass (+30 MiB resident for
-            # the 200k x 1k demo in bfloat16)
-            holder = self._rows_buffer or [torch.empty(0, dtype=torch.float32)]
-
-            def rows(start: int, stop: int) -> np.ndarray:
-                size = (stop - start) * x.shape[1]
-                if holder[0].numel() < size:  # a larger part (streamed blocks)
-                    # a new tensor: NumPy views of the old one fix its storage's size
-                    holder[0] = torch.empty(size, dtype=torch.float32)
-                part = holder[0][:size].view(stop - start, x.shape[1])
-                return part.copy_(x[start:stop]).numpy()
-
-            return ConvertedRows(tuple(x.shape), np.dtype(np.float32), rows)
+            return BFloat16Bits(x.view(torch.int16).numpy())
         return x.resolve_conj().resolve_neg().numpy()
 
     @staticmethod
@@ -326,17 +293,22 @@ class TorchBackend(Backend):
                 sums = x.sum(dim=1, dtype=torch.float64)
                 deviations.append((sums - 1.0).abs().amax())
                 support += (x > 0).sum(dim=0)
-        # amin / amax propagate NaN, and an infinity is the minimum or the maximum: all
-        # values are finite iff both extremes are. (torch.isfinite's block temporaries
-        # left 12 to 495 MiB more resident after this check of the 200k x 1k demo, varying
-        # from run to run; without them, 5 MiB in four runs.)
+        # amin / amax propagate NaN, and +inf is the maximum: no NaN or +inf iff both
+        # extremes are numbers and the maximum is below +inf (-inf may be the minimum: an
+        # impossible label). (torch.isfinite's block temporaries left 12 to 495 MiB more
+        # resident after this check of the 200k x 1k demo, varying from run to run;
+        # without them, 5 MiB in four runs.)
         low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         lowest_best = torch.stack(lowest_bests).amin()
         deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
         host = torch.stack([low, deviation, high, lowest_best]).cpu().tolist()
+        valid = not (math.isnan(host[0]) or math.isnan(host[2])) and host[2] < math.inf
         counts = support.cpu().numpy() if kind == "probs" else None
-        finite = math.isfinite(host[0]) and math.isfinite(host[2])
-        return BlockCheck(finite, *host[:3], counts, min_row_max=host[3])
+        if kind != "probs" and valid and host[0] == -math.inf:  # masked labels: a 2nd pass
+            counts = sum(
+                (x_all[rows] > -math.inf).sum(dim=0) for rows in _row_blocks(x_all)
+            ).cpu().numpy()
+        return BlockCheck(valid, *host[:3], counts, min_row_max=host[3])
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
         if (view := self._host_view(block)) is not None:
@@ -435,6 +407,24 @@ class TorchBackend(Backend):
             _normalise_rows(z)
             out[rows] = z
         return out
+
+    def column_logsumexp(self, block: torch.Tensor, kind: ScoreKind, lam: float) -> np.ndarray:
+        """The Numba kernel for CPU tensors where installed; blockwise torch operations
+        otherwise (one pass, O(K) to the host)."""
+        if (view := self._host_view(block)) is not None:
+            return self._host.column_logsumexp(view, kind, lam)
+        x_all = block.detach()
+        dtype = compute_dtype(x_all.dtype)
+        zeros = torch.zeros(x_all.shape[1], dtype=dtype, device=x_all.device)
+        parts = []
+        for rows in _row_blocks(x_all):
+            z = _scaled(x_all[rows], kind, lam, zeros)
+            top = z.amax(dim=0)
+            top = torch.where(top > -torch.inf, top, torch.zeros_like(top))  # a column all -inf
+            z -= top
+            z.exp_()
+            parts.append(torch.log(z.sum(dim=0, dtype=torch.float64)) + top)
+        return torch.logsumexp(torch.stack(parts), dim=0).cpu().numpy()
 
     def top_labels(
         self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, k: int

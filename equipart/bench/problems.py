@@ -24,6 +24,14 @@ Families (L is the N x K logit matrix, eps_ij standard normal noise):
   matrix (MNIST only; digits keep their 64 pixels) and L2-normalised; K prototypes are
   distinct images drawn from the data; N points are drawn from the data with replacement,
   and L_ij = cos(x_i, p_j) / 0.1 (a SwAV-style temperature).
+* ``late-training``: a network late in SeLa training, peaked and label-biased: a planted
+  balanced labelling c (as ``sela-late``) with a margin, plus a bias per label that the
+  network has drifted into and the equipartition must undo:
+  L_ij = eps_ij + 4 [j = c_i] + beta_j, beta_j ~ N(0, 1) drawn once per problem.
+* ``prototypes``: prototype-distance scores (a nearest-prototype classifier, as in
+  k-means or prototypical networks): the digits images, centred and scaled so that
+  the mean squared norm is 1 (not per image), K distinct images as prototypes, and
+  L_ij = -||x_i - p_j||^2 / 0.1.
 """
 
 from __future__ import annotations
@@ -56,12 +64,26 @@ COSINE_TEMPERATURE = 0.1
 SELA_EARLY_SCALE = 0.1
 SELA_LATE_MARGIN = 6.0
 COLLAPSED_MARGIN = 8.0
+LATE_TRAINING_MARGIN = 4.0
+LATE_TRAINING_BIAS = 1.0  # standard deviation of the per-label bias beta
+DISTANCE_TEMPERATURE = 0.1
 
 # Generator streams other than the per-chunk ones (chunk indices are far below these).
 _PROTOTYPE_STREAM, _PLANTED_STREAM, _RANK_STREAM = 2**32 - 1, 2**32 - 2, 2**32 - 3
+_BIAS_STREAM = 2**32 - 4
 
-FAMILIES = ("sela-early", "sela-late", "zipf", "collapsed", "digits", "mnist")
-REAL_FAMILIES = ("digits", "mnist")
+# (new families go at the end: a family's position seeds its generators)
+FAMILIES = (
+    "sela-early",
+    "sela-late",
+    "zipf",
+    "collapsed",
+    "digits",
+    "mnist",
+    "late-training",
+    "prototypes",
+)
+REAL_FAMILIES = ("digits", "mnist", "prototypes")
 
 
 @dataclass(frozen=True, order=True)
@@ -132,8 +154,9 @@ def _read_idx_images(path: Path) -> np.ndarray:
 
 @cache
 def _real_data(family: str) -> np.ndarray:
-    """Centred, projected, L2-normalised float32 features of the family's images."""
-    if family == "digits":
+    """The float32 features of the family's images: centred, projected (MNIST) and
+    L2-normalised, or for ``prototypes`` centred and scaled to a mean squared norm of 1."""
+    if family in ("digits", "prototypes"):
         from sklearn.datasets import load_digits
 
         pixels = load_digits().data.astype(np.float32)
@@ -151,6 +174,10 @@ def _real_data(family: str) -> np.ndarray:
             ]
         ).astype(np.float32)
     pixels -= pixels.mean(axis=0, dtype=np.float32)
+    if family == "prototypes":
+        pixels /= np.sqrt(np.mean(np.sum(pixels * pixels, axis=1)), dtype=np.float32)
+        pixels.setflags(write=False)
+        return pixels
     if pixels.shape[1] > PROJECTION_DIM:
         rng = np.random.default_rng(12345)
         projection = rng.standard_normal((pixels.shape[1], PROJECTION_DIM), dtype=np.float32)
@@ -164,7 +191,8 @@ def _real_data(family: str) -> np.ndarray:
 def family_features(spec: ProblemSpec) -> tuple[np.ndarray, np.ndarray]:
     """For a real-data family: the N point features and K prototype features (float32).
 
-    ``generate(spec)`` equals ``points @ prototypes.T / COSINE_TEMPERATURE``. Used by
+    ``generate(spec)`` equals ``points @ prototypes.T / COSINE_TEMPERATURE`` (for
+    ``prototypes``: minus the squared distances over ``DISTANCE_TEMPERATURE``). Used by
     contenders that cluster features (k-means-constrained). Allocates N x d.
     """
     if spec.family not in REAL_FAMILIES:
@@ -233,6 +261,16 @@ def _synthetic_filler(spec: ProblemSpec) -> Callable[[int, slice, np.ndarray], N
             _fill_noise(spec, chunk, block)
             _add_one_hot(block, planted[rows], SELA_LATE_MARGIN)
 
+    elif family == "late-training":
+        planted = _planted(spec)
+        beta = _rng(spec, _BIAS_STREAM).standard_normal(spec.k, dtype=np.float32)
+        beta *= np.float32(LATE_TRAINING_BIAS)
+
+        def fill(chunk: int, rows: slice, block: np.ndarray) -> None:
+            _fill_noise(spec, chunk, block)
+            _add_one_hot(block, planted[rows], LATE_TRAINING_MARGIN)
+            block += beta
+
     elif family == "zipf":
         ranks = _rng(spec, _RANK_STREAM).permutation(spec.k)
         bias = (-np.log1p(ranks)).astype(np.float32)
@@ -252,12 +290,32 @@ def _synthetic_filler(spec: ProblemSpec) -> Callable[[int, slice, np.ndarray], N
 
 def _real_filler(spec: ProblemSpec) -> Callable[[int, slice, np.ndarray], None]:
     data = _real_data(spec.family)
-    prototypes_t = np.ascontiguousarray(data[_prototype_index(spec, data.shape[0])].T)
+    prototypes = data[_prototype_index(spec, data.shape[0])]
+    if spec.family == "prototypes":
+        return _distance_filler(spec, data, prototypes)
+    prototypes_t = np.ascontiguousarray(prototypes.T)
     prototypes_t *= np.float32(1.0 / COSINE_TEMPERATURE)
 
     def fill(chunk: int, rows: slice, block: np.ndarray) -> None:
         points = data[_point_index(spec, chunk, rows, data.shape[0])]
         np.matmul(points, prototypes_t, out=block)
+
+    return fill
+
+
+def _distance_filler(
+    spec: ProblemSpec, data: np.ndarray, prototypes: np.ndarray
+) -> Callable[[int, slice, np.ndarray], None]:
+    """L_ij = -||x_i - p_j||^2 / T = (2 x_i . p_j - ||x_i||^2 - ||p_j||^2) / T."""
+    scale = np.float32(1.0 / DISTANCE_TEMPERATURE)
+    prototypes_t = np.ascontiguousarray(prototypes.T) * (2 * scale)
+    offset = np.sum(prototypes * prototypes, axis=1) * scale
+
+    def fill(chunk: int, rows: slice, block: np.ndarray) -> None:
+        points = data[_point_index(spec, chunk, rows, data.shape[0])]
+        np.matmul(points, prototypes_t, out=block)
+        block -= offset
+        block -= (np.sum(points * points, axis=1) * scale)[:, None]
 
     return fill
 

@@ -10,7 +10,33 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe_machine", "markdown_table", "plot_results"]
+__all__ = [
+    "REFERENCES",
+    "TARGETS",
+    "describe_machine",
+    "headline_table",
+    "markdown_table",
+    "plot_results",
+    "time_to_tol",
+]
+
+# The headline's references: the SeLa reference loop stopped at the common tolerance (time
+# to tol, like every other time here) and POT's ot.sinkhorn.
+REFERENCES = (("SeLa loop", "sela-ref-tol"), ("ot.sinkhorn", "pot-sinkhorn"))
+# Speed-up targets (reference time / equipart time) by problem size, and the families
+# they apply to (None: every family).
+TARGETS: dict[tuple[int, int], tuple[tuple[str, ...] | None, dict[str, float]]] = {
+    (10_000, 100): (None, {"sela-ref-tol": 2.0}),
+    (50_000, 1_000): (
+        ("sela-late", "zipf", "late-training"),
+        {"sela-ref-tol": 20.0, "pot-sinkhorn": 40.0},
+    ),
+    (200_000, 1_000): (
+        ("sela-late", "zipf", "late-training"),
+        {"sela-ref-tol": 20.0, "pot-sinkhorn": 40.0},
+    ),
+}
+_FAILED = ("skipped", "timeout", "error", "oom", "crashed")
 
 PACKAGES = (
     "equipart",
@@ -106,11 +132,137 @@ def _status_text(row: dict[str, Any]) -> str:
     return status
 
 
+def _default_equipart(results: list[dict[str, Any]]) -> str | None:
+    """The equipart contender of a run that does not name one: numba, numpy, torch."""
+    names = {r["contender"] for r in results if r.get("total_s") is not None}
+    for name in ("equipart-numba", "equipart-numpy", "equipart-torch", "equipart-cupy"):
+        if name in names:
+            return name
+    return None
+
+
+def _versus(job: dict[str, Any] | None, own_s: float, timeout_s: float | None) -> dict:
+    """A reference's time to tol against equipart's ``own_s``: the ratio, or a bound.
+
+    A reference that stopped above the tolerance (its iteration cap) or ran out of time
+    had not reached it yet: its time is then a lower bound of its time to tol, and so is
+    the ratio (bound ">=").
+    """
+    if job is None:
+        return {"status": "not run", "ratio": None}
+    entry = {"status": job["status"], "time_s": job.get("total_s"), "sweeps": job.get("n_iter")}
+    if job["status"] == "timeout":
+        entry["time_s"] = job.get("timeout_s", timeout_s)
+    time_s = entry["time_s"]
+    if time_s is None or job["status"] in ("skipped", "error", "oom", "crashed"):
+        return {**entry, "ratio": None, "note": job.get("note", "")}
+    return {**entry, "ratio": time_s / own_s, "bound": "=" if job["status"] == "ok" else ">="}
+
+
+def time_to_tol(
+    results: list[dict[str, Any]],
+    equipart: str | None = None,
+    timeout_s: float | None = None,
+) -> list[dict[str, Any]]:
+    """The headline: equipart's time to tol per problem and lam, with every reference's
+    time and sweeps beside it and the ratio reference / equipart (see ``_versus``).
+
+    ``equipart`` is the contender of the default backend (when None, or not among the
+    results: the first of numba, numpy, torch, cupy that ran); a reference that timed
+    out stands at its job's timeout (its record's ``timeout_s``, else ``timeout_s``).
+    """
+    if equipart is None or not any(r["contender"] == equipart for r in results):
+        equipart = _default_equipart(results)
+    jobs = {(r["contender"], r["family"], r["n"], r["k"], r.get("lam")): r for r in results}
+    rows = []
+    for r in results:
+        if r["contender"] != equipart:
+            continue
+        problem = (r["family"], r["n"], r["k"], r.get("lam"))
+        row: dict[str, Any] = {
+            "family": r["family"],
+            "n": r["n"],
+            "k": r["k"],
+            "lam": r.get("lam"),
+            "contender": equipart,
+            "status": r["status"],
+            "time_s": r.get("total_s"),
+            "sweeps": r.get("n_iter"),
+            "versus": {},
+        }
+        for _, name in REFERENCES:
+            job = jobs.get((name, *problem))
+            if r["status"] != "ok":
+                row["versus"][name] = {"status": "equipart did not reach tol", "ratio": None}
+            else:
+                row["versus"][name] = _versus(job, r["total_s"], timeout_s)
+        row["targets"] = _targets(row)
+        rows.append(row)
+    return rows
+
+
+def _targets(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each applicable speed-up target: met, missed, or open (a lower bound below it)."""
+    families, goals = TARGETS.get((row["n"], row["k"]), (None, {}))
+    if families is not None and row["family"] not in families:
+        return {}
+    verdicts = {}
+    for name, goal in goals.items():
+        versus = row["versus"].get(name, {})
+        ratio = versus.get("ratio")
+        if ratio is None:
+            verdict = "open"
+        elif ratio >= goal:
+            verdict = "met"
+        else:
+            verdict = "missed" if versus.get("bound") == "=" else "open"
+        verdicts[name] = {"goal": goal, "verdict": verdict}
+    return verdicts
+
+
+def _ratio_text(versus: dict[str, Any]) -> str:
+    ratio = versus.get("ratio")
+    if ratio is None:
+        return versus.get("status", "-").split(":")[0]
+    return ("≥ " if versus.get("bound") == ">=" else "") + f"{ratio:.3g}x"
+
+
+def headline_table(rows: list[dict[str, Any]], tol: float | None = None) -> str:
+    """Time to tol per problem: equipart, each reference, their ratios and sweeps."""
+    names = " | ".join(f"{label} s | sweeps | {label} / equipart" for label, _ in REFERENCES)
+    what = f"time to tol {tol:g}" if tol is not None else "time to tol"
+    lines = [
+        f"| problem | lam | equipart {what} s | sweeps | {names} | targets |",
+        "|" + "---|" * (5 + 3 * len(REFERENCES)),
+    ]
+    for row in rows:
+        cells = [
+            f"{row['family']} {row['n']:,}x{row['k']:,}",
+            _fmt(row["lam"], "g"),
+            _fmt(row["time_s"], ".3g") if row["status"] == "ok" else _status_text(row),
+            _fmt(row["sweeps"], "d"),
+        ]
+        for _, name in REFERENCES:
+            versus = row["versus"][name]
+            late = versus.get("bound") == ">="
+            cells += [
+                ("> " if late else "") + _fmt(versus.get("time_s"), ".3g"),
+                _fmt(versus.get("sweeps"), "d"),
+                _ratio_text(versus),
+            ]
+        goals = [
+            f"{name} {t['goal']:g}x: {t['verdict']}" for name, t in row["targets"].items()
+        ]
+        cells.append("; ".join(goals) or "-")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per job: problem, contender, status and the measures (see docs)."""
     header = (
-        "| problem | lam | contender | status | iters | ms/iter | time s | peak MB | +MB "
-        "| error | size spread | objective | gap to LP |"
+        "| problem | lam | contender | status | time to tol s | sweeps | ms/sweep | peak MB "
+        "| +MB | error | size spread | objective | gap to LP |"
     )
     lines = [header, "|" + "---|" * 13]
     exact = {
@@ -123,7 +275,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         lp = exact.get((r["family"], r["n"], r["k"]))
         gap = lp - r["objective"] if lp is not None and r.get("objective") is not None else None
         status = _status_text(r)
-        if r["status"] in ("skipped", "timeout", "error", "oom", "crashed"):
+        if r["status"] in _FAILED:
             status += f": {r.get('note', '')}"[:90]
         lines.append(
             "| "
@@ -133,9 +285,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                     _fmt(r.get("lam"), "g"),
                     r["contender"],
                     status.replace("|", "/"),
+                    _fmt(r.get("total_s"), ".3g"),
                     _fmt(r.get("n_iter"), "d"),
                     _fmt(r.get("ms_per_iter"), ".3g"),
-                    _fmt(r.get("total_s"), ".3g"),
                     _fmt(r.get("peak_rss_mb"), ".0f"),
                     _fmt(r.get("extra_rss_mb"), ".0f"),
                     _fmt(r.get("error"), ".2e"),
@@ -153,16 +305,26 @@ def _ok(row: dict[str, Any]) -> bool:
     return row["status"] == "ok"
 
 
-def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
-    """Time and memory against N (per K) and iterations against lam; returns the PNGs."""
+def plot_results(
+    results: list[dict[str, Any]],
+    stem: Path,
+    title: str,
+    headline: list[dict[str, Any]] | None = None,
+) -> list[Path]:
+    """The speed-ups of the headline (``time_to_tol`` rows), time to tol and memory
+    against N (per K) and iterations against lam; returns the PNGs written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for suffix in ("time", "memory", "lam"):  # a previous run's plot must not stay beside
+    for suffix in ("speedup", "time", "memory", "lam"):  # no stale plot of an earlier run
         stem.with_name(f"{stem.name}_{suffix}.png").unlink(missing_ok=True)
     written = []
+    if headline:
+        path = stem.with_name(f"{stem.name}_speedup.png")
+        if _plot_speedups(plt, headline, path, title):
+            written.append(path)
     ran = [r for r in results if r.get("total_s") is not None]
     # time and memory against N: one panel per K, one line per contender, failures as x
     by_k: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -170,7 +332,7 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
         by_k[r["k"]].append(r)
     if by_k:
         for metric, label, suffix in (
-            ("total_s", "wall time to tolerance (s)", "time"),
+            ("total_s", "time to tol (s)", "time"),
             ("peak_rss_mb", "peak resident memory (MB)", "memory"),
         ):
             fig, axes = plt.subplots(
@@ -209,6 +371,45 @@ def plot_results(results: list[dict[str, Any]], stem: Path, title: str) -> list[
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _plot_speedups(plt: Any, rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Bars of reference time / equipart time per problem (log scale), one colour per
+    reference; hatched bars are lower bounds (the reference had not reached tol), a
+    black tick marks a target. False (nothing written) when no ratio is known."""
+    import numpy as np
+
+    shown = [r for r in rows if any(v.get("ratio") for v in r["versus"].values())]
+    if not shown:
+        return False
+    height = 0.8 / len(REFERENCES)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) * len(REFERENCES) + 1.5))
+    y = np.arange(len(shown))
+    for index, (label, name) in enumerate(REFERENCES):
+        at = y + (index - (len(REFERENCES) - 1) / 2) * height
+        ratios = [r["versus"][name].get("ratio") or np.nan for r in shown]
+        bars = ax.barh(at, ratios, height=height, label=f"{label} / equipart")
+        for bar, row, ratio in zip(bars, shown, ratios, strict=True):
+            versus = row["versus"][name]
+            if versus.get("bound") == ">=":
+                bar.set_hatch("//")
+            if ratio == ratio:
+                text = ("≥" if versus.get("bound") == ">=" else "") + f"{ratio:.3g}x"
+                ax.text(ratio, bar.get_y() + height / 2, " " + text, va="center", fontsize=7)
+            goal = row["targets"].get(name, {}).get("goal")
+            if goal:
+                ax.plot([goal, goal], [bar.get_y(), bar.get_y() + height], "k-", lw=2)
+    ax.set_yticks(y, [f"{r['family']} {r['n']:,}x{r['k']:,} lam {r['lam']:g}" for r in shown])
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="grey", lw=1)
+    ax.set(xscale="log", xlabel="time to tol: reference / equipart (hatched: lower bound)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{title}\nspeed-up of equipart ({shown[0]['contender']}); | = target")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _legend(fig: Any, axes: Any) -> None:

@@ -8,7 +8,8 @@ dies (for example killed by the kernel when out of memory) has its job recorded 
 ``crashed``; a fresh worker goes on with the remaining jobs. A contender that is not
 installed, or whose estimated memory exceeds ``--memory-budget-gb``, is recorded as
 ``skipped`` with the reason. Results go to stdout (a markdown table) and to
-``<out>/bench_<mode>_<device>.json`` plus PNG plots, with the machine's description.
+``<out>/bench_<mode>_<device>.json`` plus PNG plots, with the machine's description;
+``<out>`` is ``--out`` or, by default, a new folder named for the time of the run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +44,74 @@ GB = 10**9
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
 LAMS = (10.0, 25.0, 50.0)
+STARTUP_S = 120.0  # a worker's imports, before the per-job timeout starts
+# The problems of the issue's time-to-tolerance targets, run in the full CPU mode with the
+# contenders the targets name: equipart's default backend, the SeLa reference loop stopped
+# at the common tolerance, and POT's ot.sinkhorn.
+TARGET_FAMILIES = ("sela-late", "zipf", "late-training")
+TARGET_SIZES = ((50_000, 1_000), (200_000, 1_000))
+DEFAULT_EQUIPART = "equipart"  # in Case.contenders: the default backend's contender
+TARGET_CONTENDERS = (DEFAULT_EQUIPART, "sela-ref-tol", "pot-sinkhorn")
+# POT's log-domain and stabilised methods take 10 to 100 times ot.sinkhorn's time per
+# iteration (37 and 4.5 ms against 0.3 ms at 10,000 x 100): the full mode runs them on
+# the zipf lam sweep only, and no contender but equipart at 10^6 x 10^3.
+WITHOUT_SLOW_POT = (
+    "equipart-*",
+    "sela-ref",
+    "sela-ref-tol",
+    "pot-sinkhorn",
+    "pot-emd",
+    "kmeans-constrained",
+    "ott-sinkhorn",
+)
+# A reference still running after this long on a target problem is stopped: its time to
+# tol is then at least this (a lower bound of the ratio, enough to judge a 40x target
+# wherever equipart takes under 3 s), which keeps the full mode well under an hour.
+TARGET_REFERENCE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
 class Case:
-    """One problem solved at one or more inverse temperatures."""
+    """One problem solved at one or more inverse temperatures.
+
+    ``contenders`` limits the contenders run on it (None: every one) to those matching
+    one of its shell-style patterns (``fnmatch``: ``"equipart-*"`` is every backend); the
+    name ``DEFAULT_EQUIPART`` stands for the contender of equipart's default backend.
+    ``reference_timeout_s`` caps the default per-job timeout of the contenders other than
+    equipart's (an explicit ``--timeout`` applies to every job as given).
+    """
 
     spec: ProblemSpec
     lams: tuple[float, ...]
+    contenders: tuple[str, ...] | None = None
+    reference_timeout_s: float | None = None
+
+
+def default_equipart(device: str) -> str:
+    """The contender of the backend ``backend="auto"`` picks for the bench's scores:
+    Numba for NumPy arrays when it is installed (else NumPy), torch for CUDA tensors."""
+    if device == "cuda":
+        return "equipart-torch"
+    from equipart.backends import available
+
+    return "equipart-numba" if "numba" in available() else "equipart-numpy"
 
 
 def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[Case]:
     """The problems of a mode (see docs/benchmarks.md for the rationale of each set)."""
     cases: list[Case] = []
 
-    def add(family: str, n: int, k: int, lams: tuple[float, ...]) -> None:
+    def add(
+        family: str,
+        n: int,
+        k: int,
+        lams: tuple[float, ...],
+        contenders: tuple[str, ...] | None = None,
+        reference_timeout_s: float | None = None,
+    ) -> None:
         if family in families:
-            cases.append(Case(ProblemSpec(family, n, k, seed), lams))
+            spec = ProblemSpec(family, n, k, seed)
+            cases.append(Case(spec, lams, contenders, reference_timeout_s))
 
     if device == "cuda":
         big = (1_281_167, 3_000)
@@ -76,10 +129,16 @@ def plan_cases(mode: str, device: str, families: list[str], seed: int) -> list[C
         add("zipf", 20_000, 50, (25.0,))
         return cases
     for family in families:  # full mode on the CPU
-        add(family, 10_000, 100, LAMS if family == "zipf" else (25.0,))
-    add("zipf", 100_000, 100, (25.0,))
-    add("sela-early", 1_000_000, 1_000, (25.0,))
-    add("zipf", 1_000_000, 1_000, (25.0,))
+        if family == "zipf":
+            add(family, 10_000, 100, LAMS)
+        else:
+            add(family, 10_000, 100, (25.0,), WITHOUT_SLOW_POT)
+    add("zipf", 100_000, 100, (25.0,), (*TARGET_CONTENDERS, "sela-ref"))
+    for n, k in TARGET_SIZES:
+        for family in TARGET_FAMILIES:
+            add(family, n, k, (25.0,), TARGET_CONTENDERS, TARGET_REFERENCE_TIMEOUT_S)
+    add("sela-early", 1_000_000, 1_000, (25.0,), (DEFAULT_EQUIPART,))
+    add("zipf", 1_000_000, 1_000, (25.0,), (DEFAULT_EQUIPART,))
     return cases
 
 
@@ -114,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=float,
-        help="seconds (> 0) per job, worker start and loading included (default: CPU "
-        "quick 6, else 300)",
+        help="seconds (> 0) per job, loading its scores included, the worker's imports "
+        "not (default: CPU quick 6, else 300)",
     )
     parser.add_argument(
         "--memory-budget-gb",
@@ -124,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip contenders estimated to need more RAM (GPU: device memory on cuda)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: a new folder ./equipart-bench-YYYYmmdd-HHMMSS, named "
+        "when the run starts)",
+    )
     parser.add_argument("--name", help="result file stem (default bench_<mode>_<device>)")
     parser.add_argument("--cache-dir", help="where generated problems are kept (default: temp)")
     parser.add_argument(
@@ -134,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="disk for generated problems at once (larger sets run in groups)",
     )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="print the tables of a written result file and redraw its plots beside it",
+    )
     parser.add_argument("--list", action="store_true", help="list contenders and exit")
     return parser
 
@@ -163,16 +231,24 @@ def _jobs_for(
     args: argparse.Namespace,
     paths: dict[ProblemSpec, str],
     budget: float,
+    timeout: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(jobs to run, skipped records) of one contender."""
+    """(jobs to run, skipped records) of one contender; ``timeout`` is the default
+    per-job timeout, recorded in each job (capped by the case's reference timeout)."""
     missing = contender.missing()
     jobs, skipped = [], []
+    default = default_equipart(args.device)
     for case in cases:
         spec = case.spec
         if args.device not in contender.devices or (
             contender.real_data_only and spec.family not in REAL_FAMILIES
         ):
             continue  # not applicable at all: not recorded
+        if case.contenders is not None and not any(
+            fnmatchcase(contender.name, default if name == DEFAULT_EQUIPART else name)
+            for name in case.contenders
+        ):
+            continue  # not part of this problem's plan: not recorded
         lams = case.lams if contender.uses_lam else case.lams[:1]
         needed = spec.nbytes + contender.extra_bytes(spec.n, spec.k)
         reason = missing or contender.out_of_scope(spec, args.device)
@@ -193,16 +269,27 @@ def _jobs_for(
             if reason is not None:
                 skipped.append({**base, "status": "skipped", "note": reason})
                 continue
-            jobs.append(
-                {
-                    **base,
-                    "tol": args.tol,
-                    "max_iter": args.max_iter,
-                    "device": args.device,
-                    "path": paths[spec],
-                }
-            )
+            job = {
+                **base,
+                "tol": args.tol,
+                "max_iter": args.max_iter,
+                "device": args.device,
+                "path": paths[spec],
+            }
+            if timeout is not None:
+                job["timeout_s"] = _job_timeout(case, contender, default, args, timeout)
+            jobs.append(job)
     return jobs, skipped
+
+
+def _job_timeout(
+    case: Case, contender: Contender, default: str, args: argparse.Namespace, timeout: float
+) -> float:
+    """The job's timeout: ``timeout``, or the case's reference cap for a reference
+    contender when ``--timeout`` was not given."""
+    if args.timeout is not None or case.reference_timeout_s is None or contender.name == default:
+        return timeout
+    return min(timeout, case.reference_timeout_s)
 
 
 def _reader(stream: Any, lines: queue.Queue) -> None:
@@ -212,7 +299,9 @@ def _reader(stream: Any, lines: queue.Queue) -> None:
 
 
 def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list[dict[str, Any]]:
-    """Run jobs in worker subprocesses, restarting the worker after a timeout or a crash."""
+    """Run jobs in worker subprocesses, restarting the worker after a timeout or a crash.
+
+    A job's ``timeout_s`` (else ``timeout``) bounds the wait for its result."""
     records: list[dict[str, Any]] = []
     pending = list(jobs)
     while pending:
@@ -229,28 +318,25 @@ def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list
             lines: queue.Queue = queue.Queue()
             threading.Thread(target=_reader, args=(worker.stdout, lines), daemon=True).start()
             done = 0
-            failure: dict[str, Any] | None = None
-            while done < len(pending):
+            failure = _wait_ready(worker, lines, max(timeout, STARTUP_S), errors)
+            while failure is None and done < len(pending):
                 job = pending[done]
                 progress.set_description(
                     f"{job['contender']} {job['family']} {job['n']}x{job['k']}"
                 )
+                limit = job.get("timeout_s", timeout)
                 try:
-                    line = lines.get(timeout=timeout)
+                    line = lines.get(timeout=limit)
                 except queue.Empty:
                     worker.kill()
-                    failure = {"status": "timeout", "note": f"no result within {timeout:g} s"}
+                    failure = {
+                        "status": "timeout",
+                        "note": f"no result within {limit:g} s",
+                        "timeout_s": limit,
+                    }
                     break
                 if line is None:
-                    worker.wait()
-                    errors.seek(0)
-                    tail = errors.read()[-300:].strip().replace("\n", " ")
-                    failure = {
-                        "status": "crashed",
-                        "note": f"worker exited with code {worker.returncode}"
-                        + (" (killed: out of memory?)" if worker.returncode == -9 else "")
-                        + (f"; {tail}" if tail else ""),
-                    }
+                    failure = _crashed(worker, errors)
                     break
                 record = json.loads(line)
                 record.pop("job", None)
@@ -264,6 +350,31 @@ def _run_jobs(jobs: list[dict[str, Any]], timeout: float, progress: Any) -> list
             done += 1
         pending = pending[done:]
     return records
+
+
+def _wait_ready(
+    worker: Any, lines: queue.Queue, limit: float, errors: Any
+) -> dict[str, Any] | None:
+    """Wait for the worker's ready line (its imports done); a failure record if none."""
+    try:
+        line = lines.get(timeout=limit)
+    except queue.Empty:
+        worker.kill()
+        return {"status": "timeout", "note": f"worker not started within {limit:g} s"}
+    return _crashed(worker, errors) if line is None else None
+
+
+def _crashed(worker: Any, errors: Any) -> dict[str, Any]:
+    """The record of a worker that exited: its exit code and the tail of its stderr."""
+    worker.wait()
+    errors.seek(0)
+    tail = errors.read()[-300:].strip().replace("\n", " ")
+    return {
+        "status": "crashed",
+        "note": f"worker exited with code {worker.returncode}"
+        + (" (killed: out of memory?)" if worker.returncode == -9 else "")
+        + (f"; {tail}" if tail else ""),
+    }
 
 
 def _merge(job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -358,8 +469,10 @@ def _main(args: argparse.Namespace) -> int:
     except ImportError:
         tqdm = _PlainProgress
 
-    from .report import describe_machine, markdown_table, plot_results
+    from .report import describe_machine, time_to_tol
 
+    if args.report:
+        return _report(args.report, not args.no_plots)
     contenders = _select_contenders(args.contenders)
     if args.list:
         for c in contenders:
@@ -371,13 +484,6 @@ def _main(args: argparse.Namespace) -> int:
     if bad_lams:
         raise ValueError(f"--lams: expected finite numbers > 0, got {bad_lams}")
     _check_numbers(args)
-    out = Path(args.out)
-    try:  # before any work: a run whose results cannot be written is not started
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--out: the folder {str(out)!r} is not writable")
     here = available_families()
     families = args.families or here
     absent = [f for f in families if f not in here]
@@ -393,9 +499,17 @@ def _main(args: argparse.Namespace) -> int:
     else:
         cases = plan_cases(mode, args.device, families, args.seed)
         if args.lams:
-            cases = [Case(c.spec, tuple(args.lams)) for c in cases]
+            cases = [replace(c, lams=tuple(args.lams)) for c in cases]
     if not cases:
         raise ValueError("no problems selected: check --families and --sizes")
+    out = Path(args.out) if args.out is not None else fresh_folder()
+    try:  # before any work: a run whose results cannot be written is not started
+        out.mkdir(parents=True, exist_ok=args.out is not None)
+    except OSError as exc:
+        raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out: the folder {str(out)!r} is not writable")
+    print(f"results go to {out}{os.sep}", file=sys.stderr)
     timeout = args.timeout
     if timeout is None:
         timeout = 6.0 if mode == "quick" and args.device == "cpu" else 300.0
@@ -406,7 +520,7 @@ def _main(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="eqbench-"))
     cache.mkdir(parents=True, exist_ok=True)
     paths = {case.spec: str(_cache_path(cache, case.spec)) for case in cases}
-    plans = [_jobs_for(c, cases, args, paths, budget) for c in contenders]
+    plans = [_jobs_for(c, cases, args, paths, budget, timeout) for c in contenders]
     results = [record for _, skipped in plans for record in skipped]
     try:
         with tqdm(total=sum(len(jobs) for jobs, _ in plans), unit="job", file=sys.stderr) as bar:
@@ -451,14 +565,63 @@ def _main(args: argparse.Namespace) -> int:
         ],
         "results": results,
     }
+    rows = time_to_tol(results, default_equipart(args.device), timeout)
+    document["headline"] = {"equipart": rows[0]["contender"] if rows else None, "rows": rows}
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(document, indent=1))
-    table = markdown_table(results)
-    print(table)
-    written = [json_path]
-    if not args.no_plots:
-        written += plot_results(results, stem, f"equipart bench ({label}, {args.device})")
+    written = [json_path, *_publish(document, stem, not args.no_plots)]
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def fresh_folder(now: datetime | None = None) -> Path:
+    """A folder name in the current directory that does not exist yet, for a run's
+    results: equipart-bench-YYYYmmdd-HHMMSS (local time), with -2, -3, ... appended when
+    that exists. Never the repository's benchmarks/results, which only an explicit
+    ``--out`` writes."""
+    stem = f"equipart-bench-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    path, suffix = Path(stem), 1
+    while path.exists():
+        suffix += 1
+        path = Path(f"{stem}-{suffix}")
+    return path
+
+
+def _publish(document: dict[str, Any], stem: Path, plots: bool) -> list[Path]:
+    """Print the headline (time to tol, ratios) and the table of every job; write the
+    plots beside ``stem`` when asked. Returns the plots written."""
+    from .report import headline_table, markdown_table, plot_results
+
+    rows = document["headline"]["rows"]
+    print(f"## Time to tol {document['settings']['tol']:g}\n")
+    print(headline_table(rows, document["settings"]["tol"]))
+    print("\n## Every job\n")
+    print(markdown_table(document["results"]))
+    if not plots:
+        return []
+    title = f"equipart bench ({document['mode']}, {document['device']})"
+    return plot_results(document["results"], stem, title, rows)
+
+
+def _report(path: str, plots: bool) -> int:
+    """``--report FILE``: the tables (and plots, beside it) of a written JSON file.
+
+    A file written before the headline was recorded gets one computed from its jobs.
+    """
+    from .report import time_to_tol
+
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--report: cannot read {path!r} as a bench JSON file ({exc})") from exc
+    if "results" not in document or "settings" not in document:
+        raise ValueError(f"--report: {path!r} has no 'results' and 'settings': not a bench file")
+    if "headline" not in document:
+        timeout = document["settings"].get("timeout_s")
+        document["headline"] = {"rows": time_to_tol(document["results"], None, timeout)}
+    written = _publish(document, Path(path).with_suffix(""), plots)
+    if written:
+        print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
 

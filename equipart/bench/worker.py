@@ -1,7 +1,10 @@
 """The subprocess that runs one contender's jobs: ``python -m equipart.bench.worker``.
 
 It reads a JSON list of jobs on stdin (all for the same contender, sorted so that jobs on
-the same problem are adjacent) and writes one JSON line per job on stdout. For each job
+the same problem are adjacent), imports the libraries the contender needs and says so on
+stdout (``{"ready": true}``: the runner's per-job timeout starts there, so a slow import
+on a busy machine does not time out the first job), then writes one JSON line per job on
+stdout. For each job
 it loads the cached float32 scores (``.npy``, written by the runner) into RAM (or onto the
 GPU), warms the contender up once on a slice of them (JIT compilation, lazy imports), then
 resets the peak-memory counters, runs the contender, reads the peaks, and judges the
@@ -15,6 +18,7 @@ the peak of torch's allocator is reported as well.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -105,6 +109,16 @@ def _warm_up(contender: Contender, scores: Any, spec: ProblemSpec, lam: float, t
     contender.run(scores[:rows], small, lam, tol, 3)
 
 
+def _import_libraries(contender: Contender) -> None:
+    """Import what the contender's first call would (its modules, equipart's backend)."""
+    for module in contender.requires:
+        importlib.import_module(module)
+    if contender.group == "equipart":
+        from equipart.backends import get_backend
+
+        get_backend(contender.name.removeprefix("equipart-"), None)
+
+
 def _judge(output: Output, scores: Any, lam: float, tol: float) -> dict[str, Any]:
     if output.labels is not None:
         return judge_labels(scores, output.labels, tol).to_dict()
@@ -172,6 +186,12 @@ def main() -> int:
         job["contender"] == "equipart-torch" for job in jobs
     ):
         os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
+    if jobs:
+        try:
+            _import_libraries(get_contender(jobs[0]["contender"]))
+        except Exception:  # the first job meets the same failure and records it
+            pass
+    print(json.dumps({"ready": True}), flush=True)
     state: dict[str, Any] = {}
     for index, job in enumerate(jobs):
         try:

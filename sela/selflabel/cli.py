@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import PRESETS, Config, ConfigError, check_config, choices
+from .config import PRESETS, TUPLES, Config, ConfigError, check_config, choices
 from .data import DataError
 
 __all__ = ["eval_main", "main", "train_main"]
@@ -29,19 +29,30 @@ _HELP = {
     "fc": "units of AlexNet's two fully connected layers",
     "heads": "number of clustering heads H",
     "clusters": "clusters per head K",
-    "lr_drop_every": "multiply the learning rate by --lr-gamma every this many epochs "
-    "(0: once, at the first step at or after 3/4 of training)",
-    "assign": "label step: optimal transport (equipart) or the k-means ablation",
-    "lam": "inverse temperature of the transport problem (SeLa: 25; CIFAR setting 10)",
+    "holdout": "split every metric is measured on: the test split, or val (training images "
+    "the run does not train on; for choosing settings)",
+    "lr_drops": "fractions of training at which the learning rate is multiplied by --lr-gamma",
+    "method": "label step: sinkhorn (SeLa, equipart's optimal transport), kmeans (the paper's "
+    "ablation) or untrained (no training: the baseline)",
+    "lam": "inverse temperature of the transport problem (paper: 25)",
     "solver_backend": "equipart backend of the label step: auto (torch on the scores' device "
     "if available, else a host copy), torch, numpy or numba",
-    "n_opts": "label optimisations over the run (first at step 0)",
-    "opt_schedule": "spacing of the optimisations: quadratic (SeLa, denser early) or linear",
+    "n_opts": "label optimisations over the run, the first at step 0 (default: one per epoch)",
+    "opt_schedule": "spacing of the optimisations: linear (default) or quadratic (denser early)",
+    "head_update": "relabel every head at each optimisation (all) or one head in turn "
+    "(round-robin)",
+    "kmeans_init": "k-means++ initialisations of the ablation, the best by inertia (paper: 3)",
+    "augment": "training transform: colour (SeLa's), gray (its one-channel stand-in: crop, "
+    "affine, erasing, noise), none, or auto (by the number of channels)",
+    "crop_scale": "area fractions of the random resized crop",
+    "flip": "random horizontal flips (default: on for Fashion-MNIST and CIFAR, off for digits)",
     "label_augment": "augment images in the label pass (reference code: on)",
     "label_bn_train": "train-mode BatchNorm in the label pass (reference code: on)",
     "knn_k": "neighbours of the weighted kNN (paper: 50)",
     "knn_sigma": "temperature of the kNN votes exp(sim / sigma) (paper: 0.1)",
-    "amp": "bfloat16 autocast on CUDA",
+    "knn_pca": "PCA dimensions of the FC features before the kNN (paper: 128)",
+    "curve_points": "evaluations at evenly spaced epochs for the learning curves (0: final only)",
+    "amp": "bfloat16 autocast in the training steps on CUDA (never in the label pass)",
     "ckpt_every_steps": "also checkpoint every this many steps (0: at epoch ends only)",
     "device": "cpu, cuda or cuda:N",
 }
@@ -82,6 +93,8 @@ def _train_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "crop_scale":
             p.add_argument(flag, type=float, nargs=2, metavar=("MIN", "MAX"), **kw)
+        elif f.name == "lr_drops":
+            p.add_argument(flag, type=float, nargs="*", metavar="FRACTION", **kw)
         else:
             p.add_argument(flag, type=tp, choices=fixed.get(f.name), **kw)
     return p
@@ -93,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for f in dataclasses.fields(Config):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = tuple(given) if f.name == "crop_scale" else given
+            values[f.name] = tuple(given) if f.name in TUPLES else given
     return Config.from_dict(values)
 
 
@@ -132,8 +145,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.checkpoint.is_file():
         p.error(f"checkpoint: {args.checkpoint} is not a file")
+    from .evaluate import evaluate_model, label_scores
     from .models import build_model
-    from .train import evaluate_model, prepare_data, resolve_device
+    from .train import prepare_data, resolve_device
 
     try:
         blob = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -161,7 +175,9 @@ def eval_main(argv: list[str] | None = None) -> int:
         cfg.arch, data.channels, data.image_size, cfg.heads, cfg.clusters, cfg.width, cfg.fc
     )
     model.load_state_dict(blob["model"])
-    result = evaluate_model(model.to(device), data, cfg, blob["labels"])
+    result: dict[str, Any] = evaluate_model(model.to(device), data, cfg)
+    if cfg.method != "untrained":
+        result["pseudo"] = label_scores(blob["labels"], data.train.labels, cfg.clusters)
     result["step"] = blob["step"]
     text = json.dumps(result, indent=2)
     if args.output:

@@ -26,6 +26,9 @@ NEEDS_DATA_DIR = {
     "(http://ufldl.stanford.edu/housenumbers/)",
 }
 
+# Settings that hold a tuple (JSON gives lists back).
+TUPLES = ("crop_scale", "lr_drops")
+
 # Why batches (and the training set) must hold two images or more.
 BATCHNORM_NEEDS_TWO = "BatchNorm in training mode needs 2+ images per batch"
 
@@ -39,19 +42,26 @@ class Config:
     """Every setting of a SeLa run (CLI flags map one-to-one onto these fields).
 
     Units: ``epochs`` are passes over the (possibly imbalanced/subsampled) training set;
-    ``lr_drop_every`` is in epochs (the learning rate is multiplied by ``lr_gamma`` every
-    that many epochs, SeLa's step schedule; 0 means once, from the first step at or after
-    3/4 of training, mid-epoch if need be); ``batch_size`` and ``eval_batch_size`` are at
-    least 2 (train-mode BatchNorm); ``n_opts`` is the number of label optimisations over
-    the whole run, the first at step 0 (on the untrained network), then spaced
-    quadratically in time (t_k = T (k / n_opts)^2, denser early, as in SeLa's reference
-    code) or linearly.
+    ``lr_drops`` are fractions of all training steps at each of which the learning rate is
+    multiplied by ``lr_gamma``; ``batch_size`` and ``eval_batch_size`` are at least 2
+    (train-mode BatchNorm); ``n_opts`` is the number of label optimisations over the whole
+    run (None: one per epoch), the first at step 0 (on the untrained network), then spaced
+    linearly in time (t_k = T k / n_opts) or quadratically (T (k / n_opts)^2, denser early);
+    ``head_update`` says whether each optimisation relabels every head or one head in turn
+    (round-robin); ``curve_points`` evaluations are made at evenly spaced epochs for the
+    learning curves (the last one at the end of training), besides the final one.
+    ``method`` is ``sinkhorn`` (SeLa), ``kmeans`` (the paper's ablation) or ``untrained``
+    (no training: the network at its initialisation, a baseline). ``holdout`` picks the
+    split every metric is measured on: the data set's ``test`` split, or ``val``, images of
+    the training split that the run does not train on (``test_size`` of them), for choosing
+    settings without looking at the test split.
     """
 
-    dataset: str = "mnist"
+    dataset: str = "fashion-mnist"
     data_dir: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    holdout: str = "test"
     imbalance: str = "none"
     arch: str = "alexnet"
     width: float = 1.0
@@ -63,32 +73,43 @@ class Config:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_drop_every: int = 0
+    lr_drops: tuple[float, ...] = (0.7, 0.9)
     lr_gamma: float = 0.1
-    assign: str = "sinkhorn"
+    method: str = "sinkhorn"
     lam: float = 25.0
     solver_tol: float = 1e-2
     solver_max_iter: int = 1000
     solver_backend: str = "auto"
-    n_opts: int = 10
-    opt_schedule: str = "quadratic"
+    n_opts: int | None = None
+    opt_schedule: str = "linear"
+    head_update: str = "all"
     label_augment: bool = True
     label_bn_train: bool = True
     kmeans_pca: int = 256
     kmeans_iter: int = 20
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    flip: bool = False
-    jitter: float = 0.4
+    kmeans_init: int = 3
+    augment: str = "auto"
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip: bool | None = None
     eval_batch_size: int = 1024
     knn_k: int = 50
     knn_sigma: float = 0.1
+    knn_pca: int = 128
     probe_epochs: int = 30
+    curve_points: int = 0
     evaluate: bool = True
     amp: bool = True
     device: str = "cpu"
     seed: int = 0
     ckpt_every_steps: int = 0
     progress: bool = True
+
+    @property
+    def label_updates(self) -> int:
+        """Label optimisations over the run (0 for the untrained baseline)."""
+        if self.method == "untrained":
+            return 0
+        return self.n_opts if self.n_opts is not None else self.epochs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,8 +121,9 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
         values = dict(data)
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
+        for name in TUPLES:
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -149,9 +171,12 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "dataset": DATASETS,
         "arch": ARCHS,
-        "assign": ("sinkhorn", "kmeans"),
+        "method": ("sinkhorn", "kmeans", "untrained"),
+        "holdout": ("test", "val"),
         "imbalance": ("none", "light", "heavy"),
-        "opt_schedule": ("quadratic", "linear"),
+        "opt_schedule": ("linear", "quadratic"),
+        "head_update": ("all", "round-robin"),
+        "augment": ("auto", "colour", "gray", "none"),
     }
 
 
@@ -171,9 +196,10 @@ def check_config(cfg: Config) -> None:
         if getattr(cfg, name) not in valid:
             raise bad(name, "one of " + ", ".join(valid))
     at_least = {
-        "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 2, "fc": 1, "n_opts": 1,
-        "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "eval_batch_size": 2,
-        "knn_k": 1, "probe_epochs": 0, "lr_drop_every": 0, "ckpt_every_steps": 0, "seed": 0,
+        "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 2, "fc": 1,
+        "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "kmeans_init": 1,
+        "eval_batch_size": 2, "knn_k": 1, "knn_pca": 1, "probe_epochs": 0, "curve_points": 0,
+        "ckpt_every_steps": 0, "seed": 0,
     }  # fmt: skip
 
     def integer(value: Any) -> bool:
@@ -185,6 +211,10 @@ def check_config(cfg: Config) -> None:
             raise bad(name, f"an integer >= {low}{why}")
     if cfg.seed >= 2**63:
         raise bad("seed", "an integer below 2**63")
+    if cfg.n_opts is not None and (not integer(cfg.n_opts) or cfg.n_opts < 1):
+        raise bad("n_opts", "an integer >= 1, or no flag for one per epoch")
+    if cfg.flip is not None and not isinstance(cfg.flip, bool):
+        raise bad("flip", "a boolean, or no flag for the data set's default")
     for name, low in (("train_size", 2), ("test_size", 1)):
         value = getattr(cfg, name)
         if value is not None and (not integer(value) or value < low):
@@ -204,13 +234,15 @@ def check_config(cfg: Config) -> None:
     for name in ("width", "lr", "lr_gamma", "lam", "solver_tol", "knn_sigma"):
         if number(name) <= 0:
             raise bad(name, "a positive number")
-    for name in ("weight_decay", "jitter"):
-        if number(name) < 0:
-            raise bad(name, "a number >= 0")
+    if number("weight_decay") < 0:
+        raise bad("weight_decay", "a number >= 0")
     if not 0 <= number("momentum") < 1:
         raise bad("momentum", "a number in [0, 1)")
-    if number("jitter") > 1:
-        raise bad("jitter", "a number in [0, 1] (brightness etc. scale by 1 +- jitter)")
+    drops = cfg.lr_drops
+    if not all(isinstance(v, (int, float)) and 0 < v < 1 for v in drops) or list(drops) != sorted(
+        drops
+    ):
+        raise bad("lr_drops", "increasing fractions of training in (0, 1), e.g. 0.7 0.9")
     scale = cfg.crop_scale
     if (
         len(scale) != 2
@@ -236,17 +268,34 @@ def check_config(cfg: Config) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The CPU test configuration: 2000 MNIST images, a quarter-width AlexNet-BN.
-    "quick": dict(
-        dataset="mnist", train_size=2000, test_size=500, arch="alexnet", width=0.25,
-        fc=128, heads=2, clusters=20, epochs=5, batch_size=100, lr=0.05,
-        n_opts=5, probe_epochs=100, device="cpu",
+    # The paper's protocol for 32 x 32 inputs (SeLa's CIFAR-10 setting) on one GPU: AlexNet-BN,
+    # 10 heads x 128 clusters, lam 25, one label update per epoch spread linearly (the
+    # authors' CIFAR code), SGD with momentum at lr 0.05 and two drops late in training.
+    "paper": dict(
+        arch="alexnet", width=1.0, fc=4096, heads=10, clusters=128, lam=25.0, epochs=400,
+        batch_size=256, lr=0.05, momentum=0.9, lr_drops=(0.7, 0.9), opt_schedule="linear",
+        head_update="all", eval_batch_size=2048, probe_epochs=50, curve_points=8,
+        device="cuda", progress=False,
     ),
-    # One GPU, full MNIST (60000 train / 10000 test), half-width AlexNet-BN: about a minute
-    # per run on an H100 (scripts/gpu_run.py runs it with sinkhorn and with kmeans).
-    "gpu-mnist": dict(
-        dataset="mnist", arch="alexnet", width=0.5, fc=2048, heads=3, clusters=30,
-        epochs=10, batch_size=256, lr=0.05, n_opts=8, solver_max_iter=100,
-        eval_batch_size=2048, probe_epochs=20, device="cuda", progress=False,
+    # One H100/H200, both methods within minutes (scripts/compare.py): full Fashion-MNIST,
+    # half-width AlexNet-BN, the paper's heads, 50 epochs and 50 label updates, batch 256.
+    "gpu": dict(
+        dataset="fashion-mnist", arch="alexnet", width=0.5, fc=2048, heads=10, clusters=128,
+        epochs=50, batch_size=256, eval_batch_size=4096, probe_epochs=50, curve_points=5,
+        device="cuda", progress=False,
+    ),
+    # The committed CPU comparison (scripts/compare.py on the 2-core machine): 5,000
+    # Fashion-MNIST training images, the full test split, a quarter-width AlexNet-BN, the
+    # paper's heads, 16 epochs and 32 label updates (two an epoch).
+    "cpu": dict(
+        dataset="fashion-mnist", train_size=5000, arch="alexnet", width=0.25, fc=128,
+        heads=10, clusters=128, epochs=16, n_opts=32, batch_size=128, probe_epochs=50,
+        curve_points=4, device="cpu",
+    ),
+    # CI's quick test: the same protocol on 1,000 images, in seconds.
+    "quick": dict(
+        dataset="fashion-mnist", train_size=1000, test_size=500, arch="alexnet", width=0.125,
+        fc=64, heads=3, clusters=20, epochs=4, batch_size=100, probe_epochs=20,
+        curve_points=2, device="cpu",
     ),
 }  # fmt: skip

@@ -45,6 +45,7 @@ __all__ = [
     "imbalance",
     "load_dataset",
     "mnist_dir",
+    "split_off",
     "subsample",
 ]
 
@@ -373,10 +374,16 @@ def imbalance(split: Split, kind: str, n_classes: int, seed: int = 0) -> Split:
 
 def subsample(split: Split, n: int | None, seed: int = 0) -> Split:
     """A random subset of ``n`` rows (all of them when ``n`` is None or >= len)."""
-    if n is None or n >= len(split):
-        return split
-    if n < 1:
+    return split_off(split, n, 0, seed)[0]
+
+
+def split_off(split: Split, n: int | None, m: int, seed: int = 0) -> tuple[Split, Split]:
+    """Two disjoint random subsets of ``split``: :func:`subsample`'s ``n`` rows (all when
+    ``n`` is None or >= len) and ``m`` rows of the rest (at most all of them), each in the
+    original order."""
+    if n is not None and n < 1:
         raise ValueError(f"subset: expected a positive number of images, got {n}")
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(split), generator=gen)[:n].sort().values
-    return split.subset(index)
+    if n is None or n >= len(split):
+        return split, split.subset(torch.arange(0))
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[:n].sort().values), split.subset(order[n : n + m].sort().values)

@@ -7,9 +7,12 @@
 * :class:`ResNet18`: the CIFAR-style ResNet-18 (3x3 stem, no stem pooling, stages of
   64, 128, 256, 512 channels times ``width``, global average pooling).
 
-``forward(x)`` returns head logits of shape (B, H, K); ``forward(x, with_features=True)``
-returns ``(logits, features)`` where features are the trunk output the heads read (the
-penultimate layer), used by the k-means ablation, kNN and the linear probe.
+Every network is ``conv`` (the convolutional trunk, flattened) then ``fc`` (AlexNet's two
+fully connected layers; nothing for the ResNet) then the heads. ``forward(x)`` returns head
+logits of shape (B, H, K); ``forward(x, with_features=True)`` returns ``(logits, fc,
+conv)``: the penultimate features the heads read (the k-means ablation clusters them and
+the kNN evaluation reads them, as in SeLa) and the last convolutional block's output (the
+linear probe reads it: conv5 for AlexNet, the pooled last stage for the ResNet).
 """
 
 from __future__ import annotations
@@ -39,16 +42,18 @@ class MultiHead(nn.Module):
 
 
 class _Backbone(nn.Module):
-    trunk: nn.Module
+    conv: nn.Module
+    fc: nn.Module
     heads: MultiHead
     feature_dim: int
 
     def forward(
         self, x: torch.Tensor, with_features: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        features = self.trunk(x)
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        conv = self.conv(x)
+        features = self.fc(conv)
         logits = self.heads(features)
-        return (logits, features) if with_features else logits
+        return (logits, features, conv) if with_features else logits
 
 
 def _conv_bn(c_in: int, c_out: int, k: int) -> list[nn.Module]:
@@ -76,13 +81,15 @@ class AlexNetBN(_Backbone):
             raise ValueError(f"image_size: expected a multiple of 8, got {image_size}")
         c = [max(8, int(round(ch * width))) for ch in (96, 256, 384, 384, 256)]
         spatial = image_size // 8
-        self.trunk = nn.Sequential(
+        self.conv = nn.Sequential(
             *_conv_bn(in_channels, c[0], 5), nn.MaxPool2d(2),
             *_conv_bn(c[0], c[1], 5), nn.MaxPool2d(2),
             *_conv_bn(c[1], c[2], 3),
             *_conv_bn(c[2], c[3], 3),
             *_conv_bn(c[3], c[4], 3), nn.MaxPool2d(2),
             nn.Flatten(),
+        )  # fmt: skip
+        self.fc = nn.Sequential(
             nn.Linear(c[4] * spatial * spatial, fc, bias=False), nn.BatchNorm1d(fc),
             nn.ReLU(inplace=True),
             nn.Linear(fc, fc, bias=False), nn.BatchNorm1d(fc), nn.ReLU(inplace=True),
@@ -121,7 +128,8 @@ class ResNet18(_Backbone):
             layers += [_Block(c_in, ch, 1 if i == 0 else 2), _Block(ch, ch, 1)]
             c_in = ch
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.trunk = nn.Sequential(*layers)
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Identity()
         self.feature_dim = c[-1]
         self.heads = MultiHead(c[-1], n_heads, n_clusters)
 

@@ -58,6 +58,13 @@ def _refused(main, argv, capsys) -> str:
         (["--data-dir", "/nonexistent/sela"], "--data-dir", "not a folder"),
         (["--dataset", "bogus"], "--dataset", "mnist"),  # argparse's own check, also one line
         (["--epochs", "x"], "--epochs", "invalid int"),
+        (["--lr-drops", "0.9", "0.7"], "--lr-drops", "increasing fractions"),
+        (["--lr-drops", "1.5"], "--lr-drops", "in (0, 1)"),
+        (["--kmeans-init", "0"], "--kmeans-init", ">= 1"),
+        (["--knn-pca", "0"], "--knn-pca", ">= 1"),
+        (["--head-update", "some"], "--head-update", "round-robin"),
+        (["--holdout", "train"], "--holdout", "val"),
+        (["--method", "dbscan"], "--method", "untrained"),
     ],
 )
 def test_bad_flag_is_refused_in_one_line_before_any_work(tmp_path, capsys, flags, named, valid):
@@ -97,7 +104,7 @@ def test_missing_data_files_are_one_line_naming_the_file(tmp_path, capsys):
 
 def test_errors_found_after_loading_the_data_still_write_nothing(tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["--out", str(run), *BASE, "--assign", "kmeans", "--clusters", "5000"]
+    argv = ["--out", str(run), *BASE, "--method", "kmeans", "--clusters", "5000"]
     line = _refused(train_main, argv, capsys)
     assert line.startswith("sela-train: error: --clusters: k-means needs at least K=5000")
     # --imbalance heavy leaves 1 of 2 images: too few for train-mode BatchNorm.

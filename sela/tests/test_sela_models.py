@@ -1,4 +1,4 @@
-"""Networks give (B, H, K) logits and the trunk features the evaluation reads."""
+"""Networks give (B, H, K) logits and the FC and conv features the evaluation reads."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from selflabel.models import build_model
 def test_shapes(arch, channels, size):
     model = build_model(arch, channels, size, n_heads=3, n_clusters=7, width=0.125, fc=24)
     x = torch.randn(4, channels, size, size)
-    logits, feats = model(x, with_features=True)
+    logits, feats, conv = model(x, with_features=True)
     assert logits.shape == (4, 3, 7)
     assert feats.shape == (4, model.feature_dim)
+    torch.testing.assert_close(model.conv(x), conv)
+    torch.testing.assert_close(model.fc(conv), feats)
     torch.testing.assert_close(model(x), logits)  # eval-independent here: train mode both
 
 
 def test_heads_are_one_matrix_product():
     model = build_model("alexnet", 1, 8, n_heads=2, n_clusters=5, width=0.125, fc=16).eval()
     x = torch.randn(3, 1, 8, 8)
-    logits, feats = model(x, with_features=True)
+    logits, feats, _ = model(x, with_features=True)
     w, b = model.heads.linear.weight.view(2, 5, -1), model.heads.linear.bias.view(2, 5)
     torch.testing.assert_close(logits[:, 1], feats @ w[1].T + b[1])
 
