@@ -119,7 +119,8 @@ class BalancedKMeans(
     random_state : int, RandomState instance or None
         Seeds k-means++ (and the sample of lam="auto").
     backend : str or equipart.backends.Backend, default "auto"
-        The equipart backend of the assignment steps (``"numba"`` where installed).
+        The equipart backend of the assignment steps (``"numba"`` where installed;
+        ``"numpy"``; ``"torch"`` runs them on CPU tensors sharing the data's memory).
 
     Attributes
     ----------
@@ -375,7 +376,7 @@ def _assign(
     Sinkhorn solve warm-started at the last step's dual (a cold one first at lam /
     ``COLD_DIVISOR``, whose dual, scaled up, starts the solve at lam), then the
     certified balanced rounding (``equipart.balanced``) from ``_Duals.start``."""
-    engine, source = Factored(x, centers, metric="sqeuclidean").open(backend)
+    engine, source = _open_scores(x, centers, backend)
     if duals.soft is None:
         cold = _sinkhorn(source, engine, lam / COLD_DIVISOR, constraint, None)
         soft = _sinkhorn(source, engine, lam, constraint, cold * COLD_DIVISOR)
@@ -384,6 +385,16 @@ def _assign(
     labels, prices = _balanced_rounding(source, engine, lam, duals.start(soft), constraint)
     duals.soft, duals.prices = soft, prices
     return labels
+
+
+def _open_scores(x: np.ndarray, centers: np.ndarray, backend: Any) -> tuple[Any, Any]:
+    """The backend and row source of the scores -|x_i - c_j|^2 (up to a row term): a
+    ``Factored``, of torch CPU tensors sharing x's memory for ``backend="torch"``."""
+    if backend == "torch":
+        import torch
+
+        x, centers = torch.from_numpy(x), torch.from_numpy(centers)
+    return Factored(x, centers, metric="sqeuclidean").open(backend)
 
 
 def _sinkhorn(
@@ -421,7 +432,9 @@ def _balanced_rounding(
     width = min(FIRST_WIDTH, n_labels)
     (block,) = source.blocks(0)
     while True:
-        cand, value = engine.top_labels(block, "logits", lam, prices, width)
+        cand, value = (
+            engine.to_numpy(part) for part in engine.top_labels(block, "logits", lam, prices, width)
+        )
         solution = solve_candidates(cand, value, prices, lo, hi, complete=width == n_labels)
         if solution.certified or width == n_labels:
             break
@@ -436,9 +449,10 @@ def _balanced_rounding(
 
 def _nearest(x: np.ndarray, centers: np.ndarray, backend: Any) -> np.ndarray:
     """Each point's nearest centre (the lower index on ties)."""
-    engine, source = Factored(x, centers, metric="sqeuclidean").open(backend)
+    engine, source = _open_scores(x, centers, backend)
     (block,) = source.blocks(0)
-    return np.asarray(engine.labels(block, "logits", 1.0, np.zeros(centers.shape[0])))
+    labels = engine.labels(block, "logits", 1.0, np.zeros(centers.shape[0]))
+    return engine.to_numpy(labels).astype(np.int64)
 
 
 def _centroids(x: np.ndarray, labels: np.ndarray, previous: np.ndarray) -> np.ndarray:

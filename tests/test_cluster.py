@@ -172,3 +172,18 @@ def test_bad_data_gets_scikit_learn_messages():
 
 def test_exported_lazily_from_equipart():
     assert equipart.BalancedKMeans is BalancedKMeans
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_every_backend_gives_the_same_clustering(backend):
+    """The assignment steps run on Factored scores under each backend (torch: CPU tensors
+    sharing the data's memory) and give the same fit and predictions."""
+    pytest.importorskip(backend)
+    x = _unequal_blobs().astype(np.float32)
+    reference = BalancedKMeans(5, random_state=0, backend="numpy").fit(x)
+    model = BalancedKMeans(5, random_state=0, backend=backend).fit(x)
+    np.testing.assert_array_equal(model.labels_, reference.labels_)
+    np.testing.assert_array_equal(model.predict(x[:50]), reference.predict(x[:50]))
+    balanced = model.predict(x[:50], balanced=True)
+    np.testing.assert_array_equal(balanced, reference.predict(x[:50], balanced=True))
+    assert np.bincount(balanced, minlength=5).tolist() == [10] * 5

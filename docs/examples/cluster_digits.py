@@ -5,12 +5,13 @@
 Embeds the 1,797 8 x 8 digit images with PCA (16 components), clusters them into 10
 clusters with scikit-learn's ``KMeans`` and with ``equipart.cluster.BalancedKMeans``
 (sizes 179 or 180), prints each one's inertia, cluster sizes and adjusted Rand index
-against the true digits, and draws the sorted cluster sizes side by side into
-docs/images/cluster_digits_sizes.png.
+against the true digits, writes them to docs/examples/cluster_digits.json and draws the
+sorted cluster sizes side by side from that file into docs/images/cluster_digits_sizes.png.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -25,33 +26,47 @@ from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from equipart.cluster import BalancedKMeans  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "images" / "cluster_digits_sizes.png"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "cluster_digits.json"
+OUT = HERE.parent / "images" / "cluster_digits_sizes.png"
 
 
-def main() -> None:
+def run() -> dict:
+    """Both clusterings of the digits: inertia, sorted sizes, adjusted Rand index."""
     digits = load_digits()
     embeddings = PCA(n_components=16, random_state=0).fit_transform(digits.data)
     models = {
         "KMeans": KMeans(n_clusters=10, n_init=10, random_state=0),
         "BalancedKMeans": BalancedKMeans(n_clusters=10, n_init=10, random_state=0),
     }
-    sizes = {}
+    out = {"n_samples": len(embeddings), "true_sizes": _sorted_sizes(digits.target)}
     for name, model in models.items():
         labels = model.fit_predict(embeddings)
-        sizes[name] = np.sort(np.bincount(labels, minlength=10))[::-1]
-        ari = adjusted_rand_score(digits.target, labels)
-        print(
-            f"{name:>14}: inertia {model.inertia_:,.0f}, sizes {sizes[name].tolist()}, "
-            f"adjusted Rand index {ari:.3f}"
-        )
-    truth = np.sort(np.bincount(digits.target))[::-1]
-    print(f"{'true digits':>14}: sizes {truth.tolist()}")
+        out[name] = {
+            "inertia": float(model.inertia_),
+            "sizes": _sorted_sizes(labels),
+            "adjusted_rand_index": float(adjusted_rand_score(digits.target, labels)),
+        }
+    return out
 
+
+def _sorted_sizes(labels: np.ndarray) -> list[int]:
+    return np.sort(np.bincount(labels, minlength=10))[::-1].tolist()
+
+
+def plot(results: dict) -> None:
+    """The sorted cluster sizes of both models, from the results file."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     rank = np.arange(10)
-    ax.bar(rank - 0.2, sizes["KMeans"], width=0.4, label="scikit-learn KMeans")
-    ax.bar(rank + 0.2, sizes["BalancedKMeans"], width=0.4, label="equipart BalancedKMeans")
-    ax.axhline(len(embeddings) / 10, color="k", lw=0.8, ls="--", label="N / K = 179.7")
+    ax.bar(rank - 0.2, results["KMeans"]["sizes"], width=0.4, label="scikit-learn KMeans")
+    ax.bar(
+        rank + 0.2,
+        results["BalancedKMeans"]["sizes"],
+        width=0.4,
+        label="equipart BalancedKMeans",
+    )
+    share = results["n_samples"] / 10
+    ax.axhline(share, color="k", lw=0.8, ls="--", label=f"N / K = {share:.1f}")
     ax.set_xticks(rank, [str(r + 1) for r in rank])
     ax.set_xlabel("cluster, largest first")
     ax.set_ylabel("points")
@@ -61,6 +76,20 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=120)
     print(f"wrote {OUT}")
+
+
+def main() -> None:
+    results = run()
+    for name in ("KMeans", "BalancedKMeans"):
+        r = results[name]
+        print(
+            f"{name:>14}: inertia {r['inertia']:,.0f}, sizes {r['sizes']}, "
+            f"adjusted Rand index {r['adjusted_rand_index']:.3f}"
+        )
+    print(f"{'true digits':>14}: sizes {results['true_sizes']}")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    plot(json.loads(RESULTS.read_text()))
 
 
 if __name__ == "__main__":
