@@ -50,6 +50,7 @@ from .backends.numba import (
     _run,
     _scale_row_exact,
     _scaled_params,
+    _top_of_row,
     _unit,
 )
 
@@ -189,29 +190,6 @@ def _colmax_kernel(counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_
     return last
 
 
-@njit(fastmath=_EXACT_Z, inline="always")
-def _select_top(z, k, idx, val):
-    """The k largest entries of z, best first, the lower index first among equal values
-    (as a stable descending sort), into idx and val. A running threshold (the k-th value
-    so far) rejects most entries with one comparison; entries above it are inserted."""
-    filled = 0
-    threshold = z[0]
-    for j in range(z.shape[0]):
-        zj = z[j]
-        if filled == k and not zj > threshold:
-            continue
-        t = filled if filled < k else k - 1
-        while t > 0 and zj > val[t - 1]:
-            val[t] = val[t - 1]
-            idx[t] = idx[t - 1]
-            t -= 1
-        val[t] = zj
-        idx[t] = j
-        if filled < k:
-            filled += 1
-        threshold = val[k - 1]
-
-
 @njit(**_OPTS, fastmath=_EXACT_Z)
 def _top_kernel(
     counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_rows, indices, values
@@ -220,7 +198,6 @@ def _top_kernel(
     the Numba backend's ``top_labels`` rounds it), best first, lower index on ties."""
     n_rows, n_features = x.shape
     n_labels = protos_t.shape[1]
-    k = indices.shape[1]
     buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
     rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
     z = np.empty(n_labels, dtype=g.dtype)
@@ -233,14 +210,7 @@ def _top_kernel(
             s = _scores(x, factors, protos_t, bias, b0, b1, rows_in, buffer)
             for i in range(b1 - b0):
                 _scale_row_exact(s[i], False, lam, g, z)
-                idx, val = indices[b0 + i], values[b0 + i]
-                if k * k > 8 * n_labels:  # many candidates: one stable sort of the row
-                    order = np.argsort(-z, kind="mergesort")
-                    for t in range(k):
-                        idx[t] = order[t]
-                        val[t] = z[order[t]]
-                else:
-                    _select_top(z, k, idx, val)
+                _top_of_row(z, indices[b0 + i], values[b0 + i])
         last = _finish(counters, n_chunks)
         c = _claim(counters)
     return last
