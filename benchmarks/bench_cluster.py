@@ -29,9 +29,10 @@ on the same shapes: NumPy's ``matmul`` into a preallocated N x K array, and the 
 GEMMs in the fused sweep's blocks with no sweep (target: at least 70%); interleaved
 repeats, medians.
 
-The result file, benchmarks/results/cluster_cpu.json, records the machine (CPU model,
-cores, commit, and whether the package's files differ from it), Numba's thread count and
-the load average before and after each part.
+The result file, benchmarks/results/cluster_cpu.json, records for each part the machine
+(CPU model, cores, commit, and whether the package's files differ from it), Numba's thread
+count and the load average before and after. ``--parts`` runs some parts and keeps the
+others from the existing file.
 """
 
 from __future__ import annotations
@@ -421,17 +422,30 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="scale: N")
     parser.add_argument("--repeats", type=int, default=5, help="factored: timed sweeps")
     parser.add_argument("--out", type=Path, default=RESULTS / "cluster_cpu.json")
+    parser.add_argument(
+        "--parts",
+        default="kmc,factored,scale",
+        help="comma-separated parts to run; the others are kept from an existing --out",
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
-    payload: dict[str, Any] = {"machine": machine()}
-    parts = {
+    runners = {
         "kmc": lambda: run_kmc(args.seeds),
         "factored": lambda: run_factored(args.repeats),
         "scale": lambda: run_scale(args.scale_rows),
     }
-    for name, run in parts.items():
+    chosen = [name.strip() for name in args.parts.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(runners))
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; choose among {sorted(runners)}")
+    payload: dict[str, Any] = {}
+    if args.out.exists() and set(chosen) != set(runners):
+        payload = json.loads(args.out.read_text())
+    for name in chosen:
         start = time.perf_counter()
-        payload[name] = run()
+        machine_then = machine()
+        payload[name] = runners[name]()
+        payload[name]["machine"] = machine_then
         payload[name]["part_seconds"] = time.perf_counter() - start
         write(args.out, payload)  # after every part: a long run keeps what it finished
 
