@@ -14,6 +14,7 @@ transport problem with a fused, log-stable Sinkhorn sweep on any array library.
 from .api import assign_labels, sinkhorn_codes
 from .distributed import DistributedSolveError
 from .exact import exact_assign
+from .factored import Factored
 from .marginals import Bounds, Counts, Marginal, Prior, Relaxed, Uniform
 from .result import Assignment, SolverState
 from .rounding import RoundingWarning
@@ -24,10 +25,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Assignment",
+    "BalancedKMeans",
     "Bounds",
     "ConvergenceWarning",
     "Counts",
     "DistributedSolveError",
+    "Factored",
     "Marginal",
     "Prior",
     "Relaxed",
@@ -39,3 +42,12 @@ __all__ = [
     "exact_assign",
     "sinkhorn_codes",
 ]
+
+
+def __getattr__(name: str):
+    """``equipart.BalancedKMeans``, imported on first use (it needs scikit-learn)."""
+    if name == "BalancedKMeans":
+        from .cluster import BalancedKMeans
+
+        return BalancedKMeans
+    raise AttributeError(f"module 'equipart' has no attribute {name!r}")

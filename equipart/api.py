@@ -11,6 +11,7 @@ import numpy as np
 from .backends.base import Backend, ColumnStats, ScoreKind
 from .distributed import open_group
 from .exact import exact_assign
+from .factored import Factored
 from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal, normalise_dual
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS, CountCheck, round_head
@@ -76,6 +77,11 @@ def _exact_labels(
         raise ValueError(
             "return_codes: rounding='exact' solves the hard LP and has no transport plan Q; "
             "pass return_codes=False, or use rounding='argmax' or 'balanced' for codes"
+        )
+    if isinstance(scores, Factored):
+        raise ValueError(
+            "scores: rounding='exact' solves a dense LP on the whole N x K matrix; pass "
+            "scores.to_dense() where it fits, or use rounding='balanced' (the same optimum)"
         )
     if isinstance(scores, RowBlocks) or (callable(scores) and not hasattr(scores, "shape")):
         raise ValueError(
@@ -279,7 +285,9 @@ def assign_labels(
         Scores of N points over K labels (H independent heads are solved in one call):
         a NumPy array, a torch tensor (CPU or CUDA) or a CuPy array; or, out of core, a
         ``np.memmap``, a path to a ``.npy`` file, or ``equipart.RowBlocks(factory)``,
-        streamed in row blocks every sweep with memory O(block + N + K). Never modified.
+        streamed in row blocks every sweep with memory O(block + N + K); or
+        ``equipart.Factored(features, prototypes)``, computed a block of rows at a time
+        (one GEMM each), never forming N x K. Never modified.
         With ``group``, this rank's rows only (possibly none). -inf in logits or
         log-probabilities marks a label impossible for a point (zero probability, as
         ``masked_fill(mask, float("-inf"))`` writes); NaN and +inf are refused.
@@ -391,6 +399,7 @@ def assign_labels(
         n_heads=source.n_heads,
         n_labels=source.n_labels,
         dtype=source.dtype,
+        prototypes=getattr(source, "prototypes_key", None),  # Factored scores: shared factors
         lam=lam,
         input=kind,
         tol=tol,
@@ -516,6 +525,7 @@ def sinkhorn_codes(
         n_heads=source.n_heads,
         n_labels=source.n_labels,
         dtype=source.dtype,
+        prototypes=getattr(source, "prototypes_key", None),
         lam=lam,
         input=kind,
         n_iter=n_iter,

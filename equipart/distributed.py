@@ -18,7 +18,8 @@ What else crosses ranks, once per call:
 
 * a handshake (all_gather of a fixed-length descriptor per rank) before any solver work:
   every rank's local row count N_r (the marginals bind to the global N = sum_r N_r), and
-  the arguments that must agree (K, H, the scores' dtype, lam, input, tol, max_iter,
+  the arguments that must agree (K, H, the scores' dtype, the prototypes of
+  ``equipart.Factored`` scores, lam, input, tol, max_iter,
   check_every, rounding, marginals, warm start, whether a callback is given; eps and
   n_iter for codes). A mismatch raises ValueError naming the argument on every rank;
 * the final dual g, taken from group rank 0 (so the warm-start state is bit-identical);
@@ -61,6 +62,7 @@ FIELDS = (
     "n_heads",
     "n_labels",
     "dtype",
+    "prototypes",
     "lam",
     "input",
     "tol",

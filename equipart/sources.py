@@ -24,6 +24,7 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.base import Backend
+from .factored import Factored
 from .validation import check_shape
 
 
@@ -323,6 +324,7 @@ def open_source(
       release each block's pages after use, so resident memory is O(block + N + K));
     * a :class:`RowBlocks` (or a bare callable returning an iterable of blocks): streamed
       from the factory every pass;
+    * a :class:`equipart.Factored` (features x prototypes): blocks computed every pass;
     * any other array: handed to the backend whole (:class:`InMemory`).
 
     ``allow_empty_rows`` admits N = 0 (a rank with no rows in a distributed solve).
@@ -335,6 +337,8 @@ def open_source(
         scores = RowBlocks(scores)
     if isinstance(scores, RowBlocks):
         return _open_factory(scores, backend, allow_empty_rows)
+    if isinstance(scores, Factored):
+        return scores.open(backend, allow_empty_rows=allow_empty_rows)
     engine = get_backend(backend, scores)
     n_heads, n_rows, n_labels, stacked = check_shape(
         engine, scores, allow_empty_rows=allow_empty_rows

@@ -22,7 +22,16 @@ import pytest
 from dual_tolerance import assert_same_solution, dual_tolerance, plain_rate
 
 import equipart
-from equipart import Bounds, Counts, Relaxed, RowBlocks, Uniform, assign_labels, sinkhorn_codes
+from equipart import (
+    Bounds,
+    Counts,
+    Factored,
+    Relaxed,
+    RowBlocks,
+    Uniform,
+    assign_labels,
+    sinkhorn_codes,
+)
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -444,10 +453,38 @@ def _trust(rank: int, world: int, workdir: str) -> dict:
     return out
 
 
+def _factors() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return rng.standard_normal((N_ROWS, 4), dtype=np.float32), rng.standard_normal(
+        (2, N_LABELS, 4), dtype=np.float32
+    )
+
+
+def _factored(rank: int, world: int, workdir: str) -> dict:
+    """Each rank passes Factored scores of its own features (one rank has none) and the
+    same prototypes; then one rank passes other prototypes, then dense scores."""
+    features, prototypes = _factors()
+    mine = _shard(features, SHARDS[3], rank)
+    scores = Factored(mine, prototypes, metric="sqeuclidean", scale=0.5)
+    out = {
+        "argmax": assign_labels(scores, LAM, tol=1e-7, group="default").labels,
+        "balanced": assign_labels(
+            scores, LAM, tol=1e-7, group="default", rounding="balanced"
+        ).labels,
+        "codes": sinkhorn_codes(scores, 0.5, 3, group="default"),
+    }
+    other = Factored(mine, prototypes + (rank == 1), metric="sqeuclidean", scale=0.5)
+    out["other"] = _outcome(lambda: assign_labels(other, LAM, group="default"))
+    dense = scores.to_dense() if rank == 2 else scores
+    out["dense"] = _outcome(lambda: sinkhorn_codes(dense, 0.5, 3, group="default"))
+    return out
+
+
 SCENARIOS = {
     "trust": _trust,
     "equivalence": _equivalence,
     "converged": _converged,
+    "factored": _factored,
     "rejections": _rejections,
     "death": _death,
     "cuda": _cuda,
@@ -543,6 +580,23 @@ def test_converged_sharded_solves_agree_with_single_process(tmp_path):
                 state=SimpleNamespace(g=parts[0][1]),
             )
             assert_same_solution(sharded, single, scores, LAM, bound)
+
+
+def test_factored_scores_of_each_ranks_features_equal_the_single_process_solve(tmp_path):
+    results = _run_world(("factored",), 3, tmp_path)["factored"]
+    features, prototypes = _factors()
+    scores = Factored(features, prototypes, metric="sqeuclidean", scale=0.5)
+    argmax = assign_labels(scores, LAM, tol=1e-7)
+    balanced = assign_labels(scores, LAM, tol=1e-7, rounding="balanced")
+    for name, reference in (("argmax", argmax.labels), ("balanced", balanced.labels)):
+        got = np.concatenate([results[rank][name] for rank in range(3)], axis=1)
+        np.testing.assert_array_equal(got, reference)
+    codes = np.concatenate([results[rank]["codes"] for rank in range(3)], axis=1)
+    np.testing.assert_allclose(codes, sinkhorn_codes(scores, 0.5, 3), atol=1e-6)
+    for out in results.values():  # other prototypes, or dense scores, on one rank
+        for case in ("other", "dense"):
+            kind, message = out[case]
+            assert kind == "ValueError" and message.startswith("prototypes: the ranks"), message
 
 
 def test_mismatches_failures_and_a_dead_rank_fail_every_rank(tmp_path):

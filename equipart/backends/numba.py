@@ -762,11 +762,38 @@ def _labels_kernel(counters, x, probs, lam, g, n_chunks, out):
     return last
 
 
+@njit(fastmath=_EXACT_Z, inline="always")
+def _top_of_row(z, idx, val):
+    """The k = idx.shape[0] largest entries of z, best first, the lower index first among
+    equal values (as a stable descending sort), into idx and val: one stable sort where
+    k is large, else insertion into the sorted top list (strict > keeps ties stable)."""
+    k, n_labels = idx.shape[0], z.shape[0]
+    if k * k > 8 * n_labels:
+        order = np.argsort(-z, kind="mergesort")
+        for t in range(k):
+            idx[t] = order[t]
+            val[t] = z[order[t]]
+        return
+    filled = 0
+    for j in range(n_labels):
+        zj = z[j]
+        if filled == k and not zj > val[k - 1]:
+            continue
+        t = filled if filled < k else k - 1
+        while t > 0 and zj > val[t - 1]:
+            val[t] = val[t - 1]
+            idx[t] = idx[t - 1]
+            t -= 1
+        val[t] = zj
+        idx[t] = j
+        if filled < k:
+            filled += 1
+
+
 @njit(**_OPTS, fastmath=_EXACT_Z)
 def _top_kernel(counters, x, probs, lam, g, n_chunks, indices, values):
     """The k = indices.shape[1] largest z_ij per row, best first, lower index on ties."""
     n_rows, n_labels = x.shape
-    k = indices.shape[1]
     buf = np.empty((SUB_ROWS, n_labels), dtype=g.dtype)
     z = np.empty(n_labels, dtype=g.dtype)
     last = False
@@ -778,28 +805,7 @@ def _top_kernel(counters, x, probs, lam, g, n_chunks, indices, values):
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 _scale_row_exact(rows[i], probs, lam, g, z)
-                idx = indices[b0 + i]
-                val = values[b0 + i]
-                if k * k > 8 * n_labels:  # many candidates: one stable sort of the row
-                    order = np.argsort(-z, kind="mergesort")
-                    for t in range(k):
-                        idx[t] = order[t]
-                        val[t] = z[order[t]]
-                    continue
-                filled = 0  # insertion into the sorted top list; strict > keeps ties stable
-                for j in range(n_labels):
-                    zj = z[j]
-                    if filled == k and not zj > val[k - 1]:
-                        continue
-                    t = filled if filled < k else k - 1
-                    while t > 0 and zj > val[t - 1]:
-                        val[t] = val[t - 1]
-                        idx[t] = idx[t - 1]
-                        t -= 1
-                    val[t] = zj
-                    idx[t] = j
-                    if filled < k:
-                        filled += 1
+                _top_of_row(z, indices[b0 + i], values[b0 + i])
         last = _finish(counters, n_chunks)
         c = _claim(counters)
     return last
