@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from equipart.bench import problems, report, runner
+from equipart.bench import problems, report, runner, worker
 from equipart.bench.checker import judge_dual, judge_labels
 from equipart.bench.contenders import get_contender
 from equipart.bench.problems import (
@@ -223,6 +225,28 @@ def test_runner_records_skips_and_timeouts(tmp_path):
     first, second = runner._run_jobs([job, quick], timeout=1.0, progress=Silent())
     assert first["status"] == "timeout" and first["contender"] == "sela-ref-tol"
     assert "within 1 s" in first["note"] and second["status"] == "above-tol"  # a fresh worker
+
+
+def test_worker_runs_its_contender_once_before_the_ready_line(monkeypatch, capsys):
+    """JIT compilation and lazy imports happen before the ready line, where the runner's
+    per-job time limit starts: a fresh Numba worker's first job is not charged for them."""
+    seen = []
+
+    class Fake:
+        name, group, requires = "fake", "sela", ()
+
+        def run(self, scores, spec, lam, tol, max_iter):
+            seen.append((scores.shape, capsys.readouterr().out))
+            raise RuntimeError("the job itself fails: recorded, not raised")
+
+    job = {"contender": "fake", "family": "zipf", "n": 400, "k": 8, "seed": 0, "lam": 25.0,
+           "tol": 1e-3, "max_iter": 10, "device": "cpu", "path": "/nonexistent.npy"}
+    monkeypatch.setattr(worker, "get_contender", lambda name: Fake())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps([job])))
+    worker.main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert seen == [((worker.WARMUP_ROWS, 16), "")]  # ran before anything was printed
+    assert lines[0] == {"ready": True} and lines[1]["status"] == "error"
 
 
 def test_runner_rejects_bad_arguments(capsys, tmp_path, monkeypatch):
