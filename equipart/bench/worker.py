@@ -7,8 +7,8 @@ or JIT compilation on a busy machine does not time out the first job; on the CPU
 contender has run once on a small generated problem by then), then writes one JSON line
 per job on stdout. For each job it loads the cached float32 scores (``.npy``, written by
 the runner) into RAM (or onto the GPU), warms the contender up once on a slice of them
-(JIT compilation, lazy imports), then resets the peak-memory counters, runs the contender, reads the peaks, and judges the
-output with ``equipart.bench.checker``.
+(JIT compilation, lazy imports), then resets the peak-memory counters, runs the
+contender, reads the peaks, and judges the output with ``equipart.bench.checker``.
 
 Peak memory: the kernel's high-water mark of this process's resident set (VmHWM in
 /proc/self/status, reset through /proc/self/clear_refs before the solve), so it includes
