@@ -11,7 +11,7 @@ import pytest
 
 from equipart.bench import problems, report, runner, worker
 from equipart.bench.checker import judge_dual, judge_labels
-from equipart.bench.contenders import get_contender
+from equipart.bench.contenders import Output, get_contender
 from equipart.bench.problems import (
     FAMILIES,
     ProblemSpec,
@@ -247,6 +247,31 @@ def test_worker_runs_its_contender_once_before_the_ready_line(monkeypatch, capsy
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert seen == [((worker.WARMUP_ROWS, 16), "")]  # ran before anything was printed
     assert lines[0] == {"ready": True} and lines[1]["status"] == "error"
+
+
+def test_worker_warms_equipart_up_to_tol_at_each_lam(tmp_path, monkeypatch):
+    """Steps reached only after many sweeps or at a larger lam are compiled before the
+    timed run: the warm-up solves the first rows to tol, once per lam of the same scores."""
+    calls = []
+
+    class Fake:
+        name, group, requires = "equipart-fake", "equipart", ()
+
+        def run(self, scores, spec, lam, tol, max_iter):
+            calls.append((scores.shape[0], lam, max_iter))
+            return Output(labels=np.arange(scores.shape[0]) % scores.shape[1], n_iter=1)
+
+    path = tmp_path / "p.npy"
+    np.save(path, generate(ProblemSpec("zipf", 1000, 8)))
+    job = {"contender": "fake", "family": "zipf", "n": 1000, "k": 8, "seed": 0, "lam": 25.0,
+           "tol": 1e-3, "max_iter": 500, "device": "cpu", "path": str(path)}
+    state = {}
+    monkeypatch.setattr(worker, "get_contender", lambda name: Fake())
+    for lam in (25.0, 50.0, 25.0):
+        worker.run_job({**job, "lam": lam}, state)
+    rows = worker.WARMUP_ROWS
+    assert calls == [(rows, 25.0, 500), (1000, 25.0, 500), (rows, 50.0, 500),
+                     (1000, 50.0, 500), (1000, 25.0, 500)]  # fmt: skip
 
 
 def test_runner_rejects_bad_arguments(capsys, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ stdout (``{"ready": true}``: the runner's per-job timeout starts there, so a slo
 or JIT compilation on a busy machine does not time out the first job; on the CPU the
 contender has run once on a small generated problem by then), then writes one JSON line
 per job on stdout. For each job it loads the cached float32 scores (``.npy``, written by
-the runner) into RAM (or onto the GPU), warms the contender up once on a slice of them
+the runner) into RAM (or onto the GPU), warms the contender up on a slice of them at each lam
 (JIT compilation, lazy imports), then resets the peak-memory counters, runs the
 contender, reads the peaks, and judges the output with ``equipart.bench.checker``.
 
@@ -101,12 +101,18 @@ def _gpu(device: str) -> Any:
     return torch
 
 
-def _warm_up(contender: Contender, scores: Any, spec: ProblemSpec, lam: float, tol: float) -> None:
+def _warm_up(
+    contender: Contender, scores: Any, spec: ProblemSpec, lam: float, tol: float, max_iter: int
+) -> None:
+    """Run the contender on the first rows of the job's scores at the job's lam. equipart's
+    solve runs to the job's tolerance there, so that the Numba kernels of every step it
+    takes on this problem (some steps are only reached after many sweeps, or at a larger
+    lam) are compiled before the timed run; the references run 3 iterations."""
     if contender.group == "kmeans":
         return
     rows = min(scores.shape[0], max(WARMUP_ROWS, 2 * scores.shape[1]))
     small = ProblemSpec(spec.family, rows, spec.k, spec.seed)
-    contender.run(scores[:rows], small, lam, tol, 3)
+    contender.run(scores[:rows], small, lam, tol, max_iter if contender.group == "equipart" else 3)
 
 
 def _precompile(contender: Contender) -> None:
@@ -152,9 +158,10 @@ def run_job(job: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         state["scores"] = _prepare(_load(job["path"], device), contender)
         state["path"] = job["path"]
     scores = state["scores"]
-    if not state.get("warm"):
-        _warm_up(contender, scores, spec, lam, tol)
-        state["warm"] = True
+    warmed = state.setdefault("warmed", set())  # the lams warmed up on these scores
+    if lam not in warmed:
+        _warm_up(contender, scores, spec, lam, tol, max_iter)
+        warmed.add(lam)
     torch = _gpu(device)
     if torch is not None:
         torch.cuda.synchronize()
