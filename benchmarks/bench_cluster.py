@@ -12,11 +12,13 @@ it is missing) one after the other, alternating which goes first, both with k-me
 ``n_init=1``, ``tol=1e-4`` and their own seeding from the same integer. Reported per data
 set: the median time ratio and the ratio of mean inertias (targets: at least 10x faster,
 inertia within 1%), with every run's time, inertia, iterations and cluster sizes (checked
-exact).
+exact); and, to read the inertia ratio against, equipart's inertia on the seed-0 unequal
+mixture over ``INIT_SEEDS`` k-means++ seeds (``init_spread``).
 
-``scale``: one ``BalancedKMeans(1000)`` fit of an unequal Gaussian mixture of
-``--scale-rows`` (default 1,000,000) points in 64 dimensions (float32): seconds, iterations
-and the sizes.
+``scale``: ``BalancedKMeans(1000)`` fits of unequal Gaussian mixtures of each N of
+``--scale-rows`` (default 1,000,000) points in 64 dimensions (float32), in turn, each in a
+subprocess, all within ``--scale-budget`` seconds (default 900; a fit still running then
+is stopped and recorded unfinished): seconds, iterations and the sizes.
 
 ``factored``: at N = 400,000, K = 1,000, d = 32 (float32; the N x K scores would be 1.5
 GiB), each in a fresh subprocess: (1) a Factored solve's peak resident memory above the
@@ -196,30 +198,79 @@ def run_kmc(seeds: int) -> dict[str, Any]:
         "load_after": os.getloadavg(),
         "summary": summary,
         "runs": rows,
+        "init_spread": init_spread(n_clusters, INIT_SEEDS),
+    }
+
+
+INIT_SEEDS = 10  # k-means++ seeds of init_spread
+
+
+def init_spread(n_clusters: int, n_seeds: int) -> dict[str, Any]:
+    """equipart's inertia on the seed-0 unequal mixture over ``n_seeds`` k-means++ seeds
+    (``n_init=1`` each): how far one initialisation's local optimum varies, to read the
+    inertia ratio of two single runs against."""
+    x = dataset("unequal-mixture", 0)
+    inertias = [fit_equipart(x, n_clusters, seed)["inertia"] for seed in range(n_seeds)]
+    print(json.dumps({"init_spread": inertias}), flush=True)
+    return {
+        "data": "unequal-mixture",
+        "data_seed": 0,
+        "random_states": list(range(n_seeds)),
+        "inertias": inertias,
+        "median": float(np.median(inertias)),
+        "min": float(np.min(inertias)),
+        "max": float(np.max(inertias)),
     }
 
 
 # --------------------------------------------------------------------------- scale
-def run_scale(n_rows: int) -> dict[str, Any]:
-    """One BalancedKMeans(1000) fit of an n_rows x 64 float32 mixture."""
-    from equipart.cluster import BalancedKMeans
+SCALE_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import bench_cluster as bench
+from equipart.cluster import BalancedKMeans
 
-    n_clusters = 1_000
-    x = mixture(n_rows, 64, n_clusters, 0)
+n_rows = int(sys.argv[2])
+x = bench.mixture(n_rows, 64, 1_000, 0)
+start = time.perf_counter()
+model = BalancedKMeans(1_000, random_state=0).fit(x)
+seconds = time.perf_counter() - start
+out = bench._record(seconds, model.inertia_, model.n_iter_, model.labels_, 1_000)
+out.update(n_rows=n_rows, lam=model.lam_, finished=True)
+print(json.dumps(out))
+"""
+
+
+def run_scale(rows: list[int], budget: float) -> dict[str, Any]:
+    """``BalancedKMeans(1000)`` fits of n x 64 float32 mixtures, for each n of ``rows`` in
+    turn, each in a subprocess stopped when the part's ``budget`` (seconds) is spent: a
+    fit stopped there is recorded as unfinished, with the seconds it was given (one not
+    started for want of time, as not started)."""
     load_before = os.getloadavg()
-    start = time.perf_counter()
-    model = BalancedKMeans(n_clusters, random_state=0).fit(x)
-    seconds = time.perf_counter() - start
-    out = _record(seconds, model.inertia_, model.n_iter_, model.labels_, n_clusters)
-    out.update(
-        benchmark=f"BalancedKMeans({n_clusters}) on {n_rows:,} x 64 float32",
-        n_rows=n_rows,
-        lam=model.lam_,
-        load_before=load_before,
-        load_after=os.getloadavg(),
-    )
-    print(json.dumps(out), flush=True)
-    return out
+    start, runs = time.perf_counter(), []
+    for n_rows in rows:
+        left = budget - (time.perf_counter() - start)
+        if left < 1.0:
+            runs.append({"n_rows": n_rows, "finished": False, "started": False})
+            continue
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", SCALE_CHILD, str(Path(__file__).parent), str(n_rows)],
+                capture_output=True, text=True, check=True, timeout=max(left, 1.0),
+            )  # fmt: skip
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            out = {"n_rows": n_rows, "finished": False, "stopped_after_seconds": left}
+        out["load_after"] = os.getloadavg()
+        runs.append(out)
+        print(json.dumps(out), flush=True)
+    return {
+        "benchmark": "BalancedKMeans(1000) on n x 64 float32 unequal mixtures",
+        "budget_seconds": budget,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "runs": runs,
+    }
 
 
 # --------------------------------------------------------------------------- factored
@@ -419,7 +470,12 @@ def run_factored(repeats: int) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="kmc: seeds per data set")
-    parser.add_argument("--scale-rows", type=int, default=1_000_000, help="scale: N")
+    parser.add_argument(
+        "--scale-rows", default="1000000", help="scale: comma-separated N, run in turn"
+    )
+    parser.add_argument(
+        "--scale-budget", type=float, default=900.0, help="scale: seconds for all its fits"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="factored: timed sweeps")
     parser.add_argument("--out", type=Path, default=RESULTS / "cluster_cpu.json")
     parser.add_argument(
@@ -432,7 +488,9 @@ def main(argv: list[str]) -> None:
     runners = {
         "kmc": lambda: run_kmc(args.seeds),
         "factored": lambda: run_factored(args.repeats),
-        "scale": lambda: run_scale(args.scale_rows),
+        "scale": lambda: run_scale(
+            [int(n) for n in args.scale_rows.split(",")], args.scale_budget
+        ),
     }
     chosen = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(runners))

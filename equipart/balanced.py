@@ -27,8 +27,11 @@ and the slack arcs j -> T (f_j < hi_j) and T -> j (f_j > lo_j) cost pi_j - pi_T 
 pi_T - pi_j. The arc a -> b carries as many units at that cost as label a has points
 attaining the minimum (its *tight movers*: all of them when rows tie). Each phase runs
 one Dijkstra from all surplus nodes over the K + 1 nodes (SciPy's, on the dense reduced
-costs), raises pi by the distances (every reduced cost stays >= 0, so every point stays
-on a best candidate, and every arc of the shortest-path tree has reduced cost 0), and
+costs), raises pi by the distances capped at the farthest reached deficit node's (every
+reduced cost stays >= 0, so every point stays on a best candidate, and every arc of the
+shortest-path tree up to that node has reduced cost 0; the cap keeps the prices of labels
+the flow does not reach from drifting, which would make rows prefer labels outside their
+candidates and fail the certificate), and
 pushes along the tree path of every reached deficit node as many units as its root's
 surplus, its deficit, its slack arcs and the still unmoved tight movers of its label arcs
 allow. Phases repeat until no node has a surplus; their number grows with the distinct
@@ -215,10 +218,12 @@ class _Transport:
     def phase(self) -> bool:
         """One Dijkstra and the augmentations it allows; False if no deficit is reachable.
 
-        After the potentials are raised by the distances every arc of the shortest-path
-        tree has reduced cost 0, so flow may be pushed along any tree path: as many units
-        as its end nodes need, the slack arcs allow and its label arcs have unmoved
-        least-cost points (all tied points of an arc move at once).
+        After the potentials are raised by the distances, capped at the farthest deficit
+        node's (nodes beyond it rise by the cap, unreached ones too), every arc of the
+        shortest-path tree up to a deficit node has reduced cost 0, so flow may be pushed
+        along any such path: as many units as its end nodes need, the slack arcs allow and
+        its label arcs have unmoved least-cost points (all tied points of an arc move at
+        once).
         """
         n_labels = self.n_labels
         surplus = self.surplus()
@@ -227,7 +232,7 @@ class _Transport:
         targets = np.flatnonzero(reached & (surplus < 0))
         if targets.size == 0:
             return False
-        raise_by = np.where(reached, dist, dist[reached].max())
+        raise_by = np.minimum(dist, dist[targets].max())  # unreached: dist = inf
         self.delta += raise_by[:n_labels]
         self.slack += raise_by[n_labels]
         used = np.zeros(self.n_rows, dtype=bool)

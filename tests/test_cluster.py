@@ -86,6 +86,56 @@ def test_lam_changes_the_running_time_not_the_clustering():
         assert other.inertia_ == pytest.approx(auto.inertia_, rel=1e-9)
 
 
+def test_the_rounding_raises_prices_no_further_than_its_augmenting_path():
+    """One point too many on label 0 and one too few on label 1 (points on a line near
+    their label's centre): the cheapest repair moves one point of label 0 to label 1, and
+    a phase of the successive shortest paths raises no label's price by more than that
+    move's cost, however far the other labels lie (far prices would make rows prefer
+    labels outside their candidates and fail the certificate for nothing)."""
+    from equipart.balanced import solve_candidates
+
+    n_labels, per = 12, 10
+    centres = 10.0 * np.arange(n_labels)
+    sizes = np.full(n_labels, per)
+    sizes[0], sizes[1] = per + 1, per - 1
+    rng = np.random.default_rng(0)
+    x = np.concatenate([c + rng.uniform(-1, 1, s) for c, s in zip(centres, sizes, strict=True)])
+    z = -((x[:, None] - centres[None, :]) ** 2)
+    cand = np.argsort(-z, axis=1, kind="stable")
+    value = np.take_along_axis(z, cand, axis=1)
+    bounds = np.full(n_labels, per)
+    solution = solve_candidates(cand, value, np.zeros(n_labels), bounds, bounds, complete=True)
+    assert solution.certified and solution.n_moves == 1
+    assert np.bincount(solution.labels, minlength=n_labels).tolist() == [per] * n_labels
+    move_cost = float(np.min(z[: per + 1, 0] - z[: per + 1, 1]))
+    assert solution.prices.min() >= 0.0
+    assert solution.prices.max() <= move_cost * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_well_separated_equal_blobs_certify_at_the_first_candidate_width(seed, monkeypatch):
+    """Blobs of exactly the cluster size: every assignment step's balanced rounding is
+    certified on its first, narrowest candidate pass (its prices stay where the Sinkhorn
+    dual put them, up to the few moves the sizes need) and finds the blobs."""
+    passes = []
+    solve = cluster.solve_candidates
+
+    def recording(cand, *args, **kwargs):
+        solution = solve(cand, *args, **kwargs)
+        passes.append((cand.shape[1], solution.certified))
+        return solution
+
+    monkeypatch.setattr(cluster, "solve_candidates", recording)
+    x, truth = make_blobs(
+        n_samples=4000, centers=40, n_features=32, cluster_std=2.0, random_state=seed
+    )
+    model = BalancedKMeans(40, random_state=seed).fit(x)
+    assert passes and all(p == (cluster.FIRST_WIDTH, True) for p in passes), passes
+    assert np.bincount(model.labels_).tolist() == [100] * 40
+    pairs = np.unique(np.stack([model.labels_, truth]), axis=1)
+    assert pairs.shape[1] == 40  # one found cluster per blob
+
+
 def test_each_assignment_is_at_least_as_good_as_kmeans_constrained():
     """For the same centres, the assignment step is the exact optimum of the inertia under
     the sizes; k-means-constrained's min-cost flow costs each point by its unsquared
