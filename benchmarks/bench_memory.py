@@ -15,7 +15,8 @@ CPU tensors take without Numba), a fresh subprocess generates the README's SeLa-
 
 The torch rows are repeated with the logits rounded to bfloat16 (381 MiB; NumPy has no
 bfloat16; ``torch`` hands a bfloat16 CPU tensor's 16-bit patterns to the Numba kernels
-in place, ``torch-pure`` converts one row block at a time). A second N x K array would add the size of the scores.
+in place, ``torch-pure`` converts one row block at a time). A second N x K array would
+add the size of the scores.
 Run: ``python benchmarks/bench_memory.py``; writes ``benchmarks/results/memory_200k.json``.
 """
 
