@@ -50,6 +50,7 @@ from .backends.numba import (
     _run,
     _scale_row_exact,
     _scaled_params,
+    _shifted_row,
     _top_of_row,
     _unit,
 )
@@ -163,7 +164,7 @@ def _colmax_kernel(counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_
     """Per-chunk column maxima of v = z - max_k z_k (the underflow guard)."""
     n_rows, n_features = x.shape
     n_labels = protos_t.shape[1]
-    none = g.dtype.type(-np.inf)
+    zero = g.dtype.type(0.0)
     buffer = np.empty((gemm_rows, n_labels), dtype=x.dtype)
     rows_in = np.empty((gemm_rows if factors.shape[0] else 0, n_features), dtype=x.dtype)
     z = np.empty(n_labels, dtype=g.dtype)
@@ -177,10 +178,7 @@ def _colmax_kernel(counters, x, factors, protos_t, bias, lam, g, n_chunks, gemm_
             b1 = min(b0 + gemm_rows, r1)
             s = _scores(x, factors, protos_t, bias, b0, b1, rows_in, buffer)
             for i in range(b1 - b0):
-                m = none
-                for j in range(n_labels):
-                    z[j] = _affine(lam, s[i, j], g[j])
-                    m = _fmax(m, z[j])
+                m = _shifted_row(s[i], False, lam, g, z, zero)  # z = lam * s + g, its max
                 if m == -np.inf:
                     continue
                 for j in range(n_labels):
