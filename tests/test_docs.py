@@ -57,15 +57,16 @@ def test_the_guide_has_every_topic():
 
 @pytest.mark.parametrize("page", GUIDE, ids=lambda page: page.stem)
 def test_guide_snippets_run(page, tmp_path):
-    """Each page's snippets run in order, as one script, in a fresh process and an empty
-    working folder (some write files there)."""
+    """Each page's snippets run in order, as one script file (so that multiprocessing can
+    spawn from it), in a fresh process and an empty working folder (some write files)."""
     blocks = python_blocks(page)
     if not blocks:
         pytest.skip(f"{page.name} has no Python snippet")
-    script = "\n\n".join(blocks)
+    script = tmp_path / f"{page.stem.replace('-', '_')}_snippets.py"
+    script.write_text("\n\n".join(blocks))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "sela")])}
     run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+        [sys.executable, script.name], capture_output=True, text=True, cwd=tmp_path, env=env,
         timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, f"{page.name}:\n{run.stderr[-3000:]}"

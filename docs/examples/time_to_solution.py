@@ -7,9 +7,10 @@ Times ``equipart.assign_labels`` on Gaussian float32 logits of N points over K l
 scores), with the default
 (``backend="auto"``: the Numba kernels where Numba is installed, ``acceleration="auto"``)
 and with the pure NumPy backend, and draws the median of interleaved repeats against
-N * K into ``time_to_solution.png``. The title names the CPU, the thread count and the load
-average, which on a shared machine move every figure: compare the lines of one plot, not
-plots of two machines.
+N * K into ``time_to_solution.png``, each default point marked with its sweeps (at small
+N / K a solve needs more of them: the sizes are harder to meet with few points per
+label). The title names the CPU, the thread count and the load average, which on a shared
+machine move every figure: compare the lines of one plot, not plots of two machines.
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ def contenders() -> dict[str, str]:
     return {label: b for label, b in names.items() if b == "auto" or b in installed}
 
 
-def solve_seconds(scores: np.ndarray, backend: str) -> float:
-    """Wall time of one solve to tol 1e-3, labels included."""
+def solve_seconds(scores: np.ndarray, backend: str) -> tuple[float, int]:
+    """Wall time of one solve to tol 1e-3, labels included, and its sweeps."""
     start = time.perf_counter()
-    equipart.assign_labels(scores, lam=25.0, tol=1e-3, backend=backend, rounding="argmax")
-    return time.perf_counter() - start
+    result = equipart.assign_labels(
+        scores, lam=25.0, tol=1e-3, backend=backend, rounding="argmax"
+    )
+    return time.perf_counter() - start, result.n_iter
 
 
 def measure(sizes: list[int], ks: list[int], repeats: int) -> dict[tuple[str, int], list]:
-    """(contender, K) -> [(N, median seconds)], the contenders interleaved in each repeat."""
+    """(contender, K) -> [(N, median seconds, sweeps)], the contenders interleaved in each
+    repeat."""
     rng = np.random.default_rng(0)
     out: dict[tuple[str, int], list] = {}
     for k in ks:
@@ -56,12 +60,15 @@ def measure(sizes: list[int], ks: list[int], repeats: int) -> dict[tuple[str, in
             for backend in contenders().values():
                 solve_seconds(scores[: min(n, 1_000)], backend)  # compile and warm up
             times: dict[str, list[float]] = {label: [] for label in contenders()}
+            sweeps: dict[str, int] = {}
             for _ in range(repeats):
                 for label, backend in contenders().items():
-                    times[label].append(solve_seconds(scores, backend))
+                    seconds, sweeps[label] = solve_seconds(scores, backend)
+                    times[label].append(seconds)
             for label, t in times.items():
-                out.setdefault((label, k), []).append((n, float(np.median(t))))
-                print(f"K {k:>5}  N {n:>9,}  {label:>15}: {np.median(t):.4f} s")
+                out.setdefault((label, k), []).append((n, float(np.median(t)), sweeps[label]))
+                print(f"K {k:>5}  N {n:>9,}  {label:>15}: {np.median(t):.4f} s, "
+                      f"{sweeps[label]} sweeps")
     return out
 
 
@@ -80,14 +87,20 @@ def machine() -> str:
 
 
 def plot(results: dict[tuple[str, int], list], where: str, out: Path) -> None:
-    """Median seconds against N * K, log-log, one line per contender and K."""
+    """Median seconds against N * K, log-log, one line per contender and K; the default's
+    points are marked with their sweeps (small N / K takes more)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for (label, k), points in results.items():
-        n, seconds = np.array(points).T
-        ax.loglog(n * k, seconds, "o-" if "default" in label else "s--", label=f"{label}, K = {k}")
+        n, seconds, sweeps = np.array(points).T
+        default = "default" in label
+        ax.loglog(n * k, seconds, "o-" if default else "s--", label=f"{label}, K = {k}")
+        for x, y, count in zip(n * k, seconds, sweeps, strict=True) if default else ():
+            ax.annotate(f"{count:.0f}", (x, y), textcoords="offset points", xytext=(0, -12),
+                        ha="center", fontsize=7)
     ax.set_xlabel("N x K (score entries)")
     ax.set_ylabel("seconds to tol 1e-3 (median)")
-    ax.set_title(f"Gaussian float32 logits, lam 25\n{where}", fontsize=9)
+    ax.set_title(f"Gaussian float32 logits, lam 25 (numbers: the default's sweeps)\n{where}",
+                 fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
