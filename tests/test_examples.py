@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("[!_]*.py"))  # _gallery.py: shared helpers
 GALLERY = ROOT / "docs" / "gallery.md"
 
 

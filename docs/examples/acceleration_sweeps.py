@@ -16,18 +16,14 @@ no single target to miss) and for which ``"auto"`` is Anderson.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from _gallery import arguments, save
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import equipart
 
-import equipart  # noqa: E402
-
-IMAGES = Path(__file__).resolve().parents[1] / "images"
 MODES = ("none", "overrelax", "anderson", "auto")
 STYLES = {"none": ":", "overrelax": "-.", "anderson": "-", "auto": "--"}
 
@@ -70,17 +66,11 @@ def plot(runs: dict[str, dict[str, tuple[float, ...]]], shape: tuple[int, int], 
         ax.set_xlabel("sweep")
         ax.set_ylabel("column error")
         ax.legend(title="acceleration (sweeps)", frameon=False, fontsize=8, title_fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "acceleration_sweeps.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "acceleration_sweeps.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small problem, for tests")
-    parser.add_argument("--out", type=Path, default=IMAGES, help="folder for the PNG")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     n, k = (1_000, 20) if args.quick else (20_000, 100)
     max_iter = 300 if args.quick else 10_000
     runs = {}
@@ -88,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         runs[name] = histories(scores, lam, marginals, max_iter)
         print(name, {mode: len(h) for mode, h in runs[name].items()})
     plot(runs, (n, k), args.out)
-    print(f"wrote {args.out / 'acceleration_sweeps.png'}")
 
 
 if __name__ == "__main__":

@@ -20,19 +20,14 @@ same label), while balanced rounding gives every label exactly its share.
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from _gallery import arguments, save
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import equipart  # noqa: E402
-
-IMAGES = Path(__file__).resolve().parents[1] / "images"
+import equipart
 
 
 def problems(n: int, k: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -72,24 +67,17 @@ def plot(all_sizes: dict[str, dict[str, np.ndarray]], n: int, k: int, out: Path)
         ax.set_xlabel("label, largest first")
         ax.set_ylabel("points")
         ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "rounding_sizes.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "rounding_sizes.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small problem, for tests")
-    parser.add_argument("--out", type=Path, default=IMAGES, help="folder for the PNG")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     n, k = (2_000, 20) if args.quick else (20_000, 100)
     all_sizes = {name: label_sizes(s) for name, s in problems(n, k).items()}
     for name, sizes in all_sizes.items():
         for rounding, s in sizes.items():
             print(f"{name:>9} {rounding:>8}: largest {s[0]}, smallest {s[-1]} (N/K {n / k:g})")
     plot(all_sizes, n, k, args.out)
-    print(f"wrote {args.out / 'rounding_sizes.png'}")
 
 
 if __name__ == "__main__":

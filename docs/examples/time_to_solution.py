@@ -15,21 +15,17 @@ machine move every figure: compare the lines of one plot, not plots of two machi
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from _gallery import arguments, save
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import equipart
 
-import equipart  # noqa: E402
-
-IMAGES = Path(__file__).resolve().parents[1] / "images"
 MAX_ENTRIES = 64_000_000  # 256 MB of float32 scores
 
 
@@ -103,17 +99,11 @@ def plot(results: dict[tuple[str, int], list], where: str, out: Path) -> None:
                  fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "time_to_solution.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "time_to_solution.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small problems, for tests")
-    parser.add_argument("--out", type=Path, default=IMAGES, help="folder for the PNG")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     if args.quick:
         sizes, ks, repeats = [500, 2_000], [10], 1
     else:
@@ -121,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     where = machine()
     results = measure(sizes, ks, repeats)
     plot(results, where, args.out)
-    print(f"{where}\nwrote {args.out / 'time_to_solution.png'}")
+    print(where)
 
 
 if __name__ == "__main__":
