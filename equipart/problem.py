@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .solver import mask_depth
+from .solver import column_stats, mask_depth
 
 if TYPE_CHECKING:
-    from .backends.base import Backend, ScoreKind
+    from .backends.base import Backend, ColumnStats, ScoreKind
     from .marginals import ColumnConstraint, Marginal
     from .solver import RowSource, StatsReducer
     from .validation import ScoreSummary
@@ -181,6 +181,11 @@ class Problem:
         if self.warm_start is None:
             return np.zeros((self.n_heads, self.n_labels))
         return np.array(self.warm_start)
+
+    def column_stats(self, head: int, g: np.ndarray) -> ColumnStats:
+        """One sweep of head ``head`` at dual g (K,), merged over its blocks and the ranks
+        (``equipart.solver.column_stats``)."""
+        return column_stats(self.source, self.backend, head, self.kind, self.lam, g, self.reduce)
 
     def bound(self) -> Problem:
         """This problem with ``marginals`` bound to its N (the global N of a shard)."""

@@ -597,15 +597,7 @@ def _iterate(
             (iteration - 1) % options.check_every == 0 or iteration == n_sweeps
         )
         for head in np.flatnonzero(running):
-            stats = column_stats(
-                problem.source,
-                problem.backend,
-                head,
-                problem.kind,
-                problem.lam,
-                g[head],
-                problem.reduce,
-            )
+            stats = problem.column_stats(head, g[head])
             log_mass = stats.log_mass()
             if iteration == 1 and not fixed:  # (fixed steps: checked before, at g = 0)
                 where = f"head {head}: " if n_heads > 1 else ""

@@ -18,7 +18,7 @@ import numpy as np
 from .backends.base import Backend, BlockCheck, ScoreKind
 from .problem import SolveOptions
 from .result import SolverState
-from .solver import RowSource, check_feasible, column_stats
+from .solver import RowSource, check_feasible
 
 if TYPE_CHECKING:
     from .problem import Problem
@@ -567,15 +567,7 @@ def check_prototypes_possible(problem: Problem, sharded: bool) -> None:
     remedy = "leave those prototypes out of the scores, or check the scores"
     for head, summary in enumerate(problem.summaries):
         if sharded or summary.extent > problem.depth:
-            stats = column_stats(
-                problem.source,
-                problem.backend,
-                head,
-                problem.kind,
-                problem.lam,
-                zero,
-                problem.reduce,
-            )
+            stats = problem.column_stats(head, zero)
             where = f"head {head}: " if problem.n_heads > 1 else ""
             check_feasible(
                 problem.constraint, stats, problem.lam, zero, problem.depth, remedy, where
