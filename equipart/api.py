@@ -123,17 +123,6 @@ def _agree(comm: Group, entry: str, problem: Problem, *settings: Any) -> Problem
     return comm.shard(problem, n_rows).bound()
 
 
-def _solve(comm: Group, problem: Problem, options: SolveOptions) -> SolveOutcome:
-    """The driver on a per-solve copy of the backend (``Backend.for_solve``; entry-point
-    backends need not subclass), with the callback synchronised across ranks; the dual is
-    group rank 0's on every rank."""
-    engine = problem.backend
-    engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
-    callback = comm.wrap_callback(options.callback)
-    outcome = run_sinkhorn(replace(problem, backend=engine), replace(options, callback=callback))
-    return replace(outcome, g=comm.same_dual(outcome.g))
-
-
 def _codes(problem: Problem, head: int, g: Any) -> Any:
     """Q of one head at dual g (rows sum to 1), in the scores' library."""
     backend = problem.backend
@@ -322,7 +311,12 @@ def assign_labels(
         )
     problem = _agree(comm, "assign_labels", problem, options, output)
     check_placeable(comm, problem)
-    outcome = _solve(comm, problem, options)
+    # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
+    engine = problem.backend
+    engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
+    callback = comm.wrap_callback(options.callback)  # any rank's True stops every rank
+    outcome = run_sinkhorn(replace(problem, backend=engine), replace(options, callback=callback))
+    outcome = replace(outcome, g=comm.same_dual(outcome.g))  # group rank 0's on every rank
     balanced = comm.rounder("balanced") or ROUNDERS["balanced"]
     check = CountCheck(outcome.error, balanced, comm.total_counts, problem.reduce)
     result = None  # stays None on a rank whose rounding failed; comm.finish names it

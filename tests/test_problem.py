@@ -162,3 +162,15 @@ def test_no_internal_function_of_the_core_takes_more_than_eight_parameters():
                 if len(names) > 8:
                     too_long.append(f"{module}.{node.name}: {len(names)}")
     assert too_long == []
+
+
+def test_warnings_point_at_the_callers_line():
+    """The driver and the rounding are reached through the objects: their warnings still
+    name the line that called ``assign_labels``."""
+    x = np.random.default_rng(0).normal(size=(300, 6)) * 5
+    with pytest.warns(ConvergenceWarning) as caught:
+        equipart.assign_labels(x, 25.0, max_iter=1)
+    assert {record.filename for record in caught} == {__file__}
+    with pytest.warns(equipart.RoundingWarning) as caught:
+        equipart.assign_labels(np.zeros((40, 4)), rounding="argmax")
+    assert {record.filename for record in caught} == {__file__}
