@@ -380,15 +380,13 @@ class _Anderson:
 # shrinks to the zero of the slope's secant, kept within 0.1-0.5 of t, for at most
 # QN_TRIALS sweeps, after which the memory restarts from the plain step at the last kept
 # dual. A pair across which some label's log mass (or log aimed mass) moved more than
-# QN_LOCAL nats is not local curvature (far from the solution F is exponential: such a
-# pair can make gamma 85 and the next step 789 nats too long): the memory restarts instead, so
-# that far away the steps are plain Sinkhorn's, which are made for that regime. After
-# QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
-# best dual with over-relaxed steps: where the sizes are out of reach of the labels the
-# rows allow, F has no minimum and the quasi-Newton steps run along a ray where the error
-# hovers above its floor, while the plain steps converge to that floor (the gap the
-# ConvergenceWarning then reports as a stall). On the benchmark's feasible problems no
-# run of sweeps without a new best was longer than 13.
+# QN_LOCAL nats is not local curvature (far from the solution F is exponential, and a secant pair
+# across such a move misjudges the curvature by orders of magnitude): the memory restarts instead,
+# so that far away the steps are plain Sinkhorn's, which are made for that regime. After QN_PATIENCE
+# sweeps without a new best error the stage goes on from the plain step of its best dual with over-
+# relaxed steps: where the sizes are out of reach of the labels the rows allow, F has no minimum and
+# the quasi-Newton steps run along a ray where the error hovers above its floor, while the plain
+# steps converge to that floor (the gap the ConvergenceWarning then reports as a stall).
 QN_MEMORY = 10
 QN_SLOPE = 0.9
 QN_TRIALS = 6
