@@ -511,6 +511,20 @@ def test_a_helper_descheduled_while_holding_a_chunk_pauses_the_helpers(monkeypat
     assert numba_backend._HelperPause.until == 0.0
 
 
+def test_waiting_one_chunk_for_a_helper_is_not_late():
+    """A helper on its core may hold the last chunk when the caller runs out: a wait of up
+    to one chunk is expected and must not pause the helpers (7 chunks of 1,000 x 4,096
+    scores on 2 threads: the caller ran 3 of them); a longer one, or the same wait over
+    many small chunks, is a helper off its core."""
+    numba_backend = pytest.importorskip("equipart.backends.numba")
+    late = numba_backend._helpers_late
+    chunk = 0.3e-3
+    assert not late(3 * chunk, chunk, 7, 2)
+    assert late(3 * chunk, 10 * chunk, 7, 2)
+    assert late(32 * chunk, 10 * chunk, 64, 2)
+    assert not late(32 * chunk, chunk, 64, 2)
+
+
 def test_more_threads_than_cores_gives_the_same_bits(tmp_path):
     """A fresh process with NUMBA_NUM_THREADS=3 (whatever the core count) agrees bit for bit."""
     x = scores_for("logits", (12_000, 50), np.float32, seed=8)  # above PARALLEL_MIN_ELEMENTS
