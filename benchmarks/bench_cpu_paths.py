@@ -132,29 +132,47 @@ def bench_float64(shapes: list[tuple[int, int]], rounds: int) -> list[dict]:
     return out
 
 
+def counting_pauses(run: Callable[[], object], counts: dict, name: str) -> Callable[[], None]:
+    """``run``, counting in ``counts[name]`` the calls during which the kernels' helpers
+    were paused (``numba_backend._HelperPause``: a caller waited too long for a helper, and
+    the next 0.25 s of kernel calls run on the calling thread alone)."""
+
+    def counted() -> None:
+        before = numba_backend._HelperPause.until
+        run()
+        counts[name] = counts.get(name, 0) + int(numba_backend._HelperPause.until != before)
+
+    return counted
+
+
 def bench_small(rounds: int, sweeps_per_solve: int) -> list[dict]:
     out = []
     for n_rows, n_labels in SMALL_SHAPES:
         entry: dict = {"shape": [n_rows, n_labels], "load_average": os.getloadavg()}
-        per_rows = {}
+        per_rows, pauses = {}, {}
         for rows in (n_rows, 2 * n_rows):
             x = make_logits(rows, n_labels)
             g = np.zeros(n_labels)
             backend = numba_backend.NumbaBackend().for_solve()
+            counts: dict[str, int] = {}
+            contenders = {
+                "read": lambda x=x: read_once(x),
+                "sweep": lambda x=x, b=backend, g=g: b.sweep(x, "logits", LAM, g),
+                "solve": lambda x=x: solve(x, tol=0.0, max_iter=sweeps_per_solve),
+            }
             times = interleave(
-                {
-                    "read": lambda x=x: read_once(x),
-                    "sweep": lambda x=x, b=backend, g=g: b.sweep(x, "logits", LAM, g),
-                    "solve": lambda x=x: solve(x, tol=0.0, max_iter=sweeps_per_solve),
-                },
+                {name: counting_pauses(run, counts, name) for name, run in contenders.items()},
                 rounds,
             )
             ms = {name: median_ms(t) for name, t in times.items()}
             ms["solve"] /= sweeps_per_solve  # per sweep, the driver's work included
             per_rows[rows] = ms
+            pauses[rows] = {name: counts.get(name, 0) for name in ("sweep", "solve")}
         one, two = per_rows[n_rows], per_rows[2 * n_rows]
         entry["ms"] = one
         entry["ms_twice_the_rows"] = two
+        # calls (of rounds + 1) that paused the helpers, at N and at 2N rows
+        entry["helper_pauses"] = [pauses[n_rows], pauses[2 * n_rows]]
         entry["fixed_ms"] = {name: 2 * one[name] - two[name] for name in ("sweep", "solve")}
         entry["sweep_over_read"] = one["sweep"] / one["read"]
         entry["solve_sweep_over_read"] = one["solve"] / one["read"]
