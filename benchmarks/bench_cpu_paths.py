@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from bench_numba import cpu_model, write_doc
+from bench_numba import cpu_model, git_commit, write_doc
 from numba import njit
 
 import equipart
@@ -258,17 +258,6 @@ def bench_crossover(rounds: int) -> list[dict]:
 
 
 def machine() -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        commit, dirty = "unknown", ""
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -276,7 +265,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
-        "equipart_commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "equipart_commit": git_commit(),
         "parallel_min_elements": numba_backend.PARALLEL_MIN_ELEMENTS,
         # the process's niceness (the busy loop inherits it): a negative one lets a run on
         # a shared machine take the cores from other users' jobs, as on a quiet machine
