@@ -166,6 +166,24 @@ def test_warm_sweeps_of_a_solve_match_numpy(kind, dtype, lam, n_labels):
     assert not NB._warm and not NB._per_solve  # the shared backend keeps no state
 
 
+@pytest.mark.parametrize("n_labels", [1000, 4096], ids=["warm-fused", "cold-wide"])
+def test_float64_sweeps_of_a_parallel_solve_match_numpy_to_1e12(n_labels):
+    """float64 at the benchmark's shape class: a block large enough for helper threads,
+    K = 1,000 (a solve's one-pass warm sweeps, K not a multiple of the vector width) and
+    K = 4,096 (past WARM_MAX_LABELS: two-pass cold sweeps), lam 25: every sweep of the
+    solve agrees with the NumPy backend's float64 sweep to 1e-12 relative."""
+    x = scores_for("logits", (3000, n_labels), np.float64, seed=8)
+    rng = np.random.default_rng(9)
+    solve = NB.for_solve()
+    g = np.zeros(n_labels)
+    for _ in range(3):
+        got, want = solve.sweep(x, "logits", 25.0, g), NP.sweep(x, "logits", 25.0, g)
+        assert_same_stats(got, want, np.float64)
+        g = g + 0.05 * rng.standard_normal(n_labels)
+    if n_labels == 1000:
+        assert solve.warm_rows == (3000, 0)  # the last sweep ran warm, no row redone
+
+
 @pytest.mark.parametrize("n_labels", [70, 600], ids=["two-pass", "fused"])
 def test_warm_rows_whose_shift_falls_short_are_redone_exactly(n_labels):
     """Rows whose cached maximum no longer bounds them (their scores were raised in place
