@@ -306,18 +306,22 @@ def render(results: dict) -> str:
     lines += [
         "",
         "Small shapes, ms per sweep (the backend's warm sweep; a whole solve's sweep with the "
-        "driver's work), one plain read of the scores on one thread, and the fixed cost per "
-        "sweep (2 t(N) - t(2N)):",
+        "driver's work), one plain read of the scores on one thread, the fixed cost per "
+        "sweep (2 t(N) - t(2N)), and how many of the rounds' calls paused the helper threads "
+        "(each pause runs the next 0.25 s of kernel calls on one thread):",
         "",
-        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve |",
-        "|---|---|---|---|---|---|---|",
+        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve | "
+        "helper pauses: sweep, solve (N; 2N) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in results["small"]:
         shape = f"{e['shape'][0]:,} x {e['shape'][1]:,}"
         ms, fixed = e["ms"], e["fixed_ms"]
+        pauses = "; ".join(f"{p['sweep']}, {p['solve']}" for p in e.get("helper_pauses", []))
         lines.append(
             f"| {shape} | {ms['read']:.3f} | {ms['sweep']:.3f} | {ms['solve']:.3f} | "
-            f"{e['sweep_over_read']:.2f} | {fixed['sweep']:.3f} | {fixed['solve']:.3f} |"
+            f"{e['sweep_over_read']:.2f} | {fixed['sweep']:.3f} | {fixed['solve']:.3f} | "
+            f"{pauses} |"
         )
     lines += [
         "",
