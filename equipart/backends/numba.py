@@ -361,7 +361,7 @@ def _helpers_late(own: float, waited: float, n_chunks: int, threads: int) -> boo
     own * threads / n_chunks seconds (the caller's share is n_chunks / threads chunks);
     only a wait longer than that plus HELPER_WAIT_SHARE * own counts. (Without the
     allowance, a block of few chunks, such as 1,000 x 4,096 scores in 7 chunks of
-    0.3 ms, would pause the helpers whenever a helper took the last chunk.)
+    0.3 ms, could pause the helpers whenever a helper took the last chunk.)
     """
     return waited > own * (HELPER_WAIT_SHARE + threads / n_chunks)
 
