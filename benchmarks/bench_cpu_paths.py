@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from bench_numba import cpu_model, write_doc
+from bench_numba import cpu_model, git_commit, write_doc
 from numba import njit
 
 import equipart
@@ -132,29 +132,47 @@ def bench_float64(shapes: list[tuple[int, int]], rounds: int) -> list[dict]:
     return out
 
 
+def counting_pauses(run: Callable[[], object], counts: dict, name: str) -> Callable[[], None]:
+    """``run``, counting in ``counts[name]`` the calls during which the kernels' helpers
+    were paused (``numba_backend._HelperPause``: a caller waited too long for a helper, and
+    the next 0.25 s of kernel calls run on the calling thread alone)."""
+
+    def counted() -> None:
+        before = numba_backend._HelperPause.until
+        run()
+        counts[name] = counts.get(name, 0) + int(numba_backend._HelperPause.until != before)
+
+    return counted
+
+
 def bench_small(rounds: int, sweeps_per_solve: int) -> list[dict]:
     out = []
     for n_rows, n_labels in SMALL_SHAPES:
         entry: dict = {"shape": [n_rows, n_labels], "load_average": os.getloadavg()}
-        per_rows = {}
+        per_rows, pauses = {}, {}
         for rows in (n_rows, 2 * n_rows):
             x = make_logits(rows, n_labels)
             g = np.zeros(n_labels)
             backend = numba_backend.NumbaBackend().for_solve()
+            counts: dict[str, int] = {}
+            contenders = {
+                "read": lambda x=x: read_once(x),
+                "sweep": lambda x=x, b=backend, g=g: b.sweep(x, "logits", LAM, g),
+                "solve": lambda x=x: solve(x, tol=0.0, max_iter=sweeps_per_solve),
+            }
             times = interleave(
-                {
-                    "read": lambda x=x: read_once(x),
-                    "sweep": lambda x=x, b=backend, g=g: b.sweep(x, "logits", LAM, g),
-                    "solve": lambda x=x: solve(x, tol=0.0, max_iter=sweeps_per_solve),
-                },
+                {name: counting_pauses(run, counts, name) for name, run in contenders.items()},
                 rounds,
             )
             ms = {name: median_ms(t) for name, t in times.items()}
             ms["solve"] /= sweeps_per_solve  # per sweep, the driver's work included
             per_rows[rows] = ms
+            pauses[rows] = {name: counts.get(name, 0) for name in ("sweep", "solve")}
         one, two = per_rows[n_rows], per_rows[2 * n_rows]
         entry["ms"] = one
         entry["ms_twice_the_rows"] = two
+        # calls (of rounds + 1) that paused the helpers, at N and at 2N rows
+        entry["helper_pauses"] = [pauses[n_rows], pauses[2 * n_rows]]
         entry["fixed_ms"] = {name: 2 * one[name] - two[name] for name in ("sweep", "solve")}
         entry["sweep_over_read"] = one["sweep"] / one["read"]
         entry["solve_sweep_over_read"] = one["solve"] / one["read"]
@@ -240,17 +258,6 @@ def bench_crossover(rounds: int) -> list[dict]:
 
 
 def machine() -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        commit, dirty = "unknown", ""
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -258,7 +265,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
-        "equipart_commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "equipart_commit": git_commit(),
         "parallel_min_elements": numba_backend.PARALLEL_MIN_ELEMENTS,
         # the process's niceness (the busy loop inherits it): a negative one lets a run on
         # a shared machine take the cores from other users' jobs, as on a quiet machine
@@ -299,18 +306,22 @@ def render(results: dict) -> str:
     lines += [
         "",
         "Small shapes, ms per sweep (the backend's warm sweep; a whole solve's sweep with the "
-        "driver's work), one plain read of the scores on one thread, and the fixed cost per "
-        "sweep (2 t(N) - t(2N)):",
+        "driver's work), one plain read of the scores on one thread, the fixed cost per "
+        "sweep (2 t(N) - t(2N)), and how many of the rounds' calls paused the helper threads "
+        "(each pause runs the next 0.25 s of kernel calls on one thread):",
         "",
-        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve |",
-        "|---|---|---|---|---|---|---|",
+        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve | "
+        "helper pauses: sweep, solve (N; 2N) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in results["small"]:
         shape = f"{e['shape'][0]:,} x {e['shape'][1]:,}"
         ms, fixed = e["ms"], e["fixed_ms"]
+        pauses = "; ".join(f"{p['sweep']}, {p['solve']}" for p in e.get("helper_pauses", []))
         lines.append(
             f"| {shape} | {ms['read']:.3f} | {ms['sweep']:.3f} | {ms['solve']:.3f} | "
-            f"{e['sweep_over_read']:.2f} | {fixed['sweep']:.3f} | {fixed['solve']:.3f} |"
+            f"{e['sweep_over_read']:.2f} | {fixed['sweep']:.3f} | {fixed['solve']:.3f} | "
+            f"{pauses} |"
         )
     lines += [
         "",

@@ -298,12 +298,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """The commit of the checkout the benchmark runs from, marked where files differ."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
 def machine() -> dict:
     import numba
     import ot
     import psutil
 
     return {
+        "equipart_commit": git_commit(),
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),

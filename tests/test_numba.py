@@ -166,6 +166,24 @@ def test_warm_sweeps_of_a_solve_match_numpy(kind, dtype, lam, n_labels):
     assert not NB._warm and not NB._per_solve  # the shared backend keeps no state
 
 
+@pytest.mark.parametrize("n_labels", [1000, 4096], ids=["warm-fused", "cold-wide"])
+def test_float64_sweeps_of_a_parallel_solve_match_numpy_to_1e12(n_labels):
+    """float64 at the benchmark's shape class: a block large enough for helper threads,
+    K = 1,000 (a solve's one-pass warm sweeps, K not a multiple of the vector width) and
+    K = 4,096 (past WARM_MAX_LABELS: two-pass cold sweeps), lam 25: every sweep of the
+    solve agrees with the NumPy backend's float64 sweep to 1e-12 relative."""
+    x = scores_for("logits", (3000, n_labels), np.float64, seed=8)
+    rng = np.random.default_rng(9)
+    solve = NB.for_solve()
+    g = np.zeros(n_labels)
+    for _ in range(3):
+        got, want = solve.sweep(x, "logits", 25.0, g), NP.sweep(x, "logits", 25.0, g)
+        assert_same_stats(got, want, np.float64)
+        g = g + 0.05 * rng.standard_normal(n_labels)
+    if n_labels == 1000:
+        assert solve.warm_rows == (3000, 0)  # the last sweep ran warm, no row redone
+
+
 @pytest.mark.parametrize("n_labels", [70, 600], ids=["two-pass", "fused"])
 def test_warm_rows_whose_shift_falls_short_are_redone_exactly(n_labels):
     """Rows whose cached maximum no longer bounds them (their scores were raised in place
@@ -509,6 +527,20 @@ def test_a_helper_descheduled_while_holding_a_chunk_pauses_the_helpers(monkeypat
     monkeypatch.setattr(numba_backend, "HELPER_WAIT_SHARE", np.inf)
     numba_backend._run(kernel, 64, 1, 64, seen)
     assert numba_backend._HelperPause.until == 0.0
+
+
+def test_waiting_one_chunk_for_a_helper_is_not_late():
+    """A helper on its core may hold the last chunk when the caller runs out: a wait of up
+    to one chunk is expected and must not pause the helpers (7 chunks of 1,000 x 4,096
+    scores on 2 threads: the caller ran 3 of them); a longer one, or the same wait over
+    many small chunks, is a helper off its core."""
+    numba_backend = pytest.importorskip("equipart.backends.numba")
+    late = numba_backend._helpers_late
+    chunk = 0.3e-3
+    assert not late(3 * chunk, chunk, 7, 2)
+    assert late(3 * chunk, 10 * chunk, 7, 2)
+    assert late(32 * chunk, 10 * chunk, 64, 2)
+    assert not late(32 * chunk, chunk, 64, 2)
 
 
 def test_more_threads_than_cores_gives_the_same_bits(tmp_path):

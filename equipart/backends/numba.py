@@ -89,8 +89,9 @@ CONVERT_ELEMENTS = 1 << 20  # block size when integer input is converted
 # more than it saves (the crossover measured by benchmarks/bench_numba.py)
 PARALLEL_MIN_ELEMENTS = 1 << 19
 # A kernel call whose caller waited for its helpers' last chunks longer than this share of
-# its own working time (a helper descheduled by a busy core) runs the calls of the next
-# HELPER_PAUSE_S seconds on the calling thread alone (see ``_run``)
+# its own working time, beyond the one chunk a helper may rightly still hold (a helper
+# descheduled by a busy core), runs the calls of the next HELPER_PAUSE_S seconds on the
+# calling thread alone (see ``_run`` and ``_helpers_late``)
 HELPER_WAIT_SHARE = 0.25
 HELPER_PAUSE_S = 0.25
 
@@ -318,9 +319,9 @@ def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any
     claims whatever chunks remain when it starts, so a helper that a busy core delays
     takes a smaller share, or none, and the caller waits only for chunks a helper has
     claimed and not yet finished, never for a helper to start. A helper that the OS
-    took off its core while it held a chunk can still hold up the caller; a call that
-    waited for its helpers longer than HELPER_WAIT_SHARE of its own working time sends
-    the kernel calls of the next HELPER_PAUSE_S seconds to the calling thread alone.
+    took off its core while it held a chunk can still hold up the caller; a call whose
+    caller waited for its helpers longer than ``_helpers_late`` allows sends the kernel
+    calls of the next HELPER_PAUSE_S seconds to the calling thread alone.
     """
     counters = np.zeros(2, dtype=np.int64)
     helpers = 0
@@ -345,10 +346,24 @@ def _run(kernel: Callable[..., bool], n_chunks: int, n_elements: int, *args: Any
     if not kernel(counters, *args):  # a helper finishes the last chunk: wait for it
         own = time.perf_counter() - start
         finished.wait()
-        if time.perf_counter() - start - own > HELPER_WAIT_SHARE * own:
+        if _helpers_late(own, time.perf_counter() - start - own, n_chunks, helpers + 1):
             _HelperPause.until = time.perf_counter() + HELPER_PAUSE_S
     if failures:
         raise failures[0]
+
+
+def _helpers_late(own: float, waited: float, n_chunks: int, threads: int) -> bool:
+    """Whether a caller that worked ``own`` seconds and then waited ``waited`` seconds for
+    its helpers' last chunks was held up by a helper off its core.
+
+    A helper on its core may claim the last chunk just before the caller runs out of
+    chunks, so the caller may rightly wait for up to one chunk, about
+    own * threads / n_chunks seconds (the caller's share is n_chunks / threads chunks);
+    only a wait longer than that plus HELPER_WAIT_SHARE * own counts. (Without the
+    allowance, a block of few chunks, such as 1,000 x 4,096 scores in 7 chunks of
+    0.3 ms, could pause the helpers whenever a helper took the last chunk.)
+    """
+    return waited > own * (HELPER_WAIT_SHARE + threads / n_chunks)
 
 
 def _unit(dtype: np.dtype) -> float:
