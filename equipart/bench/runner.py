@@ -464,13 +464,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = _PlainProgress
-
-    from .report import describe_machine, time_to_tol
-
     if args.report:
         return _report(args.report, not args.no_plots)
     contenders = _select_contenders(args.contenders)
@@ -478,8 +471,27 @@ def _main(args: argparse.Namespace) -> int:
         for c in contenders:
             print(f"{c.name:28s} {c.missing() or 'available':30s} {c.description}")
         return 0
-    mode = "quick" if args.quick else "full"
-    label = "custom" if args.sizes else mode  # the JSON's mode and the default file stem
+    cases = _plan(args)
+    out = _out_folder(args)
+    print(f"results go to {out}{os.sep}", file=sys.stderr)
+    timeout = args.timeout
+    if timeout is None:
+        timeout = 6.0 if args.quick and args.device == "cpu" else 300.0
+    budget = _device_memory(args.device, args.memory_budget_gb)
+    started = time.time()
+    load = {"start": list(os.getloadavg())}
+    results = _run_all(args, contenders, cases, budget, timeout)
+    load["end"] = list(os.getloadavg())
+    order = {c.name: i for i, c in enumerate(contenders)}
+    results.sort(key=lambda r: (r["n"] * r["k"], r["family"], r["lam"], order[r["contender"]]))
+    settings = {"timeout_s": timeout, "memory_budget_bytes": budget}
+    _write(args, out, cases, results, settings, {"wall_s": time.time() - started, **load})
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> list[Case]:
+    """The problems a run solves, after refusing (before any work) options that would
+    fail every job."""
     bad_lams = [lam for lam in args.lams or () if not (math.isfinite(lam) and lam > 0)]
     if bad_lams:
         raise ValueError(f"--lams: expected finite numbers > 0, got {bad_lams}")
@@ -497,26 +509,40 @@ def _main(args: argparse.Namespace) -> int:
     if args.sizes:
         cases = _custom_cases(args.sizes, families, tuple(args.lams or (25.0,)), args.seed)
     else:
-        cases = plan_cases(mode, args.device, families, args.seed)
+        cases = plan_cases("quick" if args.quick else "full", args.device, families, args.seed)
         if args.lams:
             cases = [replace(c, lams=tuple(args.lams)) for c in cases]
     if not cases:
         raise ValueError("no problems selected: check --families and --sizes")
+    return cases
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    """The results folder, created (a run whose results cannot be written is not
+    started)."""
     out = Path(args.out) if args.out is not None else fresh_folder()
-    try:  # before any work: a run whose results cannot be written is not started
+    try:
         out.mkdir(parents=True, exist_ok=args.out is not None)
     except OSError as exc:
         raise ValueError(f"--out: cannot create the folder {str(out)!r} ({exc})") from exc
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out: the folder {str(out)!r} is not writable")
-    print(f"results go to {out}{os.sep}", file=sys.stderr)
-    timeout = args.timeout
-    if timeout is None:
-        timeout = 6.0 if mode == "quick" and args.device == "cpu" else 300.0
-    budget = _device_memory(args.device, args.memory_budget_gb)
-    started = time.time()
-    load = {"start": list(os.getloadavg())}
+    return out
 
+
+def _run_all(
+    args: argparse.Namespace,
+    contenders: list[Any],
+    cases: list[Case],
+    budget: int,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Every contender's jobs, batch by batch of generated problems (each batch's files
+    within --cache-gb, deleted after it unless --cache-dir keeps them)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = _PlainProgress
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="eqbench-"))
     cache.mkdir(parents=True, exist_ok=True)
     paths = {case.spec: str(_cache_path(cache, case.spec)) for case in cases}
@@ -539,39 +565,53 @@ def _main(args: argparse.Namespace) -> int:
     finally:
         if not args.cache_dir:
             shutil.rmtree(cache, ignore_errors=True)
+    return results
 
-    load["end"] = list(os.getloadavg())
-    order = {c.name: i for i, c in enumerate(contenders)}
-    results.sort(key=lambda r: (r["n"] * r["k"], r["family"], r["lam"], order[r["contender"]]))
+
+def _write(
+    args: argparse.Namespace,
+    out: Path,
+    cases: list[Case],
+    results: list[dict[str, Any]],
+    settings: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """The run's JSON (settings, machine, problems, every job, the time-to-tol headline),
+    its tables on stdout and its plots (unless --no-plots)."""
+    from .report import describe_machine, time_to_tol
+
+    label = "custom" if args.sizes else ("quick" if args.quick else "full")
     stem = out / (args.name or f"bench_{label}_{args.device}")
     document = {
         "schema": 1,
         "mode": label,
         "device": args.device,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - started, 1),
+        "wall_s": round(run["wall_s"], 1),
         "command": "equipart bench " + " ".join(_argv(args)),
         "settings": {
             "tol": args.tol,
             "max_iter": args.max_iter,
-            "timeout_s": timeout,
-            "memory_budget_bytes": budget,
+            "timeout_s": settings["timeout_s"],
+            "memory_budget_bytes": settings["memory_budget_bytes"],
             "seed": args.seed,
         },
-        "machine": {**describe_machine(args.device == "cuda"), "load_average": load},
+        "machine": {
+            **describe_machine(args.device == "cuda"),
+            "load_average": {"start": run["start"], "end": run["end"]},
+        },
         "problems": [
             {"family": c.spec.family, "n": c.spec.n, "k": c.spec.k, "lams": list(c.lams)}
             for c in cases
         ],
         "results": results,
     }
-    rows = time_to_tol(results, default_equipart(args.device), timeout)
+    rows = time_to_tol(results, default_equipart(args.device), settings["timeout_s"])
     document["headline"] = {"equipart": rows[0]["contender"] if rows else None, "rows": rows}
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(document, indent=1))
     written = [json_path, *_publish(document, stem, not args.no_plots)]
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
 
 
 def fresh_folder(now: datetime | None = None) -> Path:

@@ -188,71 +188,82 @@ def check_config(cfg: Config) -> None:
     solver backend (against ``equipart.backends.available()``), the device, and that
     ``--data-dir`` exists (and is given for the datasets that have no default place).
     """
-
-    def bad(name: str, expected: str) -> ConfigError:
-        return ConfigError(f"{flag(name)}: expected {expected}, got {getattr(cfg, name)!r}")
-
     for name, valid in choices().items():
         if getattr(cfg, name) not in valid:
-            raise bad(name, "one of " + ", ".join(valid))
+            raise _bad(cfg, name, "one of " + ", ".join(valid))
+    _check_counts(cfg)
+    _check_reals(cfg)
+    _check_place(cfg)
+
+
+def _bad(cfg: Config, name: str, expected: str) -> ConfigError:
+    return ConfigError(f"{flag(name)}: expected {expected}, got {getattr(cfg, name)!r}")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_counts(cfg: Config) -> None:
+    """Integer settings: each at least its lowest valid value."""
     at_least = {
         "heads": 1, "clusters": 2, "epochs": 1, "batch_size": 2, "fc": 1,
         "solver_max_iter": 1, "kmeans_pca": 1, "kmeans_iter": 1, "kmeans_init": 1,
         "eval_batch_size": 2, "knn_k": 1, "knn_pca": 1, "probe_epochs": 0, "curve_points": 0,
         "ckpt_every_steps": 0, "seed": 0,
     }  # fmt: skip
-
-    def integer(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
     for name, low in at_least.items():
-        if not integer(getattr(cfg, name)) or getattr(cfg, name) < low:
+        if not _integer(getattr(cfg, name)) or getattr(cfg, name) < low:
             why = f" ({BATCHNORM_NEEDS_TWO})" if name in ("batch_size", "eval_batch_size") else ""
-            raise bad(name, f"an integer >= {low}{why}")
+            raise _bad(cfg, name, f"an integer >= {low}{why}")
     if cfg.seed >= 2**63:
-        raise bad("seed", "an integer below 2**63")
-    if cfg.n_opts is not None and (not integer(cfg.n_opts) or cfg.n_opts < 1):
-        raise bad("n_opts", "an integer >= 1, or no flag for one per epoch")
+        raise _bad(cfg, "seed", "an integer below 2**63")
+    if cfg.n_opts is not None and (not _integer(cfg.n_opts) or cfg.n_opts < 1):
+        raise _bad(cfg, "n_opts", "an integer >= 1, or no flag for one per epoch")
     if cfg.flip is not None and not isinstance(cfg.flip, bool):
-        raise bad("flip", "a boolean, or no flag for the data set's default")
+        raise _bad(cfg, "flip", "a boolean, or no flag for the data set's default")
     for name, low in (("train_size", 2), ("test_size", 1)):
         value = getattr(cfg, name)
-        if value is not None and (not integer(value) or value < low):
+        if value is not None and (not _integer(value) or value < low):
             why = f" ({BATCHNORM_NEEDS_TWO})" if low == 2 else ""
-            raise bad(name, f"a number of images >= {low}{why}, or no flag for all of them")
+            raise _bad(cfg, name, f"a number of images >= {low}{why}, or no flag for all of them")
 
-    def number(name: str) -> float:
-        value = getattr(cfg, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise bad(name, "a finite number")
-        return float(value)
 
+def _number(cfg: Config, name: str) -> float:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(cfg, name, "a finite number")
+    return float(value)
+
+
+def _check_reals(cfg: Config) -> None:
+    """Real-valued settings and the two fraction lists: finite and within range."""
     for name in ("width", "lr", "lr_gamma", "lam", "solver_tol", "knn_sigma"):
-        if number(name) <= 0:
-            raise bad(name, "a positive number")
-    if number("weight_decay") < 0:
-        raise bad("weight_decay", "a number >= 0")
-    if not 0 <= number("momentum") < 1:
-        raise bad("momentum", "a number in [0, 1)")
+        if _number(cfg, name) <= 0:
+            raise _bad(cfg, name, "a positive number")
+    if _number(cfg, "weight_decay") < 0:
+        raise _bad(cfg, "weight_decay", "a number >= 0")
+    if not 0 <= _number(cfg, "momentum") < 1:
+        raise _bad(cfg, "momentum", "a number in [0, 1)")
     drops = cfg.lr_drops
-    if not all(isinstance(v, (int, float)) and 0 < v < 1 for v in drops) or list(drops) != sorted(
-        drops
-    ):
-        raise bad("lr_drops", "increasing fractions of training in (0, 1), e.g. 0.7 0.9")
+    fractions = all(isinstance(v, (int, float)) and 0 < v < 1 for v in drops)
+    if not fractions or list(drops) != sorted(drops):
+        raise _bad(cfg, "lr_drops", "increasing fractions of training in (0, 1), e.g. 0.7 0.9")
     scale = cfg.crop_scale
     if (
         len(scale) != 2
         or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scale)
         or not 0 < scale[0] <= scale[1] <= 1
     ):
-        raise bad("crop_scale", "MIN MAX with 0 < MIN <= MAX <= 1 (fractions of the area)")
+        raise _bad(cfg, "crop_scale", "MIN MAX with 0 < MIN <= MAX <= 1 (fractions of the area)")
+
+
+def _check_place(cfg: Config) -> None:
+    """Where it runs and reads: the solver backend, the device and the data folder."""
     backends = solver_backends()
     if cfg.solver_backend not in backends:
-        raise bad(
+        raise _bad(
+            cfg,
             "solver_backend",
             "one of " + ", ".join(backends) + " (auto and the equipart backends that run here)",
         )
