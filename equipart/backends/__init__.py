@@ -3,7 +3,9 @@
 Importing equipart imports no optional library (numba, torch, cupy): a backend's module is
 imported the first time it is asked for. ``backend="auto"`` picks by the array's library:
 NumPy arrays and memmaps go to ``"numba"`` when Numba is installed and ``"numpy"``
-otherwise, torch tensors to ``"torch"``, CuPy arrays to ``"cupy"``.
+otherwise, torch tensors to ``"torch"`` (CPU tensors then to the Numba kernels, see
+``Backend.for_scores``), CuPy arrays to ``"cupy"``; arrays of other libraries to the first
+registered backend that accepts them (JAX arrays: ``"jax"``, an entry point).
 
 Third-party backends register a ``Backend`` subclass under the entry-point group
 ``equipart.backends`` (``name = "package.module:ClassName"``) or call :func:`register`.
@@ -138,6 +140,13 @@ def _auto_backend(scores: Any) -> Backend:
             return _routed(backend, scores)
     for name, custom in _CUSTOM.items():
         if custom.accepts(scores) and _unavailable_reason(backend := _load(name)) is None:
+            return _routed(backend, scores)
+    for name in sorted(set(_entry_points()) - set(_CUSTOM)):  # plugins, imported only now
+        try:
+            backend = _load(name)
+        except ValueError:
+            continue
+        if backend.accepts(scores) and _unavailable_reason(backend) is None:
             return _routed(backend, scores)
     raise TypeError(
         f"scores: no backend reads arrays of type {type(scores).__module__}."
