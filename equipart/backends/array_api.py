@@ -16,7 +16,7 @@ an exp that flushes subnormals) or a kernel for a whole pass (the Triton and CuP
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,11 +86,18 @@ class ArrayAPIBackend(Backend):
 
     # -- shared steps --------------------------------------------------------------------
 
-    def _vector(self, xp: Any, g: np.ndarray, dtype: Any, like: Any) -> Any:
-        """A host vector in ``dtype`` (float32 or float64) on the device of ``like``,
-        rounded on the host."""
-        host = np.asarray(g, dtype=np.float32 if dtype == xp.float32 else np.float64)
-        return xp.asarray(host, device=device(like))
+    @contextmanager
+    def _reading(self, block: Any) -> Iterator[tuple[Any, Any]]:
+        """(x, xp): the block as the passes read it and its namespace, within ``_scope``."""
+        x = self._data(block)
+        with self._scope(x):
+            yield x, array_namespace(x)
+
+    def _dual(self, xp: Any, g: np.ndarray, x: Any) -> Any:
+        """g in the compute precision of ``x`` on its device, rounded on the host."""
+        single = compute_dtype(xp, x.dtype) == xp.float32
+        host = np.asarray(g, dtype=np.float32 if single else np.float64)
+        return xp.asarray(host, device=device(x))
 
     def _scaled(self, xp: Any, x: Any, kind: ScoreKind, lam: float, g: Any) -> Any:
         """A new block z = lam * L + g in the compute precision (``x`` is not modified).
@@ -125,9 +132,7 @@ class ArrayAPIBackend(Backend):
         return scores[index]
 
     def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
+        with self._reading(block) as (x, xp):
             lows, highs, lowest_bests, deviations = [], [], [], []
             support = xp.zeros(x.shape[1], dtype=xp.int64, device=device(x))
             for rows in self._rows(x):
@@ -160,13 +165,10 @@ class ArrayAPIBackend(Backend):
         return BlockCheck(valid, low, deviation, high, counts, min_row_max=lowest_best)
 
     def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
-            dtype = compute_dtype(xp, x.dtype)
-            g_d = self._vector(xp, g, dtype, x)
+        with self._reading(block) as (x, xp):
+            g_d = self._dual(xp, g, x)
             colsum = xp.zeros(x.shape[1], dtype=xp.float64, device=device(x))
-            colmax = xp.full(x.shape[1], -np.inf, dtype=dtype, device=device(x))
+            colmax = xp.full(x.shape[1], -np.inf, dtype=g_d.dtype, device=device(x))
             for rows in self._rows(x):
                 q, block_max = self._normalised(xp, self._scaled(xp, x[rows], kind, lam, g_d))
                 colmax = xp.maximum(colmax, block_max)
@@ -175,10 +177,8 @@ class ArrayAPIBackend(Backend):
         return ColumnStats(host[0].copy(), host[1].copy())
 
     def labels(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
-            g_d = self._vector(xp, g, compute_dtype(xp, x.dtype), x)
+        with self._reading(block) as (x, xp):
+            g_d = self._dual(xp, g, x)
 
             def best(part: Any) -> tuple[Any]:
                 return (xp.argmax(self._scaled(xp, part, kind, lam, g_d), axis=1),)
@@ -186,41 +186,33 @@ class ArrayAPIBackend(Backend):
             return self._assemble(xp, x, [((), xp.int64)], best)[0]
 
     def codes(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
-            dtype = compute_dtype(xp, x.dtype)
-            g_d = self._vector(xp, g, dtype, x)
+        with self._reading(block) as (x, xp):
+            g_d = self._dual(xp, g, x)
 
             def q(part: Any) -> tuple[Any]:
                 return (self._normalised(xp, self._scaled(xp, part, kind, lam, g_d))[0],)
 
-            return self._assemble(xp, x, [((x.shape[1],), dtype)], q)[0]
+            return self._assemble(xp, x, [((x.shape[1],), g_d.dtype)], q)[0]
 
     def top_labels(
         self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray, k: int
     ) -> tuple[Any, Any]:
-        x = self._data(block)
-        xp = array_namespace(x)
-        k = min(int(k), x.shape[1])
-        with self._scope(x):
-            dtype = compute_dtype(xp, x.dtype)
-            g_d = self._vector(xp, g, dtype, x)
+        with self._reading(block) as (x, xp):
+            k = min(int(k), x.shape[1])
+            g_d = self._dual(xp, g, x)
 
             def best(part: Any) -> tuple[Any, Any]:
                 z = self._scaled(xp, part, kind, lam, g_d)
                 order = self._top_k(xp, z, k)
                 return order, xp.take_along_axis(z, order, axis=1)
 
-            indices, values = self._assemble(xp, x, [((k,), xp.int64), ((k,), dtype)], best)
+            parts = [((k,), xp.int64), ((k,), g_d.dtype)]
+            indices, values = self._assemble(xp, x, parts, best)
         return indices, values
 
     def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
-            dtype = compute_dtype(xp, x.dtype)
-            zeros = xp.zeros(x.shape[1], dtype=dtype, device=device(x))
+        with self._reading(block) as (x, xp):
+            zeros = self._dual(xp, np.zeros(x.shape[1]), x)
             total = xp.full(x.shape[1], -np.inf, dtype=xp.float64, device=device(x))
             for rows in self._rows(x):
                 z = self._scaled(xp, x[rows], kind, lam, zeros)
@@ -233,9 +225,7 @@ class ArrayAPIBackend(Backend):
             return self.to_numpy(total)
 
     def logprob_sum(self, block: Any, kind: ScoreKind, labels: Any) -> float:
-        x = self._data(block)
-        xp = array_namespace(x)
-        with self._scope(x):
+        with self._reading(block) as (x, xp):
             labels = xp.asarray(labels, dtype=xp.int64, device=device(x))
             if labels.shape[0]:  # (take_along_axis would wrap -1 round to the last label)
                 low, high = self.to_numpy(xp.stack([xp.min(labels), xp.max(labels)])).tolist()
