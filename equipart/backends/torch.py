@@ -351,9 +351,8 @@ class NumbaTensorBackend(TorchBackend):
     """
 
     def __init__(self, numba: Backend) -> None:
-        super().__init__(kernel="auto")
+        super().__init__(kernel="auto")  # (the factored fused passes read this kernel)
         self.numba = numba
-        self._cpu, self._cpu_tried = self, True
 
     def for_scores(self, scores: Any) -> Backend:
         return self
