@@ -1,4 +1,9 @@
-"""The public entry points: thin, documented, validating everything before any work."""
+"""The public entry points: thin, documented, validating everything before any work.
+
+Each checks its arguments once (``equipart.validation``) into the immutable objects of
+``equipart.problem``, agrees them across ranks where the solve is distributed, runs the
+driver (``equipart.solver.run_sinkhorn``) and packages the result.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +13,33 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, ColumnStats, ScoreKind
-from .distributed import open_group
+from .backends.base import Backend
+from .distributed import RankGroup, SingleProcess, open_group
 from .exact import exact_assign
 from .factored import Factored
-from .marginals import ColumnConstraint, Marginal, Relaxed, Uniform, as_marginal, normalise_dual
+from .marginals import Marginal, Relaxed, Uniform, as_marginal
+from .problem import OutputOptions, Problem, SolveOptions
 from .result import Assignment, SolverState
 from .rounding import ROUNDERS, CountCheck, round_head
-from .solver import RowSource, check_feasible, column_stats, mask_depth, run_sinkhorn
-from .sources import InMemory, RowBlocks, open_source
+from .solver import SolveOutcome, run_sinkhorn
+from .sources import RowBlocks, open_source
 from .validation import (
-    ScoreSummary,
-    check_acceleration,
+    check_all_values,
+    check_eps,
     check_flag,
     check_kind,
     check_lam,
+    check_placeable,
     check_positive_int,
-    check_positive_real,
+    check_prototypes_possible,
     check_rounding,
-    check_support,
-    check_tol,
-    check_values,
     initial_dual,
-    sweep_precision,
+    solve_options,
 )
 
 __all__ = ["assign_labels", "sinkhorn_codes"]
 
-
-def _source(
-    backend: str | Backend, scores: Any, allow_empty_rows: bool = False
-) -> tuple[Backend, RowSource]:
-    """The backend and row source for ``scores``: an array, a memmap, a .npy path or a
-    ``RowBlocks`` factory (see ``equipart.sources.open_source``)."""
-    return open_source(scores, backend, allow_empty_rows=allow_empty_rows)
-
-
-def _check_solver_arguments(tol, max_iter, check_every, acceleration, callback) -> tuple:
-    """The Sinkhorn loop's settings, checked: (tol, max_iter, check_every, acceleration)."""
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
-    return (
-        check_tol(tol),
-        check_positive_int(max_iter, "max_iter"),
-        check_positive_int(check_every, "check_every"),
-        check_acceleration(acceleration),
-    )
+Group = SingleProcess | RankGroup
 
 
 def _exact_labels(
@@ -65,14 +51,13 @@ def _exact_labels(
     backend: str | Backend,
     warm_start: Any,
     return_codes: bool,
-    solver_arguments: tuple,
 ) -> Assignment:
-    """``assign_labels(..., rounding="exact")``: every argument checked as for a solve,
-    then ``exact_assign`` (which needs the whole matrix and no Sinkhorn loop)."""
+    """``assign_labels(..., rounding="exact")``: every argument checked as for a solve
+    (the loop's settings by the caller), then ``exact_assign`` (which needs the whole
+    matrix and no Sinkhorn loop)."""
     return_codes = check_flag(return_codes, "return_codes")
     check_kind(input)
     check_lam(lam)
-    _check_solver_arguments(*solver_arguments)
     if return_codes:
         raise ValueError(
             "return_codes: rounding='exact' solves the hard LP and has no transport plan Q; "
@@ -89,7 +74,7 @@ def _exact_labels(
             "pass an array, a memmap or a .npy path, or use rounding='balanced' on a stream"
         )
     spec = as_marginal(marginals)
-    _, source = _source(backend, scores)
+    _, source = open_source(scores, backend)
     initial_dual(warm_start, source.n_heads, source.n_labels, lam)  # checked; the LP needs none
     result = exact_assign(source.scores, spec, input, backend=backend)
     # the LP's prices are the lam -> infinity limit of g / lam: at this lam, g = lam * prices
@@ -97,99 +82,59 @@ def _exact_labels(
     return replace(result, state=state)
 
 
-def _check_all_values(
-    source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
-) -> list[ScoreSummary]:
-    """``check_values`` over every head (for a rank without rows: support and spread 0)."""
-    if source.n_rows == 0:
-        empty = ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)
-        return [empty] * source.n_heads
-    return [
-        check_values(
-            backend,
-            source.blocks(head),
-            kind,
-            lam=lam,
-            lam_name=lam_name,
-            where=f" of head {head}" if source.n_heads > 1 else "",
-        )
-        for head in range(source.n_heads)
-    ]
-
-
-def _stranded_rows(
-    source: RowSource, backend: Backend, kind: ScoreKind, closed: np.ndarray, lam: float
-) -> tuple:
-    """(count, (head, row) of the first) of the rows that can take only labels the
-    marginals close (size 0): no assignment can place them. A row's best of L_ij + g_j,
-    with g_j = -inf on closed labels, times lam, is -inf in the sweep's float type there:
-    zero probabilities, or masks at the dtype's lowest value (a finite mask such as -1e9
-    still lets the row take one of those labels, as the exact LP would). One pass, run
-    only when labels are closed."""
-    g_open = np.where(closed, -np.inf, 0.0)
-    count, first = 0, None
-    for head in range(source.n_heads):
-        start = 0
-        for block in source.blocks(head):
-            if block.shape[0]:
-                precision = sweep_precision(backend.shape_dtype(block)[1])
-                values = backend.top_labels(block, kind, 1.0, g_open, 1)[1]
-                best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
-                rows = np.flatnonzero(best_open < -float(np.finfo(precision).max) / lam)
-                if rows.size and first is None:
-                    first = (head, start + int(rows[0]))
-                count += rows.size
-            start += block.shape[0]
-    return count, first
-
-
-def _check_placeable(
-    comm: Any,
-    source: RowSource,
-    backend: Backend,
-    kind: ScoreKind,
-    lam: float,
-    constraint: Any,
-    supports: list,
-) -> None:
-    """Before the solve: refuse rows that can take only labels the marginals close (size
-    0; a pass only when labels are closed) and labels possible at fewer rows than their
-    least size (zero probabilities, -inf scores), from counts summed over the ranks in
-    one all-reduce."""
-    least, most = constraint.count_bounds()
-    closed = most == 0
-    count, first = 0, None
-    if closed.any():
-        with comm.rounding():  # across ranks, a failing read is announced by the all-reduce
-            count, first = _stranded_rows(source, backend, kind, closed, lam)
-    totals, total = comm.total_support(supports, source.n_labels, count)
-    if total:
-        if comm.sharded:
-            where = f"{total} row(s) of the ranks have"
-        else:  # the first one by its index
-            head, row = first
-            where = f"row {row}" + (f" of head {head}" if source.n_heads > 1 else "")
-            where += (f" (and {total - 1} more rows)" if total > 1 else "") + " has"
-        allowed = (
-            "non-zero probability"
-            if kind == "probs"
-            else "scores above the dtype's lowest values (masks), at this lam,"
-        )
+def _checked_problem(
+    scores: Any,
+    lam: Any,
+    *,
+    input: Any,
+    backend: str | Backend,
+    marginals: Any,
+    warm_start: Any,
+    output: OutputOptions,
+    sharded: bool,
+) -> Problem:
+    """The problem of an ``assign_labels`` call, every argument checked, the values of
+    the scores in one pass (``check_all_values``). In one process the marginals are bound
+    to N first, so that their errors come before that pass (across ranks they bind to the
+    global N, after the handshake)."""
+    engine, source = open_source(scores, backend, allow_empty_rows=sharded)
+    kind, lam = check_kind(input), check_lam(lam)
+    spec = as_marginal(marginals)
+    if output.rounding == "balanced" and isinstance(spec, Relaxed):
         raise ValueError(
-            f"scores: {where} {allowed} only on labels the marginals give no "
-            f"point (closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can "
-            f"place {'it' if total == 1 else 'them'}; give one of their labels a size or "
-            "check the scores"
+            "rounding: 'balanced' enforces hard label counts, and a Relaxed marginal has "
+            "none (any count from 0 to N); use rounding='argmax', or Bounds(lo, hi) for "
+            "count limits"
         )
-    for head, support in enumerate(totals):
-        check_support(support, least, head if source.stacked else None, kind)
+    if not sharded:
+        spec.bind(source.n_rows, source.n_labels, lam)
+    g0 = None
+    if warm_start is not None:
+        g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
+    summaries = check_all_values(source, engine, kind, lam)
+    return Problem(source, engine, lam, kind, spec, g0, summaries=summaries)
 
 
-def _logprob_sum(source: RowSource, backend: Backend, head: int, kind: ScoreKind, labels: Any):
+def _agree(comm: Group, entry: str, problem: Problem, *settings: Any) -> Problem:
+    """The problem as this process solves it: the handshake of a distributed call (every
+    rank's rows counted, the agreed fields compared), this rank's shard of the global N,
+    and the marginals bound to that N."""
+    n_rows = comm.agree(entry, problem, *settings)
+    return comm.shard(problem, n_rows).bound()
+
+
+def _codes(problem: Problem, head: int, g: Any) -> Any:
+    """Q of one head at dual g (rows sum to 1), in the scores' library."""
+    backend = problem.backend
+    parts = [backend.codes(b, problem.kind, problem.lam, g) for b in problem.source.blocks(head)]
+    return backend.concat(parts)
+
+
+def _logprob_sum(problem: Problem, head: int, labels: Any) -> float:
     total, start = 0.0, 0
-    for block in source.blocks(head):
+    for block in problem.source.blocks(head):
         stop = start + block.shape[0]
-        total += backend.logprob_sum(block, kind, labels[start:stop])
+        total += problem.backend.logprob_sum(block, problem.kind, labels[start:stop])
         start = stop
     return total
 
@@ -199,54 +144,30 @@ def _per_head(backend: Backend, parts: list[Any], stacked: bool) -> Any:
 
 
 def finish_assignment(
-    source: InMemory,
-    backend: Backend,
-    *,
-    kind: ScoreKind,
-    lam: float,
-    g: np.ndarray,
-    constraint: ColumnConstraint,
-    rounding: str,
-    return_codes: bool,
-    n_iter: int,
-    converged: bool,
-    error: float,
-    history: tuple[float, ...],
-    check: CountCheck,
+    problem: Problem, outcome: SolveOutcome, output: OutputOptions, check: CountCheck
 ) -> Assignment:
-    """Round every head (``equipart.rounding.round_head``), compute the objective (and
-    codes), and package the result. ``check`` carries the count check's hooks (a
-    distributed solve's own rounder and sums across ranks)."""
+    """Round every head (``equipart.rounding.round_head``) at the solved dual, compute the
+    objective (and codes), and package the result. ``check`` carries the count check's
+    hooks (a distributed solve's own rounder and sums across ranks)."""
+    g, backend, stacked = outcome.g, problem.backend, problem.stacked
     labels, codes, used, total = [], [], [], 0.0
-    for head in range(source.n_heads):
-        head_labels, how = round_head(
-            rounding, source, backend, head, kind, lam, g[head], constraint, check
-        )
+    for head in range(problem.n_heads):
+        head_labels, how = round_head(output.rounding, problem, head, g[head], check)
         labels.append(head_labels)
         used.append(how)
-        total += _logprob_sum(source, backend, head, kind, head_labels)
-        if return_codes:
-            parts = [backend.codes(b, kind, lam, g[head]) for b in source.blocks(head)]
-            codes.append(backend.concat(parts))
-    shape = (
-        (source.n_heads, source.n_rows, source.n_labels)
-        if source.stacked
-        else (
-            source.n_rows,
-            source.n_labels,
-        )
-    )
-    state = SolverState(g=g if source.stacked else g[0], lam=lam, shape=shape)
+        total += _logprob_sum(problem, head, head_labels)
+        if output.return_codes:
+            codes.append(_codes(problem, head, g[head]))
     return Assignment(
-        labels=_per_head(backend, labels, source.stacked),
-        state=state,
-        n_iter=n_iter,
-        converged=converged,
-        error=error,
-        history=history,
-        objective=total / (source.n_rows * source.n_heads),
+        labels=_per_head(backend, labels, stacked),
+        state=SolverState(g=g if stacked else g[0], lam=problem.lam, shape=problem.shape),
+        n_iter=outcome.n_iter,
+        converged=outcome.converged,
+        error=outcome.error,
+        history=outcome.history,
+        objective=total / (problem.n_rows * problem.n_heads),
         rounding=used[0] if len(set(used)) == 1 else ",".join(used),
-        codes=_per_head(backend, codes, source.stacked) if return_codes else None,
+        codes=_per_head(backend, codes, stacked) if output.return_codes else None,
     )
 
 
@@ -362,6 +283,7 @@ def assign_labels(
         ``converged``, ``error``, ``history``, ``objective`` and optionally ``codes``.
     """
     if rounding == "exact" and group is None:  # the hard LP needs no Sinkhorn solve
+        solve_options(tol, max_iter, check_every, acceleration, callback)
         return _exact_labels(
             scores,
             lam,
@@ -370,94 +292,36 @@ def assign_labels(
             backend=backend,
             warm_start=warm_start,
             return_codes=return_codes,
-            solver_arguments=(tol, max_iter, check_every, acceleration, callback),
         )
     comm = open_group(group)
     with comm.validating():  # a rank whose inputs fail tells the others in the handshake
-        return_codes = check_flag(return_codes, "return_codes")
-        engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
-        kind = check_kind(input)
-        lam = check_lam(lam)
-        tol, max_iter, check_every, acceleration = _check_solver_arguments(
-            tol, max_iter, check_every, acceleration, callback
+        output = OutputOptions(check_rounding(rounding), check_flag(return_codes, "return_codes"))
+        options = solve_options(
+            tol, max_iter, check_every, acceleration, callback, anneal=warm_start is None
         )
-        rounding = check_rounding(rounding)
-        spec = as_marginal(marginals)
-        if rounding == "balanced" and isinstance(spec, Relaxed):
-            raise ValueError(
-                "rounding: 'balanced' enforces hard label counts, and a Relaxed marginal has "
-                "none (any count from 0 to N); use rounding='argmax', or Bounds(lo, hi) for "
-                "count limits"
-            )
-        if not comm.sharded:  # marginal errors before the data pass (ranks: global N later)
-            spec.bind(source.n_rows, source.n_labels, lam)
-        g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-        summaries = _check_all_values(source, engine, kind, lam)
-    n_rows = comm.agree(  # the global N; K, lam, ... must match on every rank
-        source.n_rows,
-        entry="assign_labels",
-        n_heads=source.n_heads,
-        n_labels=source.n_labels,
-        dtype=source.dtype,
-        prototypes=getattr(source, "prototypes_key", None),  # Factored scores: shared factors
-        lam=lam,
-        input=kind,
-        tol=tol,
-        max_iter=max_iter,
-        check_every=check_every,
-        rounding=rounding,
-        marginals=spec,
-        warm_start=None if warm_start is None else g0,  # a cold start anneals lam: not zeros
-        callback=callback is not None,
-        acceleration=acceleration,
-    )
-    constraint = spec.bind(n_rows, source.n_labels, lam)
-    source, engine = comm.shard(source, engine, n_rows)
-    supports = [summary.support for summary in summaries]
-    _check_placeable(comm, source, engine, kind, lam, constraint, supports)
-
+        problem = _checked_problem(
+            scores,
+            lam,
+            input=input,
+            backend=backend,
+            marginals=marginals,
+            warm_start=warm_start,
+            output=output,
+            sharded=comm.sharded,
+        )
+    problem = _agree(comm, "assign_labels", problem, options, output)
+    check_placeable(comm, problem)
     # per-solve backend state (Backend.for_solve); entry-point backends need not subclass
-    loop_engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
-    outcome = run_sinkhorn(
-        source,
-        loop_engine,
-        kind=kind,
-        lam=lam,
-        constraint=constraint,
-        tol=tol,
-        max_iter=max_iter,
-        check_every=check_every,
-        g0=g0,
-        callback=comm.wrap_callback(callback),
-        reduce=comm.reduce,
-        anneal=warm_start is None,
-        acceleration=acceleration,
-        depth=mask_depth(source.dtype),
-        spread=max(summary.spread for summary in summaries),
-    )
-    g = comm.same_dual(outcome.g)
+    engine = problem.backend
+    engine = engine.for_solve() if hasattr(engine, "for_solve") else engine
+    callback = comm.wrap_callback(options.callback)  # any rank's True stops every rank
+    outcome = run_sinkhorn(replace(problem, backend=engine), replace(options, callback=callback))
+    outcome = replace(outcome, g=comm.same_dual(outcome.g))  # group rank 0's on every rank
+    balanced = comm.rounder("balanced") or ROUNDERS["balanced"]
+    check = CountCheck(outcome.error, balanced, comm.total_counts, problem.reduce)
     result = None  # stays None on a rank whose rounding failed; comm.finish names it
     with comm.rounding():  # a rank failing here is named in the objective's all-reduce
-        result = finish_assignment(
-            source,
-            engine,
-            kind=kind,
-            lam=lam,
-            g=g,
-            constraint=constraint,
-            rounding=rounding,
-            return_codes=return_codes,
-            n_iter=outcome.n_iter,
-            converged=outcome.converged,
-            error=outcome.error,
-            history=outcome.history,
-            check=CountCheck(
-                error=outcome.error,
-                balanced=comm.rounder("balanced") or ROUNDERS["balanced"],
-                total=comm.total_counts,
-                reduce=comm.reduce,
-            ),
-        )
+        result = finish_assignment(problem, outcome, output, check)
     return comm.finish(result)
 
 
@@ -511,71 +375,18 @@ def sinkhorn_codes(
     """
     comm = open_group(group)
     with comm.validating():
-        engine, source = _source(backend, scores, allow_empty_rows=comm.sharded)
-        kind = check_kind(input)
-        eps = check_positive_real(eps, "eps", "a temperature; SwAV uses 0.05")
-        if not np.isfinite(1.0 / eps):
-            raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
-        lam = check_lam(1.0 / eps)
-        n_iter = check_positive_int(n_iter, "n_iter")
-        summaries = _check_all_values(source, engine, kind, lam, lam_name="eps")
-    n_rows = comm.agree(
-        source.n_rows,
-        entry="sinkhorn_codes",
-        n_heads=source.n_heads,
-        n_labels=source.n_labels,
-        dtype=source.dtype,
-        prototypes=getattr(source, "prototypes_key", None),
-        lam=lam,
-        input=kind,
-        n_iter=n_iter,
-    )
-    constraint = Uniform().bind(n_rows, source.n_labels)
-    depth = mask_depth(source.dtype)
-    source, engine = comm.shard(source, engine, n_rows)
+        engine, source = open_source(scores, backend, allow_empty_rows=comm.sharded)
+        kind, lam = check_kind(input), check_eps(eps)
+        steps = check_positive_int(n_iter, "n_iter")
+        summaries = check_all_values(source, engine, kind, lam, lam_name="eps")
+    problem = Problem(source, engine, lam, kind, Uniform(), summaries=summaries)
+    options = SolveOptions(acceleration="none", fixed_steps=steps)
+    problem = _agree(comm, "sinkhorn_codes", problem, options)
+    check_prototypes_possible(problem, comm.sharded)
+    g = run_sinkhorn(problem, options).g
     codes = []
-    for head in range(source.n_heads):
-        where = f"head {head}: " if source.n_heads > 1 else ""
-        # the masks test of assign_labels, on a sweep at g = 0 (reduced: the same on every
-        # rank, which all make it); in one process only where some entry lies more than
-        # the mask depth below another (-inf or zero probabilities included)
-        zero = np.zeros(source.n_labels)
-        if comm.sharded or summaries[head].extent > depth:
-            stats = column_stats(source, engine, head, kind, lam, zero, comm.reduce)
-            remedy = "leave those prototypes out of the scores, or check the scores"
-            check_feasible(constraint, stats, lam, zero, depth, remedy=remedy, where=where)
-        g = normalise_dual(-_column_logsumexp(source, engine, head, kind, lam, comm.reduce))
-        for _ in range(n_iter - 1):
-            stats = column_stats(source, engine, head, kind, lam, g, comm.reduce)
-            g = constraint.update(g, stats.log_mass())
+    for head in range(problem.n_heads):
         with comm.rounding():  # a rank failing here is named by the collective below
-            parts = [engine.codes(b, kind, lam, g) for b in source.blocks(head)]
-            codes.append(engine.concat(parts))
+            codes.append(_codes(problem, head, g[head]))
     comm.raise_failures("codes pass")
-    return _per_head(engine, codes, source.stacked)
-
-
-def _column_logsumexp(
-    source: RowSource,
-    backend: Backend,
-    head: int,
-    kind: ScoreKind,
-    lam: float,
-    reduce: Callable[[ColumnStats], ColumnStats] | None,
-) -> np.ndarray:
-    """log sum_i exp(lam L_ij) over every row of ``head`` and every rank (float64, (K,)).
-
-    Blocks merge by ``np.logaddexp``; ranks by the column-statistics reducer, twice: the
-    maxima (as ``colmax``), then the sums of exp(lse - max) (as ``colsum``)."""
-    total = np.full(source.n_labels, -np.inf)
-    for block in source.blocks(head):
-        if block.shape[0]:
-            np.logaddexp(total, backend.column_logsumexp(block, kind, lam), out=total)
-    if reduce is None:
-        return total
-    zeros = np.zeros(source.n_labels)
-    top = reduce(ColumnStats(zeros, total)).colmax
-    shift = np.where(top > -np.inf, top, 0.0)
-    with np.errstate(divide="ignore"):
-        summed = reduce(ColumnStats(np.exp(total - shift), top)).colsum
-        return np.log(summed) + shift
+    return _per_head(problem.backend, codes, problem.stacked)

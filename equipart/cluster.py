@@ -66,7 +66,8 @@ from .backends.base import Backend
 from .balanced import FIRST_WIDTH, WIDEN, solve_candidates
 from .factored import Factored
 from .marginals import Bounds, ColumnConstraint, Marginal, Prior, Relaxed, Uniform
-from .solver import ConvergenceWarning, mask_depth, run_sinkhorn
+from .problem import Problem, SolveOptions
+from .solver import ConvergenceWarning, run_sinkhorn
 
 __all__ = ["BalancedKMeans"]
 
@@ -405,19 +406,9 @@ def _sinkhorn(
     start = np.zeros((1, source.n_labels)) if g is None else g[None, :]
     with warnings.catch_warnings():  # a loose solve: the rounding after it is exact anyway
         warnings.simplefilter("ignore", ConvergenceWarning)
-        outcome = run_sinkhorn(
-            source,
-            engine.for_solve(),
-            kind="logits",
-            lam=lam,
-            constraint=constraint,
-            tol=SINKHORN_TOL,
-            max_iter=SINKHORN_MAX_ITER,
-            check_every=1,
-            g0=start,
-            acceleration="anderson",
-            depth=mask_depth(source.dtype),
-        )
+        problem = Problem(source, engine.for_solve(), lam, constraint=constraint, warm_start=start)
+        options = SolveOptions(SINKHORN_TOL, SINKHORN_MAX_ITER, acceleration="anderson")
+        outcome = run_sinkhorn(problem, options)
     return outcome.g[0]
 
 

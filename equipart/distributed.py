@@ -18,10 +18,11 @@ What else crosses ranks, once per call:
 
 * a handshake (all_gather of a fixed-length descriptor per rank) before any solver work:
   every rank's local row count N_r (the marginals bind to the global N = sum_r N_r), and
-  the arguments that must agree (K, H, the scores' dtype, the prototypes of
-  ``equipart.Factored`` scores, lam, input, tol, max_iter,
-  check_every, rounding, marginals, warm start, whether a callback is given; eps and
-  n_iter for codes). A mismatch raises ValueError naming the argument on every rank;
+  the arguments that must agree: the layout of the scores (K, H, their dtype, the
+  prototypes of ``equipart.Factored`` scores) and the fields of the problem and options
+  objects marked ``agreed`` (``equipart.problem``: lam or 1/eps, input, marginals, warm
+  start, tol, max_iter, check_every, acceleration, whether a callback is given, n_iter
+  for codes, rounding). A mismatch raises ValueError naming the argument on every rank;
 * the final dual g, taken from group rank 0 (so the warm-start state is bit-identical);
 * the objective's partial sums.
 
@@ -50,32 +51,17 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend, ColumnStats, ScoreKind
+from .problem import Problem, handshake_fields, handshake_values
 from .result import Assignment
 from .solver import asks_to_stop
 
 __all__ = ["DistributedSolveError", "SingleProcess", "RankGroup", "open_group"]
 
-# The descriptor every rank contributes to the handshake, after [failed, n_rows]. Numeric
-# fields are compared as numbers; the others as CRC32 fingerprints of a canonical text.
-FIELDS = (
-    "entry",
-    "n_heads",
-    "n_labels",
-    "dtype",
-    "prototypes",
-    "lam",
-    "input",
-    "tol",
-    "max_iter",
-    "check_every",
-    "rounding",
-    "marginals",
-    "warm_start",
-    "callback",
-    "n_iter",
-    "acceleration",
-)
-NUMERIC = {"n_heads", "n_labels", "lam", "tol", "max_iter", "check_every", "n_iter"}
+# The descriptor every rank contributes to the handshake, after [failed, n_rows]: the
+# layout of the scores and the agreed fields of the problem and options objects
+# (``equipart.problem``). Numeric fields are compared as numbers; the others as CRC32
+# fingerprints of a canonical text.
+FIELDS, NUMERIC = handshake_fields()
 # Roundings available across ranks: "argmax" needs only the shared dual; "balanced" gathers
 # every rank's candidate labels once per widening round (see RankGroup.rounder).
 SHARDED_ROUNDINGS = ("auto", "argmax", "balanced")
@@ -109,11 +95,11 @@ class SingleProcess:
     def validating(self) -> Iterator[None]:
         yield
 
-    def agree(self, n_rows: int, **fields: Any) -> int:
-        return n_rows
+    def agree(self, entry: str, problem: Problem, *settings: Any) -> int:
+        return problem.n_rows
 
-    def shard(self, source: Any, backend: Backend, n_rows: int) -> tuple[Any, Backend]:
-        return source, backend
+    def shard(self, problem: Problem, n_rows: int) -> Problem:
+        return problem
 
     def wrap_callback(self, callback: Callable[[int, float], Any] | None) -> Any:
         return callback
@@ -328,9 +314,11 @@ class RankGroup:
             self._handshake(0, {})
             raise
 
-    def agree(self, n_rows: int, **fields: Any) -> int:
-        """The handshake: check that ``fields`` agree on every rank; return the global N."""
-        return self._handshake(n_rows, fields)
+    def agree(self, entry: str, problem: Problem, *settings: Any) -> int:
+        """The handshake: check that the call (``entry``), the layout of the scores and
+        the agreed fields of ``problem`` and ``settings`` (``equipart.problem``) are the
+        same on every rank; return the global N."""
+        return self._handshake(problem.n_rows, handshake_values(entry, problem, *settings))
 
     def _handshake(self, n_rows: int, fields: dict[str, Any]) -> int:
         mine = np.full(2 + len(FIELDS), np.nan)
@@ -375,9 +363,12 @@ class RankGroup:
             f"a distributed solve must pass the same {name}"
         )
 
-    def shard(self, source: Any, backend: Backend, n_rows: int) -> tuple[_Shard, Any]:
-        """Guard this rank's reads and sweeps; the shard reports the global row count."""
-        return _Shard(source, self, n_rows), _GuardedBackend(backend, self)
+    def shard(self, problem: Problem, n_rows: int) -> Problem:
+        """The problem as this rank solves it: its reads and sweeps guarded, the shard
+        reporting the global row count, column statistics reduced across the ranks."""
+        source = _Shard(problem.source, self, n_rows)
+        backend = _GuardedBackend(problem.backend, self)
+        return replace(problem, source=source, backend=backend, reduce=self.reduce)
 
     def reduce(self, stats: ColumnStats) -> ColumnStats:
         """The ``run_sinkhorn`` reducer: SUM of colsum, MAX of colmax over the ranks."""

@@ -88,8 +88,8 @@ def _check_budget(value: Any, name: str) -> float | None:
 # Masks (``equipart.solver.MASK_DEPTH``, the one definition the solver uses too: more
 # than 1e8 below the row's best) are costed as one tier of equal cost, like zero
 # probabilities: beside costs of 1e16 and more the network simplex's float64 potentials
-# lose the O(1) differences between the other labels (a non-optimal labelling, reported
-# optimal, before this tier). Below the depth the costs stay regular: their potentials
+# lose the O(1) differences between the other labels, and the optimum found would not be
+# optimal for the real costs. Below the depth the costs stay regular: their potentials
 # keep about 1e-8 of absolute resolution, so the LP is exact for spreads of real scores up
 # to there (a label 1e6 below another is still worse by 1e6).
 
@@ -144,8 +144,8 @@ def _solve_head(x: np.ndarray, kind: str, lo: np.ndarray, hi: np.ndarray):
     M = (N + 1)(span + spread + 1) and spread the range of the rows' best log P: more than
     any exchange of regular labels can save, so an optimum uses as few of them as the
     marginals allow, and among those the rows that lose least by taking one, as if every
-    mask were one common value (a flat M let the LP send any rows to masked labels: 78
-    nats below the optimum when 100 of 200 rows had to take one). An impossible one it
+    mask were one common value (a flat M would let the LP send any rows to masked labels,
+    whatever their other labels lose). An impossible one it
     still needs means no assignment meets the marginals.
     """
     n_rows, n_labels = x.shape

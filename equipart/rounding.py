@@ -43,6 +43,7 @@ import numpy as np
 from .backends.base import Backend, ScoreKind
 from .balanced import balanced_labels
 from .marginals import ColumnConstraint, RelaxedConstraint
+from .problem import Problem
 from .solver import RowSource, StatsReducer, column_stats
 
 __all__ = ["ROUNDERS", "CountCheck", "RoundingWarning", "count_slack", "round_head"]
@@ -127,19 +128,14 @@ def _expected_counts(
 
 
 def round_head(
-    rounding: str,
-    source: RowSource,
-    backend: Backend,
-    head: int,
-    kind: ScoreKind,
-    lam: float,
-    g: np.ndarray,
-    constraint: ColumnConstraint,
-    check: CountCheck,
+    rounding: str, problem: Problem, head: int, g: np.ndarray, check: CountCheck
 ) -> tuple[Any, str]:
-    """The labels of one head under ``rounding`` ("auto", "argmax" or "balanced"), and
-    the rounding that made them ("argmax" or "balanced"; see the module docstring)."""
-    arguments = (source, backend, head, kind, lam, g, constraint)
+    """The labels of one head of ``problem`` at dual g under ``rounding`` ("auto",
+    "argmax" or "balanced"), and the rounding that made them ("argmax" or "balanced"; see
+    the module docstring)."""
+    source, backend, constraint = problem.source, problem.backend, problem.constraint
+    assert constraint is not None
+    arguments = (source, backend, head, problem.kind, problem.lam, g, constraint)
     if rounding == "balanced":
         return check.balanced(*arguments), "balanced"
     n_labels = source.n_labels

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .backends.base import Backend, ColumnStats, ScoreKind
 from .marginals import ColumnConstraint, SmoothConstraint, normalise_dual
+
+if TYPE_CHECKING:
+    from .problem import Problem, SolveOptions
 
 __all__ = ["ConvergenceWarning", "RowSource", "SolveOutcome", "run_sinkhorn"]
 
@@ -377,15 +380,13 @@ class _Anderson:
 # shrinks to the zero of the slope's secant, kept within 0.1-0.5 of t, for at most
 # QN_TRIALS sweeps, after which the memory restarts from the plain step at the last kept
 # dual. A pair across which some label's log mass (or log aimed mass) moved more than
-# QN_LOCAL nats is not local curvature (far from the solution F is exponential: such a
-# pair can make gamma 85 and the next step 789 nats too long): the memory restarts instead, so
-# that far away the steps are plain Sinkhorn's, which are made for that regime. After
-# QN_PATIENCE sweeps without a new best error the stage goes on from the plain step of its
-# best dual with over-relaxed steps: where the sizes are out of reach of the labels the
-# rows allow, F has no minimum and the quasi-Newton steps run along a ray where the error
-# hovers above its floor, while the plain steps converge to that floor (the gap the
-# ConvergenceWarning then reports as a stall). On the benchmark's feasible problems no
-# run of sweeps without a new best was longer than 13.
+# QN_LOCAL nats is not local curvature (far from the solution F is exponential, and a secant pair
+# across such a move misjudges the curvature by orders of magnitude): the memory restarts instead,
+# so that far away the steps are plain Sinkhorn's, which are made for that regime. After QN_PATIENCE
+# sweeps without a new best error the stage goes on from the plain step of its best dual with over-
+# relaxed steps: where the sizes are out of reach of the labels the rows allow, F has no minimum and
+# the quasi-Newton steps run along a ray where the error hovers above its floor, while the plain
+# steps converge to that floor (the gap the ConvergenceWarning then reports as a stall).
 QN_MEMORY = 10
 QN_SLOPE = 0.9
 QN_TRIALS = 6
@@ -568,47 +569,42 @@ class _Stage:
 
 
 def _iterate(
-    source: RowSource,
-    backend: Backend,
-    *,
-    kind: ScoreKind,
-    lam: float,
-    constraint: ColumnConstraint,
-    tol: float,
-    max_iter: int,
-    check_every: int,
-    g0: np.ndarray,
-    callback: Callable[[int, float], Any] | None,
-    reduce: StatsReducer | None,
-    history: list[float],
-    offset: int,
-    acceleration: str,
-    depth: float,
+    problem: Problem, options: SolveOptions, g0: np.ndarray, history: list[float], offset: int
 ) -> _Stage:
-    n_heads = source.n_heads
+    """The loop at ``problem.lam`` from g0 (H, K): at most ``options.max_iter`` sweeps,
+    each head stopping at a check whose error is at most ``options.tol`` (the history and
+    the callback's iterations counted from ``offset``). In the fixed-step mode
+    (``options.fixed_steps``), exactly ``fixed_steps - 1`` sweeps, each followed by its
+    column step, with no check, and the last dual returned."""
+    n_heads, constraint = problem.n_heads, problem.constraint
+    assert constraint is not None, "the problem's marginals are not bound (Problem.bound)"
+    fixed = options.fixed_steps is not None
+    n_sweeps = options.fixed_steps - 1 if options.fixed_steps is not None else options.max_iter
     g = np.array(g0, dtype=np.float64, copy=True)
     best_g = g.copy()
     best_error = np.full(n_heads, np.inf)
     error = np.full(n_heads, np.inf)
     running = np.ones(n_heads, dtype=bool)
-    steppers = [_stepper(acceleration, constraint) for _ in range(n_heads)]
+    steppers = [_stepper(options.acceleration, constraint) for _ in range(n_heads)]
     n_iter = 0
     stopped_by_callback = False
 
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, n_sweeps + 1):
         n_iter = iteration
-        is_check = (iteration - 1) % check_every == 0 or iteration == max_iter
+        is_check = not fixed and (
+            (iteration - 1) % options.check_every == 0 or iteration == n_sweeps
+        )
         for head in np.flatnonzero(running):
-            stats = column_stats(source, backend, head, kind, lam, g[head], reduce)
+            stats = problem.column_stats(head, g[head])
             log_mass = stats.log_mass()
-            if iteration == 1:
+            if iteration == 1 and not fixed:  # (fixed steps: checked before, at g = 0)
                 where = f"head {head}: " if n_heads > 1 else ""
-                check_feasible(constraint, stats, lam, g[head], depth, where=where)
+                check_feasible(constraint, stats, problem.lam, g[head], problem.depth, where=where)
             error[head] = constraint.error(g[head], log_mass)
             if error[head] < best_error[head]:
                 best_error[head] = error[head]
                 best_g[head] = g[head]
-            if is_check and error[head] <= tol:
+            if is_check and error[head] <= options.tol:
                 running[head] = False
                 continue
             step = constraint.update(g[head], log_mass)
@@ -616,12 +612,15 @@ def _iterate(
         if is_check:
             current = float(error.max())
             history.append(current)
+            callback = options.callback
             if callback is not None and asks_to_stop(callback(offset + iteration, current)):
                 stopped_by_callback = True
                 break
             if not running.any():
                 break
 
+    if fixed:
+        return _Stage(g, n_iter, False, float(error.max()), False)
     final = np.where(running[:, None], best_g, g)
     final_error = float(np.where(running, best_error, error).max())
     return _Stage(final, n_iter, not running.any(), final_error, stopped_by_callback)
@@ -720,25 +719,8 @@ def _sharpness(lam: float, spread: float) -> str:
     )
 
 
-def run_sinkhorn(
-    source: RowSource,
-    backend: Backend,
-    *,
-    kind: ScoreKind,
-    lam: float,
-    constraint: ColumnConstraint,
-    tol: float,
-    max_iter: int,
-    check_every: int,
-    g0: np.ndarray,
-    callback: Callable[[int, float], Any] | None = None,
-    reduce: StatsReducer | None = None,
-    anneal: bool = False,
-    acceleration: str = "auto",
-    depth: float = MASK_DEPTH,
-    spread: float = 0.0,
-) -> SolveOutcome:
-    """Iterate from ``g0`` (H, K) until every head's error is at most ``tol``.
+def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
+    """Iterate from ``problem.g0`` (H, K) until every head's error is at most ``options.tol``.
 
     Returns the best dual seen per head (the last one when converged). A callback
     ``callback(iteration, error)`` runs at each check; returning True stops the solve.
@@ -748,34 +730,27 @@ def run_sinkhorn(
     ``acceleration`` extrapolates the column step (any marginal): ``"overrelax"``
     (``_Relaxation``), ``"anderson"`` (``_Anderson``) or ``"none"`` (plain Sinkhorn).
     A label with a positive target and no mass at the first sweep (``check_feasible``,
-    masks ``depth`` below the rows' best) is refused with ValueError. ``spread`` (the
-    largest score minus the lowest row maximum, score units) only words the warning of a
-    stalled solve: lam times it above SHARP_SPREAD names the problem's sharpness.
+    masks ``problem.depth`` below the rows' best) is refused with ValueError. The scores'
+    spread (``problem.spread``, the largest score minus the lowest row maximum) only words
+    the warning of a stalled solve: lam times it above SHARP_SPREAD names the sharpness.
+
+    With ``options.fixed_steps`` the loop is SwAV's (``_fixed_steps``) instead.
     """
+    if options.fixed_steps is not None:
+        return _fixed_steps(problem, options)
+    assert problem.constraint is not None, "the problem's marginals are not bound"
+    lam, max_iter = problem.lam, options.max_iter
     history: list[float] = []
-    stages = lam_schedule(lam, anneal)
-    g, used = _within_reach(_starting_dual(g0, constraint), stages[0] * depth), 0
+    stages = lam_schedule(lam, options.anneal)
+    g = _within_reach(_starting_dual(problem.g0, problem.constraint), stages[0] * problem.depth)
+    used = 0
     for position, stage_lam in enumerate(stages):
         is_final = position == len(stages) - 1
         remaining = max_iter - used
         budget = remaining if is_final else max(1, min(remaining // 2, remaining - 1))
-        stage = _iterate(
-            source,
-            backend,
-            kind=kind,
-            lam=stage_lam,
-            constraint=constraint,
-            tol=tol if is_final else max(tol, STAGE_TOL),
-            max_iter=budget,
-            check_every=check_every,
-            g0=g,
-            callback=callback,
-            reduce=reduce,
-            history=history,
-            offset=used,
-            acceleration=acceleration,
-            depth=depth,
-        )
+        tol = options.tol if is_final else max(options.tol, STAGE_TOL)
+        stage_options = replace(options, tol=tol, max_iter=budget)
+        stage = _iterate(replace(problem, lam=stage_lam), stage_options, g, history, used)
         used += stage.n_iter
         if is_final:
             g = stage.g
@@ -787,30 +762,70 @@ def run_sinkhorn(
 
     converged = stage.converged and is_final
     if not converged:
-        reason = (
-            "its callback asked to stop" if stage.stopped_by_callback else f"max_iter={max_iter}"
-        )
-        advice = "Raise max_iter, loosen tol, or warm-start from this result's state."
-        stalled_since = _stalled_since(history, check_every)
-        if stalled_since is not None and not stage.stopped_by_callback:
-            advice = f"The error has not decreased since iteration {stalled_since}: " + (
-                _sharpness(lam, spread) if lam * spread > SHARP_SPREAD else _out_of_reach()
-            )
-        if lam > ANNEAL_ABOVE and not stage.stopped_by_callback:
-            faster = (
-                " acceleration='auto' needs far fewer sweeps,"
-                if acceleration in ("none", "overrelax")
-                else ""
-            )
-            advice += (
-                f" At large lam (here {lam:g}) Sinkhorn needs many sweeps: a smaller lam"
-                f" converges sooner,{faster} and rounding='balanced' gives exact label"
-                " counts from any dual."
-            )
         warnings.warn(
-            f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "
-            f"error {stage.error:.3g} > tol={tol:g}; returning the best state seen. {advice}",
-            ConvergenceWarning,
-            stacklevel=3,
+            _unconverged(problem, options, stage, used, history), ConvergenceWarning, stacklevel=3
         )
     return SolveOutcome(g, used, converged, stage.error, tuple(history))
+
+
+def _unconverged(
+    problem: Problem, options: SolveOptions, stage: _Stage, used: int, history: list[float]
+) -> str:
+    """The ConvergenceWarning's message: why the solve stopped, and what to do."""
+    lam, stopped = problem.lam, stage.stopped_by_callback
+    reason = "its callback asked to stop" if stopped else f"max_iter={options.max_iter}"
+    advice = "Raise max_iter, loosen tol, or warm-start from this result's state."
+    stalled_since = _stalled_since(history, options.check_every)
+    if stalled_since is not None and not stopped:
+        advice = f"The error has not decreased since iteration {stalled_since}: " + (
+            _sharpness(lam, problem.spread)
+            if lam * problem.spread > SHARP_SPREAD
+            else _out_of_reach()
+        )
+    if lam > ANNEAL_ABOVE and not stopped:
+        faster = (
+            " acceleration='auto' needs far fewer sweeps,"
+            if options.acceleration in ("none", "overrelax")
+            else ""
+        )
+        advice += (
+            f" At large lam (here {lam:g}) Sinkhorn needs many sweeps: a smaller lam"
+            f" converges sooner,{faster} and rounding='balanced' gives exact label"
+            " counts from any dual."
+        )
+    return (
+        f"Sinkhorn did not converge: stopped after {used} iterations ({reason}) with "
+        f"error {stage.error:.3g} > tol={options.tol:g}; returning the best state seen. {advice}"
+    )
+
+
+def _fixed_steps(problem: Problem, options: SolveOptions) -> SolveOutcome:
+    """SwAV's loop (``distributed_sinkhorn``; DINOv2's ``sinkhorn_knopp_teacher``):
+    ``options.fixed_steps`` column steps, the first on the raw kernel exp(lam L) (no row
+    normalisation before it: g_j = -log sum_i exp(lam L_ij), ``_column_logsumexp``), each
+    later one after a sweep that normalises the rows (``_iterate``'s fixed-step mode).
+    ``problem.warm_start`` is not used; ``converged`` is False (no test is made)."""
+    first = [-_column_logsumexp(problem, head) for head in range(problem.n_heads)]
+    g0 = np.stack([normalise_dual(g) for g in first])
+    stage = _iterate(problem, options, g0, [], 0)
+    return SolveOutcome(stage.g, stage.n_iter + 1, False, stage.error, ())
+
+
+def _column_logsumexp(problem: Problem, head: int) -> np.ndarray:
+    """log sum_i exp(lam L_ij) over every row of ``head`` and every rank (float64, (K,)).
+
+    Blocks merge by ``np.logaddexp``; ranks by the column-statistics reducer, twice: the
+    maxima (as ``colmax``), then the sums of exp(lse - max) (as ``colsum``)."""
+    total = np.full(problem.n_labels, -np.inf)
+    for block in problem.source.blocks(head):
+        if block.shape[0]:
+            part = problem.backend.column_logsumexp(block, problem.kind, problem.lam)
+            np.logaddexp(total, part, out=total)
+    if problem.reduce is None:
+        return total
+    zeros = np.zeros(problem.n_labels)
+    top = problem.reduce(ColumnStats(zeros, total)).colmax
+    shift = np.where(top > -np.inf, top, 0.0)
+    with np.errstate(divide="ignore"):
+        summed = problem.reduce(ColumnStats(np.exp(total - shift), top)).colsum
+        return np.log(summed) + shift

@@ -1,7 +1,9 @@
-"""Input checks at the public boundary: every one runs before any solver work.
+"""Input and feasibility checks at the public boundary: every one runs before any solver
+work (the first sweep's own check aside, ``equipart.solver.check_feasible``).
 
 Each failure raises ValueError or TypeError whose message starts with the argument's name
-and says what would be valid.
+and says what would be valid. The checked arguments become the immutable objects of
+``equipart.problem`` (``solve_options`` builds the loop's).
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backends.base import Backend, BlockCheck, ScoreKind
+from .problem import SolveOptions
 from .result import SolverState
+from .solver import RowSource, check_feasible
+
+if TYPE_CHECKING:
+    from .problem import Problem
 
 SCORE_KINDS: tuple[ScoreKind, ...] = ("logits", "logprobs", "probs")
 ROUNDINGS = ("auto", "argmax", "balanced", "exact")
@@ -120,6 +127,35 @@ def check_acceleration(acceleration: Any) -> str:
 
 def check_rounding(rounding: Any) -> str:
     return check_choice(rounding, "rounding", ROUNDINGS)
+
+
+def solve_options(
+    tol: Any,
+    max_iter: Any,
+    check_every: Any,
+    acceleration: Any,
+    callback: Any,
+    anneal: bool = False,
+) -> SolveOptions:
+    """The Sinkhorn loop's settings, checked (the callback first, then in this order)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    return SolveOptions(
+        tol=check_tol(tol),
+        max_iter=check_positive_int(max_iter, "max_iter"),
+        check_every=check_positive_int(check_every, "check_every"),
+        acceleration=check_acceleration(acceleration),
+        callback=callback,
+        anneal=anneal,
+    )
+
+
+def check_eps(eps: Any) -> float:
+    """SwAV's entropic temperature, checked: its inverse, lam = 1 / eps."""
+    eps = check_positive_real(eps, "eps", "a temperature; SwAV uses 0.05")
+    if not np.isfinite(1.0 / eps):
+        raise ValueError(f"eps: {eps!r} is too small (1 / eps overflows); SwAV uses 0.05")
+    return check_lam(1.0 / eps)
 
 
 MAX_DUAL = 1e30  # largest |g_j| a warm start may hold (float32 kernels form lam * L + g)
@@ -436,3 +472,103 @@ def check_support(
             f"than their least size ({listed}{more}), so no assignment meets the marginals; "
             "give them smaller sizes (Counts, Bounds), use Relaxed, or check the scores"
         )
+
+
+def check_all_values(
+    source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
+) -> tuple[ScoreSummary, ...]:
+    """``check_values`` over every head (for a rank without rows: support and spread 0)."""
+    if source.n_rows == 0:
+        empty = ScoreSummary(np.zeros(source.n_labels, dtype=np.int64), 0.0)
+        return (empty,) * source.n_heads
+    return tuple(
+        check_values(
+            backend,
+            source.blocks(head),
+            kind,
+            lam=lam,
+            lam_name=lam_name,
+            where=f" of head {head}" if source.n_heads > 1 else "",
+        )
+        for head in range(source.n_heads)
+    )
+
+
+def _stranded_rows(problem: Problem, closed: np.ndarray) -> tuple[int, tuple[int, int] | None]:
+    """(count, (head, row) of the first) of the rows that can take only labels the
+    marginals close (size 0): no assignment can place them. A row's best of L_ij + g_j,
+    with g_j = -inf on closed labels, times lam, is -inf in the sweep's float type there:
+    zero probabilities, or masks at the dtype's lowest value (a finite mask such as -1e9
+    still lets the row take one of those labels, as the exact LP would). One pass, run
+    only when labels are closed."""
+    backend = problem.backend
+    g_open = np.where(closed, -np.inf, 0.0)
+    count, first = 0, None
+    for head in range(problem.n_heads):
+        start = 0
+        for block in problem.source.blocks(head):
+            if block.shape[0]:
+                precision = sweep_precision(backend.shape_dtype(block)[1])
+                values = backend.top_labels(block, problem.kind, 1.0, g_open, 1)[1]
+                best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
+                limit = -float(np.finfo(precision).max) / problem.lam
+                rows = np.flatnonzero(best_open < limit)
+                if rows.size and first is None:
+                    first = (head, start + int(rows[0]))
+                count += rows.size
+            start += block.shape[0]
+    return count, first
+
+
+def check_placeable(comm: Any, problem: Problem) -> None:
+    """Before the solve: refuse rows that can take only labels the marginals close (size
+    0; a pass only when labels are closed) and labels possible at fewer rows than their
+    least size (zero probabilities, -inf scores), from counts summed over the ranks of
+    ``comm`` (``equipart.distributed``) in one all-reduce."""
+    assert problem.constraint is not None
+    least, most = problem.constraint.count_bounds()
+    closed = most == 0
+    count, first = 0, None
+    if closed.any():
+        with comm.rounding():  # across ranks, a failing read is announced by the all-reduce
+            count, first = _stranded_rows(problem, closed)
+    supports = [summary.support for summary in problem.summaries]
+    totals, total = comm.total_support(supports, problem.n_labels, count)
+    if total:
+        if comm.sharded:
+            where = f"{total} row(s) of the ranks have"
+        else:  # the first one by its index
+            assert first is not None
+            head, row = first
+            where = f"row {row}" + (f" of head {head}" if problem.n_heads > 1 else "")
+            where += (f" (and {total - 1} more rows)" if total > 1 else "") + " has"
+        allowed = (
+            "non-zero probability"
+            if problem.kind == "probs"
+            else "scores above the dtype's lowest values (masks), at this lam,"
+        )
+        raise ValueError(
+            f"scores: {where} {allowed} only on labels the marginals give no "
+            f"point (closed: {np.flatnonzero(closed)[:10].tolist()}), so no assignment can "
+            f"place {'it' if total == 1 else 'them'}; give one of their labels a size or "
+            "check the scores"
+        )
+    for head, support in enumerate(totals):
+        check_support(support, least, head if problem.stacked else None, problem.kind)
+
+
+def check_prototypes_possible(problem: Problem, sharded: bool) -> None:
+    """``sinkhorn_codes``' test of the masks: a sweep at g = 0 per head (reduced across
+    the ranks, which all make it), ``check_feasible`` on its statistics. In one process
+    only where some entry lies more than the mask depth below another (-inf or zero
+    probabilities included)."""
+    assert problem.constraint is not None
+    zero = np.zeros(problem.n_labels)
+    remedy = "leave those prototypes out of the scores, or check the scores"
+    for head, summary in enumerate(problem.summaries):
+        if sharded or summary.extent > problem.depth:
+            stats = problem.column_stats(head, zero)
+            where = f"head {head}: " if problem.n_heads > 1 else ""
+            check_feasible(
+                problem.constraint, stats, problem.lam, zero, problem.depth, remedy, where
+            )
