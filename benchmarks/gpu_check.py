@@ -214,7 +214,7 @@ def sweep_benchmarks(record: dict[str, Any], x: torch.Tensor, label: str) -> Non
     solver_backend = TorchBackend().for_solve()  # what a solve uses: captured CUDA graphs
     record["captured_sweep_ms"] = timed_ms(lambda: solver_backend.sweep(x, "logits", LAM, g))
     # 0 means the capture failed (a RuntimeWarning) and the row above timed eager sweeps
-    record["captured_graphs"] = sum(v is not None for v in solver_backend._graphs.values())
+    record["captured_graphs"] = sum(v is not None for v in solver_backend.state.graphs.values())
     record["captured_sweep_over_read"] = record["captured_sweep_ms"] / record["read_ms"]
     record["sweep_over_read"] = record["sweep_ms"] / record["read_ms"]
     record["kernel_over_read"] = record["kernel_ms"] / record["read_ms"]

@@ -30,6 +30,7 @@ differ only on rows whose two best labels are closer than the duals' difference 
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -209,19 +210,36 @@ def _torch_converter(host: np.ndarray, dtype: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(host)).to(getattr(torch, dtype))
 
 
+def _jax_converter(host: np.ndarray, dtype: str) -> Any:
+    import jax.numpy as jnp
+
+    from .backends.jax import _x64
+
+    with _x64(True):  # (float64 stays float64)
+        return jnp.asarray(host, dtype=getattr(jnp, dtype))
+
+
+def _accepts(backend: Backend, library: str, probe: Callable[[Any], Any]) -> bool:
+    """Whether ``backend`` accepts ``probe(module)``'s array (False: no such library)."""
+    try:
+        module = importlib.import_module(library)
+    except ImportError:
+        return False
+    return bool(backend.accepts(probe(module)))
+
+
 def _default_to_backend(backend: Backend) -> Callable[[np.ndarray, str], Any]:
-    """NumPy arrays where the backend accepts them, else torch CPU tensors."""
+    """NumPy arrays where the backend accepts them, else torch CPU tensors, else JAX
+    arrays."""
     if backend.accepts(np.zeros((1, 1), dtype=np.float32)):
         return _numpy_converter
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is not None and backend.accepts(torch.zeros((1, 1))):
+    if _accepts(backend, "torch", lambda torch: torch.zeros((1, 1))):
         return _torch_converter
+    if _accepts(backend, "jax.numpy", lambda jnp: jnp.zeros((1, 1))):
+        return _jax_converter
     raise TypeError(
-        f"to_backend: backend {backend.name!r} accepts neither NumPy arrays nor torch CPU "
-        "tensors; pass to_backend and from_backend hooks for its array library"
+        f"to_backend: backend {backend.name!r} accepts neither NumPy arrays, torch CPU "
+        "tensors nor JAX arrays; pass to_backend and from_backend hooks for its array library"
     )
 
 
@@ -774,7 +792,8 @@ def check_backend(
         except for ``"bfloat16"``, which NumPy lacks: then it is float32 holding values
         exactly representable in bfloat16. Raise :class:`UnsupportedDtype` for a dtype
         the library cannot hold. Default: ``host`` itself for backends whose ``accepts``
-        takes NumPy arrays (bfloat16 unsupported), else a torch CPU tensor.
+        takes NumPy arrays (bfloat16 unsupported), else a torch CPU tensor, else a JAX
+        array (made with 64-bit types enabled, so float64 stays float64).
     from_backend : callable, optional
         ``from_backend(array) -> numpy.ndarray``: a host copy of any array the backend
         returns (bfloat16 widened to float32). Default: ``backend.to_numpy``.
@@ -808,14 +827,13 @@ def check_backend(
     >>> print(report)  # doctest: +ELLIPSIS
     mine: ... checks passed, 0 skipped
 
-    For another array library, pass the conversions (JAX, say, with float64 enabled):
+    For another array library, pass the conversions (CuPy, say, which has no bfloat16):
 
-    >>> check_backend(
-    ...     my_jax_backend,
-    ...     to_backend=lambda host, dtype: jnp.asarray(host, dtype=dtype),
-    ...     from_backend=lambda array: np.asarray(array.astype("float32")
-    ...                                           if array.dtype == "bfloat16" else array),
-    ... )  # doctest: +SKIP
+    >>> def to_cupy(host, dtype):
+    ...     if dtype == "bfloat16":
+    ...         raise UnsupportedDtype("CuPy has no bfloat16")
+    ...     return cupy.asarray(host)
+    >>> check_backend("cupy", to_backend=to_cupy)  # doctest: +SKIP
     """
     backend = _resolve(backend)
     wanted = DTYPES if dtypes is None else tuple(dtypes)

@@ -71,6 +71,10 @@ def to_backend(array: np.ndarray, name: str):
         import cupy
 
         return cupy.asarray(array)
+    if name == "jax":
+        from equipart.backends.jax import JaxBackend
+
+        return JaxBackend().from_numpy(array, None)  # (float64 and int64 kept)
     raise ValueError(f"unknown test backend {name!r}")
 
 

@@ -15,6 +15,14 @@ from equipart import Bounds, Counts, Factored, assign_labels, sinkhorn_codes
 METRICS = ("dot", "cosine", "sqeuclidean")
 
 
+@pytest.fixture
+def backend_name(backend_name):
+    """conftest's backends, less JAX: Factored reads NumPy, torch and CuPy factors."""
+    if backend_name == "jax":
+        pytest.skip("Factored reads NumPy, torch and CuPy factors, not JAX arrays")
+    return backend_name
+
+
 def _factors(n_rows=600, n_labels=12, n_features=8, heads=None, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((n_rows, n_features)).astype(dtype)

@@ -231,7 +231,7 @@ def test_captured_sweeps_are_the_eager_sweeps() -> None:
                     want = eager.sweep(head, "logits", lam, dual)
                     np.testing.assert_array_equal(got.colsum, want.colsum)
                     np.testing.assert_array_equal(got.colmax, want.colmax)
-    assert sum(v is not None for v in solving._graphs.values()) == 2  # this lam's heads
+    assert sum(v is not None for v in solving.state.graphs.values()) == 2  # this lam's heads
 
 
 @pytest.mark.parametrize("backend_name", ["torch-triton", "cupy"])
@@ -261,7 +261,7 @@ def test_underflowed_column_gets_its_exact_colmax(backend_name) -> None:
         tensor = torch.from_numpy(x).cuda()
         for _ in range(3):  # a rerun with maxima, then maxima in every sweep
             again = solving.sweep(tensor, "logits", LAM, g)
-            assert solving._with_max
+            assert solving.state.with_max
             np.testing.assert_allclose(again.colmax[7], ref.colmax[7], rtol=1e-6)
             _assert_stats_close(ref, again)
 

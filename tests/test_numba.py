@@ -156,14 +156,14 @@ def test_warm_sweeps_of_a_solve_match_numpy(kind, dtype, lam, n_labels):
         assert_same_stats(got, cold, dtype, 1e-6 if dtype == np.float32 else 1e-14)
         if n_labels < 100:
             assert_same_stats(got, NP.sweep(x, kind, lam, g), dtype)
-        warm, redone = solve.warm_rows
+        warm, redone = solve.state.warm_rows
         if kind == "probs" or number == 0:
             assert warm == 0
         elif number < 3:  # steps of g far below the slack: every row warm, none redone
             assert (warm, redone) == (700, 0), (number, warm, redone)
         else:  # 30 and 50 x N(0, 1) steps: the spread exceeds the slack
             assert warm == 0
-    assert not NB._warm and not NB._per_solve  # the shared backend keeps no state
+    assert solve.backend is NB and not vars(NB)  # the shared backend keeps no state
 
 
 @pytest.mark.parametrize("n_labels", [1000, 4096], ids=["warm-fused", "cold-wide"])
@@ -195,11 +195,11 @@ def test_warm_rows_whose_shift_falls_short_are_redone_exactly(n_labels):
     solve.sweep(x, "logits", 25.0, g)
     x[::3] += np.float32(150.0 / (25.0 * np.log2(np.e)))  # 150 log2 units above the shift
     got = solve.sweep(x, "logits", 25.0, g)
-    assert solve.warm_rows == (300, 100)
+    assert solve.state.warm_rows == (300, 100)
     assert_same_stats(got, NB.sweep(x, "logits", 25.0, g), np.float32, 1e-6)  # cold's
     if n_labels < 100:  # (see test_warm_sweeps_of_a_solve_match_numpy)
         assert_same_stats(got, NP.sweep(x, "logits", 25.0, g), np.float32)
-    assert solve._warm and all(v is None for v in solve._warm.values())  # gave up: cold now
+    assert solve.state.blocks and all(v is None for v in solve.state.blocks.values())  # gave up
 
 
 def test_warm_sweep_keeps_columns_of_tiny_mass():
@@ -222,22 +222,22 @@ def test_warm_state_is_per_block_and_not_kept_for_converted_blocks():
     x8 = scores_for("logits", (200, 70), np.int8)
     for _ in range(2):
         solve.sweep(x8, "logits", 25.0, dual(70))
-    assert not solve._warm  # integers are converted block by block: nothing to reuse
+    assert not solve.state.blocks  # integers are converted block by block: nothing to reuse
     x16 = scores_for("logits", (200, 70), np.float16)  # read as they are: warm
     for _ in range(2):
         solve.sweep(x16, "logits", 25.0, dual(70))
-    assert len(solve._warm) == 1 and solve.warm_rows == (200, 0)
+    assert len(solve.state.blocks) == 1 and solve.state.warm_rows == (200, 0)
     solve = NB.for_solve()
     heads = scores_for("logits", (2, 200, 70), np.float32)
     for _ in range(2):
         for head in heads:
             solve.sweep(head, "logits", 25.0, dual(70))
-            assert solve.warm_rows[0] in (0, 200)
-    assert len(solve._warm) == 2 and solve.warm_rows == (200, 0)
+            assert solve.state.warm_rows[0] in (0, 200)
+    assert len(solve.state.blocks) == 2 and solve.state.warm_rows == (200, 0)
     narrow = scores_for("logits", (200, 10), np.float32)
     for _ in range(2):
         solve.sweep(narrow, "logits", 25.0, dual(10))
-    assert solve.warm_rows[0] == 0 and len(solve._warm) == 2  # K < 64: no cache
+    assert solve.state.warm_rows[0] == 0 and len(solve.state.blocks) == 2  # K < 64: no cache
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -409,7 +409,7 @@ def test_float16_and_bfloat16_read_directly_give_their_float32_upcast(kind, tmp_
         for shift in (0.0, 0.5):  # a cold and a warm sweep
             got = solve.sweep(view, kind, 25.0, g + shift)
             assert np.array_equal(got.colsum, solve_ref.sweep(upcast, kind, 25.0, g + shift).colsum)
-        assert solve.warm_rows == solve_ref.warm_rows, name
+        assert solve.state.warm_rows == solve_ref.state.warm_rows, name
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int32, np.int64])

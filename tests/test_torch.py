@@ -21,9 +21,13 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from array_api_compat import array_namespace  # noqa: E402
+
 import equipart  # noqa: E402
+from equipart.backends import Session, get_backend  # noqa: E402
+from equipart.backends.array_api import compute_dtype  # noqa: E402
 from equipart.backends.numpy import NumpyBackend  # noqa: E402
-from equipart.backends.torch import TorchBackend, compute_dtype  # noqa: E402
+from equipart.backends.torch import NumbaTensorBackend, TorchBackend  # noqa: E402
 
 NUMPY = NumpyBackend()
 TORCH = TorchBackend(kernel="torch")
@@ -74,11 +78,12 @@ def test_bfloat16_matches_its_float32_upcast() -> None:
 
 
 def test_compute_dtype() -> None:
-    assert compute_dtype(torch.bfloat16) == torch.float32
-    assert compute_dtype(torch.float16) == torch.float32
-    assert compute_dtype(torch.float32) == torch.float32
-    assert compute_dtype(torch.float64) == torch.float64
-    assert compute_dtype(torch.int32) == torch.float64
+    xp = array_namespace(torch.zeros(1))
+    assert compute_dtype(xp, torch.bfloat16) == torch.float32
+    assert compute_dtype(xp, torch.float16) == torch.float32
+    assert compute_dtype(xp, torch.float32) == torch.float32
+    assert compute_dtype(xp, torch.float64) == torch.float64
+    assert compute_dtype(xp, torch.int32) == torch.float64
 
 
 @pytest.mark.parametrize("kind", ["logits", "probs"])
@@ -169,24 +174,36 @@ def test_solve_agrees_with_numpy_backend(backend) -> None:
 
 
 def test_cpu_tensors_run_the_numba_kernels_where_installed() -> None:
-    """ "auto" hands float16/32/64 CPU tensors to the Numba backend through a NumPy view
-    (no copy; same results as NumbaBackend on tensor.numpy()); kernel="torch" keeps the
-    torch path."""
+    """ "auto" routes float16/32/64 CPU tensors to the Numba backend when the backend is
+    chosen (``for_scores``): its kernels read a NumPy view (no copy; same results as
+    NumbaBackend on tensor.numpy()); kernel="torch", integer tensors and the backend object
+    itself keep the torch path."""
     pytest.importorskip("numba")
     from equipart.backends.numba import NumbaBackend
 
     x, g = _problem(10, 300, 20)
     tensor = torch.from_numpy(x)
-    auto = TorchBackend()
+    auto = get_backend("torch", tensor)
+    assert isinstance(auto, NumbaTensorBackend) and get_backend("auto", tensor) is auto
     want = NumbaBackend().sweep(x, "logits", LAM, g)
     got = auto.sweep(tensor, "logits", LAM, g)
     np.testing.assert_array_equal(got.colsum, want.colsum)
     labels = auto.labels(tensor, "logits", LAM, g)
     assert isinstance(labels, torch.Tensor)
     np.testing.assert_array_equal(labels.numpy(), NumbaBackend().labels(x, "logits", LAM, g))
-    assert TORCH._host_view(tensor) is None
-    assert TORCH._host_view(tensor.to(torch.bfloat16)) is None
-    assert auto._host_view(tensor).__array_interface__["data"][0] == tensor.data_ptr()
+    assert TORCH.for_scores(tensor) is TORCH
+    assert type(get_backend("torch", tensor.to(torch.int32))) is TorchBackend
+    assert auto._view(tensor).__array_interface__["data"][0] == tensor.data_ptr()
+    with pytest.raises(TypeError, match="scores: a cpu torch.int32 block reached the Numba"):
+        auto.sweep(tensor.to(torch.int32), "logits", LAM, g)
+    solve = auto.for_solve()
+    assert isinstance(solve, Session) and solve.backend is auto
+    x, g = _problem(10, 300, 70)  # (K >= 64: warm sweeps apply)
+    for _ in range(2):  # the Numba backend's warm sweeps, in this solve's state
+        got = solve.sweep(torch.from_numpy(x), "logits", LAM, g)
+    assert solve.state.warm_rows == (300, 0)
+    np.testing.assert_allclose(got.colsum, NumbaBackend().sweep(x, "logits", LAM, g).colsum,
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["logits", "probs"])
@@ -203,8 +220,8 @@ def test_cpu_bfloat16_runs_the_numba_kernels_on_its_bits(kind) -> None:
         torch.from_numpy(x).to(torch.bfloat16).T.contiguous().T,
     ):
         upcast = tensor.float().numpy()
-        auto = TorchBackend()
-        view = auto._host_view(tensor)
+        auto = TorchBackend().for_scores(tensor)
+        view = auto._view(tensor)
         assert isinstance(view, numba_backend.BFloat16Bits)
         assert view.bits.__array_interface__["data"][0] == tensor.data_ptr()  # no copy
         _assert_stats_close(
@@ -281,19 +298,22 @@ def test_sweep_property(n: int, k: int, lam: float, seed: int) -> None:
     assert got.colsum.sum() == pytest.approx(n, rel=1e-5)  # every row carries one unit
 
 
-def test_for_solve_is_a_fresh_copy_of_the_backend() -> None:
-    """Each solve's loop gets its own copy: subclass and settings kept, state fresh."""
+def test_for_solve_holds_a_fresh_state_for_the_backend() -> None:
+    """Each solve's loop gets a session: the backend's methods (a subclass's included)
+    with a state of its own; kernel="torch" keeps no state (the backend itself)."""
 
     class Mine(TorchBackend):
-        pass
+        def labels(self, block, kind, lam, g):
+            return "mine"
 
-    base = Mine(kernel="torch", capture_graphs=False)
-    base._with_max = True
-    solve = base.for_solve()
-    assert type(solve) is Mine and solve is not base
-    assert solve.kernel == "torch" and solve.capture_graphs is False
-    assert solve._graphs == {} and solve._graphs is not base._graphs and not solve._with_max
-    assert not base._per_solve and solve._per_solve
+    base = Mine(capture_graphs=False)
+    solve, again = base.for_solve(), base.for_solve()
+    assert isinstance(solve, Session) and solve.backend is base and solve.name == "torch"
+    assert solve.state.graphs == {} and solve.state is not again.state
+    assert not solve.state.with_max and solve.labels(None, "logits", LAM, None) == "mine"
+    assert not hasattr(base, "state")
+    pure = Mine(kernel="torch")
+    assert pure.for_solve() is pure
 
 
 # ---- the Triton kernel under the interpreter -------------------------------------------

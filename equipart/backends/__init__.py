@@ -3,7 +3,9 @@
 Importing equipart imports no optional library (numba, torch, cupy): a backend's module is
 imported the first time it is asked for. ``backend="auto"`` picks by the array's library:
 NumPy arrays and memmaps go to ``"numba"`` when Numba is installed and ``"numpy"``
-otherwise, torch tensors to ``"torch"``, CuPy arrays to ``"cupy"``.
+otherwise, torch tensors to ``"torch"`` (CPU tensors then to the Numba kernels, see
+``Backend.for_scores``), CuPy arrays to ``"cupy"``; arrays of other libraries to the first
+registered backend that accepts them (JAX arrays: ``"jax"``, an entry point).
 
 Third-party backends register a ``Backend`` subclass under the entry-point group
 ``equipart.backends`` (``name = "package.module:ClassName"``) or call :func:`register`.
@@ -17,9 +19,17 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
-from .base import Backend, BlockCheck, ColumnStats
+from .base import Backend, BlockCheck, ColumnStats, Session
 
-__all__ = ["Backend", "BlockCheck", "ColumnStats", "available", "get_backend", "register"]
+__all__ = [
+    "Backend",
+    "BlockCheck",
+    "ColumnStats",
+    "Session",
+    "available",
+    "get_backend",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,8 @@ def _library(array: Any) -> str:
 
 def get_backend(name: str | Backend, scores: Any) -> Backend:
     """The backend called ``name`` (or picked for ``scores`` when ``name == "auto"``), or
-    ``name`` itself when it is a Backend object (``TorchBackend(kernel="torch")``, say)."""
+    ``name`` itself when it is a Backend object (``TorchBackend(kernel="torch")``, say),
+    as routed for ``scores`` (``Backend.for_scores``: CPU tensors to the Numba kernels)."""
     if isinstance(name, Backend):
         backend, called = name, type(name).__name__
     elif isinstance(name, str):
@@ -115,7 +126,7 @@ def get_backend(name: str | Backend, scores: Any) -> Backend:
             f"backend: {called} does not read {type(scores).__module__}."
             f"{type(scores).__name__} arrays; use backend='auto' or convert the scores"
         )
-    return backend
+    return _routed(backend, scores)
 
 
 def _auto_backend(scores: Any) -> Backend:
@@ -126,15 +137,28 @@ def _auto_backend(scores: Any) -> Backend:
         except ValueError:
             continue
         if _unavailable_reason(backend) is None:
-            return backend
+            return _routed(backend, scores)
     for name, custom in _CUSTOM.items():
         if custom.accepts(scores) and _unavailable_reason(backend := _load(name)) is None:
-            return backend
+            return _routed(backend, scores)
+    for name in sorted(set(_entry_points()) - set(_CUSTOM)):  # plugins, imported only now
+        try:
+            backend = _load(name)
+        except ValueError:
+            continue
+        if backend.accepts(scores) and _unavailable_reason(backend) is None:
+            return _routed(backend, scores)
     raise TypeError(
         f"scores: no backend reads arrays of type {type(scores).__module__}."
         f"{type(scores).__name__}; pass a NumPy array, a memmap, a torch tensor or a "
         "CuPy array (or convert with np.asarray)"
     )
+
+
+def _routed(backend: Any, scores: Any) -> Backend:
+    """``Backend.for_scores``, also for entry-point classes that do not subclass."""
+    route = getattr(backend, "for_scores", None)
+    return route(scores) if route is not None else backend
 
 
 def _unavailable_reason(backend: Any) -> str | None:

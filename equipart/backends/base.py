@@ -37,7 +37,7 @@ import numpy as np
 ScoreKind = Literal["logits", "logprobs", "probs"]
 _TINY = np.finfo(np.float64).tiny  # below it a float64 colsum is subnormal: log is inexact
 
-__all__ = ["Backend", "BlockCheck", "ColumnStats", "ScoreKind"]
+__all__ = ["Backend", "BlockCheck", "ColumnStats", "ScoreKind", "Session"]
 
 
 @dataclass(frozen=True)
@@ -175,11 +175,30 @@ class Backend(ABC):
         passes over a backend with a reason; naming it raises ValueError with the reason."""
         return None
 
-    def for_solve(self) -> Backend:
-        """The backend object one solve's Sinkhorn loop uses: this one, or, for a backend
-        that keeps per-solve state (the torch backend's captured CUDA graphs), a fresh
-        object that is dropped with that state when the solve ends."""
+    def for_scores(self, scores: Any) -> Backend:
+        """The backend that runs the passes over ``scores``: this one, or one it routes
+        such arrays to (the torch backend sends CPU tensors to the Numba kernels). The
+        registry calls it once, when it chooses the backend for a solve's scores."""
         return self
+
+    def new_state(self) -> Any:
+        """A fresh per-solve state for :meth:`sweep_with`, or None where the backend keeps
+        none (then a solve uses the backend itself)."""
+        return None
+
+    def sweep_with(
+        self, state: Any, block: Any, kind: ScoreKind, lam: float, g: np.ndarray
+    ) -> ColumnStats:
+        """``sweep`` within a solve whose state (from ``new_state``) it reads and updates,
+        such as each block's row maxima or captured CUDA graphs. Its result is the
+        sweep's, whatever the state holds. Default: ``sweep``."""
+        return self.sweep(block, kind, lam, g)
+
+    def for_solve(self) -> Backend:
+        """The backend one solve's Sinkhorn loop uses: this one where ``new_state`` is
+        None, else a :class:`Session` holding a fresh state, dropped when the solve ends."""
+        state = self.new_state()
+        return self if state is None else Session(self, state)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         """A host NumPy copy of a small array (labels for rounding, never the scores)."""
@@ -188,3 +207,68 @@ class Backend(ABC):
     def from_numpy(self, array: np.ndarray, like: Any) -> Any:
         """Move a small host array to the library and device of ``like``."""
         return array
+
+
+class Session(Backend):
+    """One solve's backend: every method is ``backend``'s, and the sweeps run with the
+    solve's ``state`` (``backend.sweep_with(state, ...)``). The loop of a solve gets one
+    from ``backend.for_solve()``; it holds nothing else, so solves never share state.
+
+    A subclass changing the sweep of a backend with per-solve state overrides
+    ``sweep_with`` (which its ``sweep`` calls with no state), since a session calls that.
+    """
+
+    def __init__(self, backend: Backend, state: Any) -> None:
+        self.backend = backend
+        self.state = state
+        self.name = backend.name
+
+    def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        return self.backend.sweep_with(self.state, block, kind, lam, g)
+
+    def for_solve(self) -> Backend:
+        return self.backend.for_solve()
+
+    def accepts(self, scores: Any) -> bool:  # (an instance method here: the backend's)
+        return self.backend.accepts(scores)
+
+    def shape_dtype(self, scores: Any) -> tuple[tuple[int, ...], np.dtype | str]:
+        return self.backend.shape_dtype(scores)
+
+    def head(self, scores: Any, index: int) -> Any:
+        return self.backend.head(scores, index)
+
+    def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
+        return self.backend.check(block, kind)
+
+    def labels(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        return self.backend.labels(block, kind, lam, g)
+
+    def codes(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        return self.backend.codes(block, kind, lam, g)
+
+    def top_labels(
+        self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[Any, Any]:
+        return self.backend.top_labels(block, kind, lam, g, k)
+
+    def logprob_sum(self, block: Any, kind: ScoreKind, labels: Any) -> float:
+        return self.backend.logprob_sum(block, kind, labels)
+
+    def column_logsumexp(self, block: Any, kind: ScoreKind, lam: float) -> np.ndarray:
+        return self.backend.column_logsumexp(block, kind, lam)
+
+    def concat(self, parts: list[Any]) -> Any:
+        return self.backend.concat(parts)
+
+    def stack(self, parts: list[Any]) -> Any:
+        return self.backend.stack(parts)
+
+    def unavailable_reason(self) -> str | None:
+        return self.backend.unavailable_reason()
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return self.backend.to_numpy(array)
+
+    def from_numpy(self, array: np.ndarray, like: Any) -> Any:
+        return self.backend.from_numpy(array, like)

@@ -11,32 +11,26 @@ block writes one row of (B, K) partials, which are merged in a fixed order (floa
 deterministic, no atomics. The maths is that of ``equipart.backends.base`` in base 2, as
 in the torch backend's Triton kernel. As there, the column maxima are not computed in the
 kernel: the driver needs them only where a column sum underflowed to 0, and then the
-blockwise CuPy path supplies them (``ColumnStats``).
+array-API sweep supplies them (``ColumnStats``).
 
-Other dtypes (float64, integers) and wider K use CuPy array operations blockwise over
-rows (no N x K temporaries). Computation is float32 for half and single precision,
-float64 otherwise; column statistics are float64 and cross to the host once per sweep.
+Every other pass, and the sweep over other dtypes (float64, integers) and wider K, are the
+array-API passes of ``ArrayAPIBackend``, blockwise over rows (no N x K temporaries), on
+the array's device. Computation is float32 for half and single precision, float64
+otherwise; column statistics are float64 and cross to the host once per call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from functools import cache
 from typing import Any
 
 import cupy as cp
 import numpy as np
 
-from .base import (
-    Backend,
-    BlockCheck,
-    ColumnStats,
-    ScoreKind,
-    check_label_range,
-    needs_exact_colmax,
-)
-from .numpy import compute_dtype, row_blocks
+from .array_api import ArrayAPIBackend
+from .base import ColumnStats, ScoreKind, needs_exact_colmax
 
 __all__ = ["CupyBackend"]
 
@@ -144,31 +138,6 @@ def _kernel(scalar: str, cols_per_thread: int, is_probs: bool) -> cp.RawKernel:
 _KERNEL_SCALARS = {np.dtype(np.float32): "float", np.dtype(np.float16): "unsigned short"}
 
 
-def _row_blocks(n_rows: int, n_labels: int) -> Iterator[slice]:
-    return row_blocks(n_rows, n_labels, BLOCK_ELEMENTS)
-
-
-def _scaled(x: cp.ndarray, kind: ScoreKind, lam: float, g: cp.ndarray) -> cp.ndarray:
-    """A new block z = lam * L + g in the compute precision (``x`` is not modified)."""
-    dtype = compute_dtype(x.dtype)
-    if kind == "probs":
-        z = cp.log(x.astype(dtype))
-        z *= dtype.type(lam)
-    else:
-        z = x.astype(dtype) * dtype.type(lam)
-    z += g
-    return z
-
-
-def _normalise_rows(z: cp.ndarray) -> cp.ndarray:
-    """In place: v = z - rowmax(z), then Q = exp(v) / rowsum(exp(v)). Returns v's colmax."""
-    z -= z.max(axis=1, keepdims=True)
-    colmax = z.max(axis=0)
-    cp.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return colmax
-
-
 def _kernel_colsum(block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> cp.ndarray:
     """Column sums of one sweep by the fused kernel, merged in float64 ((K,), on device)."""
     n_rows, n_labels = block.shape
@@ -199,26 +168,11 @@ def _kernel_colsum(block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray
     return sums.sum(axis=0, dtype=cp.float64)
 
 
-def _blockwise_stats(
-    block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray
-) -> tuple[cp.ndarray, cp.ndarray]:
-    """(colsum float64, exact colmax) by CuPy array operations over row blocks."""
-    n_rows, n_labels = block.shape
-    dtype = compute_dtype(block.dtype)
-    g_d = cp.asarray(g, dtype=dtype)
-    colsum = cp.zeros(n_labels, dtype=cp.float64)
-    colmax = cp.full(n_labels, -cp.inf, dtype=dtype)
-    for rows in _row_blocks(n_rows, n_labels):
-        z = _scaled(block[rows], kind, lam, g_d)
-        cp.maximum(colmax, _normalise_rows(z), out=colmax)
-        colsum += z.sum(axis=0, dtype=cp.float64)
-    return colsum, colmax
-
-
-class CupyBackend(Backend):
+class CupyBackend(ArrayAPIBackend):
     """CuPy arrays; the fused sweep kernel for float32 and float16 scores."""
 
     name = "cupy"
+    block_elements = BLOCK_ELEMENTS
 
     @staticmethod
     def accepts(scores: Any) -> bool:
@@ -227,133 +181,29 @@ class CupyBackend(Backend):
     def shape_dtype(self, scores: cp.ndarray) -> tuple[tuple[int, ...], np.dtype]:
         return tuple(scores.shape), scores.dtype
 
-    def head(self, scores: cp.ndarray, index: int) -> cp.ndarray:
-        return scores[index]
-
     def uses_kernel(self, block: cp.ndarray) -> bool:
         """Whether ``sweep`` runs the fused CUDA kernel on this block."""
         cols = -(-block.shape[1] // THREADS)
         return block.dtype in _KERNEL_SCALARS and cols <= MAX_COLS_PER_THREAD
 
-    def check(self, block: cp.ndarray, kind: ScoreKind) -> BlockCheck:
-        with block.device:
-            lows, highs, lowest_bests, deviations = [], [], [], []
-            support = cp.zeros(block.shape[1], dtype=cp.int64)
-            for rows in _row_blocks(*block.shape):
-                x = block[rows]
-                lows.append(x.min().astype(cp.float64))
-                row_max = x.max(axis=1)
-                highs.append(row_max.max().astype(cp.float64))
-                lowest_bests.append(row_max.min().astype(cp.float64))
-                if kind == "probs":
-                    sums = x.sum(axis=1, dtype=cp.float64)
-                    deviations.append(cp.abs(sums - 1.0).max())
-                    support += cp.count_nonzero(x > 0, axis=0)
-            # min and max propagate NaN, and +inf is the maximum: no NaN or +inf iff both
-            # extremes are numbers and the maximum is below +inf (-inf: an impossible label)
-            low, high = cp.stack(lows).min(), cp.stack(highs).max()
-            lowest_best = cp.stack(lowest_bests).min()
-            deviation = cp.stack(deviations).max() if deviations else cp.zeros_like(low)
-            host = cp.stack([low, deviation, high, lowest_best]).get()
-            valid = not (np.isnan(host[0]) or np.isnan(host[2])) and host[2] < np.inf
-            counts = support.get() if kind == "probs" else None
-            if kind != "probs" and valid and host[0] == -np.inf:  # masked labels: 2nd pass
-                counts = sum(
-                    cp.count_nonzero(block[rows] > -cp.inf, axis=0)
-                    for rows in _row_blocks(*block.shape)
-                ).get()
-        return BlockCheck(valid, *map(float, host[:3]), counts, min_row_max=float(host[3]))
+    def _scope(self, x: cp.ndarray) -> AbstractContextManager:
+        return x.device
+
+    def _exp(self, xp: Any, v: cp.ndarray) -> cp.ndarray:
+        return cp.exp(v, out=v)
+
+    def _top_k(self, xp: Any, z: cp.ndarray, k: int) -> cp.ndarray:
+        return cp.argsort(-z, axis=1)[:, :k]  # CuPy's sort is stable
 
     def sweep(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        if not self.uses_kernel(block):
+            return super().sweep(block, kind, lam, g)
         with block.device:
-            if not self.uses_kernel(block):
-                colsum, colmax = _blockwise_stats(block, kind, lam, g)
-                host = cp.stack([colsum, colmax.astype(cp.float64)]).get()
-                return ColumnStats(host[0].copy(), host[1].copy())
             colsum = _kernel_colsum(block, kind, lam, g).get()
-            colmax = np.full_like(colsum, -np.inf)
-            if needs_exact_colmax(colsum, g):
-                colmax = _blockwise_stats(block, kind, lam, g)[1].astype(cp.float64).get()
+        colmax = np.full_like(colsum, -np.inf)
+        if needs_exact_colmax(colsum, g):  # a column sum underflowed: the exact maxima
+            colmax = super().sweep(block, kind, lam, g).colmax
         return ColumnStats(colsum, colmax)
-
-    def labels(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> cp.ndarray:
-        with block.device:
-            g_d = cp.asarray(g, dtype=compute_dtype(block.dtype))
-            out = cp.empty(block.shape[0], dtype=cp.int64)
-            for rows in _row_blocks(*block.shape):
-                out[rows] = _scaled(block[rows], kind, lam, g_d).argmax(axis=1)
-        return out
-
-    def codes(self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> cp.ndarray:
-        dtype = compute_dtype(block.dtype)
-        with block.device:
-            g_d = cp.asarray(g, dtype=dtype)
-            out = cp.empty(block.shape, dtype=dtype)
-            for rows in _row_blocks(*block.shape):
-                z = _scaled(block[rows], kind, lam, g_d)
-                _normalise_rows(z)
-                out[rows] = z
-        return out
-
-    def column_logsumexp(self, block: cp.ndarray, kind: ScoreKind, lam: float) -> np.ndarray:
-        """Blockwise CuPy operations on the block's device (one pass, O(K) to the host)."""
-        n_labels = block.shape[1]
-        with block.device:
-            zeros = cp.zeros(n_labels, dtype=compute_dtype(block.dtype))
-            total = cp.full(n_labels, -cp.inf, dtype=cp.float64)
-            for rows in _row_blocks(*block.shape):
-                z = _scaled(block[rows], kind, lam, zeros)
-                top = z.max(axis=0)
-                top = cp.where(top > -cp.inf, top, 0).astype(z.dtype)  # a column all -inf
-                z -= top
-                cp.exp(z, out=z)
-                part = cp.log(z.sum(axis=0, dtype=cp.float64)) + top
-                total = cp.logaddexp(total, part)
-            return total.get()
-
-    def top_labels(
-        self, block: cp.ndarray, kind: ScoreKind, lam: float, g: np.ndarray, k: int
-    ) -> tuple[cp.ndarray, cp.ndarray]:
-        """The k best labels per row by a stable descending sort (ties: lower index first)."""
-        n_rows, n_labels = block.shape
-        k = min(int(k), n_labels)
-        dtype = compute_dtype(block.dtype)
-        with block.device:
-            g_d = cp.asarray(g, dtype=dtype)
-            indices = cp.empty((n_rows, k), dtype=cp.int64)
-            values = cp.empty((n_rows, k), dtype=dtype)
-            for rows in _row_blocks(n_rows, n_labels):
-                z = _scaled(block[rows], kind, lam, g_d)
-                order = cp.argsort(-z, axis=1)[:, :k]  # CuPy's sort is stable
-                indices[rows] = order
-                values[rows] = cp.take_along_axis(z, order, axis=1)
-        return indices, values
-
-    def logprob_sum(self, block: cp.ndarray, kind: ScoreKind, labels: Any) -> float:
-        with block.device:
-            labels = cp.asarray(labels, dtype=cp.int64)
-            if labels.size:  # (take_along_axis would wrap -1 round to the last label)
-                low, high = cp.stack([labels.min(), labels.max()]).get().tolist()
-                check_label_range(low, high, block.shape[1])
-            total = cp.zeros((), dtype=cp.float64)
-            for rows in _row_blocks(*block.shape):
-                x = block[rows]
-                picked = cp.take_along_axis(x, labels[rows, None], axis=1)[:, 0]
-                picked = picked.astype(cp.float64)
-                if kind == "probs":
-                    picked = cp.log(picked)
-                elif kind == "logits":
-                    z = x.astype(cp.float64)
-                    top = z.max(axis=1)
-                    picked = (picked - top) - cp.log(cp.exp(z - top[:, None]).sum(axis=1))
-                total += picked.sum()
-            return float(total.get())
-
-    def concat(self, parts: list[cp.ndarray]) -> cp.ndarray:
-        return parts[0] if len(parts) == 1 else cp.concatenate(parts, axis=0)
-
-    def stack(self, parts: list[cp.ndarray]) -> cp.ndarray:
-        return cp.stack(parts, axis=0)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return array.get() if isinstance(array, cp.ndarray) else np.asarray(array)

@@ -49,7 +49,6 @@ exp
 
 from __future__ import annotations
 
-import copy
 import decimal
 import math
 import os
@@ -1029,6 +1028,16 @@ def _possible_rows(x: np.ndarray | BFloat16Bits) -> np.ndarray:
     return possible_rows(x)
 
 
+class NumbaSolveState:
+    """One solve's warm sweeps (``NumbaBackend.new_state``)."""
+
+    def __init__(self) -> None:
+        # by block, (data address, shape, strides, dtype) -> (lam, g, row_max) of its last
+        # sweep in kernel units, or None once it gave up
+        self.blocks: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
+        self.warm_rows = (0, 0)  # the last block: (rows swept warm, of those redone cold)
+
+
 class NumbaBackend(NumpyBackend):
     """NumPy arrays and memmaps, swept by parallel Numba kernels (see the module docs).
 
@@ -1063,27 +1072,14 @@ class NumbaBackend(NumpyBackend):
             support = _possible_rows(x)
         return BlockCheck(valid, min_value, deviation, max_value, support, min_row_max=min_row_max)
 
-    # class defaults, so that subclasses overriding __init__ keep them (a solve's copy
-    # gets its own dict in for_solve; the class-level one is never written)
-    _per_solve = False
-    _warm: dict = {}  # noqa: RUF012
-    warm_rows = (0, 0)  # a solve's last block: (rows swept warm, of those redone cold)
-
-    def __init__(self) -> None:
-        # a solve's row maxima by block: (data address, shape, strides, dtype) -> (lam, g,
-        # row_max) of the block's last sweep in kernel units, or None once it gave up
-        self._warm: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
-
-    def for_solve(self) -> NumbaBackend:
-        """A copy whose sweeps skip the row-maximum pass from a block's second sweep on
-        (``_sweep_kernel``'s warm path), keeping each block's row maxima (one number per
-        row) for the length of the solve."""
-        solve = copy.copy(self)
-        solve._per_solve, solve._warm = True, {}
-        return solve
+    def new_state(self) -> NumbaSolveState:
+        """Each block's row maxima, kept for the length of a solve: its sweeps skip the
+        row-maximum pass from a block's second sweep on (``_sweep_kernel``'s warm path)."""
+        return NumbaSolveState()
 
     def _warm_plan(
-        self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
+        self, state: NumbaSolveState | None, part: np.ndarray, whole: bool, probs: bool,
+        lam_c: Any, g_c: np.ndarray,
     ) -> tuple[tuple | None, np.ndarray | None, Any]:
         """(cache key or None, previous row maxima or None, delta) for one kernel block.
 
@@ -1093,28 +1089,29 @@ class NumbaBackend(NumpyBackend):
         """
         n_labels = part.shape[1]
         usable = WARM_MIN_LABELS <= n_labels <= WARM_MAX_LABELS and not probs
-        if not (self._per_solve and whole and usable):  # (converted blocks are new arrays)
+        if not (state is not None and whole and usable):  # (converted blocks are new arrays)
             return None, None, 0.0
         key = (part.__array_interface__["data"][0], part.shape, part.strides, part.dtype.str)
-        if key in self._warm and self._warm[key] is None:  # this block gave up: cold
+        if key in state.blocks and state.blocks[key] is None:  # this block gave up: cold
             return None, None, 0.0
-        if key not in self._warm and len(self._warm) >= MAX_WARM_BLOCKS:
+        if key not in state.blocks and len(state.blocks) >= MAX_WARM_BLOCKS:
             return None, None, 0.0
-        previous = self._warm.get(key)
+        previous = state.blocks.get(key)
         if previous is None or previous[0] != lam_c:  # first sweep of this block or stage
             return key, None, 0.0
         delta = _warm_delta(previous[1], g_c)
         return (key, None, 0.0) if delta < 0.0 else (key, previous[2], delta)
 
     def _sweep_part(
-        self, part: np.ndarray, whole: bool, probs: bool, lam_c: Any, g_c: np.ndarray
+        self, state: NumbaSolveState | None, part: np.ndarray, whole: bool, probs: bool,
+        lam_c: Any, g_c: np.ndarray,
     ) -> np.ndarray:
         """Per-chunk column sums of one kernel block (warm where ``_warm_plan`` allows)."""
         n_rows, n_labels = part.shape
         n_chunks = _n_chunks(n_rows, n_labels)
         sums = np.zeros((n_chunks, n_labels))
         redone = np.zeros(n_chunks, dtype=np.int64)
-        key, row_max, delta = self._warm_plan(part, whole, probs, lam_c, g_c)
+        key, row_max, delta = self._warm_plan(state, part, whole, probs, lam_c, g_c)
         warm = row_max is not None
         if key is not None and not warm:
             row_max = np.full(n_rows, -np.inf, dtype=g_c.dtype)
@@ -1131,12 +1128,18 @@ class NumbaBackend(NumpyBackend):
             part_sum = sums.sum(axis=0)
         if key is not None:
             gave_up = warm and redone.sum() > WARM_GIVE_UP * n_rows
-            self._warm[key] = None if gave_up else (lam_c, g_c.copy(), row_max)
-        if self._per_solve:  # (rows swept warm, of those redone cold) in this block
-            self.warm_rows = (int(warm) * n_rows, int(redone.sum()))
+            state.blocks[key] = None if gave_up else (lam_c, g_c.copy(), row_max)
+        if state is not None:  # (rows swept warm, of those redone cold) in this block
+            state.warm_rows = (int(warm) * n_rows, int(redone.sum()))
         return part_sum
 
     def sweep(self, block: np.ndarray, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        return self.sweep_with(None, block, kind, lam, g)
+
+    def sweep_with(
+        self, state: NumbaSolveState | None, block: np.ndarray, kind: ScoreKind, lam: float,
+        g: np.ndarray,
+    ) -> ColumnStats:
         x = _as_array(block)
         n_labels = x.shape[1]
         dtype = compute_dtype(x.dtype)
@@ -1146,7 +1149,7 @@ class NumbaBackend(NumpyBackend):
         colsum = np.zeros(n_labels)
         colmax = np.full(n_labels, -np.inf)  # exact where colsum_j == 0, see ColumnStats
         for part, whole in _kernel_blocks(x):
-            part_sum = self._sweep_part(part, whole, probs, lam_c, g_c)
+            part_sum = self._sweep_part(state, part, whole, probs, lam_c, g_c)
             colsum += part_sum
             if _any_below(part_sum, _ABOVE_ZERO, g_c):  # a sum underflowed: one more read
                 n_chunks = _n_chunks(*part.shape)

@@ -10,51 +10,46 @@ Two sweep strategies (``TorchBackend(kernel=...)``):
 
 * ``"triton"``: the fused one-read kernel of ``equipart.backends._triton_kernels`` (CUDA
   tensors with float32/bfloat16/float16 scores and K <= 16384).
-* ``"torch"``: pure torch, blockwise over rows (blocks of ``BLOCK_ELEMENTS`` on CPU,
-  ``CUDA_BLOCK_ELEMENTS`` on CUDA), so the largest temporary is one block, never N x K.
-  It reads each block a few times (max, exp, sums), which costs bandwidth on a GPU.
+* ``"torch"``: the array-API passes of ``ArrayAPIBackend``, blockwise over rows (blocks
+  of ``BLOCK_ELEMENTS`` on CPU, ``CUDA_BLOCK_ELEMENTS`` on CUDA), so the largest
+  temporary is one block, never N x K. It reads each block a few times (max, exp, sums),
+  which costs bandwidth on a GPU.
 
-``"auto"`` (the registry's default) uses Triton where it applies on CUDA, and on the CPU
-the Numba backend's kernels where Numba is installed (float16, float32 and float64 scores
-they read through a NumPy view of the tensor's memory, without a copy, and return
-tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k demo
-solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
-benchmarks/results/memory_200k.json; bfloat16, which NumPy lacks, they read through an
-int16 view of its bits, ``BFloat16Bits``, widening each value to float32 as they read it,
-so results are those of ``NumbaBackend`` on ``tensor.float().numpy()``),
-and the blockwise torch path otherwise (no Numba).
+``"auto"`` (the registry's default) uses Triton where it applies on CUDA. For float16,
+bfloat16, float32 and float64 CPU tensors, ``for_scores`` (called by the registry when it
+chooses the backend) returns ``NumbaTensorBackend`` where Numba is installed: the Numba
+backend's kernels read the tensor's memory through a NumPy view, without a copy, and
+return tensors: the same results as ``NumbaBackend`` on ``tensor.numpy()``; the 200k x 1k
+demo solves in 1.2 s this way against 25.6 s on the torch path, 2-core CPU,
+benchmarks/results/memory_200k.json. bfloat16, which NumPy lacks, they read through an
+int16 view of its bits (``BFloat16Bits``), widening each value to float32 as they read
+it, so results are those of ``NumbaBackend`` on ``tensor.float().numpy()``.
 Inputs are detached and never modified; no GPU memory is touched unless a CUDA tensor is
 passed. Nothing here uses matrix units, so TF32 never enters a reduction.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import (
-    Backend,
-    BlockCheck,
-    ColumnStats,
-    ScoreKind,
-    check_label_range,
-    needs_exact_colmax,
-)
+from .array_api import ArrayAPIBackend, row_blocks
+from .base import Backend, BlockCheck, ColumnStats, ScoreKind, needs_exact_colmax
 
 try:
     from . import _triton_kernels
 except ImportError:  # no Triton (CPU-only torch builds): the blockwise torch path only
     _triton_kernels = None
 
-__all__ = ["TorchBackend", "compute_dtype", "triton_available"]
+__all__ = ["NumbaTensorBackend", "TorchBackend", "triton_available"]
 
 BLOCK_ELEMENTS = 1 << 19
 CUDA_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 per temporary: well under 1 GiB in all
@@ -81,15 +76,16 @@ def _numba_backend() -> Backend | None:
     try:
         from .numba import NumbaBackend
 
-        return NumbaBackend()
+        numba = NumbaBackend()
     except Exception as exc:  # any failure of the optional fast path: the torch path
         warnings.warn(
             f"the Numba kernels for CPU tensors are unavailable ({type(exc).__name__}: "
             f"{exc}); the torch backend uses its blockwise torch path",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
+    return numba if numba.unavailable_reason() is None else None
 
 
 def triton_available() -> bool:
@@ -97,54 +93,10 @@ def triton_available() -> bool:
     return _triton_kernels is not None
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half, bfloat16 and single precision, float64 for everything else."""
-    if dtype in (torch.float16, torch.bfloat16, torch.float32):
-        return torch.float32
-    return torch.float64
-
-
-def _row_blocks(x: torch.Tensor) -> Iterator[slice]:
-    n_rows, n_labels = x.shape
-    budget = CUDA_BLOCK_ELEMENTS if x.is_cuda else BLOCK_ELEMENTS
-    step = max(1, budget // max(n_labels, 1))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(start + step, n_rows))
-
-
 def _dual(g: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """g in the compute precision on ``device``: rounded on the host, one small copy."""
     host = np.asarray(g, dtype=np.float32 if dtype == torch.float32 else np.float64)
     return torch.from_numpy(host).to(device)
-
-
-def _scaled(x: torch.Tensor, kind: ScoreKind, lam: float, g: torch.Tensor) -> torch.Tensor:
-    """A new block z = lam * L + g in the compute precision (``x`` is not modified)."""
-    dtype = compute_dtype(x.dtype)
-    z = torch.log(x.to(dtype)) if kind == "probs" else x.to(dtype) * lam
-    if kind == "probs":
-        z *= lam
-    z += g
-    return z
-
-
-def _normalise_rows(z: torch.Tensor) -> torch.Tensor:
-    """In place: v = z - rowmax(z), then Q = exp(v) / rowsum(exp(v)). Returns v's colmax.
-
-    exp of v below ``log(tiny) + 1`` (tiny: the smallest normal number) is flushed to
-    exactly 0, where the NumPy backend's exp gives at most a subnormal: on x86 CPUs torch's
-    exp takes a slow path for subnormal results (about 10x slower on blocks where most
-    entries underflow, as at large lam). The column maxima, taken before, keep the
-    underflow guard of ``ColumnStats.log_mass``.
-    """
-    z -= z.amax(dim=1, keepdim=True)
-    colmax = z.amax(dim=0)
-    floor = math.log(torch.finfo(z.dtype).tiny) + 1.0
-    keep = z >= floor
-    z.clamp_(min=floor).exp_()
-    z.mul_(keep)
-    z /= z.sum(dim=1, keepdim=True)
-    return colmax
 
 
 class _CapturedSweep:
@@ -189,14 +141,25 @@ class _CapturedSweep:
         return self.colsum_host.numpy().copy()
 
 
-class TorchBackend(Backend):
+@dataclass
+class _SolveState:
+    """One solve's Triton sweeps: (tensor, kind, lam) -> its captured sweep (None while
+    seen once), the keys whose capture failed (they stay eager), and whether the sweeps
+    compute the column maxima (from the first underflow on)."""
+
+    graphs: dict[tuple, _CapturedSweep | None] = field(default_factory=dict)
+    failed: set[tuple] = field(default_factory=set)
+    with_max: bool = False
+
+
+class TorchBackend(ArrayAPIBackend):
     """torch tensors on any device; the fused Triton sweep on CUDA where available.
 
-    ``for_solve`` returns a copy of this backend for one solve's loop, which keeps two
-    kinds of state for that solve only: captured CUDA graphs of its sweeps (a CUDA tensor
-    swept a second time with the same kind and lam replays one; ``capture_graphs=False``
-    turns this off) and, once a column sum has underflowed, the column maxima computed in
-    every later sweep of the solve instead of by a second pass.
+    A solve's loop (``for_solve``: a ``Session``) keeps two kinds of state for that solve
+    only: captured CUDA graphs of its Triton sweeps (a CUDA tensor swept a second time with
+    the same kind and lam replays one; ``capture_graphs=False`` turns this off) and, once a
+    column sum has underflowed, the column maxima computed in every later sweep of the
+    solve instead of by a second pass. ``kernel="torch"`` keeps none.
     """
 
     name = "torch"
@@ -208,42 +171,23 @@ class TorchBackend(Backend):
             raise ValueError("kernel: 'triton' needs Triton installed; use 'auto' or 'torch'")
         self.kernel = kernel
         self.capture_graphs = capture_graphs
-        self._per_solve = False
-        # (tensor, kind, lam) -> its captured sweep, None while seen once;
-        # keys whose capture failed stay eager
-        self._graphs: dict[tuple, _CapturedSweep | None] = {}
-        self._failed: set[tuple] = set()
-        self._with_max = False
-        self._host: Backend | None = None  # the Numba backend, built at the first CPU tensor
-        self._host_tried = kernel != "auto"
+        self._cpu: Backend | None = None  # the Numba route, built at the first CPU tensor
+        self._cpu_tried = kernel != "auto"
 
-    def for_solve(self) -> TorchBackend:
-        solve = copy.copy(self)  # subclasses and settings carry over
-        solve._per_solve = True
-        solve._graphs, solve._failed, solve._with_max = {}, set(), False
-        if self._host is not None:  # its warm sweeps, for this solve only
-            solve._host = self._host.for_solve()
-        return solve
+    def for_scores(self, scores: Any) -> Backend:
+        """``NumbaTensorBackend`` for float16, bfloat16, float32 and float64 CPU tensors
+        where ``kernel="auto"`` and Numba runs here; this backend otherwise."""
+        host = isinstance(scores, torch.Tensor) and scores.device.type == "cpu"
+        if not (host and scores.dtype in HOST_DTYPES) or (self._cpu_tried and self._cpu is None):
+            return self
+        if not self._cpu_tried:  # first CPU tensor: load Numba now (CUDA users never do)
+            numba = _numba_backend()
+            self._cpu = None if numba is None else NumbaTensorBackend(numba)
+            self._cpu_tried = True  # (after _cpu: a concurrent call sees None or both)
+        return self._cpu if self._cpu is not None else self
 
-    def _host_view(self, block: torch.Tensor) -> Any:
-        """A CPU block as the Numba kernels read it (a NumPy view; for bfloat16, a
-        ``BFloat16Bits`` view of its bits), or None for the torch path."""
-        if self._host_tried and self._host is None:
-            return None
-        if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
-            return None
-        if not self._host_tried:  # first CPU tensor: load Numba now (CUDA users never do)
-            host = _numba_backend()
-            self._host = host.for_solve() if host is not None and self._per_solve else host
-            self._host_tried = True  # (after _host: a concurrent call sees None or both)
-            if self._host is None:
-                return None
-        x = block.detach()
-        if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, widened by the kernels
-            from .numba import BFloat16Bits
-
-            return BFloat16Bits(x.view(torch.int16).numpy())
-        return x.resolve_conj().resolve_neg().numpy()
+    def new_state(self) -> _SolveState | None:
+        return None if self.kernel == "torch" else _SolveState()
 
     @staticmethod
     def accepts(scores: Any) -> bool:
@@ -262,9 +206,6 @@ class TorchBackend(Backend):
             )
         return tuple(scores.shape), str(scores.dtype).removeprefix("torch.")
 
-    def head(self, scores: torch.Tensor, index: int) -> torch.Tensor:
-        return scores[index]
-
     def uses_triton(self, block: torch.Tensor) -> bool:
         """Whether ``sweep`` runs the fused Triton kernel on this block."""
         if self.kernel == "torch" or _triton_kernels is None:
@@ -277,85 +218,87 @@ class TorchBackend(Backend):
             return fits
         return fits and block.is_cuda
 
-    def check(self, block: torch.Tensor, kind: ScoreKind) -> BlockCheck:
-        if (view := self._host_view(block)) is not None:
-            return self._host.check(view, kind)
-        x_all = block.detach()
-        lows, highs, lowest_bests, deviations = [], [], [], []
-        support = torch.zeros(x_all.shape[1], dtype=torch.int64, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            x = x_all[rows]
-            lows.append(x.amin().to(torch.float64))
-            row_max = x.amax(dim=1)
-            highs.append(row_max.amax().to(torch.float64))
-            lowest_bests.append(row_max.amin().to(torch.float64))
-            if kind == "probs":
-                sums = x.sum(dim=1, dtype=torch.float64)
-                deviations.append((sums - 1.0).abs().amax())
-                support += (x > 0).sum(dim=0)
-        # amin / amax propagate NaN, and +inf is the maximum: no NaN or +inf iff both
-        # extremes are numbers and the maximum is below +inf (-inf may be the minimum: an
-        # impossible label). (torch.isfinite's block temporaries would leave 12 to 495 MiB
-        # more resident after this check of the 200k x 1k demo; without them, 5 MiB.)
-        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
-        lowest_best = torch.stack(lowest_bests).amin()
-        deviation = torch.stack(deviations).amax() if deviations else torch.zeros_like(low)
-        host = torch.stack([low, deviation, high, lowest_best]).cpu().tolist()
-        valid = not (math.isnan(host[0]) or math.isnan(host[2])) and host[2] < math.inf
-        counts = support.cpu().numpy() if kind == "probs" else None
-        if kind != "probs" and valid and host[0] == -math.inf:  # masked labels: a 2nd pass
-            counts = sum(
-                (x_all[rows] > -math.inf).sum(dim=0) for rows in _row_blocks(x_all)
-            ).cpu().numpy()
-        return BlockCheck(valid, *host[:3], counts, min_row_max=host[3])
+    # -- the array-API passes' hooks --------------------------------------------------------
+
+    def _data(self, block: torch.Tensor) -> torch.Tensor:
+        return block.detach()
+
+    def _rows(self, x: torch.Tensor) -> Iterator[slice]:
+        budget = CUDA_BLOCK_ELEMENTS if x.is_cuda else BLOCK_ELEMENTS
+        return row_blocks(x.shape[0], x.shape[1], budget)
+
+    def _exp(self, xp: Any, v: torch.Tensor) -> torch.Tensor:
+        """exp(v), with v below ``log(tiny) + 1`` (tiny: the smallest normal number)
+        flushed to exactly 0, where the NumPy backend's exp gives at most a subnormal: on
+        x86 CPUs torch's exp takes a slow path for subnormal results (about 10x slower on
+        blocks where most entries underflow, as at large lam). The column maxima, taken
+        before, keep the underflow guard of ``ColumnStats.log_mass``."""
+        floor = math.log(torch.finfo(v.dtype).tiny) + 1.0
+        keep = v >= floor
+        return v.clamp_(min=floor).exp_().mul_(keep)
+
+    def _top_k(self, xp: Any, z: torch.Tensor, k: int) -> torch.Tensor:
+        """In float32 the order is exact and O(K) per row: each value maps to an
+        order-preserving int32 key, packed with the reversed column index into one int64,
+        so ``topk`` sees no ties. In float64 a stable descending sort is used."""
+        if z.dtype != torch.float32:
+            return torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]
+        z += 0.0  # -0.0 -> +0.0, so equal values get equal keys
+        bits = z.view(torch.int32).to(torch.int64)
+        keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+        keys = keys * 2**32 + ((2**32 - 1) - torch.arange(z.shape[1], device=z.device))
+        return torch.topk(keys, k, dim=1, largest=True, sorted=True).indices
+
+    # -- the sweep: Triton where it applies -------------------------------------------------
 
     def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
-        if (view := self._host_view(block)) is not None:
-            return self._host.sweep(view, kind, lam, g)
-        x_all = block.detach()
-        if self.uses_triton(x_all):
-            return self._triton_sweep(x_all, kind, lam, g)
-        dtype = compute_dtype(x_all.dtype)
-        g_t = _dual(g, dtype, x_all.device)
-        colsum = torch.zeros(x_all.shape[1], dtype=torch.float64, device=x_all.device)
-        colmax = torch.full((x_all.shape[1],), -torch.inf, dtype=dtype, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            z = _scaled(x_all[rows], kind, lam, g_t)
-            torch.maximum(colmax, _normalise_rows(z), out=colmax)
-            colsum += z.sum(dim=0, dtype=torch.float64)
-        host = torch.stack([colsum, colmax.to(torch.float64)]).cpu().numpy()
-        return ColumnStats(host[0].copy(), host[1].copy())
+        return self.sweep_with(None, block, kind, lam, g)
 
-    def _captured(self, x: torch.Tensor, kind: ScoreKind, lam: float) -> _CapturedSweep | None:
+    def sweep_with(
+        self, state: _SolveState | None, block: torch.Tensor, kind: ScoreKind, lam: float,
+        g: np.ndarray,
+    ) -> ColumnStats:
+        x = block.detach()
+        if self.uses_triton(x):
+            return self._triton_sweep(state, x, kind, lam, g)
+        return super().sweep(x, kind, lam, g)
+
+    def _captured(
+        self, state: _SolveState | None, x: torch.Tensor, kind: ScoreKind, lam: float
+    ) -> _CapturedSweep | None:
         """The captured sweep for this key, capturing it at the key's second sweep."""
-        if not (self._per_solve and self.capture_graphs and x.is_cuda):
+        if not (state is not None and self.capture_graphs and x.is_cuda):
             return None
         if torch.cuda.is_current_stream_capturing():
             return None
+        graphs = state.graphs
         key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, kind, float(lam))
-        if key not in self._graphs:
-            if any(k[-1] != key[-1] for k in self._graphs):  # a new lam stage: drop the old
-                self._graphs.clear()
-            self._graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
+        if key not in graphs:
+            if any(k[-1] != key[-1] for k in graphs):  # a new lam stage: drop the old
+                graphs.clear()
+            graphs[key] = None  # seen once: this sweep runs (and compiles) eagerly
             return None
-        if self._graphs[key] is not None or key in self._failed:
-            return self._graphs[key]
-        if sum(v is not None for v in self._graphs.values()) < MAX_GRAPHS:
+        if graphs[key] is not None or key in state.failed:
+            return graphs[key]
+        if sum(v is not None for v in graphs.values()) < MAX_GRAPHS:
             try:
-                self._graphs[key] = _CapturedSweep(x, lam, kind == "probs")
+                graphs[key] = _CapturedSweep(x, lam, kind == "probs")
             except Exception as exc:  # capture unsupported here (torch, Triton, driver)
-                self._failed.add(key)
+                state.failed.add(key)
                 warnings.warn(
                     f"CUDA graph capture of the sweep failed ({type(exc).__name__}: {exc}); "
                     "this tensor's sweeps run eagerly (same results, more host time)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-        return self._graphs[key]
+        return graphs[key]
 
-    def _stats(self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, with_max: bool):
+    def _stats(
+        self, state: _SolveState | None, x: torch.Tensor, kind: ScoreKind, lam: float,
+        g: np.ndarray, with_max: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(colsum, colmax) on the host, float64; colmax -inf unless ``with_max``."""
-        captured = None if with_max else self._captured(x, kind, lam)
+        captured = None if with_max else self._captured(state, x, kind, lam)
         if captured is not None:
             return captured(g), np.full(x.shape[1], -np.inf)
         g_t = _dual(g, torch.float32, x.device)
@@ -366,125 +309,24 @@ class TorchBackend(Backend):
         return host[0].copy(), host[1].copy()
 
     def _triton_sweep(
-        self, x: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
+        self, state: _SolveState | None, x: torch.Tensor, kind: ScoreKind, lam: float,
+        g: np.ndarray,
     ) -> ColumnStats:
         """The fused kernel: column sums, one (K,) copy to the host. The column maxima are
         needed only where a column sum underflowed to 0 with g finite (``ColumnStats``):
-        then the sweep is rerun computing them, and a solve's backend computes them in
-        every later sweep instead of rerunning (one pass; its cost against the plain sweep
-        is what benchmarks/gpu_check.py reports as ``kernel_with_max_ms``)."""
+        then the sweep is rerun computing them, and a solve computes them in every later
+        sweep instead of rerunning (one pass; its cost against the plain sweep is what
+        benchmarks/gpu_check.py reports as ``kernel_with_max_ms``)."""
+        with_max = state is not None and state.with_max
         with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
-            colsum, colmax = self._stats(x, kind, lam, g, self._with_max)
-            if not self._with_max and needs_exact_colmax(colsum, g):
-                self._with_max = self._per_solve
-                colsum, colmax = self._stats(x, kind, lam, g, True)
+            colsum, colmax = self._stats(state, x, kind, lam, g, with_max)
+            if not with_max and needs_exact_colmax(colsum, g):
+                if state is not None:
+                    state.with_max = True
+                colsum, colmax = self._stats(state, x, kind, lam, g, True)
         return ColumnStats(colsum, colmax)
 
-    def labels(
-        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
-    ) -> torch.Tensor:
-        if (view := self._host_view(block)) is not None:
-            return torch.from_numpy(self._host.labels(view, kind, lam, g))
-        x_all = block.detach()
-        g_t = _dual(g, compute_dtype(x_all.dtype), x_all.device)
-        out = torch.empty(x_all.shape[0], dtype=torch.int64, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            out[rows] = _scaled(x_all[rows], kind, lam, g_t).argmax(dim=1)
-        return out
-
-    def codes(
-        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
-    ) -> torch.Tensor:
-        if (view := self._host_view(block)) is not None:
-            return torch.from_numpy(self._host.codes(view, kind, lam, g))
-        x_all = block.detach()
-        dtype = compute_dtype(x_all.dtype)
-        g_t = _dual(g, dtype, x_all.device)
-        out = torch.empty(x_all.shape, dtype=dtype, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            z = _scaled(x_all[rows], kind, lam, g_t)
-            _normalise_rows(z)
-            out[rows] = z
-        return out
-
-    def column_logsumexp(self, block: torch.Tensor, kind: ScoreKind, lam: float) -> np.ndarray:
-        """The Numba kernel for CPU tensors where installed; blockwise torch operations
-        otherwise (one pass, O(K) to the host)."""
-        if (view := self._host_view(block)) is not None:
-            return self._host.column_logsumexp(view, kind, lam)
-        x_all = block.detach()
-        dtype = compute_dtype(x_all.dtype)
-        zeros = torch.zeros(x_all.shape[1], dtype=dtype, device=x_all.device)
-        parts = []
-        for rows in _row_blocks(x_all):
-            z = _scaled(x_all[rows], kind, lam, zeros)
-            top = z.amax(dim=0)
-            top = torch.where(top > -torch.inf, top, torch.zeros_like(top))  # a column all -inf
-            z -= top
-            z.exp_()
-            parts.append(torch.log(z.sum(dim=0, dtype=torch.float64)) + top)
-        return torch.logsumexp(torch.stack(parts), dim=0).cpu().numpy()
-
-    def top_labels(
-        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k best labels per row, ties to the lower index (see ``Backend.top_labels``).
-
-        In float32 the order is exact and O(K) per row: each value maps to an
-        order-preserving int32 key, packed with the reversed column index into one int64,
-        so ``topk`` sees no ties. In float64 a stable descending sort is used.
-        """
-        if (view := self._host_view(block)) is not None:
-            indices, values = self._host.top_labels(view, kind, lam, g, k)
-            return torch.from_numpy(indices), torch.from_numpy(values)
-        x_all = block.detach()
-        n_rows, n_labels = x_all.shape
-        k = min(int(k), n_labels)
-        dtype = compute_dtype(x_all.dtype)
-        g_t = _dual(g, dtype, x_all.device)
-        indices = torch.empty((n_rows, k), dtype=torch.int64, device=x_all.device)
-        values = torch.empty((n_rows, k), dtype=dtype, device=x_all.device)
-        if dtype == torch.float32:
-            reversed_cols = (2**32 - 1) - torch.arange(n_labels, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            z = _scaled(x_all[rows], kind, lam, g_t)
-            if dtype == torch.float32:
-                z += 0.0  # -0.0 -> +0.0, so equal values get equal keys
-                bits = z.view(torch.int32).to(torch.int64)
-                keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-                keys = keys * 2**32 + reversed_cols
-                order = torch.topk(keys, k, dim=1, largest=True, sorted=True).indices
-            else:
-                order = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]
-            indices[rows] = order
-            values[rows] = torch.gather(z, 1, order)
-        return indices, values
-
-    def logprob_sum(self, block: torch.Tensor, kind: ScoreKind, labels: Any) -> float:
-        if (view := self._host_view(block)) is not None:
-            return self._host.logprob_sum(view, kind, self.to_numpy(labels))
-        x_all = block.detach()
-        labels = torch.as_tensor(labels, device=x_all.device).to(torch.int64)
-        if labels.numel():  # (on CUDA an index out of range is a device-side assert)
-            check_label_range(*torch.stack([labels.min(), labels.max()]).tolist(), x_all.shape[1])
-        total = torch.zeros((), dtype=torch.float64, device=x_all.device)
-        for rows in _row_blocks(x_all):
-            x = x_all[rows]
-            picked = torch.gather(x, 1, labels[rows, None])[:, 0].to(torch.float64)
-            if kind == "probs":
-                picked = torch.log(picked)
-            elif kind == "logits":
-                z = x.to(torch.float64)
-                top = z.amax(dim=1)
-                picked = (picked - top) - torch.log(torch.exp(z - top[:, None]).sum(dim=1))
-            total += picked.sum()
-        return float(total.item())
-
-    def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-
-    def stack(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(parts, dim=0)
+    # -- small arrays between the host and the tensors' device -----------------------------
 
     def to_numpy(self, array: Any) -> np.ndarray:
         if isinstance(array, torch.Tensor):
@@ -497,3 +339,71 @@ class TorchBackend(Backend):
     def from_numpy(self, array: np.ndarray, like: Any) -> torch.Tensor:
         device = like.device if isinstance(like, torch.Tensor) else None
         return torch.as_tensor(np.ascontiguousarray(array), device=device)
+
+
+class NumbaTensorBackend(TorchBackend):
+    """CPU tensors through the Numba backend's kernels (what ``TorchBackend.for_scores``
+    picks for float16, bfloat16, float32 and float64 CPU tensors where Numba runs).
+
+    Each pass reads the tensor's memory through a NumPy view (bfloat16 through
+    ``BFloat16Bits``, an int16 view of its bits) and returns what the Numba backend
+    returns, N-sized results as tensors sharing its output memory.
+    """
+
+    def __init__(self, numba: Backend) -> None:
+        super().__init__(kernel="auto")  # (the factored fused passes read this kernel)
+        self.numba = numba
+
+    def for_scores(self, scores: Any) -> Backend:
+        return self
+
+    def new_state(self) -> Any:
+        return self.numba.new_state()
+
+    def unavailable_reason(self) -> str | None:
+        return self.numba.unavailable_reason()
+
+    def _view(self, block: torch.Tensor) -> Any:
+        """The block as the Numba kernels read it: a NumPy view, or ``BFloat16Bits``."""
+        if block.device.type != "cpu" or block.dtype not in HOST_DTYPES:
+            raise TypeError(
+                f"scores: a {block.device.type} {block.dtype} block reached the Numba kernels "
+                "for CPU tensors, which read float16, bfloat16, float32 and float64 CPU "
+                "tensors; give every block the first block's device and dtype, or pass "
+                "backend=TorchBackend(kernel='torch')"
+            )
+        x = block.detach()
+        if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, widened by the kernels
+            from .numba import BFloat16Bits
+
+            return BFloat16Bits(x.view(torch.int16).numpy())
+        return x.resolve_conj().resolve_neg().numpy()
+
+    def check(self, block: torch.Tensor, kind: ScoreKind) -> BlockCheck:
+        return self.numba.check(self._view(block), kind)
+
+    def sweep(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:
+        return self.numba.sweep(self._view(block), kind, lam, g)
+
+    def sweep_with(
+        self, state: Any, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray
+    ) -> ColumnStats:
+        return self.numba.sweep_with(state, self._view(block), kind, lam, g)
+
+    def column_logsumexp(self, block: torch.Tensor, kind: ScoreKind, lam: float) -> np.ndarray:
+        return self.numba.column_logsumexp(self._view(block), kind, lam)
+
+    def labels(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        return torch.from_numpy(self.numba.labels(self._view(block), kind, lam, g))
+
+    def codes(self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray) -> Any:
+        return torch.from_numpy(self.numba.codes(self._view(block), kind, lam, g))
+
+    def top_labels(
+        self, block: torch.Tensor, kind: ScoreKind, lam: float, g: np.ndarray, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        indices, values = self.numba.top_labels(self._view(block), kind, lam, g, k)
+        return torch.from_numpy(indices), torch.from_numpy(values)
+
+    def logprob_sum(self, block: torch.Tensor, kind: ScoreKind, labels: Any) -> float:
+        return self.numba.logprob_sum(self._view(block), kind, self.to_numpy(labels))

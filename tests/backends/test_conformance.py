@@ -7,8 +7,9 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import backend_of
+from conftest import backend_of, to_backend
 
+from equipart.backends import get_backend
 from equipart.backends.numpy import NumpyBackend
 from equipart.testing import ConformanceReport, UnsupportedDtype, check_backend
 
@@ -33,7 +34,11 @@ HOOKS = {"torch-cuda": _torch_cuda, "cupy": _cupy}  # (GPU arrays; the others: t
 
 
 def test_installed_backend_conforms(backend_name: str) -> None:
-    report = check_backend(backend_of(backend_name), to_backend=HOOKS.get(backend_name))
+    """Each backend as the registry picks it for its arrays (CPU torch tensors: the Numba
+    kernels; ``torch-pure``: the torch path)."""
+    probe = to_backend(np.zeros((2, 3), dtype=np.float32), backend_name)
+    backend = get_backend(backend_of(backend_name), probe)
+    report = check_backend(backend, to_backend=HOOKS.get(backend_name))
     assert isinstance(report, ConformanceReport)
     assert len(report.passed) > 400
     numpy_arrays = backend_name in ("numpy", "numba", "cupy")
