@@ -157,6 +157,16 @@ ANNEAL_START = 32.0
 STAGE_TOL = 0.05
 
 
+# float64 scores on a backend whose per-solve state offers ``coarse`` sweeps (float64 read,
+# float32 arithmetic: the Numba backend) are solved in two precisions: every stage but the
+# last, and the last one up to max(tol, COARSE_TOL), sweep coarse; the rest of the last
+# stage sweeps in float64, so that the error a solve reports, and stops on, is float64's
+# (often after one float64 sweep). float32 column sums are good to about 1e-6 relative, so
+# a coarse stage does not stall above COARSE_TOL. Plain Sinkhorn (acceleration="none")
+# and distributed solves (whose ranks may hold different backends) always sweep in float64.
+COARSE_TOL = 1e-4
+
+
 def lam_schedule(lam: float, anneal: bool) -> list[float]:
     """The inverse temperatures a solve runs through, ending at ``lam``."""
     if not anneal or lam <= ANNEAL_ABOVE:
@@ -742,15 +752,27 @@ def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
     lam, max_iter = problem.lam, options.max_iter
     history: list[float] = []
     stages = lam_schedule(lam, options.anneal)
+    coarse = _coarse_state(problem, options)
     g = _within_reach(_starting_dual(problem.g0, problem.constraint), stages[0] * problem.depth)
     used = 0
-    for position, stage_lam in enumerate(stages):
-        is_final = position == len(stages) - 1
+    plan = [(stage_lam, True) for stage_lam in stages] + [(lam, False)]
+    if coarse is None:
+        plan = [(stage_lam, False) for stage_lam in stages]
+    for position, (stage_lam, is_coarse) in enumerate(plan):
+        is_final = position == len(plan) - 1
         remaining = max_iter - used
         budget = remaining if is_final else max(1, min(remaining // 2, remaining - 1))
         tol = options.tol if is_final else max(options.tol, STAGE_TOL)
+        if is_coarse and stage_lam == lam and position == len(plan) - 2:
+            tol = max(options.tol, COARSE_TOL)  # the final lam's coarse part
         stage_options = replace(options, tol=tol, max_iter=budget)
-        stage = _iterate(replace(problem, lam=stage_lam), stage_options, g, history, used)
+        if coarse is not None:
+            coarse.coarse = is_coarse
+        try:
+            stage = _iterate(replace(problem, lam=stage_lam), stage_options, g, history, used)
+        finally:
+            if coarse is not None:
+                coarse.coarse = False
         used += stage.n_iter
         if is_final:
             g = stage.g
@@ -758,7 +780,7 @@ def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
         if stage.stopped_by_callback or used >= max_iter:
             g = stage.g * (lam / stage_lam)  # report a dual at the lam that was asked for
             break
-        g = stage.g * (stages[position + 1] / stage_lam)
+        g = stage.g * (plan[position + 1][0] / stage_lam)
 
     converged = stage.converged and is_final
     if not converged:
@@ -766,6 +788,20 @@ def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
             _unconverged(problem, options, stage, used, history), ConvergenceWarning, stacklevel=3
         )
     return SolveOutcome(g, used, converged, stage.error, tuple(history))
+
+
+def _coarse_state(problem: Problem, options: SolveOptions) -> Any:
+    """The per-solve state whose ``coarse`` flag switches float64 blocks to float32
+    arithmetic (see COARSE_TOL), or None where the solve sweeps in float64 throughout."""
+    state = getattr(problem.backend, "state", None)
+    if (
+        not hasattr(state, "coarse")
+        or str(problem.source.dtype) != "float64"
+        or options.acceleration == "none"
+        or problem.reduce is not None
+    ):
+        return None
+    return state
 
 
 def _unconverged(

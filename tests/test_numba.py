@@ -23,6 +23,7 @@ numba = pytest.importorskip("numba")
 from column_stats_checks import assert_column_stats  # noqa: E402
 from conftest import run_python  # noqa: E402
 
+import equipart  # noqa: E402
 from equipart import ConvergenceWarning, Counts, assign_labels  # noqa: E402
 from equipart.backends.numba import (  # noqa: E402
     EXP2_FLOOR,
@@ -181,7 +182,26 @@ def test_float64_sweeps_of_a_parallel_solve_match_numpy_to_1e12(n_labels):
         assert_same_stats(got, want, np.float64)
         g = g + 0.05 * rng.standard_normal(n_labels)
     if n_labels == 1000:
-        assert solve.warm_rows == (3000, 0)  # the last sweep ran warm, no row redone
+        assert solve.state.warm_rows == (3000, 0)  # the last sweep ran warm, no row redone
+
+
+def test_coarse_sweeps_of_float64_compute_in_float32():
+    """A session's coarse sweeps of float64 scores equal the float32 sweep of the same
+    values rounded to float32 (rows loaded into float32 scratch); float32 scores are
+    unaffected; the flag off again gives float64 arithmetic (1e-12 to NumPy)."""
+    x = scores_for("logits", (3000, 1000), np.float64, seed=8)
+    g = 0.1 * np.random.default_rng(3).standard_normal(1000)
+    solve = NB.for_solve()
+    solve.state.coarse = True
+    coarse = solve.sweep(x, "logits", 25.0, g)
+    assert_same_stats(coarse, NB.sweep(x.astype(np.float32), "logits", 25.0, g), np.float32)
+    assert not np.allclose(coarse.colsum, NP.sweep(x, "logits", 25.0, g).colsum, rtol=1e-12)
+    x32 = x.astype(np.float32)
+    assert_same_stats(solve.sweep(x32, "logits", 25.0, g), NB.sweep(x32, "logits", 25.0, g),
+                      np.float32)
+    solve.state.coarse = False
+    assert_same_stats(solve.sweep(x, "logits", 25.0, g), NP.sweep(x, "logits", 25.0, g),
+                      np.float64)
 
 
 @pytest.mark.parametrize("n_labels", [70, 600], ids=["two-pass", "fused"])
@@ -692,3 +712,30 @@ def test_child_forked_after_a_solve_solves_on_the_kernels():
         "os._exit(0)\n"
     )
     run_python(script)
+
+
+def test_float64_solves_stop_on_a_float64_error(monkeypatch):
+    """A float64 solve runs its coarse (float32-arithmetic) stage and then stops on the
+    error of a float64 sweep: the returned dual's float64 column masses are within tol of
+    the equipartition, the session's flag is off afterwards, and the labels are those of
+    the float64 NumPy solve wherever the two duals agree on a row's best label."""
+    x = scores_for("logits", (4000, 300), np.float64, seed=4)
+    tol = 1e-6
+    flags, sweep_with = [], NumbaBackend.sweep_with
+
+    def spy(self, state, *args):
+        flags.append(state is not None and state.coarse)
+        return sweep_with(self, state, *args)
+
+    monkeypatch.setattr(NumbaBackend, "sweep_with", spy)
+    got = equipart.assign_labels(x, lam=25.0, tol=tol, backend="numba")
+    assert flags[0] and not flags[-1]  # coarse first, then float64 to the end
+    want = equipart.assign_labels(x, lam=25.0, tol=tol, backend="numpy")
+    assert got.converged and got.error <= tol
+    mass = NP.sweep(x, "logits", 25.0, got.state.g).colsum / x.shape[0]
+    assert np.max(np.abs(mass * x.shape[1] - 1.0)) <= tol * (1 + 1e-9)
+    assert np.mean(got.labels == want.labels) > 0.999
+    # acceleration="none" keeps float64 sweeps throughout: identical to NumPy's iterates
+    plain = equipart.assign_labels(x, lam=25.0, max_iter=5, acceleration="none", backend="numba")
+    ref = equipart.assign_labels(x, lam=25.0, max_iter=5, acceleration="none", backend="numpy")
+    np.testing.assert_allclose(plain.state.g, ref.state.g, rtol=0, atol=1e-10)

@@ -1036,6 +1036,9 @@ class NumbaSolveState:
         # sweep in kernel units, or None once it gave up
         self.blocks: dict[tuple, tuple[Any, np.ndarray, np.ndarray] | None] = {}
         self.warm_rows = (0, 0)  # the last block: (rows swept warm, of those redone cold)
+        # float64 blocks read as they are and swept with float32 arithmetic (the driver's
+        # coarse stages: ``equipart.solver.COARSE_TOL``); other dtypes are unaffected
+        self.coarse = False
 
 
 class NumbaBackend(NumpyBackend):
@@ -1097,7 +1100,8 @@ class NumbaBackend(NumpyBackend):
         if key not in state.blocks and len(state.blocks) >= MAX_WARM_BLOCKS:
             return None, None, 0.0
         previous = state.blocks.get(key)
-        if previous is None or previous[0] != lam_c:  # first sweep of this block or stage
+        if previous is None or previous[0] != lam_c or previous[1].dtype != g_c.dtype:
+            # first sweep of this block, of this stage or in this precision
             return key, None, 0.0
         delta = _warm_delta(previous[1], g_c)
         return (key, None, 0.0) if delta < 0.0 else (key, previous[2], delta)
@@ -1143,6 +1147,8 @@ class NumbaBackend(NumpyBackend):
         x = _as_array(block)
         n_labels = x.shape[1]
         dtype = compute_dtype(x.dtype)
+        if state is not None and state.coarse and dtype == np.float64:
+            dtype = np.dtype(np.float32)  # the kernels load rows into float32 scratch
         unit = _unit(dtype)
         lam_c, g_c = _scaled_params(lam, g, dtype, unit)
         probs = kind == "probs"
