@@ -515,7 +515,7 @@ def balanced_passes(
         cand, value = [], []
         for block in source.blocks(head):
             idx, val = backend.top_labels(block, kind, lam, prices, width)
-            cand.append(backend.to_numpy(idx).astype(np.int32))
+            cand.append(backend.to_numpy(idx).astype(np.int32, copy=False))
             del idx
             value.append(backend.to_numpy(val))
             like = block
