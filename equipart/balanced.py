@@ -491,13 +491,11 @@ def balanced_passes(
     lam: float,
     g: np.ndarray,
     constraint: ColumnConstraint,
-    *,
-    width: int = FIRST_WIDTH,
 ) -> tuple[list[tuple[int, CandidateSolution]], Any]:
     """The candidate passes of ``balanced_labels``: (width, solution) for each, and a block.
 
-    Asks the backend for each row's ``k`` best labels by lam * L + g (k = ``width`` at
-    first), moves those N*k candidates to the host (labels as int32, block by block) and
+    Asks the backend for each row's ``k`` best labels by lam * L + g (k = ``FIRST_WIDTH``
+    at first), moves those N*k candidates to the host (labels as int32, block by block) and
     solves the restricted LP exactly
     (``solve_candidates``). When the certificate fails (a row's non-candidate label could
     be better at the final prices) it re-ranks with the final prices and ``WIDEN`` times
@@ -507,7 +505,7 @@ def balanced_passes(
     """
     lo, hi = constraint.count_bounds()
     n_labels = lo.shape[0]
-    width = min(width, n_labels)
+    width = min(FIRST_WIDTH, n_labels)
     prices = np.asarray(g, dtype=np.float64)
     like = None
     passes = []
