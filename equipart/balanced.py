@@ -162,29 +162,26 @@ class _Transport:
     def refresh(self, labels: np.ndarray) -> None:
         """Recompute the transfer rows (cost in z) and cheapest movers of ``labels``.
 
-        Two passes over the labels' points in chunks: the least cost of every arc, then
-        the points attaining it (one pass where the points fit in one chunk)."""
+        One pass over the labels' points in chunks: each chunk lowers the arcs' least
+        costs, and the points at an arc's least cost so far are kept (those of earlier
+        chunks filtered again), so at the end they are every arc's cheapest movers."""
         if labels.size == 0:
             return
         self.transfer[labels] = np.inf
         points = np.concatenate([self.members[a] for a in labels])
         stride = self.n_labels + 1  # arc a -> b is entry a * stride + b of the cost matrix
         step = max(1, CHUNK_ENTRIES // self.width)
-        chunks = [points[i : i + step] for i in range(0, points.size, step)]
         best = self.cost.reshape(-1)  # (a view: the cost matrix is contiguous)
-        arcs = [self._arcs(chunk, stride) for chunk in chunks[:1]]
-        for chunk in chunks:
-            key, cost, _ = arcs[0] if len(chunks) == 1 else self._arcs(chunk, stride)
-            np.minimum.at(best, key, cost)
-        tight_keys, tight_pids = [], []
-        for chunk in chunks:  # every point at an arc's least cost moves at that cost
-            key, cost, pid = arcs[0] if len(chunks) == 1 else self._arcs(chunk, stride)
-            hit = cost == best[key]
-            tight_keys.append(key[hit])
-            tight_pids.append(pid[hit])
-        key, pid = _sorted_pairs(
-            np.concatenate(tight_keys), np.concatenate(tight_pids), self.n_rows
-        )
+        key = pid = np.zeros(0, dtype=np.int64)
+        cost = np.zeros(0)
+        for start in range(0, points.size, step):
+            new = self._arcs(points[start : start + step], stride)
+            np.minimum.at(best, new[0], new[1])
+            old = (key, cost, pid)
+            key, cost, pid = (np.concatenate(pair) for pair in zip(old, new, strict=True))
+            hit = cost == best[key]  # every point at an arc's least cost moves at that cost
+            key, cost, pid = key[hit], cost[hit], pid[hit]
+        key, pid = _sorted_pairs(key, pid, self.n_rows)
         bounds = np.searchsorted(key, (labels + np.arange(2)[:, None]) * stride).T
         for a, (first, last) in zip(labels.tolist(), bounds.tolist(), strict=True):
             self.tight[a] = (key[first:last] - a * stride, pid[first:last])
