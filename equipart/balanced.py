@@ -148,6 +148,7 @@ class _Transport:
         self.cost[: self.n_labels, self.n_labels] = base
         self.cost[self.n_labels, : self.n_labels] = -base
         self.transfer = self.cost[: self.n_labels, : self.n_labels]  # a view
+        self.reduced = np.empty_like(self.cost)  # the reduced costs of one phase
         # every pair is an entry of the CSR graph (infinite costs are no arcs to SciPy's
         # Dijkstra), so its structure never changes
         self.columns = np.tile(np.arange(n_nodes, dtype=np.int32), n_nodes)
@@ -218,11 +219,11 @@ class _Transport:
         The reduced costs of the K + 1 node graph are written as one dense matrix (inf
         where there is no arc) and handed, as a CSR matrix of every pair, to SciPy's
         Dijkstra from all surplus nodes at once (``min_only``: the distance to the
-        nearest one).
+        nearest one). The matrix is one buffer, rewritten every phase.
         """
         n_labels = self.n_labels
         potential = np.append(self.delta, self.slack)
-        reduced = self.cost + potential[:, None]
+        reduced = np.add(self.cost, potential[:, None], out=self.reduced)
         reduced -= potential[None, :]
         np.maximum(reduced, 0.0, out=reduced)
         reduced[:n_labels, n_labels][self.flow >= self.hi] = np.inf  # j -> T is full
