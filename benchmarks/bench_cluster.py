@@ -31,6 +31,9 @@ on the same shapes: NumPy's ``matmul`` into a preallocated N x K array, and the 
 GEMMs in the fused sweep's blocks with no sweep (target: at least 70%); interleaved
 repeats, medians.
 
+``memory``: the factored part's memory measurement alone (its untraced Factored child,
+``rounding="argmax"`` then ``"balanced"``), for a quicker check of the 25% target.
+
 The result file, benchmarks/results/cluster_cpu.json, records for each part the machine
 (CPU model, cores, commit, and whether the package's files differ from it), Numba's thread
 count and the load average before and after. ``--parts`` runs some parts and keeps the
@@ -466,6 +469,29 @@ def run_factored(repeats: int) -> dict[str, Any]:
     }
 
 
+def run_memory() -> dict[str, Any]:
+    """The Factored child of ``run_factored`` alone: its resident peak against the N x K
+    float32 array."""
+    import tempfile
+
+    n_rows, n_labels, _ = FACTORED_SHAPE
+    dense_mib = n_rows * n_labels * 4 / 2**20
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _child("factored", False, f"{tmp}/factored")
+    print(json.dumps(run), flush=True)
+    return {
+        "benchmark": "Factored solve's peak memory, 400,000 x 1,000, d = 32, float32 cosine / 0.1",
+        "targets": {"extra_memory_of_dense": 0.25},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "dense_mib": dense_mib,
+        "factored_extra_mib": run["extra_mib"],
+        "factored_extra_of_dense": run["extra_mib"] / dense_mib,
+        "solve": run,
+    }
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -488,6 +514,7 @@ def main(argv: list[str]) -> None:
     runners = {
         "kmc": lambda: run_kmc(args.seeds),
         "factored": lambda: run_factored(args.repeats),
+        "memory": run_memory,
         "scale": lambda: run_scale(
             [int(n) for n in args.scale_rows.split(",")], args.scale_budget
         ),

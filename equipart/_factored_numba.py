@@ -278,10 +278,10 @@ class FusedPasses:
         self, head: int, start: int, stop: int, lam: float, g: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best labels of rows start:stop of ``head`` (``Backend.top_labels``), in
-        natural units, with the Numba backend's roundings of z."""
+        natural units, with the Numba backend's roundings of z; the indices are int32."""
         arguments = self._arguments(head, start, stop, lam, g, 1.0)
         k = min(int(k), g.shape[0])
-        indices = np.empty((stop - start, k), dtype=np.int64)
+        indices = np.empty((stop - start, k), dtype=np.int32)
         values = np.empty((stop - start, k), dtype=self.features.dtype)
         with blas_single_thread():
             kernel_arguments = (*arguments, self.gemm_rows, indices, values)

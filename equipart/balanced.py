@@ -10,7 +10,10 @@ scores w_ij = lam * L_ij (the same argmax) and with node potentials pi_j ("price
 sign of the Sinkhorn dual g: a point prefers the label maximising w_ij + pi_j).
 
 Candidates. Each row keeps only its k best labels by z_ij = w_ij + g_j (the backend's
-``top_labels``), so the host holds N*k numbers and never an N x K array.
+``top_labels``), so the host holds N*k numbers and never an N x K array: the labels as
+int32 and z in the scores' precision (4 + 4 bytes each for float32 scores). Every pass
+over all N*k of them (building the label graph, the certificate) runs on rows of
+``CHUNK_ENTRIES`` candidates at a time, in float64, so its temporaries stay small.
 
 Algorithm (primal-dual, successive shortest paths). Start with every point on a best
 candidate under pi = g (Sinkhorn's dual, already near-optimal, so the counts are already
@@ -74,6 +77,7 @@ __all__ = [
 
 FIRST_WIDTH = 8  # candidates per row at the first try
 WIDEN = 4  # growth of the candidate count when the certificate fails
+CHUNK_ENTRIES = 1 << 19  # candidates per chunk of the passes over every row
 
 _SLACK_TOL = 1e-9  # relative slack for floating-point ties in the certificate
 
@@ -119,15 +123,15 @@ class _Transport:
         lo: np.ndarray,
         hi: np.ndarray,
     ) -> None:
-        self.cand = cand  # (N, k) int64 labels
-        self.value = value  # (N, k) float64 z = w + g (-inf where impossible)
+        self.cand = cand  # (N, k) int32 labels
+        self.value = value  # (N, k) z = w + g, float32 or float64 (-inf where impossible)
         self.n_rows, self.width = cand.shape
         self.n_labels = lo.shape[0]
         self.lo, self.hi = lo, hi
         self.base = base  # g with -inf (labels that take no point) read as 0
         self.delta = np.zeros(self.n_labels)  # label potentials pi = g + delta
         self.slot = _spread_ties(value)  # every row on one of its best candidates
-        self.assign = cand[np.arange(self.n_rows), self.slot]
+        self.assign = cand[np.arange(self.n_rows), self.slot].astype(np.int64)
         counts = np.bincount(self.assign, minlength=self.n_labels)
         order = np.argsort(self.assign, kind="stable")
         self.members = np.split(order, np.cumsum(counts)[:-1])
@@ -144,6 +148,7 @@ class _Transport:
         self.cost[: self.n_labels, self.n_labels] = base
         self.cost[self.n_labels, : self.n_labels] = -base
         self.transfer = self.cost[: self.n_labels, : self.n_labels]  # a view
+        self.reduced = np.empty_like(self.cost)  # the reduced costs of one phase
         # every pair is an entry of the CSR graph (infinite costs are no arcs to SciPy's
         # Dijkstra), so its structure never changes
         self.columns = np.tile(np.arange(n_nodes, dtype=np.int32), n_nodes)
@@ -156,27 +161,43 @@ class _Transport:
     # -- the label graph ---------------------------------------------------------------
 
     def refresh(self, labels: np.ndarray) -> None:
-        """Recompute the transfer rows (cost in z) and cheapest movers of ``labels``."""
+        """Recompute the transfer rows (cost in z) and cheapest movers of ``labels``.
+
+        One pass over the labels' points in chunks: each chunk lowers the arcs' least
+        costs, and the points at an arc's least cost so far are kept (those of earlier
+        chunks filtered again), so at the end they are every arc's cheapest movers."""
         if labels.size == 0:
             return
         self.transfer[labels] = np.inf
         points = np.concatenate([self.members[a] for a in labels])
-        source = self.assign[points]
-        own = self.value[points, self.slot[points]]
-        cost = own[:, None] - self.value[points]
-        dest = self.cand[points]
-        keep = (dest != source[:, None]) & np.isfinite(cost)
-        rows = np.nonzero(keep)
         stride = self.n_labels + 1  # arc a -> b is entry a * stride + b of the cost matrix
-        key = source[rows[0]] * stride + dest[keep]
-        cost, pid = cost[keep], points[rows[0]]
+        step = max(1, CHUNK_ENTRIES // self.width)
         best = self.cost.reshape(-1)  # (a view: the cost matrix is contiguous)
-        np.minimum.at(best, key, cost)
-        hit = cost == best[key]  # every point at an arc's least cost moves at that cost
-        key, pid = _sorted_pairs(key[hit], pid[hit], self.n_rows)
+        key = pid = np.zeros(0, dtype=np.int64)
+        cost = np.zeros(0)
+        for start in range(0, points.size, step):
+            new = self._arcs(points[start : start + step], stride)
+            np.minimum.at(best, new[0], new[1])
+            old = (key, cost, pid)
+            key, cost, pid = (np.concatenate(pair) for pair in zip(old, new, strict=True))
+            hit = cost == best[key]  # every point at an arc's least cost moves at that cost
+            key, cost, pid = key[hit], cost[hit], pid[hit]
+        key, pid = _sorted_pairs(key, pid, self.n_rows)
         bounds = np.searchsorted(key, (labels + np.arange(2)[:, None]) * stride).T
         for a, (first, last) in zip(labels.tolist(), bounds.tolist(), strict=True):
             self.tight[a] = (key[first:last] - a * stride, pid[first:last])
+
+    def _arcs(self, points: np.ndarray, stride: int) -> tuple[np.ndarray, ...]:
+        """(arc key source * stride + dest, cost in z, point) of every candidate move of
+        ``points`` (not to their own label, nor to an impossible one), in float64."""
+        source = self.assign[points]
+        value = self.value[points].astype(np.float64)
+        own = value[np.arange(points.size), self.slot[points]]
+        cost = own[:, None] - value
+        dest = self.cand[points]
+        keep = (dest != source[:, None]) & np.isfinite(cost)
+        rows = np.nonzero(keep)[0]
+        return source[rows] * stride + dest[keep], cost[keep], points[rows]
 
     def movers(self, a: int, b: int, used: np.ndarray) -> np.ndarray:
         """Points on label a, not yet moved this phase, whose move to b costs the least."""
@@ -198,11 +219,11 @@ class _Transport:
         The reduced costs of the K + 1 node graph are written as one dense matrix (inf
         where there is no arc) and handed, as a CSR matrix of every pair, to SciPy's
         Dijkstra from all surplus nodes at once (``min_only``: the distance to the
-        nearest one).
+        nearest one). The matrix is one buffer, rewritten every phase.
         """
         n_labels = self.n_labels
         potential = np.append(self.delta, self.slack)
-        reduced = self.cost + potential[:, None]
+        reduced = np.add(self.cost, potential[:, None], out=self.reduced)
         reduced -= potential[None, :]
         np.maximum(reduced, 0.0, out=reduced)
         reduced[:n_labels, n_labels][self.flow >= self.hi] = np.inf  # j -> T is full
@@ -299,34 +320,42 @@ class _Transport:
     def certify(self, complete: bool) -> bool:
         """Complementary slackness on candidates, slack arcs and non-candidate labels."""
         delta = self.delta
-        utility = self.value + delta[self.cand]
-        own = utility[np.arange(self.n_rows), self.slot]
-        scale = _SLACK_TOL * (1.0 + np.abs(own))
-        if np.any(own < utility.max(axis=1) - scale):
-            return False
         gap = self.base + delta - self.slack
         tol = _SLACK_TOL * (1.0 + abs(self.slack))
         if np.any(gap[self.counts < self.hi] < -tol) or np.any(gap[self.counts > self.lo] > tol):
             return False
-        if complete:
-            return True
-        outside = self._best_outside(delta)
-        kth = self.value[:, -1]
-        bound = np.where(np.isfinite(kth), kth + outside, -np.inf)
-        return bool(np.all(own >= bound - scale))
-
-    def _best_outside(self, delta: np.ndarray) -> np.ndarray:
-        """max_{j not in cand(i), hi_j > 0} delta_j for every row (-inf if none)."""
         open_labels = np.flatnonzero(self.hi > 0)
-        ranked = open_labels[np.argsort(-delta[open_labels], kind="stable")]
-        ranked = ranked[: self.width + 1]
-        best = np.full(self.n_rows, -np.inf)
-        unresolved = np.ones(self.n_rows, dtype=bool)
-        for label in ranked:  # at most k + 1 labels: one of them is outside every row
-            outside = unresolved & ~np.any(self.cand == label, axis=1)
-            best[outside] = delta[label]
-            unresolved &= ~outside
-        return best
+        ranked = open_labels[np.argsort(-delta[open_labels], kind="stable")][: self.width + 1]
+        step = max(1, CHUNK_ENTRIES // self.width)
+        for start in range(0, self.n_rows, step):
+            rows = slice(start, start + step)
+            cand, value = self.cand[rows], self.value[rows].astype(np.float64)
+            utility = value + delta[cand]
+            own = utility[np.arange(cand.shape[0]), self.slot[rows]]
+            scale = _SLACK_TOL * (1.0 + np.abs(own))
+            if np.any(own < utility.max(axis=1) - scale):
+                return False
+            if complete:
+                continue
+            outside = _best_outside(cand, delta, ranked)
+            kth = value[:, -1]
+            bound = np.where(np.isfinite(kth), kth + outside, -np.inf)
+            if not np.all(own >= bound - scale):
+                return False
+        return True
+
+
+def _best_outside(cand: np.ndarray, delta: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    """max_{j not in cand(i), hi_j > 0} delta_j for every row of ``cand`` (-inf if none),
+    from ``ranked``: the k + 1 open labels (hi_j > 0) of largest delta, largest first (one
+    of them is outside every row's k candidates)."""
+    best = np.full(cand.shape[0], -np.inf)
+    unresolved = np.ones(cand.shape[0], dtype=bool)
+    for label in ranked:
+        outside = unresolved & ~np.any(cand == label, axis=1)
+        best[outside] = delta[label]
+        unresolved &= ~outside
+    return best
 
 
 def _sorted_pairs(key: np.ndarray, pid: np.ndarray, n_rows: int) -> tuple[np.ndarray, ...]:
@@ -404,10 +433,12 @@ def solve_candidates(
 
     Parameters
     ----------
-    cand : int64 (N, k)
-        Each row's k best labels by z = lam * L + g, best first (``Backend.top_labels``).
+    cand : integer (N, k)
+        Each row's k best labels by z = lam * L + g, best first (``Backend.top_labels``);
+        held as int32.
     value : float (N, k)
-        Their z values (-inf marks an impossible label).
+        Their z values (-inf marks an impossible label); float32 stays float32 (every
+        computation with them is in float64).
     g : float64 (K,)
         The dual the candidates were ranked with (-inf for labels with hi = 0).
     lo, hi : int64 (K,)
@@ -415,8 +446,10 @@ def solve_candidates(
     complete : bool
         Whether the candidates are all K labels (then no non-candidate check is needed).
     """
-    value = np.asarray(value, dtype=np.float64)
-    cand = np.asarray(cand, dtype=np.int64)
+    value = np.asarray(value)
+    if value.dtype not in (np.float32, np.float64):
+        value = value.astype(np.float64)
+    cand = np.asarray(cand, dtype=np.int32)
     if not _labels_can_cover(cand, value, lo, hi):
         return CandidateSolution(
             labels=cand[:, 0].copy(),
@@ -460,7 +493,8 @@ def balanced_passes(
     """The candidate passes of ``balanced_labels``: (width, solution) for each, and a block.
 
     Asks the backend for each row's ``k`` best labels by lam * L + g (k = ``FIRST_WIDTH``
-    at first), moves those N*k candidates to the host and solves the restricted LP exactly
+    at first), moves those N*k candidates to the host (labels as int32, block by block) and
+    solves the restricted LP exactly
     (``solve_candidates``). When the certificate fails (a row's non-candidate label could
     be better at the final prices) it re-ranks with the final prices and ``WIDEN`` times
     as many candidates, up to all K. Each pass reads the blocks afresh from ``source`` (a
@@ -477,23 +511,19 @@ def balanced_passes(
         cand, value = [], []
         for block in source.blocks(head):
             idx, val = backend.top_labels(block, kind, lam, prices, width)
-            cand.append(backend.to_numpy(idx))
+            cand.append(backend.to_numpy(idx).astype(np.int32, copy=False))
+            del idx
             value.append(backend.to_numpy(val))
             like = block
-        values = value[0] if len(value) == 1 else np.concatenate(value)
-        solution = solve_candidates(
-            cand[0] if len(cand) == 1 else np.concatenate(cand),
-            values,
-            prices,
-            lo,
-            hi,
-            complete=width == n_labels,
-        )
+        cand = cand[0] if len(cand) == 1 else np.concatenate(cand)
+        value = value[0] if len(value) == 1 else np.concatenate(value)
+        solution = solve_candidates(cand, value, prices, lo, hi, complete=width == n_labels)
         passes.append((width, solution))
         if solution.certified or width == n_labels:
             return passes, like
-        width = _next_width(width, n_labels, values, solution)
+        width = _next_width(width, n_labels, value, solution)
         prices = solution.prices
+        del cand, value  # before the next pass's candidates exist
 
 
 def _next_width(width: int, n_labels: int, values: np.ndarray, failed: CandidateSolution) -> int:

@@ -63,7 +63,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backends.base import Backend
-from .balanced import FIRST_WIDTH, WIDEN, solve_candidates
+from .balanced import balanced_passes
 from .factored import Factored
 from .marginals import Bounds, ColumnConstraint, Marginal, Prior, Relaxed, Uniform
 from .problem import Problem, SolveOptions
@@ -418,18 +418,8 @@ def _balanced_rounding(
     """(labels, final prices) of ``rounding="balanced"`` (``equipart.balanced``) started at
     ``prices``: candidates widen until the certificate holds, so the labels are an exact
     optimum of the LP. The prices are returned to warm-start the next step's rounding."""
-    lo, hi = constraint.count_bounds()
-    n_labels = lo.shape[0]
-    width = min(FIRST_WIDTH, n_labels)
-    (block,) = source.blocks(0)
-    while True:
-        cand, value = (
-            engine.to_numpy(part) for part in engine.top_labels(block, "logits", lam, prices, width)
-        )
-        solution = solve_candidates(cand, value, prices, lo, hi, complete=width == n_labels)
-        if solution.certified or width == n_labels:
-            break
-        width, prices = min(n_labels, width * WIDEN), solution.prices
+    passes, _ = balanced_passes(source, engine, 0, "logits", lam, prices, constraint)
+    solution = passes[-1][1]
     if not solution.feasible:
         raise ValueError(
             "marginals: no assignment gives every cluster a size within its bounds; check "

@@ -105,6 +105,9 @@ class _NumpyLike:
     def to_host(self, x: Any) -> np.ndarray:
         return x.get() if self.name == "cupy" else np.asarray(x)
 
+    def int32(self, x: Any) -> Any:
+        return x.astype(self.xp.int32, copy=False)
+
     def host_view(self, x: Any) -> np.ndarray | None:
         """A NumPy view of x's memory (None on a GPU)."""
         return np.asarray(x) if self.name == "numpy" else None
@@ -150,6 +153,9 @@ class _Torch:
 
     def matmul(self, a: Any, b: Any, out: Any) -> Any:
         return self.torch.matmul(a.detach(), b, out=out)
+
+    def int32(self, x: Any) -> Any:
+        return x.to(self.torch.int32)
 
     def to_host(self, x: Any) -> np.ndarray:
         x = x.detach()
@@ -623,14 +629,18 @@ class FactoredBackend(Backend):
     def top_labels(
         self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray, k: int
     ) -> tuple[Any, Any]:
+        """``Backend.top_labels``, except that the indices of a :class:`RowRange` are
+        int32 (labels number far fewer than 2**31): N x k candidates are the largest
+        arrays of a factored solve's balanced rounding."""
         if not isinstance(block, RowRange):
             return self.inner.top_labels(block, kind, lam, g, k)
         if self._fused is not None and kind != "probs":
             found = self._fused.top_labels(block.head, block.start, block.stop, lam, g, k)
             return tuple(self.from_numpy(part, like=block) for part in found)
         parts = [self.inner.top_labels(s, kind, lam, g, k) for _, s in self._pieces(block)]
+        narrow = self.factored._lib.int32
         return (
-            self.inner.concat([p[0] for p in parts]),
+            self.inner.concat([narrow(p[0]) for p in parts]),
             self.inner.concat([p[1] for p in parts]),
         )
 

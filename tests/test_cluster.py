@@ -118,19 +118,19 @@ def test_well_separated_equal_blobs_certify_at_the_first_candidate_width(seed, m
     certified on its first, narrowest candidate pass (its prices stay where the Sinkhorn
     dual put them, up to the few moves the sizes need) and finds the blobs."""
     passes = []
-    solve = cluster.solve_candidates
+    solve = equipart.balanced.solve_candidates
 
     def recording(cand, *args, **kwargs):
         solution = solve(cand, *args, **kwargs)
         passes.append((cand.shape[1], solution.certified))
         return solution
 
-    monkeypatch.setattr(cluster, "solve_candidates", recording)
+    monkeypatch.setattr(equipart.balanced, "solve_candidates", recording)
     x, truth = make_blobs(
         n_samples=4000, centers=40, n_features=32, cluster_std=2.0, random_state=seed
     )
     model = BalancedKMeans(40, random_state=seed).fit(x)
-    assert passes and all(p == (cluster.FIRST_WIDTH, True) for p in passes), passes
+    assert passes and all(p == (equipart.balanced.FIRST_WIDTH, True) for p in passes), passes
     assert np.bincount(model.labels_).tolist() == [100] * 40
     pairs = np.unique(np.stack([model.labels_, truth]), axis=1)
     assert pairs.shape[1] == 40  # one found cluster per blob
