@@ -162,9 +162,13 @@ STAGE_TOL = 0.05
 # last, and the last one up to max(tol, COARSE_TOL), sweep coarse; the rest of the last
 # stage sweeps in float64, so that the error a solve reports, and stops on, is float64's
 # (often after one float64 sweep). float32 column sums are good to about 1e-6 relative, so
-# a coarse stage does not stall above COARSE_TOL. Plain Sinkhorn (acceleration="none")
-# and distributed solves (whose ranks may hold different backends) always sweep in float64.
+# a coarse stage does not stall above COARSE_TOL. Plain Sinkhorn (acceleration="none"),
+# distributed solves (whose ranks may hold different backends) and heads of fewer than
+# COARSE_MIN_ELEMENTS scores (swept from cache, where float64 costs at most about 1.6x
+# float32's time: not worth the float64 sweep that confirms the coarse stage's dual)
+# always sweep in float64.
 COARSE_TOL = 1e-4
+COARSE_MIN_ELEMENTS = 1 << 21
 
 
 def lam_schedule(lam: float, anneal: bool) -> list[float]:
@@ -799,6 +803,7 @@ def _coarse_state(problem: Problem, options: SolveOptions) -> Any:
         or str(problem.source.dtype) != "float64"
         or options.acceleration == "none"
         or problem.reduce is not None
+        or problem.n_rows * problem.n_labels < COARSE_MIN_ELEMENTS
     ):
         return None
     return state

@@ -715,11 +715,11 @@ def test_child_forked_after_a_solve_solves_on_the_kernels():
 
 
 def test_float64_solves_stop_on_a_float64_error(monkeypatch):
-    """A float64 solve runs its coarse (float32-arithmetic) stage and then stops on the
-    error of a float64 sweep: the returned dual's float64 column masses are within tol of
+    """A float64 solve of at least COARSE_MIN_ELEMENTS scores runs its coarse
+    (float32-arithmetic) stage and then stops on the error of a float64 sweep: the returned dual's float64 column masses are within tol of
     the equipartition, the session's flag is off afterwards, and the labels are those of
     the float64 NumPy solve wherever the two duals agree on a row's best label."""
-    x = scores_for("logits", (4000, 300), np.float64, seed=4)
+    x = scores_for("logits", (8000, 300), np.float64, seed=4)
     tol = 1e-6
     flags, sweep_with = [], NumbaBackend.sweep_with
 
@@ -730,6 +730,9 @@ def test_float64_solves_stop_on_a_float64_error(monkeypatch):
     monkeypatch.setattr(NumbaBackend, "sweep_with", spy)
     got = equipart.assign_labels(x, lam=25.0, tol=tol, backend="numba")
     assert flags[0] and not flags[-1]  # coarse first, then float64 to the end
+    flags.clear()
+    equipart.assign_labels(x[:1000], lam=25.0, tol=tol, backend="numba")
+    assert flags and not any(flags)  # below COARSE_MIN_ELEMENTS: float64 throughout
     want = equipart.assign_labels(x, lam=25.0, tol=tol, backend="numpy")
     assert got.converged and got.error <= tol
     mass = NP.sweep(x, "logits", 25.0, got.state.g).colsum / x.shape[0]
