@@ -55,12 +55,12 @@ os.environ.setdefault("POT_BACKEND_DISABLE_JAX", "1")  # POT's JAX backend grabs
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import equipart  # noqa: E402
-from equipart.backends.numpy import NumpyBackend  # noqa: E402
-from equipart.backends.torch import TorchBackend, triton_available  # noqa: E402
+import equipart
+from equipart.backends.numpy import NumpyBackend
+from equipart.backends.torch import TorchBackend, triton_available
 
 N_ROWS, N_LABELS, LAM = 1_281_167, 3_000, 25.0
 SMALL = (10_000, 300)

@@ -55,7 +55,7 @@ from .problem import Problem, handshake_fields, handshake_values
 from .result import Assignment
 from .solver import asks_to_stop
 
-__all__ = ["DistributedSolveError", "SingleProcess", "RankGroup", "open_group"]
+__all__ = ["DistributedSolveError", "RankGroup", "SingleProcess", "open_group"]
 
 # The descriptor every rank contributes to the handshake, after [failed, n_rows]: the
 # layout of the scores and the agreed fields of the problem and options objects
@@ -259,10 +259,10 @@ class RankGroup:
     def _raise_if_failed(self, flags: np.ndarray, what: str) -> None:
         if self.failure is not None:
             raise self.failure
-        n_failed = int(round(flags[0]))
+        n_failed = round(flags[0])
         if n_failed:
             who = (
-                f"rank {int(round(flags[1])) - 1}"
+                f"rank {round(flags[1]) - 1}"
                 if n_failed == 1
                 else f"{n_failed} ranks of the group"
             )

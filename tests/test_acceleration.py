@@ -311,7 +311,7 @@ def test_float32_scores_agree_across_backends(backend_name):
     """float32 sweeps round the column sums to about 1e-7 relative: at tol 1e-4 the
     rounding is far below tol, and the bound holds as in float64."""
     scores = logits(2000, 20, seed=28).astype(np.float32)
-    reference, rate = _reference(scores.astype(np.float64), Uniform())
+    _, rate = _reference(scores.astype(np.float64), Uniform())
     bound = dual_tolerance(1e-4, rate)
     plain = solve(
         scores.astype(np.float64), "numpy", lam=LAM, tol=1e-4, max_iter=100_000,

@@ -65,10 +65,10 @@ def test_equal_limits_give_the_counts_solution(backend_name):
     scores = np.random.default_rng(1).standard_normal((240, 5))
     sizes = np.array([30, 60, 50, 0, 100])
     kwargs = {"lam": 5.0, "tol": 1e-9, "max_iter": 20_000, "return_codes": True}
-    band, band_labels, band_codes = solve(
+    _band, band_labels, band_codes = solve(
         scores, backend_name, marginals=Bounds(sizes, sizes), **kwargs
     )
-    counts, count_labels, count_codes = solve(
+    _counts, count_labels, count_codes = solve(
         scores, backend_name, marginals=Counts(sizes), **kwargs
     )
     np.testing.assert_allclose(band_codes, count_codes, atol=1e-8)

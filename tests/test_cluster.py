@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
-from sklearn.datasets import make_blobs  # noqa: E402
-from sklearn.utils._param_validation import InvalidParameterError  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.datasets import make_blobs
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import equipart  # noqa: E402
-import equipart.cluster as cluster  # noqa: E402
-from equipart import Bounds, Counts, Prior, Relaxed, Uniform, exact_assign  # noqa: E402
-from equipart.cluster import BalancedKMeans  # noqa: E402
+import equipart
+import equipart.cluster as cluster
+from equipart import Bounds, Counts, Prior, Relaxed, Uniform, exact_assign
+from equipart.cluster import BalancedKMeans
 
 
 def _unequal_blobs(n_rows=900, n_features=4, seed=0):

@@ -114,10 +114,10 @@ def test_probs_agree_with_logprobs(backend_name, problem):
     scores, lam = problem
     scores = scores.astype(np.float64)
     probs = softmax(scores, axis=1)
-    res_p, labels_p, codes_p = solve(
+    res_p, _labels_p, codes_p = solve(
         probs, backend_name, lam=lam, input="probs", return_codes=True, **FIXED
     )
-    res_l, labels_l, codes_l = solve(
+    res_l, _labels_l, codes_l = solve(
         np.log(probs), backend_name, lam=lam, input="logprobs", return_codes=True, **FIXED
     )
     np.testing.assert_allclose(codes_p, codes_l, atol=1e-7)
@@ -459,7 +459,7 @@ def test_near_uniform_and_normal_scores_keep_argmax(backend_name):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             auto, labels, _ = solve(family_scores, backend_name, lam=25.0)
-            plain, argmax, _ = solve(family_scores, backend_name, lam=25.0, rounding="argmax")
+            _plain, argmax, _ = solve(family_scores, backend_name, lam=25.0, rounding="argmax")
         assert auto.rounding == "argmax"
         np.testing.assert_array_equal(labels, argmax)
         counts = np.bincount(labels, minlength=20)
@@ -490,7 +490,7 @@ def test_multi_head_rounds_each_head_on_its_own(backend_name):
     stacked, labels, _ = solve(heads, backend_name, lam=25.0)
     assert stacked.rounding == "balanced,argmax"
     for h in range(2):
-        single, single_labels, _ = solve(heads[h], backend_name, lam=25.0)
+        _single, single_labels, _ = solve(heads[h], backend_name, lam=25.0)
         np.testing.assert_array_equal(labels[h], single_labels)
     np.testing.assert_array_equal(np.bincount(labels[0], minlength=6), [20] * 6)
 

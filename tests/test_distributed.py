@@ -235,7 +235,7 @@ def _equivalence(rank: int, world: int, workdir: str) -> dict:
             assign_labels(
                 mine, LAM, tol=1e-7, group=group, backend="numpy", marginals=spec,
                 acceleration="none",
-            )  # fmt: skip
+            )
             for spec in NEAR_BALANCED
         ]
         results[size] = {
@@ -677,11 +677,11 @@ def test_nccl_group_of_one_gpu_matches_single_process(tmp_path):
 
 def test_group_argument_is_checked_in_process():
     scores = _scores()
-    with pytest.raises(ValueError, match="^group: 'default' needs torch.distributed"):
+    with pytest.raises(ValueError, match=r"^group: 'default' needs torch.distributed"):
         assign_labels(scores, group="default")
-    with pytest.raises(ValueError, match="^group: expected None"):
+    with pytest.raises(ValueError, match=r"^group: expected None"):
         sinkhorn_codes(scores, group="world")
-    with pytest.raises(TypeError, match="^group: expected None"):
+    with pytest.raises(TypeError, match=r"^group: expected None"):
         assign_labels(scores, group=3)
     assert isinstance(equipart.assign_labels(scores, group=None), equipart.Assignment)
 

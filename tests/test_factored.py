@@ -234,9 +234,9 @@ def test_non_finite_values_and_zero_vectors_are_refused():
 def test_mixed_libraries_are_refused():
     torch = pytest.importorskip("torch")
     features, prototypes = _factors()
-    with pytest.raises(TypeError, match="prototypes: a torch.Tensor, but features are"):
+    with pytest.raises(TypeError, match=r"prototypes: a torch.Tensor, but features are"):
         Factored(features, torch.from_numpy(prototypes))
-    with pytest.raises(TypeError, match="backend: 'numba' does not read torch.Tensor"):
+    with pytest.raises(TypeError, match=r"backend: 'numba' does not read torch.Tensor"):
         assign_labels(Factored(torch.from_numpy(features), torch.from_numpy(prototypes)),
                       backend="numba")  # fmt: skip
 

@@ -46,7 +46,7 @@ def test_npy_path_and_memmap_match_in_memory(tmp_path, small_blocks, shape):
     np.save(path, scores)
     reference = assign_labels(scores, LAM, tol=1e-6, backend="numpy", return_codes=True)
     mapped = np.load(path, mmap_mode="r")
-    engine, source = open_source(mapped, "numpy")
+    _engine, source = open_source(mapped, "numpy")
     assert isinstance(source, StreamedArray) and source.block_rows == 1024 // (7 * 4)
     for given in (path, str(path), mapped):
         streamed = assign_labels(given, LAM, tol=1e-6, backend="numpy", return_codes=True)
@@ -108,20 +108,20 @@ def test_block_factory_rejects_inconsistent_blocks():
         assign_labels(RowBlocks(shrinking), LAM, backend="numpy")
     with pytest.raises(ValueError, match=r"^scores: the RowBlocks factory yielded at least 80"):
         assign_labels(RowBlocks(lambda: iter([scores, scores]), n_rows=50, n_labels=4), LAM)
-    with pytest.raises(ValueError, match="^scores: the RowBlocks factory yielded no blocks"):
+    with pytest.raises(ValueError, match=r"^scores: the RowBlocks factory yielded no blocks"):
         assign_labels(RowBlocks(lambda: iter([])), LAM)
     with pytest.raises(ValueError, match="every block must be 2-D with K=4 columns"):
         assign_labels(RowBlocks(lambda: iter([scores, scores[:, :3]])), LAM, backend="numpy")
-    with pytest.raises(ValueError, match="^scores: RowBlocks blocks must be 2-D"):
+    with pytest.raises(ValueError, match=r"^scores: RowBlocks blocks must be 2-D"):
         assign_labels(RowBlocks(lambda: iter([scores[None]])), LAM)
-    with pytest.raises(TypeError, match="^scores: RowBlocks needs a callable"):
+    with pytest.raises(TypeError, match=r"^scores: RowBlocks needs a callable"):
         RowBlocks(scores)
-    with pytest.raises(ValueError, match="^n_rows: expected None or an integer"):
+    with pytest.raises(ValueError, match=r"^n_rows: expected None or an integer"):
         RowBlocks(lambda: iter([scores]), n_rows=-1)
 
 
 def test_bad_paths_and_arrays_are_named(tmp_path):
-    with pytest.raises(ValueError, match="^scores: .* is not a file"):
+    with pytest.raises(ValueError, match=r"^scores: .* is not a file"):
         assign_labels(str(tmp_path / "missing.npy"), LAM)
     archive = tmp_path / "two.npz"
     np.savez(archive, a=_scores())
@@ -134,14 +134,14 @@ def test_bad_paths_and_arrays_are_named(tmp_path):
     nan = _scores()
     nan[5, 2] = np.nan
     np.save(tmp_path / "nan.npy", nan)
-    with pytest.raises(ValueError, match="^scores: contains NaN"):
+    with pytest.raises(ValueError, match=r"^scores: contains NaN"):
         assign_labels(tmp_path / "nan.npy", LAM)
 
 
 def test_in_memory_arrays_are_not_streamed():
-    engine, source = open_source(_scores(), "numpy")
+    _, source = open_source(_scores(), "numpy")
     assert isinstance(source, InMemory)
-    engine, source = open_source(lambda: iter([_scores()]), "numpy")
+    _engine, source = open_source(lambda: iter([_scores()]), "numpy")
     assert isinstance(source, FactoryStream) and source.n_rows == 301
 
 
@@ -230,7 +230,7 @@ def test_pass_stopped_early_leaves_no_block_mapped(tmp_path, monkeypatch, rss_fi
     monkeypatch.setattr(equipart.sources, "BLOCK_BYTES", 4 << 20)
     path = tmp_path / "scores.npy"
     np.save(path, _scores((100_000, 100)))
-    engine, source = open_source(np.load(path, mmap_mode="r"), "numpy")
+    _engine, source = open_source(np.load(path, mmap_mode="r"), "numpy")
     before = rss_file()
     passes = source.blocks(0)
     first = next(passes)

@@ -68,18 +68,18 @@ def test_problem_binds_its_marginals_and_reports_its_shape():
     stacked = _problem(np.stack([x, x]), marginals=Uniform())
     assert stacked.shape == (2, 12, 3) and stacked.n_heads == 2
     np.testing.assert_array_equal(stacked.g0, np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="^marginals: Counts sizes sum to 11"):
+    with pytest.raises(ValueError, match=r"^marginals: Counts sizes sum to 11"):
         _problem(x, marginals=Counts([4, 4, 3])).bound()
 
 
 def test_solve_options_are_checked_where_they_are_built():
     options = solve_options(1e-4, 50, 2, "anderson", None, anneal=True)
     assert options == SolveOptions(1e-4, 50, 2, "anderson", None, True)
-    with pytest.raises(TypeError, match="^callback: expected a callable"):
+    with pytest.raises(TypeError, match=r"^callback: expected a callable"):
         solve_options(1e-3, 10, 1, "auto", "print")
-    with pytest.raises(ValueError, match="^max_iter: expected an integer >= 1"):
+    with pytest.raises(ValueError, match=r"^max_iter: expected an integer >= 1"):
         solve_options(1e-3, 0, 1, "auto", None)
-    with pytest.raises(ValueError, match="^acceleration: expected one of"):
+    with pytest.raises(ValueError, match=r"^acceleration: expected one of"):
         solve_options(1e-3, 10, 1, "fast", None)
 
 

@@ -194,7 +194,7 @@ def test_cpu_tensors_run_the_numba_kernels_where_installed() -> None:
     assert TORCH.for_scores(tensor) is TORCH
     assert type(get_backend("torch", tensor.to(torch.int32))) is TorchBackend
     assert auto._view(tensor).__array_interface__["data"][0] == tensor.data_ptr()
-    with pytest.raises(TypeError, match="scores: a cpu torch.int32 block reached the Numba"):
+    with pytest.raises(TypeError, match=r"scores: a cpu torch.int32 block reached the Numba"):
         auto.sweep(tensor.to(torch.int32), "logits", LAM, g)
     solve = auto.for_solve()
     assert isinstance(solve, Session) and solve.backend is auto
@@ -458,7 +458,7 @@ def test_bfloat16_probabilities_are_accepted():
     assert result.converged
     exact = equipart.assign_labels(half, input="probs", rounding="exact")
     assert set(torch.bincount(exact.labels, minlength=6).tolist()) == {83, 84}  # 500 / 6
-    with pytest.raises(ValueError, match="scores.*summing to 1"):
+    with pytest.raises(ValueError, match=r"scores.*summing to 1"):
         equipart.assign_labels(half * 1.1, input="probs")
 
 

@@ -109,7 +109,7 @@ def test_exact_rounding_reads_paths_and_refuses_streams(tmp_path):
     np.save(path, GOOD)
     from_path = assign_labels(str(path), rounding="exact")
     np.testing.assert_array_equal(from_path.labels, assign_labels(GOOD, rounding="exact").labels)
-    with pytest.raises(ValueError, match="scores.*rounding='balanced'"):
+    with pytest.raises(ValueError, match=r"scores.*rounding='balanced'"):
         assign_labels(RowBlocks(lambda: iter([GOOD])), rounding="exact")
 
 
@@ -132,19 +132,19 @@ def test_bad_marginal_specs(make, error):
 
 def test_warm_start_of_another_k_or_lam():
     state = assign_labels(GOOD, lam=10.0).state
-    with pytest.raises(ValueError, match="warm_start.*lam"):
+    with pytest.raises(ValueError, match=r"warm_start.*lam"):
         assign_labels(GOOD, lam=25.0, warm_start=state)
     other = SolverState(g=np.zeros(5), lam=10.0, shape=(20, 5))
-    with pytest.raises(ValueError, match="warm_start.*K=5"):
+    with pytest.raises(ValueError, match=r"warm_start.*K=5"):
         assign_labels(GOOD, lam=10.0, warm_start=other)
 
 
 def test_probabilities_are_checked():
     probs = np.full((10, 4), 0.25)
     assign_labels(probs, input="probs")
-    with pytest.raises(ValueError, match="scores.*non-negative"):
+    with pytest.raises(ValueError, match=r"scores.*non-negative"):
         assign_labels(probs - 0.3, input="probs")
-    with pytest.raises(ValueError, match="scores.*sum"):
+    with pytest.raises(ValueError, match=r"scores.*sum"):
         assign_labels(probs * 1.5, input="probs")
 
 
@@ -152,7 +152,7 @@ def test_log_probabilities_are_checked(backend_name):
     logp = GOOD - np.log(np.exp(GOOD).sum(axis=1, keepdims=True))
     backend = backend_of(backend_name)
     assign_labels(to_backend(logp, backend_name), input="logprobs", backend=backend)
-    with pytest.raises(ValueError, match="scores.*log-probabilities"):
+    with pytest.raises(ValueError, match=r"scores.*log-probabilities"):
         assign_labels(to_backend(logp + 0.5, backend_name), input="logprobs", backend=backend)
 
 
@@ -169,7 +169,7 @@ def test_lam_that_overflows_the_sweep_is_refused(backend_name, dtype):
     bound = re.escape(f"{limit / 4:.3g}")
     with pytest.raises(ValueError, match=f"lam: .*row's best.*{dtype} sweep.*below {bound}"):
         assign_labels(to_backend(scores, backend_name), lam=limit / 3, backend=backend)
-    with pytest.raises(ValueError, match="eps: .*pass eps above"):
+    with pytest.raises(ValueError, match=r"eps: .*pass eps above"):
         sinkhorn_codes(to_backend(scores, backend_name), eps=3 / limit, backend=backend)
     with pytest.raises(ValueError, match=f"lam: .*which the {dtype} sweep rounds by up to"):
         assign_labels(to_backend(scores, backend_name), lam=limit / 5, backend=backend)
@@ -301,9 +301,9 @@ def test_labels_short_of_supporting_rows_are_infeasible(backend_name, monkeypatc
         raise AssertionError("the solve started before the support check")
 
     monkeypatch.setattr(equipart.api, "run_sinkhorn", fail)
-    with pytest.raises(ValueError, match="scores: 1 label.*label 1: 2 rows, needs 5"):
+    with pytest.raises(ValueError, match=r"scores: 1 label.*label 1: 2 rows, needs 5"):
         assign_labels(to_backend(probs, backend_name), input="probs", backend=backend)
-    with pytest.raises(ValueError, match="of head 1 .*label 1: 2 rows, needs 5"):
+    with pytest.raises(ValueError, match=r"of head 1 .*label 1: 2 rows, needs 5"):
         stacked = np.stack([_one_hot(np.arange(20) % 4, 4), probs])
         assign_labels(to_backend(stacked, backend_name), input="probs", backend=backend)
     monkeypatch.undo()
@@ -350,7 +350,7 @@ def test_backend_that_cannot_read_the_array():
     pytest.importorskip("torch")
     from equipart.backends.torch import TorchBackend
 
-    with pytest.raises(TypeError, match="backend.*torch"):
+    with pytest.raises(TypeError, match=r"backend.*torch"):
         assign_labels(GOOD, backend="torch")
     with pytest.raises(TypeError, match="backend: TorchBackend does not read numpy"):
         assign_labels(GOOD, backend=TorchBackend(kernel="torch"))

@@ -63,8 +63,11 @@ HOST_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 # dtypes with torch's reductions; the others (float8 kinds, uint16 to uint64) are refused
 # naming scores, and complex and bool ones by the shared dtype check
 READABLE_DTYPES = frozenset(
-    (*HOST_DTYPES, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-    + (torch.bool, torch.complex64, torch.complex128)
+    (
+        *HOST_DTYPES,
+        *(torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64),
+        *(torch.bool, torch.complex64, torch.complex128),
+    )
 )
 
 

@@ -392,7 +392,7 @@ def _ott(scores: Any, spec: ProblemSpec, lam: float, tol: float, max_iter: int) 
     jax.config.update("jax_enable_x64", True)
     start = time.perf_counter()
     _, _, cost = _pot_cost(np.asarray(scores))
-    n_rows, n_labels = cost.shape
+    _n_rows, n_labels = cost.shape
     geom = geometry.Geometry(cost_matrix=jnp.asarray(cost), epsilon=1.0 / lam)
     del cost
     problem = linear_problem.LinearProblem(geom)

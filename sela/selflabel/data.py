@@ -197,7 +197,7 @@ def load_digits(data_dir: str | os.PathLike | None = None) -> Dataset:
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(labels))
-    cut = int(round(0.8 * len(labels)))
+    cut = round(0.8 * len(labels))
     tr, te = order[:cut], order[cut:]
     train = Split(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]))
     test = Split(torch.from_numpy(images[te]), torch.from_numpy(labels[te]))
@@ -366,7 +366,7 @@ def imbalance(split: Split, kind: str, n_classes: int, seed: int = 0) -> Split:
             fraction = 0.5 if c == n_classes - 1 else 1.0
         else:
             fraction = (c + 1) / n_classes
-        n_drop = len(members) - int(round(fraction * len(members)))
+        n_drop = len(members) - round(fraction * len(members))
         if n_drop > 0:
             keep[members[torch.randperm(len(members), generator=gen)[:n_drop]]] = False
     return split.subset(torch.nonzero(keep).flatten())

@@ -79,7 +79,7 @@ class AlexNetBN(_Backbone):
         super().__init__()
         if image_size % 8:
             raise ValueError(f"image_size: expected a multiple of 8, got {image_size}")
-        c = [max(8, int(round(ch * width))) for ch in (96, 256, 384, 384, 256)]
+        c = [max(8, round(ch * width)) for ch in (96, 256, 384, 384, 256)]
         spatial = image_size // 8
         self.conv = nn.Sequential(
             *_conv_bn(in_channels, c[0], 5), nn.MaxPool2d(2),
@@ -121,7 +121,7 @@ class ResNet18(_Backbone):
 
     def __init__(self, in_channels: int, n_heads: int, n_clusters: int, width: float = 1.0):
         super().__init__()
-        c = [max(8, int(round(ch * width))) for ch in (64, 128, 256, 512)]
+        c = [max(8, round(ch * width)) for ch in (64, 128, 256, 512)]
         layers: list[nn.Module] = [*_conv_bn(in_channels, c[0], 3)]
         c_in = c[0]
         for i, ch in enumerate(c):
