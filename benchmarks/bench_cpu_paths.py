@@ -3,7 +3,8 @@
 Four measurements, each interleaving its contenders round by round (medians reported):
 
 * ``float64``: time to tol (``assign_labels``, lam 25, tol 1e-3) of float32 logits and of
-  the same values as float64, on the Numba and the NumPy backends;
+  the same values as float64, on the Numba and the NumPy backends (on Numba also with the
+  coarse float32-arithmetic stage switched off: float64 sweeps only);
 * ``small``: at small shapes, the ms per sweep of the backend's solve-time sweep
   (``NumbaBackend.for_solve().sweep``) and of a whole solve (``assign_labels`` with a
   fixed number of sweeps, driver included), against one plain single-threaded read of
@@ -42,6 +43,7 @@ from bench_numba import cpu_model, git_commit, write_doc
 from numba import njit
 
 import equipart
+from equipart import solver
 from equipart.backends import numba as numba_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,10 +109,20 @@ def bench_float64(shapes: list[tuple[int, int]], rounds: int) -> list[dict]:
             def run(name, x, backend=backend, sweeps=sweeps):
                 sweeps[name] = solve(x, tol=1e-3, backend=backend).n_iter
 
+            def full(x=x64, backend=backend, sweeps=sweeps):
+                """float64 swept in float64 throughout (no coarse stage)."""
+                floor, solver.COARSE_MIN_ELEMENTS = solver.COARSE_MIN_ELEMENTS, 1 << 62
+                try:
+                    run("float64 (float64 sweeps only)", x)
+                finally:
+                    solver.COARSE_MIN_ELEMENTS = floor
+
             contenders = {
                 name: (lambda name=name, x=x: run(name, x))
                 for name, x in (("float32", x32), ("float64", x64))
             }
+            if backend == "numba":
+                contenders["float64 (float64 sweeps only)"] = full
             cpu: dict[str, list[float]] = {}
             times = interleave(contenders, rounds, cpu)
             entry = {
@@ -124,6 +136,10 @@ def bench_float64(shapes: list[tuple[int, int]], rounds: int) -> list[dict]:
                 "sweeps": sweeps,
             }
             entry["float64_over_float32"] = entry["ms"]["float64"] / entry["ms"]["float32"]
+            if backend == "numba":
+                entry["float64_sweeps_only_over_float32"] = (
+                    entry["ms"]["float64 (float64 sweeps only)"] / entry["ms"]["float32"]
+                )
             entry["float64_over_float32_cpu"] = (
                 entry["cpu_ms"]["float64"] / entry["cpu_ms"]["float32"]
             )
@@ -293,14 +309,16 @@ def render(results: dict) -> str:
         "Time to tol 1e-3, float64 against float32 (same values):",
         "",
         "| N x K | backend | float32 ms | float64 ms | float64 / float32 | CPU time: "
-        "float64 / float32 | sweeps |",
-        "|---|---|---|---|---|---|---|",
+        "float64 / float32 | float64 sweeps only / float32 | sweeps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in results["float64"]:
         shape = f"{e['shape'][0]:,} x {e['shape'][1]:,}"
+        only = e.get("float64_sweeps_only_over_float32")
         lines.append(
             f"| {shape} | {e['backend']} | {e['ms']['float32']:,.1f} | {e['ms']['float64']:,.1f}"
             f" | {e['float64_over_float32']:.2f} | {e['float64_over_float32_cpu']:.2f} | "
+            f"{'-' if only is None else f'{only:.2f}'} | "
             f"{e['sweeps']['float32']} / {e['sweeps']['float64']} |"
         )
     lines += [
