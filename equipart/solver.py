@@ -759,17 +759,12 @@ def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
     coarse = _coarse_state(problem, options)
     g = _within_reach(_starting_dual(problem.g0, problem.constraint), stages[0] * problem.depth)
     used = 0
-    plan = [(stage_lam, True) for stage_lam in stages] + [(lam, False)]
-    if coarse is None:
-        plan = [(stage_lam, False) for stage_lam in stages]
-    for position, (stage_lam, is_coarse) in enumerate(plan):
+    plan = _plan(stages, coarse is not None)
+    for position, (stage_lam, floor, is_coarse) in enumerate(plan):
         is_final = position == len(plan) - 1
         remaining = max_iter - used
         budget = remaining if is_final else max(1, min(remaining // 2, remaining - 1))
-        tol = options.tol if is_final else max(options.tol, STAGE_TOL)
-        if is_coarse and stage_lam == lam and position == len(plan) - 2:
-            tol = max(options.tol, COARSE_TOL)  # the final lam's coarse part
-        stage_options = replace(options, tol=tol, max_iter=budget)
+        stage_options = replace(options, tol=max(options.tol, floor), max_iter=budget)
         if coarse is not None:
             coarse.coarse = is_coarse
         try:
@@ -792,6 +787,16 @@ def run_sinkhorn(problem: Problem, options: SolveOptions) -> SolveOutcome:
             _unconverged(problem, options, stage, used, history), ConvergenceWarning, stacklevel=3
         )
     return SolveOutcome(g, used, converged, stage.error, tuple(history))
+
+
+def _plan(stages: list[float], coarse: bool) -> list[tuple[float, float, bool]]:
+    """(lam, tol floor, coarse sweeps) of each stage: the continuation's stages to
+    STAGE_TOL, then the final lam to tol; with ``coarse``, every stage sweeps coarse and
+    the final lam runs twice, coarse to COARSE_TOL and then in float64 to tol."""
+    plan = [(stage_lam, STAGE_TOL, coarse) for stage_lam in stages[:-1]]
+    if coarse:
+        plan.append((stages[-1], COARSE_TOL, True))
+    return [*plan, (stages[-1], 0.0, False)]
 
 
 def _coarse_state(problem: Problem, options: SolveOptions) -> Any:
