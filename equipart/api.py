@@ -168,6 +168,7 @@ def finish_assignment(
         objective=total / (problem.n_rows * problem.n_heads),
         rounding=used[0] if len(set(used)) == 1 else ",".join(used),
         codes=_per_head(backend, codes, stacked) if output.return_codes else None,
+        start_sweeps=outcome.start_sweeps,
     )
 
 

@@ -139,6 +139,10 @@ class EqualityConstraint:
         """g with its largest finite entry at 0 (every common shift is a minimum)."""
         return normalise_dual(g)
 
+    def for_rows(self, n_rows: int) -> EqualityConstraint:
+        """The same label proportions over ``n_rows`` rows (a sample's constraint)."""
+        return _equality(self.target * (n_rows / self.n_rows), n_rows)
+
     def error(self, g: np.ndarray, log_mass: np.ndarray) -> float:
         if self._positive is None:
             gap = log_mass - self._log_target

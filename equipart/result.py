@@ -102,6 +102,10 @@ class Assignment:
     n_iter : int
         Sweeps performed (the largest over heads); 0 for ``rounding="exact"``, which
         solves the LP without a Sinkhorn sweep.
+    start_sweeps : float
+        The work of a sampled start, in sweeps of the whole scores (0 where none ran): a
+        large cold solve first solves a sample of the rows and starts from its dual
+        (``equipart.solver.SAMPLE_TOL``); its sweeps are not in ``n_iter`` or ``history``.
     converged : bool
         Whether every head reached ``error <= tol``.
     error : float
@@ -132,6 +136,7 @@ class Assignment:
     objective: float
     rounding: str
     codes: Any = field(default=None, repr=False)
+    start_sweeps: float = 0.0
 
     def __repr__(self) -> str:
         return (

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,27 @@ class InMemory:
 
     def blocks(self, head: int) -> Iterator[Any]:
         yield self.backend.head(self.scores, head) if self.stacked else self.scores
+
+    def sample(self, n_rows: int, pieces: int) -> InMemory:
+        """About ``n_rows`` rows of every head, copied: ``pieces`` runs of equal length
+        spread evenly from the first row to the last (``1 < pieces <= n_rows <= N``).
+
+        Runs of contiguous rows are basic slices in every array library and copy at the
+        speed of memory; spread over the rows they sample data ordered by class or by
+        time evenly.
+        """
+        run = -(-n_rows // pieces)
+        starts = np.linspace(0, self.n_rows - run, pieces).round().astype(np.int64)
+
+        def rows(scores: Any) -> Any:
+            return self.backend.concat([scores[start : start + run] for start in starts])
+
+        if self.stacked:
+            heads = range(self.n_heads)
+            scores = self.backend.stack([rows(self.backend.head(self.scores, h)) for h in heads])
+        else:
+            scores = rows(self.scores)
+        return replace(self, scores=scores, n_rows=run * pieces)
 
 
 # Streamed sources read about this many bytes of scores per block (per head): large enough

@@ -59,6 +59,8 @@ class Output:
     labels: Any = None  # hard labels (N,), for hard-assignment contenders
     rows_ok: bool = True  # row scalings finite and positive (no zero / NaN rows)
     n_iter: int | None = None
+    start_sweeps: float = 0.0  # work before the sweeps counted in n_iter (equipart's
+    # sampled start), in sweeps of the whole scores
     converged: bool | None = None  # the contender's own claim
     loop_s: float | None = None  # time of the iterations alone, when separable
     setup_s: float = 0.0  # time spent building its own N x K arrays (included in total)
@@ -138,6 +140,7 @@ def _equipart_runner(backend: str) -> Runner:
         return Output(
             g=np.asarray(result.state.g, dtype=np.float64),
             n_iter=result.n_iter,
+            start_sweeps=result.start_sweeps,
             converged=result.converged,
             loop_s=loop_s,
         )

@@ -188,6 +188,7 @@ def time_to_tol(
             "status": r["status"],
             "time_s": r.get("total_s"),
             "sweeps": r.get("n_iter"),
+            "start_sweeps": r.get("start_sweeps", 0.0),
             "versus": {},
         }
         for _, name in REFERENCES:
@@ -227,6 +228,12 @@ def _ratio_text(versus: dict[str, Any]) -> str:
     return ("≥ " if versus.get("bound") == ">=" else "") + f"{ratio:.3g}x"
 
 
+def _sweeps_text(n_iter: int | None, start_sweeps: float | None) -> str:
+    """Sweeps of the whole scores, a sampled start's work added as "+ x" (in sweeps)."""
+    text = _fmt(n_iter, "d")
+    return f"{text} + {start_sweeps:.1f}" if start_sweeps else text
+
+
 def headline_table(rows: list[dict[str, Any]], tol: float | None = None) -> str:
     """Time to tol per problem: equipart, each reference, their ratios and sweeps."""
     names = " | ".join(f"{label} s | sweeps | {label} / equipart" for label, _ in REFERENCES)
@@ -240,7 +247,7 @@ def headline_table(rows: list[dict[str, Any]], tol: float | None = None) -> str:
             f"{row['family']} {row['n']:,}x{row['k']:,}",
             _fmt(row["lam"], "g"),
             _fmt(row["time_s"], ".3g") if row["status"] == "ok" else _status_text(row),
-            _fmt(row["sweeps"], "d"),
+            _sweeps_text(row["sweeps"], row.get("start_sweeps")),
         ]
         for _, name in REFERENCES:
             versus = row["versus"][name]
@@ -286,7 +293,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                     r["contender"],
                     status.replace("|", "/"),
                     _fmt(r.get("total_s"), ".3g"),
-                    _fmt(r.get("n_iter"), "d"),
+                    _sweeps_text(r.get("n_iter"), r.get("start_sweeps")),
                     _fmt(r.get("ms_per_iter"), ".3g"),
                     _fmt(r.get("peak_rss_mb"), ".0f"),
                     _fmt(r.get("extra_rss_mb"), ".0f"),

@@ -174,6 +174,7 @@ def run_job(job: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     peak = _peak_mb()
     record: dict[str, Any] = {
         "n_iter": output.n_iter,
+        "start_sweeps": output.start_sweeps,
         "converged_claim": output.converged,
         "total_s": total_s,
         "setup_s": output.setup_s,
