@@ -23,7 +23,7 @@ from equipart.backends import get_backend
 from equipart.marginals import Uniform
 from equipart.sources import InMemory
 
-N_ROWS, N_LABELS = 20_000, 128  # 2.56 M scores: above SAMPLE_MIN_ELEMENTS
+N_ROWS, N_LABELS = 20_000, 128  # above SAMPLE_MIN_ELEMENTS, and N / 8 >= 6 K
 TOL = 1e-6
 
 
