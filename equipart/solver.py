@@ -173,8 +173,9 @@ COARSE_MIN_ELEMENTS = 1 << 21
 
 
 # A cold solve of a large in-memory problem with an equality target (and no masks) starts
-# from the dual of a sample: max(SAMPLE_PER_LABEL * K, N / SAMPLE_SHARE) rows in
-# SAMPLE_PIECES evenly spread runs (``InMemory.sample``), solved to max(tol, SAMPLE_TOL)
+# from the dual of a sample: max(SAMPLE_PER_LABEL * K, N / SAMPLE_SHARE) rows in up to
+# SAMPLE_PIECES evenly spread runs of at least SAMPLE_RUN rows (``InMemory.sample``; each
+# run is a slice to copy, about 1 us apiece), solved to max(tol, SAMPLE_TOL)
 # by the same driver (a sample large enough samples in turn). From g = 0 on skewed scores,
 # Sinkhorn's first sweeps only move mass from one favourite label to the next (Zipf-biased
 # 50,000 x 1,000 logits: 8 of 19 sweeps); the sample pays for them at a fraction of the
@@ -191,6 +192,7 @@ SAMPLE_PER_LABEL = 6
 SAMPLE_SHARE = 16
 SAMPLE_MIN_STEP = 8
 SAMPLE_PIECES = 256
+SAMPLE_RUN = 32
 SAMPLE_TOL = 0.1
 SAMPLE_SKEW = 10.0
 SAMPLE_MIN_ELEMENTS = 1 << 17
@@ -842,7 +844,7 @@ def _sampled_start(problem: Problem, options: SolveOptions) -> tuple[np.ndarray 
         or any(not summary.extent < problem.depth for summary in problem.summaries)
     ):  # (an extent below the mask depth: no label can lose every point to the sample)
         return None, 0.0
-    source = sample(n_sample, SAMPLE_PIECES)
+    source = sample(n_sample, min(SAMPLE_PIECES, max(2, n_sample // SAMPLE_RUN)))
     backend = problem.backend
     backend = backend.for_solve() if hasattr(backend, "for_solve") else backend
     small = replace(
