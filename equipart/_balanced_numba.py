@@ -60,7 +60,7 @@ def _refresh(a, transfer, tight, movers, head, nxt, cand, value, slot) -> None:
                         transfer[a, b] = cost
                         tight[a, b] = 0
                     tight[a, b] += 1
-                elif sweep == 1 and cost == transfer[a, b]:
+                elif sweep == 1 and np.isfinite(cost) and cost == transfer[a, b]:
                     pairs[0, total], pairs[1, total] = b, i
                     total += 1
             i = nxt[i]
@@ -74,7 +74,8 @@ def _untighten(i, a, transfer, tight, cand, value, slot) -> None:
     own = np.float64(value[i, slot[i]])
     for s in range(cand.shape[1]):
         b = cand[i, s]
-        if b != a and own - np.float64(value[i, s]) == transfer[a, b]:
+        cost = own - np.float64(value[i, s])
+        if b != a and np.isfinite(cost) and cost == transfer[a, b]:
             tight[a, b] -= 1
 
 

@@ -294,14 +294,16 @@ def test_rows_tied_across_every_candidate_widen_to_all_labels_at_once():
     width=st.integers(1, 14),
     banded=st.booleans(),
     tied=st.booleans(),
+    impossible=st.booleans(),
     seed=st.integers(0, 10_000),
 )
 def test_compiled_phases_match_the_python_phases_and_the_exact_optimum(
-    n, k, width, banded, tied, seed
+    n, k, width, banded, tied, impossible, seed
 ):
     """The Numba phase loop and the NumPy one reach the same optimum of the restricted
-    LP, the same feasibility and the same certificate; whenever the compiled solve
-    certifies, its labels are optimal for the full problem (against ot.emd)."""
+    LP, the same feasibility and the same certificate, impossible (-inf) labels
+    included; whenever the compiled solve certifies, its labels are optimal for the full
+    problem (against ot.emd)."""
     pytest.importorskip("numba")
     from equipart import Bounds
     from equipart.backends.numpy import NumpyBackend
@@ -310,6 +312,9 @@ def test_compiled_phases_match_the_python_phases_and_the_exact_optimum(
     x = _scores(n, k, seed, scale=3.0)
     if tied:
         x = np.round(x)  # many exactly tied movers
+    if impossible:  # some labels impossible for some rows (each row keeps one)
+        x[rng.random((n, k)) < 0.3] = -np.inf
+        x[np.arange(n), rng.integers(0, k, n)] = 0.0
     g = rng.normal(size=k) * 0.5
     cand, value = NumpyBackend().top_labels(x, "logits", 1.0, g, min(width, k))
     marginal = Bounds(max(n // k - 2, 0), n // k + 2) if banded else Uniform()
@@ -325,7 +330,7 @@ def test_compiled_phases_match_the_python_phases_and_the_exact_optimum(
     rows = np.arange(n)
     picked = x[rows, compiled.labels].astype(np.float64).sum()
     assert picked == pytest.approx(x[rows, python.labels].astype(np.float64).sum(), abs=1e-6)
-    if compiled.certified:
+    if compiled.certified and not impossible:
         optimum = exact_assign(x, marginal, backend="numpy")
         best = x[rows, optimum.labels].astype(np.float64).sum()
         assert picked == pytest.approx(best, abs=1e-4)
