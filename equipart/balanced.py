@@ -41,6 +41,10 @@ allow. Phases repeat until no node has a surplus; their number grows with the di
 price levels the flow needs, not with the points moved. Only the rows of R whose labels
 gained or lost points are recomputed, and R is built only when some point must move.
 
+Where Numba is installed the phases run in one compiled call (``equipart._balanced_numba``:
+the same phases, with linked lists of every label's points and the O(K^2) array Dijkstra);
+``solve_candidates(..., phases="python")`` runs the NumPy phases described above.
+
 Guarantee (the certificate). At the end every point sits on a maximiser of w_ij + pi_j
 over its candidates, every slack arc has a non-negative reduced cost, and counts are
 within [lo, hi]: these are the LP's complementary-slackness conditions, so the labels are
@@ -315,6 +319,28 @@ class _Transport:
         self.n_moves += points.size
         self.refresh(touched)
 
+    def run(self) -> tuple[int, bool]:
+        """Phases until no node has a surplus: (phases, feasible)."""
+        n_phases = 0
+        while np.any(self.surplus() != 0):
+            if n_phases == 0:  # the label graph is built only when some point must move
+                self.refresh(np.flatnonzero(self.counts > 0))
+            n_phases += 1
+            if not self.phase():
+                return n_phases, False
+        return n_phases, True
+
+    def run_compiled(self, phases: Any) -> tuple[int, bool]:
+        """The phases of ``run`` in one compiled call (``equipart._balanced_numba``),
+        updating labels, slots, counts, flows and potentials (not ``members``/``tight``,
+        which only ``phase`` reads): (phases, feasible)."""
+        n_phases, n_moves, feasible, self.slack = phases(
+            self.cand, self.value, self.base, self.lo, self.hi, self.slot, self.assign,
+            self.counts, self.flow, self.delta, float(self.slack),
+        )  # fmt: skip
+        self.n_moves = int(n_moves)
+        return int(n_phases), bool(feasible)
+
     # -- the certificate ---------------------------------------------------------------
 
     def certify(self, complete: bool) -> bool:
@@ -420,6 +446,23 @@ def _labels_can_cover(cand: np.ndarray, value: np.ndarray, lo: np.ndarray, hi: n
     return not np.any(lo[~present] > 0) and int(hi[present].sum()) >= cand.shape[0]
 
 
+def _compiled_phases(phases: str) -> Any:
+    """The compiled phase loop for ``phases`` ("auto", "compiled", "python"), or None."""
+    if phases not in ("auto", "compiled", "python"):
+        raise ValueError(f"phases: {phases!r} is not one of 'auto', 'compiled', 'python'")
+    if phases == "python":
+        return None
+    try:
+        from ._balanced_numba import run_phases
+    except ImportError:
+        if phases == "compiled":
+            raise ValueError(
+                "phases: 'compiled' needs Numba (pip install numba); pass 'python'"
+            ) from None
+        return None
+    return run_phases
+
+
 def solve_candidates(
     cand: np.ndarray,
     value: np.ndarray,
@@ -428,6 +471,7 @@ def solve_candidates(
     hi: np.ndarray,
     *,
     complete: bool,
+    phases: str = "auto",
 ) -> CandidateSolution:
     """Optimal labels with counts in [lo, hi] using only each row's candidate labels.
 
@@ -445,7 +489,12 @@ def solve_candidates(
         Label bands, sum(lo) <= N <= sum(hi).
     complete : bool
         Whether the candidates are all K labels (then no non-candidate check is needed).
+    phases : {"auto", "compiled", "python"}
+        Where the phases run: "compiled" in one Numba call (``equipart._balanced_numba``),
+        "python" as NumPy calls per phase (``_Transport.phase``); "auto" compiles where
+        Numba is installed.
     """
+    compiled = _compiled_phases(phases)
     value = np.asarray(value)
     if value.dtype not in (np.float32, np.float64):
         value = value.astype(np.float64)
@@ -461,14 +510,7 @@ def solve_candidates(
         )
     base = np.where(np.isfinite(g), g, 0.0)
     state = _Transport(cand, value, base, lo, hi)
-    n_phases, feasible = 0, True
-    while np.any(state.surplus() != 0):
-        if n_phases == 0:  # the label graph is built only when some point must move
-            state.refresh(np.flatnonzero(state.counts > 0))
-        n_phases += 1
-        if not state.phase():
-            feasible = False
-            break
+    n_phases, feasible = state.run() if compiled is None else state.run_compiled(compiled)
     prices = g + state.delta
     certified = feasible and state.certify(complete)
     return CandidateSolution(
@@ -496,8 +538,9 @@ def balanced_passes(
     at first), moves those N*k candidates to the host (labels as int32, block by block) and
     solves the restricted LP exactly
     (``solve_candidates``). When the certificate fails (a row's non-candidate label could
-    be better at the final prices) it re-ranks with the final prices and ``WIDEN`` times
-    as many candidates, up to all K. Each pass reads the blocks afresh from ``source`` (a
+    be better at the final prices) it re-ranks with the final prices, at the same width
+    once after a feasible pass, else with ``WIDEN`` times as many candidates, up to all K
+    (``_next_width``). Each pass reads the blocks afresh from ``source`` (a
     loader may reuse one buffer), so one block is held at a time. The block returned is
     the last one read (the library and device of the labels).
     """
@@ -521,13 +564,18 @@ def balanced_passes(
         passes.append((width, solution))
         if solution.certified or width == n_labels:
             return passes, like
-        width = _next_width(width, n_labels, value, solution)
+        width = _next_width(width, n_labels, value, passes)
         prices = solution.prices
         del cand, value  # before the next pass's candidates exist
 
 
-def _next_width(width: int, n_labels: int, values: np.ndarray, failed: CandidateSolution) -> int:
-    """The candidate width after a pass that did not certify: ``WIDEN`` times wider, or K.
+def _next_width(
+    width: int, n_labels: int, values: np.ndarray, passes: list[tuple[int, CandidateSolution]]
+) -> int:
+    """The candidate width after a pass that did not certify: the same width once, after
+    a first feasible pass at it (re-ranked at its final prices, the candidates usually
+    contain the optimum: the prices the first ranking used were only a start), else
+    ``WIDEN`` times wider, or K.
 
     All K labels at once when the candidate labels could not even cover the bands
     (``_labels_can_cover``) and every row's candidates tie exactly: the backend breaks
@@ -535,6 +583,10 @@ def _next_width(width: int, n_labels: int, values: np.ndarray, failed: Candidate
     network) all share the lowest-index labels, and the intermediate widths would fail
     the same way, each after a full pass over the scores.
     """
+    failed = passes[-1][1]
+    at_width = [solution for w, solution in passes if w == width]
+    if failed.feasible and len(at_width) == 1:
+        return width
     uncovered = not failed.feasible and failed.n_phases == 0
     if uncovered and values.size and np.all(values[:, -1] == values[:, 0]):
         return n_labels

@@ -148,9 +148,11 @@ def test_chunked_passes_give_the_unchunked_solution(dtype, monkeypatch):
     g = np.random.default_rng(5).normal(size=12) * 0.5
     cand, value = NumpyBackend().top_labels(x, "logits", 1.0, g, 5)
     lo, hi = Uniform().bind(500, 12).count_bounds()
-    whole = solve_candidates(cand, value, g, lo, hi, complete=False)
+    whole = solve_candidates(cand, value, g, lo, hi, complete=False, phases="python")
     monkeypatch.setattr(equipart.balanced, "CHUNK_ENTRIES", 7)
-    chunked = solve_candidates(cand.astype(np.int32), value, g, lo, hi, complete=False)
+    chunked = solve_candidates(
+        cand.astype(np.int32), value, g, lo, hi, complete=False, phases="python"
+    )
     assert whole.n_phases > 0 and whole.n_moves > 0
     assert np.array_equal(chunked.labels, whole.labels) and chunked.labels.dtype == np.int64
     assert np.array_equal(chunked.prices, whole.prices)
@@ -283,3 +285,59 @@ def test_rows_tied_across_every_candidate_widen_to_all_labels_at_once():
         source, backend, 0, "logits", 25.0, np.zeros(k), Uniform().bind(n, k)
     )
     assert [width for width, _ in passes][:2] == [8, 8 * equipart.balanced.WIDEN]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 120),
+    k=st.integers(2, 14),
+    width=st.integers(1, 14),
+    banded=st.booleans(),
+    tied=st.booleans(),
+    impossible=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_compiled_phases_match_the_python_phases_and_the_exact_optimum(
+    n, k, width, banded, tied, impossible, seed
+):
+    """The Numba phase loop and the NumPy one reach the same optimum of the restricted
+    LP, the same feasibility and the same certificate, impossible (-inf) labels
+    included; whenever the compiled solve certifies, its labels are optimal for the full
+    problem (against ot.emd)."""
+    pytest.importorskip("numba")
+    from equipart import Bounds
+    from equipart.backends.numpy import NumpyBackend
+
+    rng = np.random.default_rng(seed)
+    x = _scores(n, k, seed, scale=3.0)
+    if tied:
+        x = np.round(x)  # many exactly tied movers
+    if impossible:  # some labels impossible for some rows (each row keeps one)
+        x[rng.random((n, k)) < 0.3] = -np.inf
+        x[np.arange(n), rng.integers(0, k, n)] = 0.0
+    g = rng.normal(size=k) * 0.5
+    cand, value = NumpyBackend().top_labels(x, "logits", 1.0, g, min(width, k))
+    marginal = Bounds(max(n // k - 2, 0), n // k + 2) if banded else Uniform()
+    lo, hi = marginal.bind(n, k).count_bounds()
+    complete = width >= k
+    python = solve_candidates(cand, value, g, lo, hi, complete=complete, phases="python")
+    compiled = solve_candidates(cand, value, g, lo, hi, complete=complete, phases="compiled")
+    assert (compiled.feasible, compiled.certified) == (python.feasible, python.certified)
+    if not compiled.feasible:
+        return
+    counts = np.bincount(compiled.labels, minlength=k)
+    assert np.all(counts >= lo) and np.all(counts <= hi)
+    rows = np.arange(n)
+    picked = x[rows, compiled.labels].astype(np.float64).sum()
+    assert picked == pytest.approx(x[rows, python.labels].astype(np.float64).sum(), abs=1e-6)
+    if compiled.certified and not impossible:
+        optimum = exact_assign(x, marginal, backend="numpy")
+        best = x[rows, optimum.labels].astype(np.float64).sum()
+        assert picked == pytest.approx(best, abs=1e-4)
+
+
+def test_phases_must_name_an_engine():
+    cand = np.zeros((4, 1), dtype=np.int32)
+    lo = hi = np.array([4])
+    with pytest.raises(ValueError, match="phases: 'gpu' is not one of"):
+        solve_candidates(cand, np.zeros((4, 1)), np.zeros(1), lo, hi, complete=True, phases="gpu")
