@@ -35,6 +35,7 @@ from .problems import ProblemSpec, generate
 
 MB = 2**20
 WARMUP_ROWS = 256
+PRECOMPILE_ROWS = 8192
 
 
 def _status_kb(field: str) -> int | None:
@@ -118,10 +119,12 @@ def _warm_up(
 def _precompile(contender: Contender) -> None:
     """Run the contender once on a small generated problem, so that JIT compilation (the
     Numba kernels of every step the solve may take) and lazy imports happen before the
-    ready line, outside every job's time limit."""
+    ready line, outside every job's time limit. The problem is skewed and large enough
+    for equipart's sampled start (``equipart.solver.SAMPLE_MIN_ELEMENTS``), which the
+    jobs' warm-ups on their first rows are not."""
     if contender.group == "kmeans":
         return
-    spec = ProblemSpec("zipf", WARMUP_ROWS, 16, 0)
+    spec = ProblemSpec("zipf", PRECOMPILE_ROWS, 16, 0)
     contender.run(_prepare(generate(spec, threads=1), contender), spec, 25.0, 1e-3, 3)
 
 
