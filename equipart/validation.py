@@ -512,7 +512,8 @@ def _stranded_rows(problem: Problem, closed: np.ndarray) -> tuple[int, tuple[int
                 values = backend.top_labels(block, problem.kind, 1.0, g_open, 1)[1]
                 best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
                 limit = -float(np.finfo(precision).max) / problem.lam
-                rows = np.flatnonzero(best_open < limit)
+                # (-inf itself is stranded at any lam: a tiny lam takes the limit to -inf)
+                rows = np.flatnonzero((best_open < limit) | (best_open == -np.inf))
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size

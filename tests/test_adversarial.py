@@ -187,6 +187,23 @@ def test_assign_labels_is_right_or_refuses(data, problem):
     assert np.isfinite(result.objective) or result.rounding == "argmax"
 
 
+@pytest.mark.parametrize("lam", [lam for lam in LAMS if lam < 1e30])  # (1e30: lam's refusal)
+def test_a_row_possible_only_on_closed_labels_is_refused_at_every_lam(lam):
+    """Row 1 can take only labels 1, 4 and 5, which Counts closes. The refusal must not
+    depend on lam: at lam 1e-30 the float limit of a mask, -max / lam, is -inf itself
+    (a case hypothesis found, where the solve ran and returned NaN codes)."""
+    x = np.array(
+        [
+            [8.0, -np.inf, 5.0, -np.inf, 3.0, 0.0],
+            [-np.inf, 0.0, -np.inf, -np.inf, 6.0, 9.0],
+            [5.0, -np.inf, 9.0, 7.0, 6.0, 5.0],
+            [5.0, -np.inf, -np.inf, 8.0, 6.0, -np.inf],
+        ]
+    )
+    with pytest.raises(ValueError, match=r"^scores: row 1 has .*closed: \[1, 3, 4, 5\]"):
+        equipart.assign_labels(x, lam, marginals=Counts([2, 0, 2, 0, 0, 0]))
+
+
 @SETTINGS
 @given(data=st.data(), problem=scores())
 def test_sinkhorn_codes_are_finite_or_refused(data, problem):
