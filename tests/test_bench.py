@@ -245,7 +245,7 @@ def test_worker_runs_its_contender_once_before_the_ready_line(monkeypatch, capsy
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps([job])))
     worker.main()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert seen == [((worker.WARMUP_ROWS, 16), "")]  # ran before anything was printed
+    assert seen == [((worker.PRECOMPILE_ROWS, 16), "")]  # ran before anything was printed
     assert lines[0] == {"ready": True} and lines[1]["status"] == "error"
 
 
