@@ -511,9 +511,9 @@ def _stranded_rows(problem: Problem, closed: np.ndarray) -> tuple[int, tuple[int
                 precision = sweep_precision(backend.shape_dtype(block)[1])
                 values = backend.top_labels(block, problem.kind, 1.0, g_open, 1)[1]
                 best_open = backend.to_numpy(values)[:, 0].astype(np.float64)
-                limit = -float(np.finfo(precision).max) / problem.lam
-                # (-inf itself is stranded at any lam: a tiny lam takes the limit to -inf)
-                rows = np.flatnonzero((best_open < limit) | (best_open == -np.inf))
+                with np.errstate(over="ignore"):  # (lam times a mask: -inf, as wanted)
+                    scaled = problem.lam * best_open
+                rows = np.flatnonzero(scaled < -float(np.finfo(precision).max))
                 if rows.size and first is None:
                     first = (head, start + int(rows[0]))
                 count += rows.size
