@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -267,11 +268,51 @@ def test_worker_warms_equipart_up_to_tol_at_each_lam(tmp_path, monkeypatch):
            "tol": 1e-3, "max_iter": 500, "device": "cpu", "path": str(path)}
     state = {}
     monkeypatch.setattr(worker, "get_contender", lambda name: Fake())
+    monkeypatch.setattr(worker, "REPEATS", 1)  # (the timed runs: one each)
     for lam in (25.0, 50.0, 25.0):
         worker.run_job({**job, "lam": lam}, state)
     rows = worker.WARMUP_ROWS
     assert calls == [(rows, 25.0, 500), (1000, 25.0, 500), (rows, 50.0, 500),
                      (1000, 50.0, 500), (1000, 25.0, 500)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("durations", "budget", "runs", "chosen"),
+    [
+        ([0.3, 0.1, 0.2, 0.1, 0.5], 2.0, 5, 0.2),  # five runs: the median, not the first
+        ([0.3, 0.9, 0.9, 0.9], 2.0, 3, 0.9),  # the budget stops it after three
+        ([0.2, 0.4, 0.4], 0.6, 2, 0.4),  # an even count: the slower of the middle two
+        ([1.5], 2.0, 1, 1.5),  # a job over REPEAT_BELOW_S runs once
+    ],
+)
+def test_worker_times_short_jobs_by_their_median_run(
+    tmp_path, monkeypatch, durations, budget, runs, chosen
+):
+    """Every contender alike: a short job runs again (REPEATS runs within REPEAT_BUDGET_S)
+    and reports the median run's time and output; every run's time is recorded."""
+    clock = {"now": 0.0}
+    script = iter(durations)
+
+    class Fake:
+        name, group, requires = "fake", "sela", ()
+
+        def run(self, scores, spec, lam, tol, max_iter):
+            seconds = next(script)
+            clock["now"] += seconds
+            return Output(g=np.zeros(scores.shape[1]), n_iter=int(seconds * 10), converged=True)
+
+    path = tmp_path / "p.npy"
+    np.save(path, generate(ProblemSpec("zipf", 300, 6)))
+    job = {"contender": "fake", "family": "zipf", "n": 300, "k": 6, "seed": 0, "lam": 25.0,
+           "tol": 1e-3, "max_iter": 10, "device": "cpu", "path": str(path)}
+    monkeypatch.setattr(worker, "get_contender", lambda name: Fake())
+    monkeypatch.setattr(worker, "_warm_up", lambda *args: None)
+    monkeypatch.setattr(worker, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(worker, "REPEAT_BUDGET_S", budget)
+    record = worker.run_job(job, {})
+    assert record["runs_s"] == pytest.approx(sorted(durations[:runs]))
+    assert record["total_s"] == pytest.approx(chosen)
+    assert record["n_iter"] == int(chosen * 10)  # the median run's own output
 
 
 def test_runner_rejects_bad_arguments(capsys, tmp_path, monkeypatch):
