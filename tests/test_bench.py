@@ -513,3 +513,14 @@ def test_report_reads_a_file_without_a_headline(tmp_path, capsys):
     assert (tmp_path / "old_speedup.png").exists() and (tmp_path / "old_time.png").exists()
     assert runner.main(["--report", str(tmp_path / "missing.json")]) == 2
     assert "--report" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["equipart-torch", "equipart-jax"])
+def test_worker_hands_array_library_backends_their_own_arrays(name):
+    """The torch and JAX contenders time equipart on their library's arrays (a backend
+    named explicitly refuses NumPy input); the values are the scores'."""
+    library = pytest.importorskip(name.removeprefix("equipart-"))
+    scores = generate(ProblemSpec("zipf", 40, 4))
+    prepared = worker._prepare(scores, get_contender(name))
+    assert type(prepared).__module__.split(".")[0] in (library.__name__, "jaxlib")
+    np.testing.assert_array_equal(np.asarray(prepared), scores)

@@ -108,10 +108,14 @@ def _is_torch(array: Any) -> bool:
 
 
 def _sync(array: Any) -> None:
+    """Wait for the work that makes ``array``: CUDA's queue for a CUDA tensor, JAX's
+    asynchronous dispatch for a JAX array."""
     if _is_torch(array) and array.is_cuda:
         import torch
 
         torch.cuda.synchronize(array.device)
+    elif hasattr(array, "block_until_ready"):
+        array.block_until_ready()
 
 
 # --- equipart --------------------------------------------------------------------------
@@ -133,6 +137,7 @@ def _equipart_runner(backend: str) -> Runner:
                 scores, lam=lam, tol=tol, max_iter=max_iter, backend=backend, callback=callback
             )
         _sync(scores)
+        _sync(result.labels)
         loop_s = None
         if len(checks) >= 2:
             (i0, t0), (i1, t1) = checks[0], checks[-1]

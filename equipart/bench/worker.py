@@ -92,11 +92,16 @@ def _load(path: str, device: str) -> Any:
 
 
 def _prepare(scores: Any, contender: Contender) -> Any:
-    """What the contender reads: torch backends get a (zero-copy) tensor on the CPU."""
+    """What the contender reads: the torch backend gets a (zero-copy) tensor on the CPU,
+    the JAX backend a JAX array (a copy, made before the timed call)."""
     if contender.name == "equipart-torch" and isinstance(scores, np.ndarray):
         import torch
 
         return torch.from_numpy(scores)
+    if contender.name == "equipart-jax" and isinstance(scores, np.ndarray):
+        import jax.numpy as jnp
+
+        return jnp.asarray(scores).block_until_ready()
     return scores
 
 
