@@ -349,7 +349,8 @@ def auction_bids(cand, value, ranked_at, limit, counts, eps, state, pending, max
             n_aside += 1
             continue
         second = max(second, limit[i])
-        bid = cost[j] + (best - second) + eps
+        margin = best - second if second > -np.inf else 0.0  # (one possible label)
+        bid = cost[j] + margin + eps
         if size[j] < counts[j]:
             at = size[j]
             price[first[j] + at], person[first[j] + at] = bid, i

@@ -672,8 +672,8 @@ def auction_labels(
             args = (cand, value, ranked_at, limit, counts, float(eps), state, pending, budget)
             aside, bids, rest = auction_bids(*args)
             budget -= bids
-            if rest.size:
-                return None
+            if rest.size or (bids == 0 and aside.size == pending.size):
+                return None  # out of bids, or no row can bid (no possible label)
             if aside.size:  # re-rank the rows set aside at the current potentials
                 now = -cost
                 new_cand, new_value = rank(aside, now, width)

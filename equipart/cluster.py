@@ -6,33 +6,48 @@ are prescribed: equal (floor or ceil of N / K, the default), within a band
 ``[size_min, size_max]``, or any :class:`equipart.Marginal` with hard counts. Each
 iteration
 
-1. assigns the points to the current centres c_j by the hard-assignment LP
+1. assigns the points to the current centres with the prescribed sizes, by one of two
+   steps. The *certified* step solves the hard-assignment LP
 
-   .. math:: \min_a \sum_i |x_i - c_{a(i)}|^2 \quad\text{s.t. sizes within bounds,}
+   .. math:: \min_a \sum_i |x_i - c_{a(i)}|^2 \quad\text{s.t. sizes within bounds}
 
-   solved as equipart solves SeLa's: a Sinkhorn solve on the scores
-   L_ij = -|x_i - c_j|^2 (``equipart.Factored(..., metric="sqeuclidean")``, one GEMM per
-   block of rows, never forming the N x K matrix) gives a dual g, and the balanced
-   rounding (``rounding="balanced"``, ``equipart.balanced``) turns prices into the LP's
-   certified exact optimum. The Sinkhorn solve only supplies prices, so it is loose
-   (``SINKHORN_TOL``, at most ``SINKHORN_MAX_ITER`` sweeps, Anderson-accelerated) and
-   warm-started from the previous iteration's dual; the rounding starts from the
-   previous iteration's exact prices moved by the change of the Sinkhorn dual (the
-   offset between the entropic dual and the LP's changes slowly from one iteration to the
-   next: late iterations then move a few dozen points). The first solve starts cold at
-   lam / ``COLD_DIVISOR`` and continues at lam from that dual, scaled up;
+   exactly: the balanced rounding (``rounding="balanced"``, ``equipart.balanced``) of
+   the scores L_ij = -|x_i - c_j|^2 (``equipart.Factored(..., metric="sqeuclidean")``,
+   one GEMM per block of rows, never the N x K matrix) returns a certified optimum from
+   any starting prices. The *auction* step (``equipart.balanced.auction_labels``, where
+   Numba is installed and every band is at most one wide: equal sizes, ``Counts``, or
+   the floor / ceil of N / K, the labels allowed one point more taking it in index
+   order) gives exact counts within N eps of that LP's optimum (in units of lam L): each
+   row bids on its ``AUCTION_WIDTH`` best labels (one GEMM pass), rows whose candidates
+   become too dear are re-ranked at the current prices, and the stages
+   ``AUCTION_EPSILONS`` (times lam times the median margin below) shrink eps. The
+   auction's prices carry over to the next iteration, so late iterations take little
+   more than their GEMM pass; a sampled auction (``AUCTION_SAMPLE`` rows per cluster)
+   gives the first iteration's. The auction steps run while the labels change; once
+   they settle (or the centres stop moving), the remaining iterations are certified,
+   the rounding starting at the auction's prices (each certified step's own prices
+   start the next). Bands wider than one, or no Numba, make every step certified: a
+   loose Sinkhorn solve (``SINKHORN_TOL``, at most ``SINKHORN_MAX_ITER`` sweeps,
+   Anderson-accelerated, warm-started from the previous step's dual; the first starts
+   cold at lam / ``COLD_DIVISOR`` and continues at lam from that dual, scaled up) gives
+   the prices from which the rounding starts (the previous step's exact prices moved by
+   the change of the Sinkhorn dual);
 2. moves every centre to the mean of its points (a cluster left empty, possible only when
    its lower size is 0, keeps its centre);
 
-and stops when the labels no longer change, or when the squared centre shift falls to
-``tol`` times the mean variance of the features (scikit-learn's rule), or after
-``max_iter`` iterations. Initialisation is k-means++ (``sklearn.cluster.kmeans_plusplus``,
-on a random subset of ``INIT_SAMPLE`` points, or 50 per cluster, where the data are larger);
-``n_init`` runs keep the one with the lowest inertia. Points are centred on their mean
-first (as scikit-learn's ``KMeans`` does), so that float32 distances keep their digits.
+and stops when the labels of certified steps no longer change, or when the squared
+centre shift falls to ``tol`` times the mean variance of the features (scikit-learn's
+rule), or after ``max_iter`` iterations. The final labels are always a certified step's:
+the exact optimum for the final centres. Initialisation is greedy k-means++
+(``_greedy_kmeans_plusplus``: 2 + ln K trials per centre, the random draws of
+scikit-learn's former ``_k_init``, on a random subset of ``INIT_SAMPLE`` points, or 50
+per cluster, where the data are larger); ``n_init`` runs keep the one with the lowest
+inertia. Points are centred on their mean first (as scikit-learn's ``KMeans`` does), so
+that float32 distances keep their digits.
 
-The inverse temperature of the Sinkhorn solves, ``lam``, does not change the labels of an
-iteration (the rounding is exact for any dual), only how fast they are found. ``"auto"``
+The inverse temperature ``lam`` does not change the labels of a certified step (the
+rounding is exact for any dual), only how fast they are found; the auction's eps scales
+with it, so its steps are the same up to rounding. ``"auto"``
 takes lam = ``LAM_AUTO`` / s, with s the median, over up to ``LAM_SAMPLE`` points, of the
 gap between a point's squared distances to its nearest and second-nearest initial centres:
 lam times a typical margin between a point's two best clusters is then ``LAM_AUTO``
