@@ -265,3 +265,109 @@ def run_phases(cand, value, base, lo, hi, slot, assign, counts, flow, delta, sla
             return n_phases, n_moves, False, slack_box[0]
         n_moves += moves
     return n_phases, n_moves, True, slack_box[0]
+
+
+# --------------------------------------------------------------------------- the auction
+@njit(cache=True)
+def _sift_down(price, person, first, size, at) -> None:
+    """Restore the min-heap of one label's slots (entries first .. first + size) from
+    position ``at`` down."""
+    while True:
+        child = 2 * at + 1
+        if child >= size:
+            return
+        if child + 1 < size and price[first + child + 1] < price[first + child]:
+            child += 1
+        if price[first + at] <= price[first + child]:
+            return
+        a, c = first + at, first + child
+        price[a], price[c] = price[c], price[a]
+        person[a], person[c] = person[c], person[a]
+        at = child
+
+
+@njit(cache=True)
+def _sift_up(price, person, first, at) -> None:
+    """Restore the min-heap of one label's slots from position ``at`` up."""
+    while at > 0:
+        parent = (at - 1) // 2
+        a, p = first + at, first + parent
+        if price[p] <= price[a]:
+            return
+        price[a], price[p] = price[p], price[a]
+        person[a], person[p] = person[p], person[a]
+        at = parent
+
+
+@njit(cache=True)
+def _best_two(i, cand, value, ranked_at, cost) -> tuple[float, float, int]:
+    """(best, second best, best label) of row i's utilities w_ij - cost_j over its
+    candidates (w_ij = z_ij - ranked_at_j)."""
+    best, second, choice = -np.inf, -np.inf, -1
+    for s in range(cand.shape[1]):
+        j = cand[i, s]
+        utility = np.float64(value[i, s]) - ranked_at[j] - cost[j]
+        if utility > best:
+            best, second, choice = utility, best, j
+        elif utility > second:
+            second = utility
+    return best, second, choice
+
+
+@njit(cache=True)
+def auction_bids(cand, value, ranked_at, limit, counts, eps, state, pending, max_bids):
+    """Bids of a Gauss-Seidel auction for exact counts on candidate labels, from the rows
+    ``pending`` until every row holds a slot, some rows need new candidates, or
+    ``max_bids`` bids were made.
+
+    Row i's utility for label j is w_ij - cost_j, w_ij = z_ij - ranked_at_j (z: the
+    candidates' values ``value``, best first). Label j sells ``counts[j]`` identical
+    slots, each at its own price (a min-heap); cost_j is the cheapest slot's price when
+    all are sold, else the price of the unsold ones. An unassigned row bids for its best
+    candidate at cost_j plus its margin over its second best plus ``eps``, evicting the
+    holder of the cheapest slot when the label is full. ``limit[i]`` bounds the utility
+    of every label outside row i's candidates (costs only rise, so a bound stays valid):
+    the margin is taken against it too, and a row whose best candidate falls below it
+    is set aside (its candidates must be re-ranked at the current costs).
+
+    ``state`` = (price, person, first, size, cost, labels), updated in place. Returns
+    (set-aside rows, bids made, rows still unassigned and not set aside).
+    """
+    price, person, first, size, cost, labels = state
+    n_rows = cand.shape[0]
+    queue = np.empty(n_rows, dtype=np.int64)  # a ring of the unassigned rows
+    queue[: pending.shape[0]] = pending
+    aside = np.empty(n_rows, dtype=np.int64)
+    head, waiting, n_aside, bids = 0, pending.shape[0], 0, 0
+    while waiting > 0 and bids < max_bids:
+        i = queue[head]
+        head = (head + 1) % n_rows
+        waiting -= 1
+        best, second, j = _best_two(i, cand, value, ranked_at, cost)
+        if best < limit[i] or j < 0:
+            aside[n_aside] = i
+            n_aside += 1
+            continue
+        second = max(second, limit[i])
+        margin = best - second if second > -np.inf else 0.0  # (one possible label)
+        bid = cost[j] + margin + eps
+        if size[j] < counts[j]:
+            at = size[j]
+            price[first[j] + at], person[first[j] + at] = bid, i
+            size[j] += 1
+            _sift_up(price, person, first[j], at)
+        else:
+            evicted = person[first[j]]
+            labels[evicted] = -1
+            queue[(head + waiting) % n_rows] = evicted
+            waiting += 1
+            price[first[j]], person[first[j]] = bid, i
+            _sift_down(price, person, first[j], size[j], 0)
+        if size[j] == counts[j]:
+            cost[j] = price[first[j]]
+        labels[i] = j
+        bids += 1
+    rest = np.empty(waiting, dtype=np.int64)
+    for q in range(waiting):
+        rest[q] = queue[(head + q) % n_rows]
+    return aside[:n_aside].copy(), bids, rest

@@ -614,3 +614,81 @@ def balanced_labels(
             "labels of non-zero probability; give impossible labels a zero size"
         )
     return backend.from_numpy(solution.labels, like=like)  # (the library of the blocks)
+
+
+# --------------------------------------------------------------------------- the auction
+AUCTION_BIDS = 500  # most bids per row of one auction stage before it gives up
+
+
+def auction_labels(
+    rank: Any, counts: np.ndarray, potential: np.ndarray, epsilons: tuple[float, ...], width: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    r"""Labels with exactly ``counts[j]`` rows on label j, within N eps of the optimum of
+    sum_i z_i,a(i) (an auction, ``equipart._balanced_numba.auction_bids``), or None when
+    a stage makes more than ``AUCTION_BIDS`` bids per row (Numba is needed).
+
+    Parameters
+    ----------
+    rank : callable
+        ``rank(rows, g, k)``: the k best labels of the rows ``rows`` (all rows: None) by
+        z_ij + g_j, best first, as (int32 labels, their values z + g) on the host; z is the
+        assignment's utility (lam L), g label potentials (-inf: a label that takes no row).
+    counts : int64 (K,)
+        The exact label sizes, summing to N.
+    potential : float64 (K,)
+        The starting potentials (the previous solve's, or zeros): the closer to the
+        optimum's, the fewer bids.
+    epsilons : tuple of float
+        The bid increments of the stages, decreasing (eps-scaling): each stage starts
+        with every row unassigned at the potentials the last one ended with; the labels
+        of the last are within N eps of the optimum.
+    width : int
+        Candidates per row. A row whose candidates all fall below the bound that its
+        k-th candidate gives the other labels is re-ranked at the current potentials
+        (all such rows at once, with ``rank``), so the result holds over all K labels.
+
+    Returns
+    -------
+    (labels int64 (N,), potential float64 (K,)): the labels and the final potentials,
+    minus each label's cheapest slot price (a start for the next solve).
+    """
+    from ._balanced_numba import auction_bids
+
+    n_labels = counts.shape[0]
+    n_rows = int(counts.sum())
+    width = min(width, n_labels)
+    potential = np.where(counts > 0, potential, -np.inf)
+    ranked_at = np.where(counts > 0, potential, 0.0)
+    cand, value = rank(None, potential, width)
+    limit = _outside_bound(value, width, n_labels)
+    first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    for eps in epsilons:
+        cost = np.where(counts > 0, -potential, np.inf)
+        labels = np.full(n_rows, -1, dtype=np.int64)
+        state = (np.empty(n_rows), np.empty(n_rows, dtype=np.int64), first,
+                 np.zeros(n_labels, dtype=np.int64), cost, labels)  # fmt: skip
+        pending, budget = np.arange(n_rows, dtype=np.int64), AUCTION_BIDS * n_rows
+        while pending.size:
+            args = (cand, value, ranked_at, limit, counts, float(eps), state, pending, budget)
+            aside, bids, rest = auction_bids(*args)
+            budget -= bids
+            if rest.size or (bids == 0 and aside.size == pending.size):
+                return None  # out of bids, or no row can bid (no possible label)
+            if aside.size:  # re-rank the rows set aside at the current potentials
+                now = -cost
+                new_cand, new_value = rank(aside, now, width)
+                shift = ranked_at - np.where(np.isfinite(now), now, 0.0)
+                cand[aside] = new_cand
+                value[aside] = new_value + shift[new_cand]
+                limit[aside] = _outside_bound(new_value, width, n_labels)
+            pending = aside
+        potential = -cost
+    return labels, potential
+
+
+def _outside_bound(value: np.ndarray, width: int, n_labels: int) -> np.ndarray:
+    """Each row's bound on the utility of its non-candidate labels: its k-th candidate's
+    value (-inf when the candidates are all K labels)."""
+    if width >= n_labels:
+        return np.full(value.shape[0], -np.inf)
+    return value[:, -1].astype(np.float64)

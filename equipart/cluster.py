@@ -6,33 +6,48 @@ are prescribed: equal (floor or ceil of N / K, the default), within a band
 ``[size_min, size_max]``, or any :class:`equipart.Marginal` with hard counts. Each
 iteration
 
-1. assigns the points to the current centres c_j by the hard-assignment LP
+1. assigns the points to the current centres with the prescribed sizes, by one of two
+   steps. The *certified* step solves the hard-assignment LP
 
-   .. math:: \min_a \sum_i |x_i - c_{a(i)}|^2 \quad\text{s.t. sizes within bounds,}
+   .. math:: \min_a \sum_i |x_i - c_{a(i)}|^2 \quad\text{s.t. sizes within bounds}
 
-   solved as equipart solves SeLa's: a Sinkhorn solve on the scores
-   L_ij = -|x_i - c_j|^2 (``equipart.Factored(..., metric="sqeuclidean")``, one GEMM per
-   block of rows, never forming the N x K matrix) gives a dual g, and the balanced
-   rounding (``rounding="balanced"``, ``equipart.balanced``) turns prices into the LP's
-   certified exact optimum. The Sinkhorn solve only supplies prices, so it is loose
-   (``SINKHORN_TOL``, at most ``SINKHORN_MAX_ITER`` sweeps, Anderson-accelerated) and
-   warm-started from the previous iteration's dual; the rounding starts from the
-   previous iteration's exact prices moved by the change of the Sinkhorn dual (the
-   offset between the entropic dual and the LP's changes slowly from one iteration to the
-   next: late iterations then move a few dozen points). The first solve starts cold at
-   lam / ``COLD_DIVISOR`` and continues at lam from that dual, scaled up;
+   exactly: the balanced rounding (``rounding="balanced"``, ``equipart.balanced``) of
+   the scores L_ij = -|x_i - c_j|^2 (``equipart.Factored(..., metric="sqeuclidean")``,
+   one GEMM per block of rows, never the N x K matrix) returns a certified optimum from
+   any starting prices. The *auction* step (``equipart.balanced.auction_labels``, where
+   Numba is installed and every band is at most one wide: equal sizes, ``Counts``, or
+   the floor / ceil of N / K, the labels allowed one point more taking it in index
+   order) gives exact counts within N eps of that LP's optimum (in units of lam L): each
+   row bids on its ``AUCTION_WIDTH`` best labels (one GEMM pass), rows whose candidates
+   become too dear are re-ranked at the current prices, and the stages
+   ``AUCTION_EPSILONS`` (times lam times the median margin below) shrink eps. The
+   auction's prices carry over to the next iteration, so late iterations take little
+   more than their GEMM pass; a sampled auction (``AUCTION_SAMPLE`` rows per cluster)
+   gives the first iteration's. The auction steps run while the labels change; once
+   they settle (or the centres stop moving), the remaining iterations are certified,
+   the rounding starting at the auction's prices (each certified step's own prices
+   start the next). Bands wider than one, or no Numba, make every step certified: a
+   loose Sinkhorn solve (``SINKHORN_TOL``, at most ``SINKHORN_MAX_ITER`` sweeps,
+   Anderson-accelerated, warm-started from the previous step's dual; the first starts
+   cold at lam / ``COLD_DIVISOR`` and continues at lam from that dual, scaled up) gives
+   the prices from which the rounding starts (the previous step's exact prices moved by
+   the change of the Sinkhorn dual);
 2. moves every centre to the mean of its points (a cluster left empty, possible only when
    its lower size is 0, keeps its centre);
 
-and stops when the labels no longer change, or when the squared centre shift falls to
-``tol`` times the mean variance of the features (scikit-learn's rule), or after
-``max_iter`` iterations. Initialisation is k-means++ (``sklearn.cluster.kmeans_plusplus``,
-on a random subset of ``INIT_SAMPLE`` points, or 50 per cluster, where the data are larger);
-``n_init`` runs keep the one with the lowest inertia. Points are centred on their mean
-first (as scikit-learn's ``KMeans`` does), so that float32 distances keep their digits.
+and stops when the labels of certified steps no longer change, or when the squared
+centre shift falls to ``tol`` times the mean variance of the features (scikit-learn's
+rule), or after ``max_iter`` iterations. The final labels are always a certified step's:
+the exact optimum for the final centres. Initialisation is greedy k-means++
+(``_greedy_kmeans_plusplus``: 2 + ln K trials per centre, the random draws of
+scikit-learn's former ``_k_init``, on a random subset of ``INIT_SAMPLE`` points, or 50
+per cluster, where the data are larger); ``n_init`` runs keep the one with the lowest
+inertia. Points are centred on their mean first (as scikit-learn's ``KMeans`` does), so
+that float32 distances keep their digits.
 
-The inverse temperature of the Sinkhorn solves, ``lam``, does not change the labels of an
-iteration (the rounding is exact for any dual), only how fast they are found. ``"auto"``
+The inverse temperature ``lam`` does not change the labels of a certified step (the
+rounding is exact for any dual), only how fast they are found; the auction's eps scales
+with it, so its steps are the same up to rounding. ``"auto"``
 takes lam = ``LAM_AUTO`` / s, with s the median, over up to ``LAM_SAMPLE`` points, of the
 gap between a point's squared distances to its nearest and second-nearest initial centres:
 lam times a typical margin between a point's two best clusters is then ``LAM_AUTO``
@@ -56,7 +71,6 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.cluster import kmeans_plusplus
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -64,7 +78,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from .backends.base import Backend
-from .balanced import balanced_passes
+from .balanced import auction_labels, balanced_passes
 from .factored import Factored
 from .marginals import Bounds, ColumnConstraint, Marginal, Prior, Relaxed, Uniform
 from .problem import Problem, SolveOptions
@@ -78,6 +92,9 @@ INIT_SAMPLE = 50_000  # k-means++ draws its centres among at most this many poin
 SINKHORN_TOL = 1e-2  # each assignment's Sinkhorn solve: max_j |m_j / b_j - 1|
 SINKHORN_MAX_ITER = 100  # ... and its sweeps at most (the rounding is exact regardless)
 COLD_DIVISOR = 8.0  # the first solve starts at lam / COLD_DIVISOR
+AUCTION_EPSILONS = (1 / 30, 1 / 300, 1 / 3000)  # the auction's stages, x the median margin
+AUCTION_WIDTH = 16  # candidates per row of the auction steps
+AUCTION_SAMPLE = 32  # rows per cluster of the sampled auction giving the first potentials
 
 
 @dataclass(frozen=True)
@@ -266,19 +283,28 @@ class BalancedKMeans(
     ) -> _Run:
         """One initialisation: k-means++, then balanced Lloyd iterations (centred x)."""
         centers = _kmeans_plusplus(x, self.n_clusters, rng)
-        lam = _auto_lam(x, centers, rng) if self.lam == "auto" else float(self.lam)
-        labels, duals, n_iter = None, _Duals(), 0
-        settled = False
+        margin = _median_margin(x, centers, rng)
+        lam = LAM_AUTO / margin if self.lam == "auto" else float(self.lam)
+        counts = _exact_counts(constraint)
+        if counts is None:
+            step = _CertifiedSteps(constraint, lam, self.backend)
+        else:
+            step = _AuctionSteps(constraint, lam, self.backend, counts, lam * margin)
+            step.start(x, centers, rng)
+        labels, n_iter, settled = None, 0, False
         for n_iter in range(1, self.max_iter + 1):  # noqa: B007 (n_iter is reported)
-            new_labels = _assign(x, centers, constraint, lam, duals, self.backend)
+            new_labels = step(x, centers)
             new_centers = _centroids(x, new_labels, centers)
             shift = float(((new_centers - centers) ** 2).sum())
             settled = labels is not None and np.array_equal(labels, new_labels)
             labels, centers = new_labels, new_centers
-            if settled or shift <= threshold:
+            if (settled or shift <= threshold) and not step.certified:
+                step = step.certifying()  # the rest of the iterations certified
+                settled = False
+            elif settled or shift <= threshold:
                 break
         if not settled:  # the labels of the final centres
-            labels = _assign(x, centers, constraint, lam, duals, self.backend)
+            labels = step.certifying()(x, centers)
         return _Run(centers, labels, _inertia(x, centers, labels), n_iter, lam)
 
     # -- using the clusters -----------------------------------------------------------------
@@ -332,25 +358,67 @@ def _kmeans_plusplus(x: np.ndarray, n_clusters: int, rng: Any) -> np.ndarray:
     size = max(INIT_SAMPLE, 50 * n_clusters)
     if x.shape[0] > size:
         x = x[np.sort(rng.choice(x.shape[0], size=size, replace=False))]
-    # float64: scikit-learn computes float32 distances in small upcast chunks, far slower;
-    # one BLAS thread: its GEMMs are thin (N x d by d x a few trials), where waking BLAS
-    # threads costs more than it saves (0.13 s against 0.83 s at 20,000 x 32, K = 100, on
-    # the 2-core development VM under load)
+    # one BLAS thread: the GEMMs are thin (a few trials by N x d), where waking BLAS
+    # threads costs more than it saves
     with threadpool_limits(1, user_api="blas"):
-        centers = kmeans_plusplus(x.astype(np.float64), n_clusters, random_state=rng)[0]
+        centers = _greedy_kmeans_plusplus(x.astype(np.float64), n_clusters, rng)
     return centers.astype(x.dtype)
 
 
-def _auto_lam(x: np.ndarray, centers: np.ndarray, rng: Any) -> float:
-    """LAM_AUTO over the median gap between a sampled point's two nearest squared
-    distances to the centres (1.0 where there is no gap: one cluster, or equal points)."""
+def _greedy_kmeans_plusplus(x: np.ndarray, n_clusters: int, rng: Any) -> np.ndarray:
+    """Greedy k-means++ (Arthur and Vassilvitskii; scikit-learn's default seeding): the
+    first centre uniformly at random, then each next one the best, by the potential
+    sum_i min_c |x_i - c|^2 it leaves, of 2 + floor(ln K) points drawn with probability
+    proportional to D(x)^2, the squared distance to the nearest centre so far."""
+    n_rows = x.shape[0]
+    trials = 2 + int(np.log(n_clusters))
+    norms = np.einsum("ij,ij->i", x, x)
+    centers = np.empty((n_clusters, x.shape[1]))
+    centers[0] = x[rng.randint(n_rows)]
+    nearest = np.maximum(norms - 2.0 * (x @ centers[0]) + centers[0] @ centers[0], 0.0)
+    for c in range(1, n_clusters):
+        cumulative = np.cumsum(nearest)
+        picks = np.searchsorted(cumulative, rng.uniform(size=trials) * cumulative[-1])
+        picks = np.minimum(picks, n_rows - 1)
+        distances = norms[picks, None] - 2.0 * (x[picks] @ x.T) + norms[None, :]
+        np.maximum(distances, 0.0, out=distances)
+        np.minimum(distances, nearest, out=distances)
+        best = int(np.argmin(distances.sum(axis=1)))
+        centers[c], nearest = x[picks[best]], distances[best]
+    return centers
+
+
+def _median_margin(x: np.ndarray, centers: np.ndarray, rng: Any) -> float:
+    """The median, over up to ``LAM_SAMPLE`` sampled points, of the gap between a point's
+    squared distances to its two nearest centres (1.0 where there is no gap: one
+    cluster, or equal points)."""
     if centers.shape[0] < 2:
         return 1.0
     rows = rng.choice(x.shape[0], size=min(x.shape[0], LAM_SAMPLE), replace=False)
     distances = euclidean_distances(x[rows], centers, squared=True)
     nearest = np.partition(distances, 1, axis=1)[:, :2]
     gap = float(np.median(nearest[:, 1] - nearest[:, 0]))
-    return LAM_AUTO / gap if gap > 0 else 1.0
+    return gap if gap > 0 else 1.0
+
+
+def _exact_counts(constraint: ColumnConstraint) -> np.ndarray | None:
+    """Exact label sizes for the auction steps where the bands are at most one wide (equal
+    sizes, counts, or floor / ceil of N / K: the labels that may take one point more take
+    it in index order), and Numba is installed; else None (every step certified)."""
+    lo, hi = constraint.count_bounds()
+    if np.any(hi - lo > 1) or not _has_numba():
+        return None
+    counts = lo.copy()
+    counts[np.flatnonzero(hi > lo)[: int(constraint.n_rows - lo.sum())]] += 1
+    return counts
+
+
+def _has_numba() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -391,6 +459,111 @@ def _assign(
     labels, prices = _balanced_rounding(source, engine, lam, duals.start(soft), constraint)
     duals.soft, duals.prices = soft, prices
     return labels
+
+
+class _CertifiedSteps:
+    """Every assignment step certified: a Sinkhorn solve warm-started across steps, then
+    the balanced rounding (``_assign``)."""
+
+    certified = True
+
+    def __init__(self, constraint: ColumnConstraint, lam: float, backend: Any) -> None:
+        self.constraint, self.lam, self.backend = constraint, lam, backend
+        self.duals = _Duals()
+
+    def __call__(self, x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        return _assign(x, centers, self.constraint, self.lam, self.duals, self.backend)
+
+    def certifying(self) -> _CertifiedSteps:
+        return self
+
+
+class _RoundingSteps(_CertifiedSteps):
+    """Certified steps after the auction's: the balanced rounding alone, started at the
+    previous step's prices (the auction's, then its own)."""
+
+    def __init__(
+        self, constraint: ColumnConstraint, lam: float, backend: Any, prices: np.ndarray
+    ) -> None:
+        super().__init__(constraint, lam, backend)
+        self.prices = prices
+
+    def __call__(self, x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        engine, source = _open_scores(x, centers, self.backend)
+        labels, self.prices = _balanced_rounding(
+            source, engine, self.lam, self.prices, self.constraint
+        )
+        return labels
+
+
+class _AuctionSteps:
+    """Exact-count steps by the auction (``equipart.balanced.auction_labels``), each
+    within N eps of the step's optimum, the potentials carried from step to step; a
+    sampled auction gives the first step's."""
+
+    certified = False
+
+    def __init__(
+        self,
+        constraint: ColumnConstraint,
+        lam: float,
+        backend: Any,
+        counts: np.ndarray,
+        margin: float,
+    ) -> None:
+        self.constraint, self.lam, self.backend = constraint, lam, backend
+        self.counts = counts
+        self.epsilons = tuple(margin * e for e in AUCTION_EPSILONS)
+        self.potential = np.zeros(counts.shape[0])
+
+    def start(self, x: np.ndarray, centers: np.ndarray, rng: Any) -> None:
+        """Potentials from an auction on a sample of ``AUCTION_SAMPLE`` rows per cluster
+        (its sizes in the same proportions), where x has more rows than that."""
+        size = AUCTION_SAMPLE * centers.shape[0]
+        if x.shape[0] <= size:
+            return
+        rows = np.sort(rng.choice(x.shape[0], size=size, replace=False))
+        counts = np.floor(self.counts * (size / x.shape[0])).astype(np.int64)
+        short = size - int(counts.sum())
+        counts[np.argsort(counts - self.counts * (size / x.shape[0]))[:short]] += 1
+        out = auction_labels(
+            _ranker(x[rows], centers, self.lam, self.backend), counts, self.potential,
+            self.epsilons, AUCTION_WIDTH,
+        )  # fmt: skip
+        if out is not None:
+            self.potential = out[1]
+
+    def __call__(self, x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        rank = _ranker(x, centers, self.lam, self.backend)
+        out = auction_labels(rank, self.counts, self.potential, self.epsilons, AUCTION_WIDTH)
+        if out is None:  # the auction gave up: a certified step from the same potentials
+            engine, source = _open_scores(x, centers, self.backend)
+            labels, self.potential = _balanced_rounding(
+                source, engine, self.lam, self.potential, self.constraint
+            )
+            return labels
+        labels, potential = out
+        self.potential = potential - potential[np.isfinite(potential)].max()
+        return labels
+
+    def certifying(self) -> _RoundingSteps:
+        return _RoundingSteps(self.constraint, self.lam, self.backend, self.potential)
+
+
+def _ranker(x: np.ndarray, centers: np.ndarray, lam: float, backend: Any) -> Any:
+    """``rank(rows, g, k)`` of ``auction_labels`` for the utilities -lam |x_i - c_j|^2
+    (up to a row term): each row's k best labels by them plus g, on the host."""
+
+    def rank(rows: np.ndarray | None, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        engine, source = _open_scores(x if rows is None else x[rows], centers, backend)
+        cand, value = [], []
+        for block in source.blocks(0):
+            idx, val = engine.top_labels(block, "logits", lam, g, k)
+            cand.append(engine.to_numpy(idx).astype(np.int32, copy=False))
+            value.append(engine.to_numpy(val))
+        return np.concatenate(cand), np.concatenate(value)
+
+    return rank
 
 
 def _open_scores(x: np.ndarray, centers: np.ndarray, backend: Any) -> tuple[Any, Any]:
