@@ -563,6 +563,18 @@ def test_waiting_one_chunk_for_a_helper_is_not_late():
     assert not late(32 * chunk, chunk, 64, 2)
 
 
+def test_a_helper_waking_up_is_not_late():
+    """A short call (a sweep of 10,000 x 100 scores: 0.29 ms of the caller's own work in
+    78 chunks) may wait up to about 0.1 ms for a helper to wake up, even on an idle
+    machine; that must not pause the helpers, while a helper off its core (a wait of a
+    scheduler time slice, milliseconds) still does."""
+    numba_backend = pytest.importorskip("equipart.backends.numba")
+    late = numba_backend._helpers_late
+    assert not late(0.29e-3, 0.1e-3, 78, 2)
+    assert not late(0.12e-3, 0.1e-3, 78, 2)
+    assert late(0.29e-3, 3e-3, 78, 2)
+
+
 def test_more_threads_than_cores_gives_the_same_bits(tmp_path):
     """A fresh process with NUMBA_NUM_THREADS=3 (whatever the core count) agrees bit for bit."""
     x = scores_for("logits", (12_000, 50), np.float32, seed=8)  # above PARALLEL_MIN_ELEMENTS

@@ -93,6 +93,10 @@ PARALLEL_MIN_ELEMENTS = 1 << 19
 # calling thread alone (see ``_run`` and ``_helpers_late``)
 HELPER_WAIT_SHARE = 0.25
 HELPER_PAUSE_S = 0.25
+# ... beyond also a helper's wake-up: its queue's signal and the GIL take up to about 0.1
+# ms on the 2-core development VM when idle (a descheduled helper costs a scheduler time
+# slice, milliseconds)
+HELPER_WAKE_S = 2e-4
 
 # Fast-math for the kernels: reassociation (vectorised reductions) and FMA contraction,
 # but no "ninf", because g_j = -inf (zero-target labels) and log(0) (probabilities) are
@@ -358,11 +362,14 @@ def _helpers_late(own: float, waited: float, n_chunks: int, threads: int) -> boo
     A helper on its core may claim the last chunk just before the caller runs out of
     chunks, so the caller may rightly wait for up to one chunk, about
     own * threads / n_chunks seconds (the caller's share is n_chunks / threads chunks);
-    only a wait longer than that plus HELPER_WAIT_SHARE * own counts. (Without the
-    allowance, a block of few chunks, such as 1,000 x 4,096 scores in 7 chunks of
-    0.3 ms, could pause the helpers whenever a helper took the last chunk.)
+    only a wait longer than that plus HELPER_WAIT_SHARE * own, plus HELPER_WAKE_S for a
+    helper's wake-up, counts. (Without the chunk allowance, a block of few chunks, such as
+    1,000 x 4,096 scores in 7 chunks of 0.3 ms, could pause the helpers whenever a helper
+    took the last chunk; without the wake-up allowance, a call of a few tenths of a
+    millisecond, such as a sweep of 10,000 x 100 scores, paused them about once in ten
+    calls on an idle machine, so that its solves ran on one thread.)
     """
-    return waited > own * (HELPER_WAIT_SHARE + threads / n_chunks)
+    return waited > own * (HELPER_WAIT_SHARE + threads / n_chunks) + HELPER_WAKE_S
 
 
 def _unit(dtype: np.dtype) -> float:
