@@ -74,9 +74,12 @@ __all__ = [
     "FIRST_WIDTH",
     "WIDEN",
     "CandidateSolution",
+    "auction_labels",
     "balanced_labels",
     "balanced_passes",
+    "has_compiled_passes",
     "solve_candidates",
+    "top_candidates",
 ]
 
 FIRST_WIDTH = 8  # candidates per row at the first try
@@ -446,6 +449,12 @@ def _labels_can_cover(cand: np.ndarray, value: np.ndarray, lo: np.ndarray, hi: n
     return not np.any(lo[~present] > 0) and int(hi[present].sum()) >= cand.shape[0]
 
 
+def has_compiled_passes() -> bool:
+    """Whether the compiled phases and auction (``equipart._balanced_numba``: Numba) run
+    here."""
+    return _compiled_phases("auto") is not None
+
+
 def _compiled_phases(phases: str) -> Any:
     """The compiled phase loop for ``phases`` ("auto", "compiled", "python"), or None."""
     if phases not in ("auto", "compiled", "python"):
@@ -523,6 +532,29 @@ def solve_candidates(
     )
 
 
+def top_candidates(
+    source: RowSource,
+    backend: Backend,
+    head: int,
+    kind: ScoreKind,
+    lam: float,
+    g: np.ndarray,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Every row's ``width`` best labels by lam * L + g (``Backend.top_labels``, block by
+    block), on the host: (int32 labels (N, width), their values, the last block read)."""
+    cand, value, like = [], [], None
+    for block in source.blocks(head):
+        idx, val = backend.top_labels(block, kind, lam, g, width)
+        cand.append(backend.to_numpy(idx).astype(np.int32, copy=False))
+        del idx
+        value.append(backend.to_numpy(val))
+        like = block
+    cand = cand[0] if len(cand) == 1 else np.concatenate(cand)
+    value = value[0] if len(value) == 1 else np.concatenate(value)
+    return cand, value, like
+
+
 def balanced_passes(
     source: RowSource,
     backend: Backend,
@@ -548,18 +580,9 @@ def balanced_passes(
     n_labels = lo.shape[0]
     width = min(FIRST_WIDTH, n_labels)
     prices = np.asarray(g, dtype=np.float64)
-    like = None
     passes = []
     while True:
-        cand, value = [], []
-        for block in source.blocks(head):
-            idx, val = backend.top_labels(block, kind, lam, prices, width)
-            cand.append(backend.to_numpy(idx).astype(np.int32, copy=False))
-            del idx
-            value.append(backend.to_numpy(val))
-            like = block
-        cand = cand[0] if len(cand) == 1 else np.concatenate(cand)
-        value = value[0] if len(value) == 1 else np.concatenate(value)
+        cand, value, like = top_candidates(source, backend, head, kind, lam, prices, width)
         solution = solve_candidates(cand, value, prices, lo, hi, complete=width == n_labels)
         passes.append((width, solution))
         if solution.certified or width == n_labels:

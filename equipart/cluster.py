@@ -78,7 +78,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from .backends.base import Backend
-from .balanced import auction_labels, balanced_passes
+from .balanced import auction_labels, balanced_passes, has_compiled_passes, top_candidates
 from .factored import Factored
 from .marginals import Bounds, ColumnConstraint, Marginal, Prior, Relaxed, Uniform
 from .problem import Problem, SolveOptions
@@ -406,19 +406,11 @@ def _exact_counts(constraint: ColumnConstraint) -> np.ndarray | None:
     sizes, counts, or floor / ceil of N / K: the labels that may take one point more take
     it in index order), and Numba is installed; else None (every step certified)."""
     lo, hi = constraint.count_bounds()
-    if np.any(hi - lo > 1) or not _has_numba():
+    if np.any(hi - lo > 1) or not has_compiled_passes():
         return None
     counts = lo.copy()
     counts[np.flatnonzero(hi > lo)[: int(constraint.n_rows - lo.sum())]] += 1
     return counts
-
-
-def _has_numba() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -478,22 +470,26 @@ class _CertifiedSteps:
         return self
 
 
-class _RoundingSteps(_CertifiedSteps):
+class _RoundingSteps:
     """Certified steps after the auction's: the balanced rounding alone, started at the
     previous step's prices (the auction's, then its own)."""
+
+    certified = True
 
     def __init__(
         self, constraint: ColumnConstraint, lam: float, backend: Any, prices: np.ndarray
     ) -> None:
-        super().__init__(constraint, lam, backend)
+        self.constraint, self.lam, self.backend = constraint, lam, backend
         self.prices = prices
 
     def __call__(self, x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-        engine, source = _open_scores(x, centers, self.backend)
-        labels, self.prices = _balanced_rounding(
-            source, engine, self.lam, self.prices, self.constraint
+        labels, self.prices = _rounding_step(
+            x, centers, self.constraint, self.lam, self.backend, self.prices
         )
         return labels
+
+    def certifying(self) -> _RoundingSteps:
+        return self
 
 
 class _AuctionSteps:
@@ -537,9 +533,8 @@ class _AuctionSteps:
         rank = _ranker(x, centers, self.lam, self.backend)
         out = auction_labels(rank, self.counts, self.potential, self.epsilons, AUCTION_WIDTH)
         if out is None:  # the auction gave up: a certified step from the same potentials
-            engine, source = _open_scores(x, centers, self.backend)
-            labels, self.potential = _balanced_rounding(
-                source, engine, self.lam, self.potential, self.constraint
+            labels, self.potential = _rounding_step(
+                x, centers, self.constraint, self.lam, self.backend, self.potential
             )
             return labels
         labels, potential = out
@@ -556,12 +551,7 @@ def _ranker(x: np.ndarray, centers: np.ndarray, lam: float, backend: Any) -> Any
 
     def rank(rows: np.ndarray | None, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         engine, source = _open_scores(x if rows is None else x[rows], centers, backend)
-        cand, value = [], []
-        for block in source.blocks(0):
-            idx, val = engine.top_labels(block, "logits", lam, g, k)
-            cand.append(engine.to_numpy(idx).astype(np.int32, copy=False))
-            value.append(engine.to_numpy(val))
-        return np.concatenate(cand), np.concatenate(value)
+        return top_candidates(source, engine, 0, "logits", lam, g, k)[:2]
 
     return rank
 
@@ -588,6 +578,20 @@ def _sinkhorn(
         options = SolveOptions(SINKHORN_TOL, SINKHORN_MAX_ITER, acceleration="anderson")
         outcome = run_sinkhorn(problem, options)
     return outcome.g[0]
+
+
+def _rounding_step(
+    x: np.ndarray,
+    centers: np.ndarray,
+    constraint: ColumnConstraint,
+    lam: float,
+    backend: Any,
+    prices: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_balanced_rounding`` of the scores of x against the centres, with no Sinkhorn
+    solve: (labels, final prices) from ``prices``."""
+    engine, source = _open_scores(x, centers, backend)
+    return _balanced_rounding(source, engine, lam, prices, constraint)
 
 
 def _balanced_rounding(

@@ -136,8 +136,7 @@ def _equipart_runner(backend: str) -> Runner:
             result = equipart.assign_labels(
                 scores, lam=lam, tol=tol, max_iter=max_iter, backend=backend, callback=callback
             )
-        _sync(scores)
-        _sync(result.labels)
+        _sync(result.labels)  # (in the scores' library and device)
         loop_s = None
         if len(checks) >= 2:
             (i0, t0), (i1, t1) = checks[0], checks[-1]
