@@ -717,12 +717,27 @@ def _assert_block_check(got: BlockCheck, ref: BlockCheck, case: _Case) -> None:
             f"max_row_sum_deviation {got.max_row_sum_deviation}, expected "
             f"{ref.max_row_sum_deviation}"
         )
+    if not np.isnan(got.log_normaliser):
+        assert case.kind == "logits", f"log_normaliser reported for input={case.kind!r}"
+        want = _log_normaliser(case.host)
+        np.testing.assert_allclose(
+            got.log_normaliser, want, rtol=case.tol.logprob, err_msg="log_normaliser"
+        )
     if got.support is not None:
         n_rows, n_labels = case.host.shape
         want = ref.support if ref.support is not None else np.full(n_labels, n_rows)
         assert np.array_equal(np.asarray(got.support), want), (
             f"support {got.support}, expected {want}"
         )
+
+
+def _log_normaliser(host: np.ndarray) -> float:
+    """sum_i log sum_j exp(x_ij) in float64 (-inf for a row that is -inf everywhere)."""
+    x = np.asarray(host, dtype=np.float64)
+    top = x.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = np.where(np.isfinite(top), x - top, -np.inf)
+        return float((top[:, 0] + np.log(np.exp(shifted).sum(axis=1))).sum())
 
 
 def _assert_solve_labels(labels, ref_labels, case: _Case, g_got, g_ref) -> None:

@@ -336,6 +336,13 @@ def _lam_or_eps(name: str, lam: float) -> str:
     return f"1/eps = {lam:.3g}" if name == "eps" else f"lam = {lam:.3g}"
 
 
+# The objective takes the rows' log-normalisers from the check (ScoreSummary.log_normaliser)
+# only where every row's best score is within this of 0: the sum of the picked scores less
+# theirs then errs by at most about 2 * 4096 * 2^-53 = 1e-12 per row; larger offsets keep
+# the per-row log-softmax pass, exact to rounding at any offset.
+NORMALISER_MAX_SCORE = 4096.0
+
+
 @dataclass(frozen=True)
 class ScoreSummary:
     """What ``check_values`` learns about a head's scores.
@@ -351,11 +358,17 @@ class ScoreSummary:
     extent : float
         The largest entry minus the smallest (inf with -inf entries; for probabilities,
         inf with zeros, else 0): below the mask depth, no entry can be a mask.
+    log_normaliser : float
+        For logits, sum_i log sum_j exp(x_ij) over all the blocks, in float64: the
+        objective's sum of log-softmax values at the labels is the sum of the picked
+        scores minus this. NaN where a backend did not report it, or where a row's best
+        score is beyond +-NORMALISER_MAX_SCORE (where the two sums would cancel digits).
     """
 
     support: np.ndarray | None
     spread: float
     extent: float = 0.0
+    log_normaliser: float = float("nan")
 
 
 def check_values(
@@ -373,7 +386,7 @@ def check_values(
     probability) in logits and log-probabilities. ``where`` names the head in messages.
     """
     support, reported, start = None, True, 0
-    top, lowest_best, lowest = -np.inf, np.inf, np.inf
+    top, lowest_best, lowest, normaliser = -np.inf, np.inf, np.inf, 0.0
     for block in blocks:
         n_rows = block.shape[0]
         if n_rows == 0:
@@ -393,6 +406,7 @@ def check_values(
         _check_kind_range(backend, block, report, kind, name)
         top, lowest_best = max(top, report.max_value), min(lowest_best, report.min_row_max)
         lowest = min(lowest, report.min_value)
+        normaliser += report.log_normaliser  # (NaN once a block did not report it)
         if lam is not None:
             shape, dtype = backend.shape_dtype(block)
             check_lam_scale(lam, report, kind, str(dtype), shape[-1], lam_name)
@@ -408,7 +422,9 @@ def check_values(
     else:
         spread = top - lowest_best if math.isfinite(top - lowest_best) else 0.0
         extent = top - lowest if start else 0.0
-    return ScoreSummary(support if reported else None, spread, extent)
+    if kind != "logits" or max(abs(top), abs(lowest_best)) > NORMALISER_MAX_SCORE:
+        normaliser = np.nan
+    return ScoreSummary(support if reported else None, spread, extent, normaliser)
 
 
 def _check_kind_range(

@@ -756,3 +756,71 @@ def test_float64_solves_stop_on_a_float64_error(monkeypatch):
     with pytest.warns(ConvergenceWarning):
         ref = assign_labels(x, lam=25.0, max_iter=5, acceleration="none", backend="numpy")
     np.testing.assert_allclose(plain.state.g, ref.state.g, rtol=0, atol=1e-10)
+
+
+def _mean_log_softmax(x: np.ndarray, labels: np.ndarray) -> float:
+    """The objective in float64, row by row: mean of log softmax(x_i)[labels_i]."""
+    x = np.asarray(x, dtype=np.float64)
+    top = x.max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        log_p = x - top - np.log(np.exp(x - top).sum(axis=1, keepdims=True))
+    return float(log_p[np.arange(len(x)), labels].mean())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form", ["array", "masked", "blocks", "heads"])
+def test_the_objective_from_the_checks_normalisers(dtype, form, monkeypatch):
+    """For logits the check reports the rows' log-normalisers (sum_i log sum_j exp x_ij)
+    and the objective reads only the picked scores: the objective of the per-row
+    log-softmax pass (``logprob_sum``, sums of exp in the compute precision) to 1e-12,
+    and of float64 arithmetic to that precision's digits, in one array, with -inf
+    masks, over streamed blocks and per head."""
+    from equipart.sources import open_source
+    from equipart.validation import check_all_values
+
+    rng = np.random.default_rng(4)
+    x = (3.0 * rng.standard_normal((3, 900, 40))).astype(dtype)
+    if form == "masked":
+        x[:, rng.random((900, 40)) < 0.2] = -np.inf
+        x[:, :, 0] = 1.0  # (every row keeps a possible label)
+    scores = x if form == "heads" else x[0]
+    if form == "blocks":
+        scores = equipart.RowBlocks(lambda: (x[0, i : i + 128] for i in range(0, 900, 128)))
+    engine, source = open_source(scores, "numba")
+    summaries = check_all_values(source, engine, "logits", 5.0)
+    assert all(np.isfinite(summary.log_normaliser) for summary in summaries)
+    kinds = []
+    picked = NumbaBackend.logprob_sum
+
+    def spy(self, block, kind, labels):
+        kinds.append(kind)
+        return picked(self, block, kind, labels)
+
+    monkeypatch.setattr(NumbaBackend, "logprob_sum", spy)
+    result = assign_labels(scores, lam=5.0, backend="numba")
+    monkeypatch.undo()
+    assert set(kinds) == {"logprobs"}  # (the picked scores only)
+    labels = np.asarray(result.labels).reshape(-1, 900)
+    heads = range(len(labels))
+    per_row = np.mean([NB.logprob_sum(x[h], "logits", labels[h]) / 900 for h in heads])
+    assert result.objective == pytest.approx(per_row, rel=1e-12, abs=1e-12)
+    exact = np.mean([_mean_log_softmax(x[h], labels[h]) for h in heads])
+    assert result.objective == pytest.approx(exact, rel=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_the_normalisers_are_left_out_beyond_the_score_limit():
+    """Row maxima beyond +-NORMALISER_MAX_SCORE: no normaliser (the two sums would
+    cancel digits), and the objective keeps its digits through the per-row pass; other
+    kinds report none either."""
+    from equipart.sources import open_source
+    from equipart.validation import NORMALISER_MAX_SCORE, check_all_values
+
+    x = np.random.default_rng(5).standard_normal((500, 20))
+    far = x + 4 * NORMALISER_MAX_SCORE
+    for scores, kind in ((far, "logits"), (x - x.max(1, keepdims=True) - 3, "logprobs")):
+        engine, source = open_source(scores, "numba")
+        assert np.isnan(check_all_values(source, engine, kind, 1.0)[0].log_normaliser)
+    near = assign_labels(x, lam=1.0, backend="numba")
+    offset = assign_labels(far, lam=1.0, backend="numba")
+    assert np.array_equal(np.asarray(near.labels), np.asarray(offset.labels))
+    assert offset.objective == pytest.approx(near.objective, rel=1e-12)

@@ -96,6 +96,9 @@ class BlockCheck:
     support: np.ndarray | None = field(default=None, compare=False)
     # min_i max_j x_ij: the lowest of the rows' best entries (NaN: not reported)
     min_row_max: float = float("nan")
+    # for logits, sum_i log sum_j exp(x_ij) in float64: the rows' log-normalisers, which
+    # the objective subtracts from the picked scores (NaN: not reported, or not logits)
+    log_normaliser: float = float("nan")
 
 
 class Backend(ABC):

@@ -107,6 +107,7 @@ _EXACT_Z = {"nnan", "nsz", "arcp", "reassoc", "afn"}
 _CHECK = {"nsz", "reassoc", "contract"}  # values may be NaN or inf: no "nnan", "ninf"
 _NO_REASSOC = {"nnan", "nsz", "arcp", "contract", "afn"}
 _OPTS = {"cache": True, "nogil": True}
+_KIND_CODES = {"logits": 0, "logprobs": 1, "probs": 2}  # the kernels' ``kind_code``
 
 _F32 = np.float32
 # Both precisions work in base-2 units: z2 = z * log2(e), so that exp(v) = 2^(v log2 e)
@@ -874,10 +875,14 @@ def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
 
 @njit(**_OPTS, fastmath=_CHECK)
 def _check_kernel(
-    counters, x, probs, n_chunks, finite, minima, maxima, row_best, deviation, support
+    counters, x, kind_code, unit, n_chunks, finite, minima, maxima, row_best, deviation,
+    normaliser, support,
 ):
-    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum, and
-    for probabilities max_i |sum_j x_ij - 1| and the number of positive entries of each
+    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum; for
+    logits (kind_code 0) the sum of the rows' log-sum-exp log sum_j exp(x_ij), each
+    taken as ``_logprob_kernel`` takes it (m_i + log sum_j exp(x_ij - m_i), the sum in
+    the compute precision that ``unit`` holds the kernel unit in); for probabilities
+    (kind_code 2) max_i |sum_j x_ij - 1| and the number of positive entries of each
     column (``support``, (C, K); unused otherwise).
 
     NaN and +inf: the sum of x_ij * 0 over the entries other than -inf is 0 when there
@@ -892,31 +897,41 @@ def _check_kernel(
         r0, r1 = _chunk_bounds(c, n_chunks, n_rows)
         poison = 0.0
         low, high, lowest_best = np.inf, -np.inf, np.inf
-        dev = 0.0
+        dev, lse = 0.0, 0.0
         for b0 in range(r0, r1, SUB_ROWS):
             b1 = min(b0 + SUB_ROWS, r1)
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 row = rows[i]
-                s = 0.0
-                best = -np.inf
+                zero = unit[0] * 0
+                row_poison, bottom, top = zero, _widen(row[0]), _widen(row[0])
                 for j in range(n_labels):
-                    value = np.float64(_widen(row[j]))
-                    s += value
-                    poison += (0.0 if value == -np.inf else value) * 0.0
-                    low = _fmin(low, value)
-                    best = _fmax(best, value)
+                    w = _widen(row[j])
+                    row_poison += (w if w != -np.inf else zero) * zero
+                    bottom = _fmin(bottom, w)
+                    top = _fmax(top, w)
+                poison += row_poison
+                best = np.float64(top)
+                low = _fmin(low, np.float64(bottom))
                 high = _fmax(high, best)
                 lowest_best = _fmin(lowest_best, best)
-                if probs:
-                    dev = max(dev, abs(s - 1.0))
+                if kind_code == 0:
+                    e = zero
                     for j in range(n_labels):
+                        e += _exp_units((_widen(row[j]) - top) * unit[0])
+                    lse += best + math.log(np.float64(e)) if best > -np.inf else -np.inf
+                elif kind_code == 2:
+                    s = 0.0
+                    for j in range(n_labels):
+                        s += np.float64(_widen(row[j]))
                         support[c, j] += _widen(row[j]) > 0
+                    dev = max(dev, abs(s - 1.0))
         finite[c] = math.isfinite(poison)
         minima[c] = low
         maxima[c] = high
         row_best[c] = lowest_best
         deviation[c] = dev
+        normaliser[c] = lse
         last = _finish(counters, n_chunks)
         c = _claim(counters)
     return last
@@ -1060,27 +1075,38 @@ class NumbaBackend(NumpyBackend):
     def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
         x = _as_array(block)
         probs = kind == "probs"
+        kind_code = _KIND_CODES[kind]
+        dtype = compute_dtype(x.dtype)
+        unit = np.array([_unit(dtype)], dtype=dtype)
         valid, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
-        min_row_max = np.inf
+        min_row_max, normaliser = np.inf, 0.0
         support = np.zeros(x.shape[1], dtype=np.int64) if probs else None
         for part, _ in _kernel_blocks(x):
             n_chunks = _n_chunks(*part.shape)
             finite = np.empty(n_chunks, dtype=np.bool_)
-            minima, maxima, row_best = (np.empty(n_chunks) for _ in range(3))
-            dev = np.empty(n_chunks)
+            minima, maxima, row_best, dev, lse = (np.empty(n_chunks) for _ in range(5))
             counts = np.zeros((n_chunks, x.shape[1] if probs else 0), dtype=np.int64)
-            stats = (finite, minima, maxima, row_best, dev, counts)
-            _run(_check_kernel, n_chunks, part.size, part, probs, n_chunks, *stats)
+            stats = (finite, minima, maxima, row_best, dev, lse, counts)
+            _run(_check_kernel, n_chunks, part.size, part, kind_code, unit, n_chunks, *stats)
             valid = valid and bool(finite.all())
             min_value = min(min_value, float(minima.min()))
             max_value = max(max_value, float(maxima.max()))
             min_row_max = min(min_row_max, float(row_best.min()))
             deviation = max(deviation, float(dev.max()))
+            normaliser += float(lse.sum())
             if support is not None:
                 support += counts.sum(axis=0)
         if not probs and valid and min_value == -np.inf:  # masked labels: a second pass
             support = _possible_rows(x)
-        return BlockCheck(valid, min_value, deviation, max_value, support, min_row_max=min_row_max)
+        return BlockCheck(
+            valid,
+            min_value,
+            deviation,
+            max_value,
+            support,
+            min_row_max=min_row_max,
+            log_normaliser=normaliser if kind == "logits" and valid else np.nan,
+        )
 
     def new_state(self) -> NumbaSolveState:
         """Each block's row maxima, kept for the length of a solve: its sweeps skip the
@@ -1232,7 +1258,7 @@ class NumbaBackend(NumpyBackend):
         picks = np.ascontiguousarray(labels, dtype=np.int64)
         if picks.size:
             check_label_range(int(picks.min()), int(picks.max()), x.shape[1])
-        kind_code = {"logits": 0, "logprobs": 1, "probs": 2}[kind]
+        kind_code = _KIND_CODES[kind]
         dtype = compute_dtype(x.dtype)
         unit = np.array([_unit(dtype)], dtype=dtype)
         total, start = 0.0, 0
