@@ -112,7 +112,7 @@ def _checked_problem(
     g0 = None
     if warm_start is not None:
         g0 = initial_dual(warm_start, source.n_heads, source.n_labels, lam)
-    summaries = check_all_values(source, engine, kind, lam)
+    summaries = check_all_values(source, engine, kind, lam, log_normaliser=True)
     return Problem(source, engine, lam, kind, spec, g0, summaries=summaries)
 
 

@@ -279,11 +279,13 @@ class _Checker:
             self.fail(method, case, f"raised {type(exc).__name__}: {exc}")
         self.report.passed.append(f"{method} [{case}]")
 
-    def call(self, case: _Case, method: str, *args: Any, backend: Backend | None = None) -> Any:
-        """backend.method(case.block, *args) (by default the backend checked), checking
-        that it left its inputs as they were (the scores and g)."""
+    def call(
+        self, case: _Case, method: str, *args: Any, backend: Backend | None = None, **kwargs: Any
+    ) -> Any:
+        """backend.method(case.block, *args, **kwargs) (by default the backend checked),
+        checking that it left its inputs as they were (the scores and g)."""
         g_before = case.g.copy()
-        out = getattr(backend or self.backend, method)(case.block, *args)
+        out = getattr(backend or self.backend, method)(case.block, *args, **kwargs)
         same = self.host_of(case.block)
         assert np.array_equal(same, case.host, equal_nan=True), "it modified the scores"
         assert np.array_equal(case.g, g_before), "it modified g"
@@ -461,7 +463,12 @@ class _Checker:
         def check() -> None:
             got = self.call(case, "check", case.kind)
             assert isinstance(got, BlockCheck), f"returned {type(got).__name__}"
-            _assert_block_check(got, self.ref.check(case.host, case.kind), case)
+            ref = self.ref.check(case.host, case.kind)
+            _assert_block_check(got, ref, case)
+            if case.kind == "logits" and getattr(self.backend, "reports_log_normaliser", False):
+                asked = self.call(case, "check", case.kind, log_normaliser=True)
+                assert not np.isnan(asked.log_normaliser), "log_normaliser=True: not reported"
+                _assert_block_check(asked, ref, case)
 
         self.run("check", case.label, check)
 

@@ -379,19 +379,27 @@ def check_values(
     lam: float | None = None,
     lam_name: str = "lam",
     where: str = "",
+    log_normaliser: bool = False,
 ) -> ScoreSummary:
     """Read every block once: no NaN or +inf, valid probabilities for ``input="probs"``,
     no row without a possible label, and, given ``lam``, that lam times every row's best
     score stays finite, and resolved, in the sweep. -inf marks an impossible label (zero
     probability) in logits and log-probabilities. ``where`` names the head in messages.
+    With ``log_normaliser``, logits are also summed into the rows' log-normalisers where
+    the backend reports them (``ScoreSummary.log_normaliser``, for the objective).
     """
+    reports = getattr(backend, "reports_log_normaliser", False)
+    ask = log_normaliser and kind == "logits" and reports
     support, reported, start = None, True, 0
     top, lowest_best, lowest, normaliser = -np.inf, np.inf, np.inf, 0.0
     for block in blocks:
         n_rows = block.shape[0]
         if n_rows == 0:
             continue
-        report = backend.check(block, kind)
+        if ask:
+            report = backend.check(block, kind, log_normaliser=True)
+        else:
+            report = backend.check(block, kind)
         if not report.finite_or_neg_inf:
             raise ValueError(
                 f"{name}: contains NaN or +inf values; clean them (for example np.nan_to_num), "
@@ -422,7 +430,7 @@ def check_values(
     else:
         spread = top - lowest_best if math.isfinite(top - lowest_best) else 0.0
         extent = top - lowest if start else 0.0
-    if kind != "logits" or max(abs(top), abs(lowest_best)) > NORMALISER_MAX_SCORE:
+    if not ask or max(abs(top), abs(lowest_best)) > NORMALISER_MAX_SCORE:
         normaliser = np.nan
     return ScoreSummary(support if reported else None, spread, extent, normaliser)
 
@@ -491,7 +499,12 @@ def check_support(
 
 
 def check_all_values(
-    source: RowSource, backend: Backend, kind: ScoreKind, lam: float, lam_name: str = "lam"
+    source: RowSource,
+    backend: Backend,
+    kind: ScoreKind,
+    lam: float,
+    lam_name: str = "lam",
+    log_normaliser: bool = False,
 ) -> tuple[ScoreSummary, ...]:
     """``check_values`` over every head (for a rank without rows: support and spread 0)."""
     if source.n_rows == 0:
@@ -505,6 +518,7 @@ def check_all_values(
             lam=lam,
             lam_name=lam_name,
             where=f" of head {head}" if source.n_heads > 1 else "",
+            log_normaliser=log_normaliser,
         )
         for head in range(source.n_heads)
     )

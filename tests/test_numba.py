@@ -787,7 +787,7 @@ def test_the_objective_from_the_checks_normalisers(dtype, form, monkeypatch):
     if form == "blocks":
         scores = equipart.RowBlocks(lambda: (x[0, i : i + 128] for i in range(0, 900, 128)))
     engine, source = open_source(scores, "numba")
-    summaries = check_all_values(source, engine, "logits", 5.0)
+    summaries = check_all_values(source, engine, "logits", 5.0, log_normaliser=True)
     assert all(np.isfinite(summary.log_normaliser) for summary in summaries)
     kinds = []
     picked = NumbaBackend.logprob_sum
@@ -808,10 +808,11 @@ def test_the_objective_from_the_checks_normalisers(dtype, form, monkeypatch):
     assert result.objective == pytest.approx(exact, rel=1e-6 if dtype == np.float32 else 1e-12)
 
 
-def test_the_normalisers_are_left_out_beyond_the_score_limit():
+def test_the_normalisers_are_left_out_beyond_the_score_limit(monkeypatch):
     """Row maxima beyond +-NORMALISER_MAX_SCORE: no normaliser (the two sums would
     cancel digits), and the objective keeps its digits through the per-row pass; other
-    kinds report none either."""
+    kinds report none either, and a check that is not asked for them (sinkhorn_codes')
+    does not compute them."""
     from equipart.sources import open_source
     from equipart.validation import NORMALISER_MAX_SCORE, check_all_values
 
@@ -819,7 +820,19 @@ def test_the_normalisers_are_left_out_beyond_the_score_limit():
     far = x + 4 * NORMALISER_MAX_SCORE
     for scores, kind in ((far, "logits"), (x - x.max(1, keepdims=True) - 3, "logprobs")):
         engine, source = open_source(scores, "numba")
-        assert np.isnan(check_all_values(source, engine, kind, 1.0)[0].log_normaliser)
+        summary = check_all_values(source, engine, kind, 1.0, log_normaliser=True)[0]
+        assert np.isnan(summary.log_normaliser)
+    asked = []
+    checked = NumbaBackend.check
+
+    def spy(self, block, kind, log_normaliser=False):
+        asked.append(log_normaliser)
+        return checked(self, block, kind, log_normaliser)
+
+    monkeypatch.setattr(NumbaBackend, "check", spy)
+    equipart.sinkhorn_codes(x.astype(np.float32), backend="numba")
+    assert asked == [False]
+    monkeypatch.undo()
     near = assign_labels(x, lam=1.0, backend="numba")
     offset = assign_labels(far, lam=1.0, backend="numba")
     assert np.array_equal(np.asarray(near.labels), np.asarray(offset.labels))

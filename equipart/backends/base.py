@@ -97,7 +97,8 @@ class BlockCheck:
     # min_i max_j x_ij: the lowest of the rows' best entries (NaN: not reported)
     min_row_max: float = float("nan")
     # for logits, sum_i log sum_j exp(x_ij) in float64: the rows' log-normalisers, which
-    # the objective subtracts from the picked scores (NaN: not reported, or not logits)
+    # the objective subtracts from the picked scores (NaN: not asked for, not reported by
+    # the backend, or not logits; see Backend.reports_log_normaliser)
     log_normaliser: float = float("nan")
 
 
@@ -105,6 +106,10 @@ class Backend(ABC):
     """One array library's implementation of the sweep and its companion passes."""
 
     name: ClassVar[str]
+    # True where ``check(block, "logits", log_normaliser=True)`` also reports
+    # ``BlockCheck.log_normaliser`` (the objective then reads only the picked scores);
+    # ``check`` is called with that keyword only where this is True
+    reports_log_normaliser: ClassVar[bool] = False
 
     @staticmethod
     @abstractmethod
@@ -123,7 +128,8 @@ class Backend(ABC):
     @abstractmethod
     def check(self, block: Any, kind: ScoreKind) -> BlockCheck:
         """Validate one block: NaN and +inf, extremes, row sums and support (see
-        ``BlockCheck``)."""
+        ``BlockCheck``). A backend that sets ``reports_log_normaliser`` also takes
+        ``log_normaliser=True`` and then reports ``BlockCheck.log_normaliser`` for logits."""
 
     @abstractmethod
     def sweep(self, block: Any, kind: ScoreKind, lam: float, g: np.ndarray) -> ColumnStats:

@@ -878,12 +878,13 @@ def _check_kernel(
     counters, x, kind_code, unit, n_chunks, finite, minima, maxima, row_best, deviation,
     normaliser, support,
 ):
-    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum; for
-    logits (kind_code 0) the sum of the rows' log-sum-exp log sum_j exp(x_ij), each
-    taken as ``_logprob_kernel`` takes it (m_i + log sum_j exp(x_ij - m_i), the sum in
-    the compute precision that ``unit`` holds the kernel unit in); for probabilities
-    (kind_code 2) max_i |sum_j x_ij - 1| and the number of positive entries of each
-    column (``support``, (C, K); unused otherwise).
+    """Per chunk: no NaN or +inf, the minimum, the maximum, the lowest row maximum; with
+    kind_code 0 (logits whose log-normalisers are asked for) the sum of the rows'
+    log sum_j exp(x_ij), each taken as ``_logprob_kernel`` takes it (m_i +
+    log sum_j exp(x_ij - m_i), the sum in the compute precision that ``unit`` holds the
+    kernel unit in); with kind_code 2 (probabilities) max_i |sum_j x_ij - 1| and the
+    number of positive entries of each column (``support``, (C, K); unused otherwise);
+    with kind_code 1 neither.
 
     NaN and +inf: the sum of x_ij * 0 over the entries other than -inf is 0 when there
     are none and NaN otherwise (no "nnan"/"ninf" fast-math here, so the product is kept;
@@ -891,6 +892,7 @@ def _check_kernel(
     """
     n_rows, n_labels = x.shape
     buf = _row_buffer(x)
+    zero = unit[0] * 0
     last = False
     c = _claim(counters)
     while c < n_chunks:
@@ -903,7 +905,6 @@ def _check_kernel(
             rows = _load_rows(x, b0, b1, buf)
             for i in range(b1 - b0):
                 row = rows[i]
-                zero = unit[0] * 0
                 row_poison, bottom, top = zero, _widen(row[0]), _widen(row[0])
                 for j in range(n_labels):
                     w = _widen(row[j])
@@ -1072,10 +1073,15 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
 
-    def check(self, block: np.ndarray, kind: ScoreKind) -> BlockCheck:
+    reports_log_normaliser = True
+
+    def check(
+        self, block: np.ndarray, kind: ScoreKind, log_normaliser: bool = False
+    ) -> BlockCheck:
         x = _as_array(block)
         probs = kind == "probs"
-        kind_code = _KIND_CODES[kind]
+        normalise = log_normaliser and kind == "logits"
+        kind_code = 2 if probs else 0 if normalise else 1  # (see _check_kernel)
         dtype = compute_dtype(x.dtype)
         unit = np.array([_unit(dtype)], dtype=dtype)
         valid, min_value, max_value, deviation = True, np.inf, -np.inf, 0.0
@@ -1105,7 +1111,7 @@ class NumbaBackend(NumpyBackend):
             max_value,
             support,
             min_row_max=min_row_max,
-            log_normaliser=normaliser if kind == "logits" and valid else np.nan,
+            log_normaliser=normaliser if normalise and valid else np.nan,
         )
 
     def new_state(self) -> NumbaSolveState:
