@@ -162,6 +162,11 @@ def counting_pauses(run: Callable[[], object], counts: dict, name: str) -> Calla
 
 
 def bench_small(rounds: int, sweeps_per_solve: int) -> list[dict]:
+    """Per sweep at small shapes: a plain read, the backend's warm sweep, and a solve's
+    sweep with the driver's work (the difference of solves of 1 and 1 + sweeps_per_solve
+    sweeps, per sweep); the solve's own work outside its sweeps (validation, rounding,
+    objective: a one-sweep solve less one solve sweep); each at N and 2N rows, whose
+    intercept 2 t(N) - t(2N) is the fixed cost."""
     out = []
     for n_rows, n_labels in SMALL_SHAPES:
         entry: dict = {"shape": [n_rows, n_labels], "load_average": os.getloadavg()}
@@ -174,14 +179,17 @@ def bench_small(rounds: int, sweeps_per_solve: int) -> list[dict]:
             contenders = {
                 "read": lambda x=x: read_once(x),
                 "sweep": lambda x=x, b=backend, g=g: b.sweep(x, "logits", LAM, g),
-                "solve": lambda x=x: solve(x, tol=0.0, max_iter=sweeps_per_solve),
+                "one-sweep solve": lambda x=x: solve(x, tol=0.0, max_iter=1),
+                "solve": lambda x=x: solve(x, tol=0.0, max_iter=1 + sweeps_per_solve),
             }
             times = interleave(
                 {name: counting_pauses(run, counts, name) for name, run in contenders.items()},
                 rounds,
             )
             ms = {name: median_ms(t) for name, t in times.items()}
-            ms["solve"] /= sweeps_per_solve  # per sweep, the driver's work included
+            one_sweep = ms.pop("one-sweep solve")
+            ms["solve"] = (ms["solve"] - one_sweep) / sweeps_per_solve  # per sweep
+            ms["setup"] = one_sweep - ms["solve"]
             per_rows[rows] = ms
             pauses[rows] = {name: counts.get(name, 0) for name in ("sweep", "solve")}
         one, two = per_rows[n_rows], per_rows[2 * n_rows]
@@ -190,6 +198,7 @@ def bench_small(rounds: int, sweeps_per_solve: int) -> list[dict]:
         # calls (of rounds + 1) that paused the helpers, at N and at 2N rows
         entry["helper_pauses"] = [pauses[n_rows], pauses[2 * n_rows]]
         entry["fixed_ms"] = {name: 2 * one[name] - two[name] for name in ("sweep", "solve")}
+        entry["fixed_setup_ms"] = 2 * one["setup"] - two["setup"]
         entry["sweep_over_read"] = one["sweep"] / one["read"]
         entry["solve_sweep_over_read"] = one["solve"] / one["read"]
         out.append(entry)
@@ -323,14 +332,16 @@ def render(results: dict) -> str:
         )
     lines += [
         "",
-        "Small shapes, ms per sweep (the backend's warm sweep; a whole solve's sweep with the "
-        "driver's work), one plain read of the scores on one thread, the fixed cost per "
-        "sweep (2 t(N) - t(2N)), and how many of the rounds' calls paused the helper threads "
+        "Small shapes, ms per sweep (the backend's warm sweep; a solve's sweep with the "
+        "driver's work: solves of 21 and 1 sweeps, their difference over 20), one plain read "
+        "of the scores on one thread, the fixed cost per sweep (2 t(N) - t(2N)), the "
+        "solve's work outside its sweeps (validation, rounding, objective; ms per solve) "
+        "and its fixed part, and how many of the rounds' calls paused the helper threads "
         "(each pause runs the next 0.25 s of kernel calls on one thread):",
         "",
-        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve | "
-        "helper pauses: sweep, solve (N; 2N) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N x K | read | sweep | solve / sweep | sweep / read | fixed: sweep | fixed: solve "
+        "sweep | solve setup | fixed: setup | helper pauses: sweep, solve (N; 2N) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in results["small"]:
         shape = f"{e['shape'][0]:,} x {e['shape'][1]:,}"
@@ -339,7 +350,7 @@ def render(results: dict) -> str:
         lines.append(
             f"| {shape} | {ms['read']:.3f} | {ms['sweep']:.3f} | {ms['solve']:.3f} | "
             f"{e['sweep_over_read']:.2f} | {fixed['sweep']:.3f} | {fixed['solve']:.3f} | "
-            f"{pauses} |"
+            f"{ms['setup']:.3f} | {e['fixed_setup_ms']:.3f} | {pauses} |"
         )
     lines += [
         "",

@@ -17,6 +17,7 @@ what lets the same loop run in memory, streamed from disk, or sharded across ran
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from . import _lbfgs
 from .backends.base import Backend, ColumnStats, ScoreKind
 from .marginals import ColumnConstraint, EqualityConstraint, SmoothConstraint, normalise_dual
 
@@ -435,6 +437,7 @@ class _Anderson:
 # relaxed steps: where the sizes are out of reach of the labels the rows allow, F has no minimum and
 # the quasi-Newton steps run along a ray where the error hovers above its floor, while the plain
 # steps converge to that floor (the gap the ConvergenceWarning then reports as a stall).
+# The arithmetic on K-vectors is ``equipart._lbfgs``'s, compiled by Numba where installed.
 QN_MEMORY = 10
 QN_SLOPE = 0.9
 QN_TRIALS = 6
@@ -457,14 +460,11 @@ class _Point:
     log_masses: np.ndarray  # log m and log a on the free labels, (2, free)
 
 
-def _sinkhorn_metric(log_mass: np.ndarray, log_aim: np.ndarray, rho: float) -> np.ndarray:
-    """W_j = rho log(a_j / m_j) / (a_j - m_j) > 0, the diagonal with -W grad = the column
-    step: (rho / a_j) gap / expm1(gap), gap = log m_j - log a_j (-> rho / a_j at gap 0)."""
-    gap = log_mass - log_aim
-    small = np.abs(gap) < 1e-8
-    with np.errstate(over="ignore"):
-        ratio = np.where(small, 1.0 - gap / 2, gap / np.expm1(np.where(small, 1.0, gap)))
-    return rho * ratio * np.exp(-log_aim)
+def _arithmetic() -> _lbfgs.Arithmetic:
+    """The quasi-Newton arithmetic: compiled where Numba is already imported (the Numba
+    backend, the default for CPU arrays, imports it), else plain NumPy; a solve never
+    imports Numba for its step alone (a NumPy-backend solve imports no optional library)."""
+    return (_lbfgs.compiled() if "numba" in sys.modules else None) or _lbfgs.PLAIN
 
 
 @dataclass
@@ -472,11 +472,15 @@ class _QuasiNewton:
     """One head's L-BFGS memory, its last kept dual and the line search in progress."""
 
     constraint: SmoothConstraint
+    arithmetic: _lbfgs.Arithmetic = field(default_factory=_arithmetic)
     best_error: float = np.inf
     best_target: np.ndarray | None = None  # the plain step of the best dual
     since_best: int = 0
     fallback: _Relaxation | None = None  # the stepper once the patience has run out
-    pairs: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
+    pairs: np.ndarray = field(default_factory=lambda: np.empty((2, QN_MEMORY, 0)))  # (s, y)
+    inverse: np.ndarray = field(default_factory=lambda: np.empty(QN_MEMORY))  # their 1 / s.y
+    n_pairs: int = 0  # pairs held in the ring (``equipart._lbfgs.learn``)
+    newest: int = 0  # the newest pair's slot
     free: np.ndarray | None = None  # labels with finite g, step, masses and target
     base: _Point | None = None  # the last kept dual
     direction: np.ndarray | None = None  # None: the pending dual is base's plain step
@@ -486,55 +490,43 @@ class _QuasiNewton:
 
     def _restart(self) -> np.ndarray | None:
         """Forget the memory; the plain step of the kept dual (None if there is none)."""
-        self.pairs, self.direction = [], None
+        n_free = 0 if self.free is None else int(self.free.sum())
+        if self.pairs.shape[2] != n_free:
+            self.pairs = np.empty((2, QN_MEMORY, n_free))
+        self.n_pairs, self.direction = 0, None
         return None if self.base is None else self.base.target
 
     def _point(self, g, target, log_mass) -> _Point | None:
         log_aim = self.constraint.aimed_log_mass(g)
-        free = np.isfinite(g) & np.isfinite(target) & np.isfinite(log_aim)
-        free &= np.isfinite(log_mass)
+        free, x, gradient, metric, log_masses, finite = self.arithmetic.point(
+            g, target, log_mass, log_aim, self.constraint.rho
+        )
         if self.free is None or not np.array_equal(free, self.free):
             self.free, self.base = free, None
             self._restart()
-        with np.errstate(over="ignore"):
-            gradient = np.exp(log_mass[free]) - np.exp(log_aim[free])
-            metric = _sinkhorn_metric(log_mass[free], log_aim[free], self.constraint.rho)
-        if not (np.isfinite(gradient).all() and np.isfinite(metric).all()):
+        if not finite:
             return None
-        log_masses = np.stack([log_mass[free], log_aim[free]])
-        return _Point(g, target, log_mass, g[free], gradient, metric, log_masses)
+        return _Point(g, target, log_mass, x, gradient, metric, log_masses)
 
     def _keep(self, point: _Point) -> None:
         """Make ``point`` the kept dual, learning the curvature between it and the last."""
         base, self.base = self.base, point
-        if base is None:
-            return
-        if np.abs(point.log_masses - base.log_masses).max(initial=0.0) > QN_LOCAL:
-            self.pairs = []
-            return
-        s, y = point.x - base.x, point.gradient - base.gradient
-        curvature = float(s @ y)
-        if curvature > 1e-10 * np.sqrt(float(s @ s) * float(y @ y)):
-            self.pairs = [*self.pairs[-(QN_MEMORY - 1) :], (s, y, 1.0 / curvature)]
+        if base is not None:
+            new = (point.x, point.gradient, point.log_masses)
+            old = (base.x, base.gradient, base.log_masses)
+            self.n_pairs, self.newest = self.arithmetic.learn(
+                self.pairs, self.inverse, self.n_pairs, self.newest, new, old, QN_LOCAL
+            )
 
-    def _descent(self, point: _Point) -> np.ndarray | None:
-        """-H grad by the two-loop recursion, or None (no pairs, or not a descent)."""
-        if not self.pairs:
+    def _descent(self, point: _Point) -> tuple[np.ndarray, float] | None:
+        """(-H grad, its slope) by the two-loop recursion, or None (no pairs, or not a
+        descent)."""
+        if not self.n_pairs:
             return None
-        q = point.gradient.copy()
-        alphas = []
-        for s, y, inverse in reversed(self.pairs):
-            alpha = inverse * float(s @ q)
-            q -= alpha * y
-            alphas.append(alpha)
-        s, y, inverse = self.pairs[-1]
-        scale = max(1.0, 1.0 / (inverse * float(y @ (point.metric * y))))
-        d = scale * point.metric * q
-        for (s, y, inverse), alpha in zip(self.pairs, reversed(alphas), strict=True):
-            d += s * (alpha - inverse * float(y @ d))
-        d = -d
-        slope = float(point.gradient @ d)
-        return d if slope < 0 and np.isfinite(d).all() else None
+        d, slope = self.arithmetic.descent(
+            self.pairs, self.inverse, self.n_pairs, self.newest, point.gradient, point.metric
+        )
+        return (d, slope) if slope < 0 and np.isfinite(d).all() else None
 
     def _trial(self) -> np.ndarray:
         assert self.base is not None and self.direction is not None
@@ -574,11 +566,11 @@ class _QuasiNewton:
                 assert fallback is not None
                 return fallback
         self._keep(point)
-        direction = self._descent(point)
-        if direction is None:
+        descent = self._descent(point)
+        if descent is None:
             self.direction = None
             return target
-        self.direction, self.slope0 = direction, float(point.gradient @ direction)
+        self.direction, self.slope0 = descent
         self.t, self.trials = 1.0, 0
         return self._trial()
 
