@@ -8,6 +8,7 @@ with either arithmetic against each other.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -89,7 +90,7 @@ def memory_of(arithmetic, steps: list) -> tuple[np.ndarray, np.ndarray, int, int
     n_free = steps[0][0].shape[0]
     pairs, inverse = np.empty((2, MEMORY, n_free)), np.empty(MEMORY)
     count, newest = 0, 0
-    for old, new in zip(steps, steps[1:], strict=False):
+    for old, new in itertools.pairwise(steps):
         count, newest = arithmetic.learn(pairs, inverse, count, newest, new, old, 1.0)
     return pairs, inverse, count, newest
 
@@ -111,7 +112,7 @@ def test_descent_is_the_bfgs_inverse_hessian_of_the_newest_pairs(arithmetic, n_s
     steps = convex_steps(n_free, n_steps, seed=n_steps)
     pairs, inverse, count, newest = memory_of(arithmetic, steps)
     assert count == min(n_steps - 1, MEMORY)
-    kept = [(new[0] - old[0], new[1] - old[1]) for old, new in zip(steps, steps[1:])]
+    kept = [(new[0] - old[0], new[1] - old[1]) for old, new in itertools.pairwise(steps)]
     kept = kept[-MEMORY:]
     rng = np.random.default_rng(0)
     gradient, metric = rng.standard_normal(n_free), rng.uniform(0.5, 2.0, n_free)
