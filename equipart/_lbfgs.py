@@ -3,7 +3,8 @@
 ``equipart.solver._QuasiNewton`` keeps the step's logic (the line search, the restarts,
 the fallback); the arithmetic on K-vectors lives here, in three functions written in
 NumPy's array style so that the same source runs as plain NumPy (``PLAIN``) and compiled
-by Numba (``compiled()``, where Numba is installed). Per sweep the step is some 60 array
+by Numba (``compiled()``; the solver uses it where a backend has imported Numba, see
+``equipart.solver._arithmetic``). Per sweep the step is some 60 array
 operations on K-vectors: as NumPy calls they cost 0.1-0.2 ms of call overhead at K = 100
 to 3,000, whatever N; compiled they are three calls and two NumPy transcendentals.
 
@@ -129,7 +130,8 @@ class Arithmetic:
 
         The two transcendentals, exp(log a) and expm1(gap), are NumPy's, over all K labels
         (overflow and nan where a label is not free are harmless): its SIMD loops take
-        about a fifth of a compiled scalar loop's time, most of this step's at K = 3,000.
+        about a fifth of the time of Numba's scalar ones, which would make them most of
+        the compiled step's time at K = 3,000.
         """
         with np.errstate(over="ignore", invalid="ignore"):
             aim, growth = np.exp(log_aim), np.expm1(log_mass - log_aim)
@@ -142,10 +144,12 @@ PLAIN = Arithmetic(free_point=free_point, learn=learn, descent=descent)
 @functools.cache
 def compiled() -> Arithmetic | None:
     """The same functions compiled by Numba (each on its first call, then cached on disk),
-    or None where Numba is not installed."""
+    or None where Numba is not installed or cannot compile here (no cache location, for
+    one: the plain functions then give the same results)."""
     try:
         import numba
-    except ImportError:
+
+        jit = numba.njit(cache=True, error_model="numpy")
+        return Arithmetic(free_point=jit(free_point), learn=jit(learn), descent=jit(descent))
+    except Exception:  # any failure of this optional fast path: the plain functions
         return None
-    jit = numba.njit(cache=True, error_model="numpy")
-    return Arithmetic(free_point=jit(free_point), learn=jit(learn), descent=jit(descent))

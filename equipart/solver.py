@@ -437,7 +437,7 @@ class _Anderson:
 # relaxed steps: where the sizes are out of reach of the labels the rows allow, F has no minimum and
 # the quasi-Newton steps run along a ray where the error hovers above its floor, while the plain
 # steps converge to that floor (the gap the ConvergenceWarning then reports as a stall).
-# The arithmetic on K-vectors is ``equipart._lbfgs``'s, compiled by Numba where installed.
+# The arithmetic on K-vectors is ``equipart._lbfgs``'s (compiled where Numba is imported).
 QN_MEMORY = 10
 QN_SLOPE = 0.9
 QN_TRIALS = 6

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import equipart._lbfgs as lbfgs
-from equipart import ConvergenceWarning, Relaxed, Uniform, assign_labels
+from equipart import ConvergenceWarning, Relaxed, Uniform, assign_labels, solver
 
 MEMORY = 4
 
@@ -177,3 +177,18 @@ def test_solves_with_plain_and_compiled_arithmetic_agree(monkeypatch, marginals)
     assert abs(plain.n_iter - compiled.n_iter) <= 2
     np.testing.assert_array_equal(plain.labels, compiled.labels)
     np.testing.assert_allclose(plain.state.g, compiled.state.g, rtol=0, atol=1e-9)
+
+
+def test_a_numba_that_cannot_compile_leaves_the_plain_arithmetic(monkeypatch):
+    numba = pytest.importorskip("numba")
+
+    def no_cache(*args, **kwargs):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    lbfgs.compiled.cache_clear()
+    try:
+        assert lbfgs.compiled() is None
+        assert solver._arithmetic() is lbfgs.PLAIN
+    finally:
+        lbfgs.compiled.cache_clear()
