@@ -448,10 +448,9 @@ QN_PATIENCE = 30
 
 @dataclass
 class _Point:
-    """A swept dual: the whole g, its column step, its log masses, and on the free labels
-    its coordinates and the semi-dual's gradient."""
+    """A swept dual: its column step and log masses (over all K labels), and on the free
+    labels its coordinates and the semi-dual's gradient."""
 
-    g: np.ndarray
     target: np.ndarray
     log_mass: np.ndarray
     x: np.ndarray
@@ -506,7 +505,7 @@ class _QuasiNewton:
             self._restart()
         if not finite:
             return None
-        return _Point(g, target, log_mass, x, gradient, metric, log_masses)
+        return _Point(target, log_mass, x, gradient, metric, log_masses)
 
     def _keep(self, point: _Point) -> None:
         """Make ``point`` the kept dual, learning the curvature between it and the last."""

@@ -833,6 +833,17 @@ def _top_kernel(counters, x, probs, lam, g, n_chunks, indices, values):
     return last
 
 
+@njit(fastmath=_FAST)
+def _exp_sum(row, n_labels, m, unit):
+    """sum_j exp(x_j - m) over the row's first ``n_labels`` entries, in kernel units and
+    the compute precision that ``unit`` holds the kernel unit in: the row's log-sum-exp is
+    m + log of it (the objective's and the value check's normalisers)."""
+    s = unit[0] * 0
+    for j in range(n_labels):
+        s += _exp_units((_widen(row[j]) - m) * unit[0])
+    return s
+
+
 @njit(**_OPTS, fastmath=_FAST)
 def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
     """parts[c] = sum over chunk c of log P_i,labels_i (kind_code 0 logits, 1 logprobs,
@@ -862,9 +873,7 @@ def _logprob_kernel(counters, x, kind_code, unit, labels, n_chunks, parts):
                 m = _widen(row[0])
                 for j in range(1, n_labels):
                     m = _fmax(m, _widen(row[j]))
-                s = unit[0] * 0
-                for j in range(n_labels):
-                    s += _exp_units((_widen(row[j]) - m) * unit[0])
+                s = _exp_sum(row, n_labels, m, unit)
                 picked = np.float64(_widen(row[labels[b0 + i]]))
                 total += _log_softmax_at(picked, np.float64(m), np.float64(s))
         parts[c] = total
@@ -917,9 +926,7 @@ def _check_kernel(
                 high = _fmax(high, best)
                 lowest_best = _fmin(lowest_best, best)
                 if kind_code == 0:
-                    e = zero
-                    for j in range(n_labels):
-                        e += _exp_units((_widen(row[j]) - top) * unit[0])
+                    e = _exp_sum(row, n_labels, top, unit)
                     lse += best + math.log(np.float64(e)) if best > -np.inf else -np.inf
                 elif kind_code == 2:
                     s = 0.0
